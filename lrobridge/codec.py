@@ -1,0 +1,247 @@
+"""Operations as lrobridge carries them: snapshots, outcomes, payloads, attributes, event ids.
+
+A :class:`Snapshot` is one observation of an operation exactly as its source returned it: the
+protobuf ``Operation`` for gRPC sources (metadata and response as the original ``Any`` bytes,
+whether or not this process knows their types) and, for REST sources, the original JSON object
+besides a best-effort protobuf view. Nothing here ever re-encodes an ``Any`` it cannot parse,
+which is how unknown types travel without loss:
+
+* binary payload: the serialized ``Operation``; a REST snapshot whose ``Any`` types are unknown
+  here cannot become binary, so it is sent as its original JSON and ``payload_format`` says so;
+* JSON payload: the original JSON object for REST snapshots; protobuf's JSON mapping for gRPC
+  ones, falling back to binary when an ``Any`` type is unknown (JSON would need the schema).
+
+Pure module: protobuf only (``operations_proto_pb2`` is the gRPC-free variant).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from lrobridge.errors import InvalidArgument
+from lrobridge.names import validate_operation_name
+
+Outcome = Literal["succeeded", "failed", "cancelled", "expired", "not_found"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "cancelled", "expired", "not_found")
+PayloadFormat = Literal["binary", "json"]
+
+CE_TYPE_PREFIX = "lrobridge.operation.v1."
+CANCELLED_CODE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One observation of an operation, as the source returned it."""
+
+    operation: operations_pb2.Operation
+    raw_json: Mapping[str, Any] | None = None
+    # False when raw_json holds an Any whose type this process cannot parse into `operation`.
+    lossless_proto: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.operation.name
+
+    @property
+    def done(self) -> bool:
+        return self.operation.done
+
+    def outcome(self) -> Outcome | None:
+        """The completion outcome, or None while the operation is still running."""
+        if not self.done:
+            return None
+        if self.operation.HasField("error"):
+            return "cancelled" if self.operation.error.code == CANCELLED_CODE else "failed"
+        return "succeeded"
+
+    @property
+    def error_code(self) -> int | None:
+        return self.operation.error.code if self.operation.HasField("error") else None
+
+    @property
+    def metadata_type(self) -> str:
+        return _any_type(self.operation, self.raw_json, "metadata")
+
+    @property
+    def response_type(self) -> str:
+        return _any_type(self.operation, self.raw_json, "response")
+
+    @property
+    def metadata_fingerprint(self) -> bytes:
+        """Bytes that change when the metadata changes (used to detect progress)."""
+        if self.raw_json is not None:
+            return json.dumps(self.raw_json.get("metadata"), sort_keys=True).encode()
+        return self.operation.metadata.SerializeToString(deterministic=True)
+
+
+def _any_type(op: operations_pb2.Operation, raw: Mapping[str, Any] | None, field: str) -> str:
+    if raw is not None:
+        value = raw.get(field)
+        return str(value.get("@type", "")) if isinstance(value, Mapping) else ""
+    if op.HasField(field):
+        return cast(str, getattr(op, field).type_url)
+    return ""
+
+
+def snapshot_from_proto(operation: operations_pb2.Operation) -> Snapshot:
+    return Snapshot(operation=operation)
+
+
+def snapshot_from_json(obj: object) -> Snapshot:
+    """A snapshot of an Operation in its JSON form (REST sources, JSON payloads).
+
+    Raises InvalidArgument when ``obj`` is not an Operation: a JSON object with a string
+    ``name``, an optional boolean ``done``, at most one of ``error`` / ``response``.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidArgument(f"an Operation must be a JSON object, got {type(obj).__name__}")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("Operation JSON has no string 'name'")
+    done = obj.get("done", False)
+    if not isinstance(done, bool):
+        raise InvalidArgument(f"Operation {name!r}: 'done' must be a boolean, got {done!r}")
+    if "error" in obj and "response" in obj:
+        raise InvalidArgument(f"Operation {name!r} has both 'error' and 'response'")
+    op = operations_pb2.Operation(name=name, done=done)
+    lossless = True
+    error = obj.get("error")
+    if error is not None:
+        op.error.CopyFrom(_status_from_json(name, error))
+        if len(op.error.details) != len(error.get("details", []) or []):
+            lossless = False
+    for field in ("metadata", "response"):
+        value = obj.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping) or not isinstance(value.get("@type"), str):
+            raise InvalidArgument(f"Operation {name!r}: '{field}' must be an object with '@type'")
+        target = any_pb2.Any()
+        try:
+            json_format.ParseDict(value, target)
+        except (json_format.ParseError, TypeError, KeyError):
+            lossless = False  # unknown type: the raw JSON carries it
+            target = any_pb2.Any(type_url=value["@type"])
+        getattr(op, field).CopyFrom(target)
+    return Snapshot(operation=op, raw_json=dict(obj), lossless_proto=lossless)
+
+
+def _status_from_json(name: str, error: object) -> status_pb2.Status:
+    if not isinstance(error, Mapping):
+        raise InvalidArgument(f"Operation {name!r}: 'error' must be an object")
+    code = error.get("code", 0)
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise InvalidArgument(f"Operation {name!r}: error.code must be an integer, got {code!r}")
+    message = error.get("message", "")
+    status = status_pb2.Status(code=code, message=str(message))
+    for detail in error.get("details", []) or []:
+        parsed = any_pb2.Any()
+        try:
+            json_format.ParseDict(detail, parsed)
+        except (json_format.ParseError, TypeError, KeyError, AttributeError):
+            continue
+        status.details.append(parsed)
+    return status
+
+
+def operation_json(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The Operation's JSON form exactly as OPERATIONS.md shows it, or None when it needs a
+    schema this process does not have (a gRPC snapshot with an unknown Any type)."""
+    if snapshot.raw_json is not None:
+        out = dict(snapshot.raw_json)
+        out["done"] = bool(out.get("done", False))
+        return out
+    try:
+        out = json_format.MessageToDict(snapshot.operation)
+    except (TypeError, KeyError, json_format.Error):
+        return None
+    out["done"] = snapshot.operation.done
+    return out
+
+
+def encode_payload(snapshot: Snapshot, requested: PayloadFormat) -> tuple[bytes, PayloadFormat]:
+    """Message data for a snapshot, and the format actually used (see the module docstring)."""
+    if requested == "json" or (snapshot.raw_json is not None and not snapshot.lossless_proto):
+        as_json = operation_json(snapshot)
+        if as_json is not None:
+            return _dump_json(as_json), "json"
+    return snapshot.operation.SerializeToString(), "binary"
+
+
+def _dump_json(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_payload(data: bytes, payload_format: str) -> Snapshot:
+    """The snapshot carried by a completion message's data (InvalidArgument if it is none)."""
+    if payload_format == "json":
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArgument(f"payload_format is json but data is not JSON: {exc}") from None
+        return snapshot_from_json(obj)
+    if payload_format not in ("binary", ""):
+        raise InvalidArgument(f"unknown payload_format {payload_format!r}")
+    op = operations_pb2.Operation()
+    try:
+        op.ParseFromString(data)
+    except DecodeError as exc:
+        raise InvalidArgument(f"data is not a binary google.longrunning.Operation: {exc}") from None
+    if not op.name:
+        raise InvalidArgument("data decodes to an Operation without a name")
+    return Snapshot(operation=op)
+
+
+def event_id(source: str, operation_name: str, outcome: Outcome) -> str:
+    """Stable id of one completion: the same however often, or by whom, it is observed."""
+    digest = hashlib.sha256(f"{source}\n{operation_name}\n{outcome}".encode()).digest()
+    return base64.b32encode(digest[:20]).decode().lower()
+
+
+def completion_attributes(
+    snapshot: Snapshot,
+    *,
+    outcome: Outcome,
+    source: str,
+    event_id: str,
+    payload_format: PayloadFormat,
+    time: datetime.datetime,
+) -> dict[str, str]:
+    """Message attributes per ARCHITECTURE.md, CloudEvents Pub/Sub binding included."""
+    attributes = {
+        "operation": snapshot.name,
+        "outcome": outcome,
+        "source": source,
+        "event_id": event_id,
+        "payload_format": payload_format,
+        "ce-specversion": "1.0",
+        "ce-type": CE_TYPE_PREFIX + outcome,
+        "ce-source": source,
+        "ce-id": event_id,
+        "ce-subject": snapshot.name,
+        "ce-time": time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if outcome in ("failed", "cancelled") and snapshot.error_code is not None:
+        attributes["error_code"] = str(snapshot.error_code)
+    if snapshot.metadata_type:
+        attributes["metadata_type"] = snapshot.metadata_type
+    if snapshot.response_type:
+        attributes["response_type"] = snapshot.response_type
+    return attributes
+
+
+def not_found_snapshot(name: str) -> Snapshot:
+    """What is published for an operation its source no longer knows."""
+    validate_operation_name(name)
+    return Snapshot(operation=operations_pb2.Operation(name=name))

@@ -1,0 +1,279 @@
+"""Configuration: every environment variable lrobridge reads, documented in one place.
+
+``Settings.from_env()`` is the only code that looks at ``os.environ`` for lrobridge's own
+variables (google-cloud-pubsub reads ``PUBSUB_EMULATOR_HOST`` itself). A bad value raises
+:class:`~lrobridge.errors.ConfigError` naming the variable and what it accepts.
+
+This module is pure: no gRPC, Flask, Pub/Sub or HTTP client imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+from lrobridge.errors import ConfigError
+
+PayloadFormat = Literal["binary", "json"]
+
+# name -> (default, what it means). README.md's configuration table mirrors this dict, and
+# tests/unit/test_config.py fails when either lists a variable the other does not.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "PORT": ("8080", "HTTP port of the Flask app (push endpoint, REST API, health)."),
+    "GOOGLE_CLOUD_PROJECT": ("", "Project of the Pub/Sub topic (LROBRIDGE_PROJECT wins if set)."),
+    "LROBRIDGE_PROJECT": ("", "Project of the Pub/Sub topic; overrides GOOGLE_CLOUD_PROJECT."),
+    "PUBSUB_EMULATOR_HOST": ("", "host:port of a Pub/Sub emulator (read by google-cloud-pubsub)."),
+    "LROBRIDGE_TOPIC": ("lro-completed", "Topic id that completions are published to."),
+    "LROBRIDGE_SUBSCRIPTION": (
+        "lro-completed-push",
+        "Push subscription id that `lrobridge pubsub init` creates.",
+    ),
+    "LROBRIDGE_STORE": (
+        "sqlite:///lrobridge.db",
+        "Where watches, deliveries and dedup state live: sqlite:///path (one machine).",
+    ),
+    "LROBRIDGE_PUSH_AUTH": (
+        "oidc",
+        "How /pubsub/push authenticates Pub/Sub: `oidc` (verify the bearer ID token) or `none`.",
+    ),
+    "LROBRIDGE_PUSH_AUDIENCE": (
+        "",
+        "Expected `aud` of push tokens; empty means the URL the push was sent to.",
+    ),
+    "LROBRIDGE_PUSH_SERVICE_ACCOUNT": (
+        "",
+        "Service account email that push tokens must carry (required with oidc).",
+    ),
+    "LROBRIDGE_PUSH_CERTS_URL": (
+        "https://www.googleapis.com/oauth2/v1/certs",
+        "Where the public keys that sign push tokens are fetched.",
+    ),
+    "LROBRIDGE_PAYLOAD_FORMAT": ("binary", "Message data: `binary` protobuf or `json`."),
+    "LROBRIDGE_GRPC_PORT": ("", "Port of the gRPC server (WatchService, Operations); off if unset."),
+    "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": (
+        "",
+        "Comma-separated CIDRs that webhook targets may use besides public addresses.",
+    ),
+    "LROBRIDGE_API_AUTH": (
+        "key",
+        "How the /v1 REST API authenticates callers: `key` (bearer API key) or `none`.",
+    ),
+    "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
+    "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
+    "LROBRIDGE_LONG_POLL_SLOTS": (
+        "32",
+        "WaitOperation long polls held open at once per source; other due watches use Get.",
+    ),
+    "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call."),
+    "LROBRIDGE_RPC_TIMEOUT": ("30s", "Deadline of one GetOperation / REST GET to a source."),
+    "LROBRIDGE_LOG_FORMAT": ("text", "`text` for terminals, `json` for Cloud Logging."),
+    "LROBRIDGE_LOG_LEVEL": ("INFO", "Python logging level name."),
+    "LROBRIDGE_URL": ("", "Base URL of a running bridge, used by CLI commands that call its API."),
+}
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Seconds in ``1h``, ``30m``, ``1.5s``, ``500ms``, ``1h30m`` or a bare number of seconds."""
+    value = text.strip().lower()
+    if not value:
+        raise ConfigError(f"{what}: empty duration; use e.g. 30s, 5m, 1h")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_RE.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(value):
+            raise ConfigError(
+                f"{what}: {text!r} is not a duration; use e.g. 30s, 5m, 1h, 1h30m, 500ms"
+            ) from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"{what}: {text!r} must be a finite, non-negative duration")
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    port: int = 8080
+    project: str = ""
+    emulator_host: str = ""
+    topic: str = "lro-completed"
+    subscription: str = "lro-completed-push"
+    store_url: str = "sqlite:///lrobridge.db"
+    push_auth: Literal["oidc", "none"] = "oidc"
+    push_audience: str = ""
+    push_service_account: str = ""
+    push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    payload_format: PayloadFormat = "binary"
+    grpc_port: int | None = None
+    webhook_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    api_auth: Literal["key", "none"] = "key"
+    api_keys: frozenset[str] = frozenset()
+    watcher_concurrency: int = 64
+    long_poll_slots: int = 32
+    long_poll_timeout: float = 30.0
+    rpc_timeout: float = 30.0
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    bridge_url: str = ""
+
+    @property
+    def topic_path(self) -> str:
+        if not self.project:
+            raise ConfigError(
+                "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or LROBRIDGE_PROJECT"
+            )
+        return f"projects/{self.project}/topics/{self.topic}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            return source.get(name, ENVIRONMENT[name][0]).strip()
+
+        return cls(
+            port=_port(get("PORT"), "PORT"),
+            project=get("LROBRIDGE_PROJECT") or get("GOOGLE_CLOUD_PROJECT"),
+            emulator_host=get("PUBSUB_EMULATOR_HOST"),
+            topic=_resource_id(get("LROBRIDGE_TOPIC"), "LROBRIDGE_TOPIC"),
+            subscription=_resource_id(get("LROBRIDGE_SUBSCRIPTION"), "LROBRIDGE_SUBSCRIPTION"),
+            store_url=_store_url(get("LROBRIDGE_STORE")),
+            push_auth=_choice(get("LROBRIDGE_PUSH_AUTH"), "LROBRIDGE_PUSH_AUTH", ("oidc", "none")),  # type: ignore[arg-type]
+            push_audience=get("LROBRIDGE_PUSH_AUDIENCE"),
+            push_service_account=get("LROBRIDGE_PUSH_SERVICE_ACCOUNT"),
+            push_certs_url=get("LROBRIDGE_PUSH_CERTS_URL"),
+            payload_format=_choice(  # type: ignore[arg-type]
+                get("LROBRIDGE_PAYLOAD_FORMAT"), "LROBRIDGE_PAYLOAD_FORMAT", ("binary", "json")
+            ),
+            grpc_port=_port(get("LROBRIDGE_GRPC_PORT"), "LROBRIDGE_GRPC_PORT")
+            if get("LROBRIDGE_GRPC_PORT")
+            else None,
+            webhook_allow_networks=parse_networks(
+                get("LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"), "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"
+            ),
+            api_auth=_choice(get("LROBRIDGE_API_AUTH"), "LROBRIDGE_API_AUTH", ("key", "none")),  # type: ignore[arg-type]
+            api_keys=frozenset(k.strip() for k in get("LROBRIDGE_API_KEYS").split(",") if k.strip()),
+            watcher_concurrency=_positive_int(
+                get("LROBRIDGE_WATCHER_CONCURRENCY"), "LROBRIDGE_WATCHER_CONCURRENCY"
+            ),
+            long_poll_slots=_non_negative_int(
+                get("LROBRIDGE_LONG_POLL_SLOTS"), "LROBRIDGE_LONG_POLL_SLOTS"
+            ),
+            long_poll_timeout=parse_duration(
+                get("LROBRIDGE_LONG_POLL_TIMEOUT"), what="LROBRIDGE_LONG_POLL_TIMEOUT"
+            ),
+            rpc_timeout=_positive_duration(get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT"),
+            log_format=_choice(get("LROBRIDGE_LOG_FORMAT"), "LROBRIDGE_LOG_FORMAT", ("text", "json")),  # type: ignore[arg-type]
+            log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
+            bridge_url=get("LROBRIDGE_URL").rstrip("/"),
+        )
+
+    def check_push_auth(self) -> None:
+        """Fail early when OIDC push auth is on but cannot possibly accept a token."""
+        if self.push_auth == "oidc" and not self.push_service_account:
+            raise ConfigError(
+                "LROBRIDGE_PUSH_AUTH=oidc needs LROBRIDGE_PUSH_SERVICE_ACCOUNT (the email of the "
+                "service account the push subscription signs with); set LROBRIDGE_PUSH_AUTH=none "
+                "only for local development"
+            )
+
+
+def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    lowered = value.lower()
+    if lowered not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+    return lowered
+
+
+def _port(value: str, name: str) -> int:
+    number = _int(value, name)
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{name}={value!r} is not a port number (0-65535)")
+    return number
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
+
+
+def _positive_int(value: str, name: str) -> int:
+    number = _int(value, name)
+    if number < 1:
+        raise ConfigError(f"{name}={value!r} must be at least 1")
+    return number
+
+
+def _non_negative_int(value: str, name: str) -> int:
+    number = _int(value, name)
+    if number < 0:
+        raise ConfigError(f"{name}={value!r} must not be negative")
+    return number
+
+
+def _positive_duration(value: str, name: str) -> float:
+    seconds = parse_duration(value, what=name)
+    if seconds <= 0:
+        raise ConfigError(f"{name}={value!r} must be longer than zero")
+    return seconds
+
+
+_RESOURCE_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+
+
+def _resource_id(value: str, name: str) -> str:
+    if not _RESOURCE_ID_RE.fullmatch(value) or value.lower().startswith("goog"):
+        raise ConfigError(
+            f"{name}={value!r} is not a Pub/Sub resource id (3-255 characters, starting with a "
+            "letter; letters, digits, - _ . ~ + %; not starting with goog)"
+        )
+    return value
+
+
+def _store_url(value: str) -> str:
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return value
+    if value == "sqlite://:memory:":
+        return value
+    raise ConfigError(
+        f"LROBRIDGE_STORE={value!r} is not a store URL; use sqlite:///path/to/file.db "
+        "(a relative path is relative to the working folder)"
+    )
+
+
+def _log_level(value: str) -> str:
+    upper = value.upper()
+    if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(
+            f"LROBRIDGE_LOG_LEVEL={value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        )
+    return upper
+
+
+def parse_networks(
+    value: str, name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is not a CIDR such as 10.0.0.0/8") from None
+    return tuple(networks)
