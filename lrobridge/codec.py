@@ -51,11 +51,11 @@ class Snapshot:
 
     @property
     def name(self) -> str:
-        return self.operation.name
+        return str(self.operation.name)
 
     @property
     def done(self) -> bool:
-        return self.operation.done
+        return bool(self.operation.done)
 
     def outcome(self) -> Outcome | None:
         """The completion outcome, or None while the operation is still running."""
@@ -82,7 +82,7 @@ class Snapshot:
         """Bytes that change when the metadata changes (used to detect progress)."""
         if self.raw_json is not None:
             return json.dumps(self.raw_json.get("metadata"), sort_keys=True).encode()
-        return self.operation.metadata.SerializeToString(deterministic=True)
+        return bytes(self.operation.metadata.SerializeToString(deterministic=True))
 
 
 def _any_type(op: operations_pb2.Operation, raw: Mapping[str, Any] | None, field: str) -> str:
@@ -129,7 +129,7 @@ def snapshot_from_json(obj: object) -> Snapshot:
             raise InvalidArgument(f"Operation {name!r}: '{field}' must be an object with '@type'")
         target = any_pb2.Any()
         try:
-            json_format.ParseDict(value, target)
+            json_format.ParseDict(dict(value), target)
         except (json_format.ParseError, TypeError, KeyError):
             lossless = False  # unknown type: the raw JSON carries it
             target = any_pb2.Any(type_url=value["@type"])

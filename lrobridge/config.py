@@ -14,11 +14,14 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, cast
 
 from lrobridge.errors import ConfigError
 
 PayloadFormat = Literal["binary", "json"]
+PushAuth = Literal["oidc", "none"]
+ApiAuth = Literal["key", "none"]
+LogFormat = Literal["text", "json"]
 
 # name -> (default, what it means). README.md's configuration table mirrors this dict, and
 # tests/unit/test_config.py fails when either lists a variable the other does not.
@@ -53,7 +56,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "Where the public keys that sign push tokens are fetched.",
     ),
     "LROBRIDGE_PAYLOAD_FORMAT": ("binary", "Message data: `binary` protobuf or `json`."),
-    "LROBRIDGE_GRPC_PORT": ("", "Port of the gRPC server (WatchService, Operations); off if unset."),
+    "LROBRIDGE_GRPC_PORT": (
+        "",
+        "gRPC port (WatchService, Operations); off when unset.",
+    ),
     "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": (
         "",
         "Comma-separated CIDRs that webhook targets may use besides public addresses.",
@@ -150,12 +156,18 @@ class Settings:
             topic=_resource_id(get("LROBRIDGE_TOPIC"), "LROBRIDGE_TOPIC"),
             subscription=_resource_id(get("LROBRIDGE_SUBSCRIPTION"), "LROBRIDGE_SUBSCRIPTION"),
             store_url=_store_url(get("LROBRIDGE_STORE")),
-            push_auth=_choice(get("LROBRIDGE_PUSH_AUTH"), "LROBRIDGE_PUSH_AUTH", ("oidc", "none")),  # type: ignore[arg-type]
+            push_auth=cast(
+                PushAuth,
+                _choice(get("LROBRIDGE_PUSH_AUTH"), "LROBRIDGE_PUSH_AUTH", ("oidc", "none")),
+            ),
             push_audience=get("LROBRIDGE_PUSH_AUDIENCE"),
             push_service_account=get("LROBRIDGE_PUSH_SERVICE_ACCOUNT"),
             push_certs_url=get("LROBRIDGE_PUSH_CERTS_URL"),
-            payload_format=_choice(  # type: ignore[arg-type]
-                get("LROBRIDGE_PAYLOAD_FORMAT"), "LROBRIDGE_PAYLOAD_FORMAT", ("binary", "json")
+            payload_format=cast(
+                PayloadFormat,
+                _choice(
+                    get("LROBRIDGE_PAYLOAD_FORMAT"), "LROBRIDGE_PAYLOAD_FORMAT", ("binary", "json")
+                ),
             ),
             grpc_port=_port(get("LROBRIDGE_GRPC_PORT"), "LROBRIDGE_GRPC_PORT")
             if get("LROBRIDGE_GRPC_PORT")
@@ -163,8 +175,12 @@ class Settings:
             webhook_allow_networks=parse_networks(
                 get("LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"), "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"
             ),
-            api_auth=_choice(get("LROBRIDGE_API_AUTH"), "LROBRIDGE_API_AUTH", ("key", "none")),  # type: ignore[arg-type]
-            api_keys=frozenset(k.strip() for k in get("LROBRIDGE_API_KEYS").split(",") if k.strip()),
+            api_auth=cast(
+                ApiAuth, _choice(get("LROBRIDGE_API_AUTH"), "LROBRIDGE_API_AUTH", ("key", "none"))
+            ),
+            api_keys=frozenset(
+                k.strip() for k in get("LROBRIDGE_API_KEYS").split(",") if k.strip()
+            ),
             watcher_concurrency=_positive_int(
                 get("LROBRIDGE_WATCHER_CONCURRENCY"), "LROBRIDGE_WATCHER_CONCURRENCY"
             ),
@@ -175,7 +191,10 @@ class Settings:
                 get("LROBRIDGE_LONG_POLL_TIMEOUT"), what="LROBRIDGE_LONG_POLL_TIMEOUT"
             ),
             rpc_timeout=_positive_duration(get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT"),
-            log_format=_choice(get("LROBRIDGE_LOG_FORMAT"), "LROBRIDGE_LOG_FORMAT", ("text", "json")),  # type: ignore[arg-type]
+            log_format=cast(
+                LogFormat,
+                _choice(get("LROBRIDGE_LOG_FORMAT"), "LROBRIDGE_LOG_FORMAT", ("text", "json")),
+            ),
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
         )

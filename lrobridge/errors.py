@@ -6,7 +6,7 @@ guessing from exception types::
 
     BridgeError                       (code, message, details)
     ├── PermanentError                retrying cannot help: ack, quarantine, stop the watch
-    │   ├── InvalidArgument           INVALID_ARGUMENT  bad input: request, name, source URL, envelope
+    │   ├── InvalidArgument           INVALID_ARGUMENT  bad input (request, name, URL, envelope)
     │   │   └── ConfigError           bad configuration (environment, flags)
     │   ├── NotFound                  NOT_FOUND
     │   ├── AlreadyExists             ALREADY_EXISTS

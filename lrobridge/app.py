@@ -1,0 +1,162 @@
+"""The Flask app: thin views over the core (push endpoint, Watch API, health).
+
+Views read bytes and headers, call pure core code, and turn results or
+:class:`~lrobridge.errors.BridgeError` into responses; ``flask.Request`` never reaches the core.
+Every error, including unknown routes and unexpected exceptions, is answered in the
+google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from lrobridge.errors import BridgeError, Code, InvalidArgument
+from lrobridge.records import WatchState
+from lrobridge.watches import create_args_from_json, watch_to_json
+
+if TYPE_CHECKING:
+    from lrobridge.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+# Pub/Sub messages are at most 10 MB; base64 in a JSON envelope makes that about 13.4 MB.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+_HTTP_TO_CODE = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    409: Code.ALREADY_EXISTS,
+    413: Code.INVALID_ARGUMENT,
+    415: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+}
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body is not None else b"",
+        status=status,
+        mimetype="application/json" if body is not None else None,
+    )
+
+
+def error_response(exc: BridgeError) -> Response:
+    return json_response(exc.to_status_json(), exc.code.http_status)
+
+
+def parse_json_body(data: bytes) -> object:
+    if not data:
+        raise InvalidArgument("request body is empty; send a JSON object")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgument(f"request body is not JSON: {exc}") from None
+
+
+def create_app(bridge: Bridge) -> Flask:
+    app = Flask("lrobridge")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    push = bridge.push_endpoint()
+    watches = bridge.watches
+    api_auth = bridge.api_auth
+
+    @app.errorhandler(BridgeError)
+    def _bridge_error(exc: BridgeError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_TO_CODE.get(status, Code.UNKNOWN)
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif status == 405:
+            message = f"{request.method} is not supported on {request.path}"
+        body = {"error": {"code": status, "message": message, "status": code.name, "details": []}}
+        return json_response(body, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        body = {
+            "error": {
+                "code": 500,
+                "message": "internal error; the bridge's log has the details",
+                "status": "INTERNAL",
+                "details": [],
+            }
+        }
+        return json_response(body, 500)
+
+    @app.before_request
+    def _authenticate_api() -> None:
+        if request.path.startswith("/v1/"):
+            api_auth.check(request.headers.get("Authorization"))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.post("/pubsub/push")
+    def pubsub_push() -> Response:
+        url = request.url
+        if request.headers.get("X-Forwarded-Proto") == "https":
+            url = "https://" + url.split("://", 1)[1]
+        result = push.handle(request.get_data(cache=False), request.headers, url=url)
+        return json_response(result.body, result.status)
+
+    @app.post("/v1/watches")
+    def create_watch() -> Response:
+        args = create_args_from_json(parse_json_body(request.get_data(cache=False)))
+        record, created = watches.create(**args)
+        return json_response(watch_to_json(record), 201 if created else 200)
+
+    @app.get("/v1/watches")
+    def list_watches() -> Response:
+        state_name = request.args.get("state", "")
+        state = None
+        if state_name:
+            try:
+                state = WatchState[state_name.upper()]
+            except KeyError:
+                raise InvalidArgument(
+                    f"state {state_name!r} is not one of {', '.join(s.name for s in WatchState)}"
+                ) from None
+        page_size = _int_arg("pageSize")
+        records, token = watches.list(
+            page_size=page_size, page_token=request.args.get("pageToken", ""), state=state
+        )
+        body: dict[str, Any] = {"watches": [watch_to_json(r) for r in records]}
+        if token:
+            body["nextPageToken"] = token
+        return json_response(body)
+
+    @app.get("/v1/watches/<watch_id>")
+    def get_watch(watch_id: str) -> Response:
+        return json_response(watch_to_json(watches.get(watch_id)))
+
+    @app.delete("/v1/watches/<watch_id>")
+    def delete_watch(watch_id: str) -> Response:
+        watches.delete(watch_id)
+        return json_response({})
+
+    return app
+
+
+def _int_arg(name: str) -> int:
+    value = request.args.get(name, "")
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name}={value!r} is not an integer") from None

@@ -1,0 +1,207 @@
+"""``Bridge``: the object a user's module creates; it wires configuration to the parts.
+
+```python
+from lrobridge import Bridge
+bridge = Bridge()
+@bridge.on_complete(operation="projects/*/operations/*", outcome="failed")
+def on_failed(event): ...
+app = bridge.create_app()
+```
+
+Parts are created lazily, so importing a module that defines a bridge opens no file and no
+connection; the store opens when the app or watcher is created, the Pub/Sub client when the
+watcher first publishes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+from lrobridge.api_auth import ApiAuth
+from lrobridge.backoff import Backoff
+from lrobridge.config import Settings
+from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription
+from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.push import PushEndpoint, TokenVerifier
+from lrobridge.records import WatchRecord
+from lrobridge.store import Store, open_store
+from lrobridge.watcher import Watcher
+from lrobridge.watches import WatchService
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+F = TypeVar("F", bound=Callable[[CompletionEvent], object])
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        publisher: Publisher | None = None,
+        sources: Callable[[str], OperationsSource] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._store = store
+        self._publisher = publisher
+        self._sources = sources
+        self._registry: object | None = None
+        self._lock = threading.RLock()
+        self._dispatcher: Dispatcher | None = None
+        self._watch_service: WatchService | None = None
+        self._watcher: Watcher | None = None
+        self.subscriptions: list[Subscription] = []
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def on_complete(
+        self,
+        operation: str | None = None,
+        outcome: str | Iterable[str] | None = None,
+        *,
+        metadata_type: str | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register a callback for completion events; every filter is optional.
+
+        ``operation`` is a resource-name glob (``*`` one segment, ``**`` any), ``outcome`` one
+        or several of succeeded, failed, cancelled, expired, not_found (and ``progress`` for
+        progress events), ``metadata_type`` a type URL. The callback runs at most once per
+        completion; if it raises, the message is redelivered and it runs again.
+        """
+
+        def register(func: F) -> F:
+            outcomes = None
+            if outcome is not None:
+                outcomes = frozenset([outcome] if isinstance(outcome, str) else outcome)
+            subscription = Subscription(
+                name=name or f"{func.__module__}.{func.__qualname__}",
+                callback=func,
+                operation=operation,
+                outcomes=outcomes,
+                metadata_type=metadata_type,
+            )
+            if any(s.name == subscription.name for s in self.subscriptions):
+                raise ValueError(f"a callback named {subscription.name!r} is already registered")
+            self.subscriptions.append(subscription)
+            return func
+
+        return register
+
+    # -- parts -----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.settings.store_url)
+            return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = Dispatcher(self.store)
+                self._dispatcher.subscriptions = self.subscriptions
+            return self._dispatcher
+
+    @property
+    def watches(self) -> WatchService:
+        with self._lock:
+            if self._watch_service is None:
+                self._watch_service = WatchService(self.store, on_created=self._wake_watcher)
+            return self._watch_service
+
+    @property
+    def api_auth(self) -> ApiAuth:
+        return ApiAuth(self.settings)
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                from lrobridge.publisher import PubSubPublisher
+
+                self._publisher = PubSubPublisher(self.settings.topic_path)
+            return self._publisher
+
+    def source(self, url: str) -> OperationsSource:
+        with self._lock:
+            if self._sources is None:
+                from lrobridge.sources import SourceRegistry
+
+                registry = SourceRegistry()
+                self._registry = registry
+                self._sources = registry.get
+        return self._sources(url)
+
+    def push_endpoint(self) -> PushEndpoint:
+        verifier: TokenVerifier | None = None
+        if self.settings.push_auth == "oidc":
+            self.settings.check_push_auth()
+            from lrobridge.push_auth import PushTokenVerifier
+
+            verifier = PushTokenVerifier(
+                audience=self.settings.push_audience,
+                service_account=self.settings.push_service_account,
+                certs_url=self.settings.push_certs_url,
+            )
+        return PushEndpoint(dispatcher=self.dispatcher, ledger=self.store, verifier=verifier)
+
+    def create_app(self) -> Flask:
+        """The Flask app: push endpoint, Watch API, health (the gunicorn target)."""
+        from lrobridge.app import create_app
+
+        return create_app(self)
+
+    def create_watcher(self) -> Watcher:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = Watcher(
+                    store=self.store,
+                    sources=self.source,
+                    publisher=self.publisher,
+                    settings=self.settings,
+                )
+            return self._watcher
+
+    def _wake_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.wake()
+
+    # -- Python API ------------------------------------------------------------------------
+
+    def watch(
+        self,
+        operation: str,
+        *,
+        source: str,
+        deadline: float | None = None,
+        backoff: Backoff | None = None,
+        progress: bool = False,
+    ) -> WatchRecord:
+        """Register a watch (or get the existing one for the same source and operation)."""
+        record, _ = self.watches.create(
+            operation=operation,
+            source=source,
+            deadline=deadline,
+            backoff=backoff,
+            progress=progress,
+        )
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            if self._watcher is not None:
+                self._watcher.stop()
+            if self._publisher is not None:
+                self._publisher.close()
+            close_registry = getattr(self._registry, "close", None)
+            if close_registry is not None:
+                close_registry()
+            if self._store is not None:
+                self._store.close()

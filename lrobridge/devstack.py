@@ -1,0 +1,120 @@
+"""``lrobridge dev``: the whole stack on one machine, in one command.
+
+Starts (or reuses) the Pub/Sub emulator, creates the topic and a push subscription to the local
+endpoint, then runs the HTTP app (push endpoint + API) and the watcher in this process and prints
+what it started and a live progress line. Local only: binds 127.0.0.1, push and API auth off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import urllib.request
+
+from lrobridge.errors import FailedPrecondition
+from lrobridge.records import WatchState
+
+log = logging.getLogger("lrobridge.dev")
+
+
+def _emulator_answers(host_port: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host_port}/", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> int:
+    from lrobridge.emulator import PubSubEmulator
+
+    # Local development: the emulator signs no push tokens and only this machine can connect.
+    os.environ["LROBRIDGE_PUSH_AUTH"] = "none"
+    os.environ["LROBRIDGE_API_AUTH"] = "none"
+    if not (os.environ.get("LROBRIDGE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")):
+        os.environ["GOOGLE_CLOUD_PROJECT"] = "lrobridge-dev"
+    if port is not None:
+        os.environ["PORT"] = str(port)
+
+    with contextlib.ExitStack() as stack:
+        emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
+        if emulator_host:
+            if not _emulator_answers(emulator_host):
+                raise FailedPrecondition(
+                    f"PUBSUB_EMULATOR_HOST={emulator_host} is set but nothing answers there"
+                )
+            print(f"• Pub/Sub emulator: using {emulator_host} (PUBSUB_EMULATOR_HOST)")
+        elif _emulator_answers(f"127.0.0.1:{emulator_port}"):
+            emulator_host = f"127.0.0.1:{emulator_port}"
+            os.environ["PUBSUB_EMULATOR_HOST"] = emulator_host
+            print(f"• Pub/Sub emulator: reusing the one on {emulator_host}")
+        else:
+            print(f"• Pub/Sub emulator: starting on 127.0.0.1:{emulator_port} …", flush=True)
+            started = time.monotonic()
+            emulator = stack.enter_context(PubSubEmulator(port=emulator_port))
+            emulator_host = emulator.host_port
+            os.environ["PUBSUB_EMULATOR_HOST"] = emulator_host
+            print(
+                f"  started in {time.monotonic() - started:.1f}s "
+                f"(pid {emulator.pid}, log {emulator.log_path})"
+            )
+
+        from lrobridge.cli import load_bridge
+        from lrobridge.publisher import PubSubAdmin
+
+        bridge = load_bridge(app_spec)
+        stack.callback(bridge.close)
+        settings = bridge.settings
+        push_url = f"http://127.0.0.1:{settings.port}/pubsub/push"
+        admin = PubSubAdmin()
+        stack.callback(admin.close)
+        topic = settings.topic_path
+        subscription = f"projects/{settings.project}/subscriptions/{settings.subscription}"
+        print(f"• topic {topic}: {admin.ensure_topic(topic)}")
+        result = admin.ensure_push_subscription(
+            subscription, topic, push_url, oidc_service_account=None, audience=None
+        )
+        print(f"• push subscription {subscription} -> {push_url}: {result}")
+
+        from werkzeug.serving import make_server
+
+        server = make_server("127.0.0.1", settings.port, bridge.create_app(), threaded=True)
+        http_thread = threading.Thread(target=server.serve_forever, name="lrobridge-http")
+        http_thread.start()
+        stack.callback(http_thread.join, 10)
+        stack.callback(server.shutdown)
+        print(f"• HTTP: http://127.0.0.1:{settings.port} (push endpoint, /v1 API, /healthz)")
+
+        watcher = bridge.create_watcher()
+        watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")
+        watcher_thread.start()
+        stack.callback(watcher_thread.join, 60)
+        stack.callback(watcher.stop)
+        print(f"• watcher: store {settings.store_url}, callbacks: {len(bridge.subscriptions)}")
+        print(
+            "\nReady. In another terminal:\n"
+            "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
+            "Ctrl-C stops everything this command started.\n",
+            flush=True,
+        )
+        from lrobridge.cli import _wait_for_signal
+
+        stop = _wait_for_signal()
+        last = ""
+        while not stop.wait(1.0):
+            counts = bridge.store.count_by_state()
+            stats = watcher.stats
+            line = (
+                f"watches: {counts[WatchState.ACTIVE]} active, "
+                f"{counts[WatchState.PUBLISHING]} publishing, "
+                f"{counts[WatchState.COMPLETED]} completed, {counts[WatchState.FAILED]} failed"
+                f" | polls {stats.polls}, published {stats.published}"
+            )
+            if line != last:
+                print(time.strftime("%H:%M:%S"), line, flush=True)
+                last = line
+        print("\nstopping …", flush=True)
+    return 0

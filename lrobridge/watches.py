@@ -1,0 +1,237 @@
+"""The Watch resource: validation, creation, lookup, paging, and its proto/JSON forms.
+
+Shared by the REST views, the gRPC WatchService and the Python API, so all three accept and
+refuse exactly the same input. Pure module (protobuf messages only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+
+from lrobridge.backoff import Backoff
+from lrobridge.config import parse_duration
+from lrobridge.errors import ConfigError, InvalidArgument, NotFound
+from lrobridge.names import validate_operation_name, validate_resource_id
+from lrobridge.proto.v1 import watch_pb2
+from lrobridge.records import WatchRecord, WatchState
+from lrobridge.source_url import parse_source_url
+from lrobridge.store import WatchStore
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_DEADLINE_SECONDS = 30 * 86400.0
+
+
+class WatchService:
+    def __init__(
+        self,
+        store: WatchStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_created: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._on_created = on_created
+
+    def create(
+        self,
+        *,
+        operation: str,
+        source: str,
+        deadline: float | None = None,
+        backoff: Backoff | None = None,
+        progress: bool = False,
+    ) -> tuple[WatchRecord, bool]:
+        """Register a watch, or return the existing one for the same (source, operation)."""
+        validate_operation_name(operation)
+        normalized = parse_source_url(source)
+        if deadline is not None and not 0 < deadline <= MAX_DEADLINE_SECONDS:
+            raise InvalidArgument(f"deadline {deadline}s is outside (0s, 30d]")
+        now = self._clock()
+        record, created = self._store.create_watch(
+            source=normalized,
+            operation=operation,
+            expire_time=now + deadline if deadline is not None else None,
+            backoff=backoff or Backoff(),
+            progress=progress,
+            now=now,
+        )
+        if created and self._on_created is not None:
+            self._on_created()
+        return record, created
+
+    def get(self, name: str) -> WatchRecord:
+        watch_id = _watch_id(name)
+        record = self._store.get_watch(watch_id)
+        if record is None:
+            raise NotFound(f"watch {name!r} not found")
+        return record
+
+    def list(
+        self, *, page_size: int = 0, page_token: str = "", state: WatchState | None = None
+    ) -> tuple[list[WatchRecord], str]:
+        if page_size < 0:
+            raise InvalidArgument(f"pageSize {page_size} is negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token)
+        records, cursor = self._store.list_watches(after=after, limit=size, state=state)
+        return records, _encode_page_token(cursor) if cursor is not None else ""
+
+    def delete(self, name: str) -> None:
+        if not self._store.delete_watch(_watch_id(name)):
+            raise NotFound(f"watch {name!r} not found")
+
+
+def _watch_id(name: str) -> str:
+    watch_id = name.removeprefix("watches/")
+    return validate_resource_id(watch_id, "watch")
+
+
+def _encode_page_token(cursor: int) -> str:
+    return base64.urlsafe_b64encode(f"watches:{cursor}".encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, cursor = text.partition(":")
+        if kind != "watches":
+            raise ValueError(kind)
+        return int(cursor)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(f"pageToken {token!r} is not a token this API issued") from None
+
+
+# -- request parsing -----------------------------------------------------------------------
+
+
+def create_args_from_json(body: object) -> dict[str, Any]:
+    """Keyword arguments of :meth:`WatchService.create` from a REST request body.
+
+    Durations are accepted as proto JSON (``"3600s"``) or human form (``"1h"``, ``"1h30m"``).
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidArgument("request body must be a JSON object")
+    known = {"operation", "source", "deadline", "backoff", "progress"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown field(s) {', '.join(unknown)}; a watch takes {', '.join(sorted(known))}"
+        )
+    operation = body.get("operation")
+    source = body.get("source")
+    if not isinstance(operation, str) or not operation:
+        raise InvalidArgument("field 'operation' (the operation's full name) is required")
+    if not isinstance(source, str) or not source:
+        raise InvalidArgument("field 'source' (grpc://, grpcs://, http(s)://host/v1) is required")
+    deadline = body.get("deadline")
+    progress = body.get("progress", False)
+    if not isinstance(progress, bool):
+        raise InvalidArgument("field 'progress' must be a boolean")
+    return {
+        "operation": operation,
+        "source": source,
+        "deadline": _duration_field(deadline, "deadline") if deadline is not None else None,
+        "backoff": backoff_from_json(body.get("backoff")),
+        "progress": progress,
+    }
+
+
+def backoff_from_json(value: object) -> Backoff | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument("field 'backoff' must be an object")
+    unknown = sorted(set(value) - {"initialDelay", "multiplier", "maxDelay"})
+    if unknown:
+        raise InvalidArgument(
+            f"unknown backoff field(s) {', '.join(unknown)}; use initialDelay, multiplier, maxDelay"
+        )
+    defaults = Backoff()
+    multiplier = value.get("multiplier", defaults.multiplier)
+    if not isinstance(multiplier, int | float) or isinstance(multiplier, bool):
+        raise InvalidArgument("backoff.multiplier must be a number")
+    initial_value = value.get("initialDelay")
+    maximum_value = value.get("maxDelay")
+    initial = (
+        _duration_field(initial_value, "backoff.initialDelay")
+        if initial_value is not None
+        else defaults.initial_delay
+    )
+    maximum = (
+        _duration_field(maximum_value, "backoff.maxDelay")
+        if maximum_value is not None
+        else max(defaults.max_delay, initial)
+    )
+    return Backoff(initial_delay=initial, multiplier=float(multiplier), max_delay=maximum)
+
+
+def _duration_field(value: object, field: str) -> float:
+    if isinstance(value, bool):
+        raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if seconds < 0:
+            raise InvalidArgument(f"field {field!r} must not be negative")
+        return seconds
+    if not isinstance(value, str):
+        raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
+    try:
+        return parse_duration(value, what=f"field {field!r}")
+    except ConfigError as exc:
+        raise InvalidArgument(exc.message) from None
+
+
+# -- output forms --------------------------------------------------------------------------
+
+
+def watch_to_proto(record: WatchRecord) -> watch_pb2.Watch:
+    watch = watch_pb2.Watch(
+        name=record.name,
+        operation=record.operation,
+        source=record.source,
+        state=int(record.state),
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+        polls=record.polls,
+        backoff=watch_pb2.Backoff(
+            initial_delay=_duration(record.backoff.initial_delay),
+            multiplier=record.backoff.multiplier,
+            max_delay=_duration(record.backoff.max_delay),
+        ),
+        outcome=record.outcome,
+        event_id=record.event_id,
+    )
+    if record.state == WatchState.ACTIVE:
+        watch.next_poll_time.CopyFrom(_timestamp(record.next_poll))
+    if record.expire_time is not None:
+        watch.expire_time.CopyFrom(_timestamp(record.expire_time))
+    if record.last_error_code:
+        watch.last_error.code = record.last_error_code
+        watch.last_error.message = record.last_error_message
+    return watch
+
+
+def watch_to_json(record: WatchRecord) -> dict[str, Any]:
+    return json_format.MessageToDict(watch_to_proto(record))
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
