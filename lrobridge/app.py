@@ -111,7 +111,7 @@ def create_app(bridge: Bridge) -> Flask:
         url = request.url
         if request.headers.get("X-Forwarded-Proto") == "https":
             url = "https://" + url.split("://", 1)[1]
-        result = push.handle(request.get_data(cache=False), request.headers, url=url)
+        result = push.handle(request.get_data(cache=False), dict(request.headers), url=url)
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")

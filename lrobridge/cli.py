@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     flask_app = bridge.create_app()
     port = args.port if args.port is not None else bridge.settings.port
 
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{port}")
             self.cfg.set("workers", args.workers)

@@ -199,7 +199,7 @@ def watch_to_proto(record: WatchRecord) -> watch_pb2.Watch:
         name=record.name,
         operation=record.operation,
         source=record.source,
-        state=int(record.state),
+        state=watch_pb2.Watch.State.Name(int(record.state)),
         create_time=_timestamp(record.create_time),
         update_time=_timestamp(record.update_time),
         polls=record.polls,

@@ -1,0 +1,571 @@
+"""Real google.longrunning.Operations servers for tests and benchmarks.
+
+* :class:`FakeOperations` — a thread-safe in-memory Operations backend with OPERATIONS.md's
+  Get/List/Cancel/Delete/Wait semantics, operations that complete by themselves at a given time,
+  per-method call counters and failure injection.
+* :func:`grpc_operations_server` — a real ``grpc.server`` on 127.0.0.1 port 0 serving a backend
+  through googleapis-common-protos' ``OperationsServicer``; yields ``grpc://127.0.0.1:PORT``.
+* :func:`rest_operations_server` — a real HTTP server on 127.0.0.1 port 0 serving the default
+  HTTP mapping and JSON representation; yields ``http://127.0.0.1:PORT/v1``.
+
+Metadata and responses are :class:`AnyValue` pairs (the protobuf ``Any`` the gRPC server sends
+and the JSON object the REST server sends), so an operation can carry a type no client knows,
+e.g. ``unknown_any("type.example.com/acme.Progress", b"\\x08\\x28", {"percent": 40})``.
+
+Both servers can serve the same backend at once and stop cleanly and in bounded time.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import collections
+import contextlib
+import dataclasses
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import grpc
+from google.longrunning import operations_grpc_pb2
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import any_pb2, empty_pb2, json_format
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from lrobridge.errors import Code
+
+METHODS = ("GetOperation", "ListOperations", "CancelOperation", "DeleteOperation", "WaitOperation")
+DEFAULT_PAGE_SIZE = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyValue:
+    """One ``Any`` in both wire forms: protobuf (gRPC) and JSON with ``@type`` (REST)."""
+
+    proto: any_pb2.Any
+    json: Mapping[str, Any]
+
+
+def any_value(message: Message) -> AnyValue:
+    """An ``Any`` of a message type registered in this process."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return AnyValue(packed, json_format.MessageToDict(packed))
+
+
+def unknown_any(type_url: str, value: bytes, json_fields: Mapping[str, Any]) -> AnyValue:
+    """An ``Any`` of a type nobody has the schema of: ``value`` on gRPC, ``json_fields`` on REST."""
+    return AnyValue(any_pb2.Any(type_url=type_url, value=value), {"@type": type_url, **json_fields})
+
+
+def status(code: int, message: str = "") -> status_pb2.Status:
+    return status_pb2.Status(code=int(code), message=message or Code(code).name.lower())
+
+
+Result = AnyValue | Message | status_pb2.Status
+
+
+class BackendError(Exception):
+    """What a fake Operations server answers instead of a result."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass
+class _Op:
+    name: str
+    seq: int
+    done: bool = False
+    metadata: AnyValue | None = None
+    response: AnyValue | None = None
+    error: status_pb2.Status | None = None
+    done_at: float | None = None
+    result: Result | Callable[[], Result] | None = None
+
+
+@dataclasses.dataclass
+class _RawResponse:
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
+class FakeOperations:
+    """In-memory Operations backend shared by the test servers (thread-safe).
+
+    ``add(name, done_after=..., result=...)`` registers an operation; it is pending until
+    ``done_after`` seconds have passed (``None``: until :meth:`complete` or a cancel), then done
+    with ``result``: an :class:`AnyValue` or a message (the response), a ``google.rpc.Status``
+    (the error), or a zero-argument callable returning one, evaluated at completion. ``None``
+    completes with no result at all. Times come from ``clock`` (``time.monotonic``).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_wait: float = 60.0):
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._ops: dict[str, _Op] = {}
+        self._seq = 0
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._failures: list[tuple[Code, frozenset[str] | None]] = []
+        self._raw: list[_RawResponse] = []
+        self.max_wait = max_wait
+        self.wait_unimplemented = False
+        self.list_unimplemented = False
+        self.cancel_unimplemented = False
+        self.delete_unimplemented = False
+
+    # -- set up ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        *,
+        done_after: float | None = None,
+        done_at: float | None = None,
+        result: Result | Callable[[], Result] | None = None,
+        metadata: AnyValue | Message | None = None,
+    ) -> str:
+        """Register an operation (replacing one of the same name); returns ``name``."""
+        with self._cond:
+            self._seq += 1
+            op = _Op(name=name, seq=self._seq, metadata=_as_any_value(metadata), result=result)
+            if done_after is not None:
+                op.done_at = self._clock() + done_after
+            elif done_at is not None:
+                op.done_at = done_at
+            self._ops[name] = op
+            self._settle(op)
+            self._cond.notify_all()
+        return name
+
+    def complete(self, name: str, result: Result | Callable[[], Result] | None = None) -> None:
+        """Finish ``name`` now with ``result`` (or the result given to :meth:`add`)."""
+        with self._cond:
+            op = self._find(name)
+            if result is not None:
+                op.result = result
+            op.done_at = self._clock()
+            self._settle(op)
+            self._cond.notify_all()
+
+    def set_metadata(self, name: str, metadata: AnyValue | Message | None) -> None:
+        with self._cond:
+            self._find(name).metadata = _as_any_value(metadata)
+            self._cond.notify_all()
+
+    def fail_next(self, n: int, code: Code | int, *, methods: tuple[str, ...] = ()) -> None:
+        """The next ``n`` calls (of ``methods``, default any) fail with ``code``.
+
+        On REST the code becomes its HTTP status (UNAVAILABLE 503, RESOURCE_EXHAUSTED 429, ...).
+        """
+        with self._cond:
+            only = frozenset(methods) if methods else None
+            self._failures.extend([(Code(code), only)] * n)
+
+    def respond_raw_next(
+        self,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "text/html",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """REST only: the next request is answered with exactly this status, body and headers."""
+        with self._cond:
+            self._raw.append(_RawResponse(status, body, content_type, dict(headers or {})))
+
+    def calls(self, method: str) -> int:
+        """How many ``method`` calls (e.g. "GetOperation") reached the backend, failed or not."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+        with self._cond:
+            return self._calls[method]
+
+    def reset_calls(self) -> None:
+        with self._cond:
+            self._calls.clear()
+
+    def wake(self) -> None:
+        """Wake blocked waits so they re-check whether to give up (used by the servers)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the Operations methods --------------------------------------------------------------
+
+    def get(self, name: str) -> _Op:
+        with self._cond:
+            self._enter("GetOperation")
+            op = self._find(name)
+            self._settle(op)
+            return dataclasses.replace(op)
+
+    def wait(
+        self, name: str, timeout: float, *, give_up: Callable[[], bool] = lambda: False
+    ) -> _Op:
+        """Block until ``name`` is done, ``timeout`` passed or ``give_up()``; the latest state."""
+        with self._cond:
+            self._enter("WaitOperation")
+            if self.wait_unimplemented:
+                raise BackendError(Code.UNIMPLEMENTED, "WaitOperation is not implemented")
+            end = self._clock() + min(max(timeout, 0.0), self.max_wait)
+            while True:
+                op = self._find(name)
+                self._settle(op)
+                now = self._clock()
+                if op.done or now >= end or give_up():
+                    return dataclasses.replace(op)
+                until = end if op.done_at is None else min(end, op.done_at)
+                self._cond.wait(timeout=max(until - now, 0.0) + 0.001)
+
+    def cancel(self, name: str) -> None:
+        with self._cond:
+            self._enter("CancelOperation")
+            if self.cancel_unimplemented:
+                raise BackendError(Code.UNIMPLEMENTED, "CancelOperation is not implemented")
+            op = self._find(name)
+            self._settle(op)
+            if not op.done:
+                op.done, op.done_at, op.result = True, self._clock(), None
+                op.error = status(Code.CANCELLED, "operation was cancelled")
+            self._cond.notify_all()
+
+    def delete(self, name: str) -> None:
+        with self._cond:
+            self._enter("DeleteOperation")
+            if self.delete_unimplemented:
+                raise BackendError(Code.UNIMPLEMENTED, "DeleteOperation is not implemented")
+            self._find(name)
+            del self._ops[name]
+            self._cond.notify_all()
+
+    def list(
+        self, parent: str, filter: str, page_size: int, page_token: str
+    ) -> tuple[builtins.list[_Op], str]:
+        """Operations under ``parent`` (``{parent}/operations/...``; ``operations/...`` when it is
+        empty); ``filter`` is empty, ``done=true`` or ``done=false``."""
+        with self._cond:
+            self._enter("ListOperations")
+            if self.list_unimplemented:
+                raise BackendError(Code.UNIMPLEMENTED, "ListOperations is not implemented")
+            want_done = _parse_filter(filter)
+            after = _parse_token(page_token)
+            if parent in ("", "operations") or parent.endswith("/operations"):
+                prefix = f"{parent}/" if parent else "operations/"
+            else:
+                prefix = f"{parent}/operations/"
+            size = page_size if page_size > 0 else DEFAULT_PAGE_SIZE
+            matching = []
+            for op in sorted(self._ops.values(), key=lambda o: o.seq):
+                self._settle(op)
+                if op.seq <= after or not op.name.startswith(prefix):
+                    continue
+                if want_done is not None and op.done != want_done:
+                    continue
+                matching.append(op)
+            page = [dataclasses.replace(op) for op in matching[:size]]
+            token = _make_token(page[-1].seq) if len(matching) > size else ""
+            return page, token
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _enter(self, method: str) -> None:
+        self._calls[method] += 1
+        for i, (code, only) in enumerate(self._failures):
+            if only is None or method in only:
+                del self._failures[i]
+                raise BackendError(code, f"injected {code.name} for {method}")
+
+    def take_raw(self) -> _RawResponse | None:
+        with self._cond:
+            return self._raw.pop(0) if self._raw else None
+
+    def _find(self, name: str) -> _Op:
+        op = self._ops.get(name)
+        if op is None:
+            raise BackendError(Code.NOT_FOUND, f"operation {name!r} not found")
+        return op
+
+    def _settle(self, op: _Op) -> None:
+        if op.done or op.done_at is None or self._clock() < op.done_at:
+            return
+        result = op.result() if callable(op.result) else op.result
+        op.done = True
+        if isinstance(result, status_pb2.Status):
+            op.error = result
+        elif result is not None:
+            op.response = _as_any_value(result)
+
+
+def _as_any_value(value: AnyValue | Message | None) -> AnyValue | None:
+    if value is None or isinstance(value, AnyValue):
+        return value
+    return any_value(value)
+
+
+_FILTER_RE = re.compile(r"\s*done\s*=\s*(true|false)\s*", re.IGNORECASE)
+
+
+def _parse_filter(text: str) -> bool | None:
+    if not text.strip():
+        return None
+    match = _FILTER_RE.fullmatch(text)
+    if match is None:
+        raise BackendError(
+            Code.INVALID_ARGUMENT, f"unsupported filter {text!r}; use done=true or done=false"
+        )
+    return match.group(1).lower() == "true"
+
+
+def _make_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{seq}".encode()).decode()
+
+
+def _parse_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        kind, _, seq = text.partition(":")
+        if kind != "after":
+            raise ValueError(text)
+        return int(seq)
+    except ValueError:
+        raise BackendError(Code.INVALID_ARGUMENT, f"invalid page token {token!r}") from None
+
+
+def to_proto(op: _Op) -> operations_pb2.Operation:
+    out = operations_pb2.Operation(name=op.name, done=op.done)
+    if op.metadata is not None:
+        out.metadata.CopyFrom(op.metadata.proto)
+    if op.error is not None:
+        out.error.CopyFrom(op.error)
+    elif op.response is not None:
+        out.response.CopyFrom(op.response.proto)
+    return out
+
+
+def to_json(op: _Op) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": op.name}
+    if op.metadata is not None:
+        out["metadata"] = dict(op.metadata.json)
+    out["done"] = op.done
+    if op.error is not None:
+        out["error"] = json_format.MessageToDict(op.error)
+    elif op.response is not None:
+        out["response"] = dict(op.response.json)
+    return out
+
+
+# -- gRPC -------------------------------------------------------------------------------------
+
+
+class _Servicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
+    def __init__(self, backend: FakeOperations, stopping: threading.Event) -> None:
+        self._backend = backend
+        self._stopping = stopping
+
+    def _run(self, context: grpc.ServicerContext, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BackendError as exc:
+            context.abort(grpc.StatusCode[exc.code.name], exc.message)
+
+    def GetOperation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._run(context, lambda: to_proto(self._backend.get(request.name)))
+
+    def ListOperations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def call() -> Any:
+            ops, token = self._backend.list(
+                request.name, request.filter, request.page_size, request.page_token
+            )
+            return operations_pb2.ListOperationsResponse(
+                operations=[to_proto(op) for op in ops], next_page_token=token
+            )
+
+        return self._run(context, call)
+
+    def CancelOperation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._run(context, lambda: self._backend.cancel(request.name))
+        return empty_pb2.Empty()
+
+    def DeleteOperation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._run(context, lambda: self._backend.delete(request.name))
+        return empty_pb2.Empty()
+
+    def WaitOperation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        timeout = self._backend.max_wait
+        if request.HasField("timeout"):
+            timeout = request.timeout.ToNanoseconds() / 1e9
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining - 0.05, 0.0))
+        context.add_callback(self._backend.wake)  # a cancelled RPC stops waiting at once
+
+        def give_up() -> bool:
+            return self._stopping.is_set() or not context.is_active()
+
+        return self._run(
+            context, lambda: to_proto(self._backend.wait(request.name, timeout, give_up=give_up))
+        )
+
+
+@contextlib.contextmanager
+def grpc_operations_server(backend: FakeOperations, *, max_workers: int = 32) -> Iterator[str]:
+    """A gRPC Operations server for ``backend``; yields ``grpc://127.0.0.1:PORT``."""
+    stopping = threading.Event()
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fake-ops")
+    server = grpc.server(executor)
+    operations_grpc_pb2.add_OperationsServicer_to_server(_Servicer(backend, stopping), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        stopping.set()
+        backend.wake()
+        server.stop(grace=1.0).wait(timeout=5.0)
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# -- REST -------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # idle keep-alive connections are dropped after this
+    server: _RestServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        backend = self.server.backend
+        raw = backend.take_raw()
+        if raw is not None:
+            self._send(raw.status, raw.body, raw.content_type, raw.headers)
+            return
+        parts = urlsplit(self.path)
+        if not parts.path.startswith("/v1/"):
+            self._error(Code.NOT_FOUND, f"no route for {parts.path}")
+            return
+        rest = parts.path[len("/v1/") :]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            if method == "GET" and (rest == "operations" or rest.endswith("/operations")):
+                parent = unquote(rest[: -len("operations")].rstrip("/"))
+                ops, token = backend.list(
+                    parent,
+                    query.get("filter", ""),
+                    int(query.get("pageSize", "0") or 0),
+                    query.get("pageToken", ""),
+                )
+                body: dict[str, Any] = {"operations": [to_json(op) for op in ops]}
+                if token:
+                    body["nextPageToken"] = token
+                self._json(200, body)
+            elif method == "GET":
+                self._json(200, to_json(backend.get(unquote(rest))))
+            elif method == "POST" and rest.endswith(":cancel"):
+                backend.cancel(unquote(rest[: -len(":cancel")]))
+                self._json(200, {})
+            elif method == "DELETE":
+                backend.delete(unquote(rest))
+                self._json(200, {})
+            else:
+                self._error(Code.NOT_FOUND, f"no route for {method} {parts.path}")
+        except BackendError as exc:
+            self._error(exc.code, exc.message)
+        except ValueError as exc:
+            self._error(Code.INVALID_ARGUMENT, str(exc))
+
+    def _error(self, code: Code, message: str) -> None:
+        body = {"error": {"code": code.http_status, "message": message, "status": code.name}}
+        self._json(code.http_status, body)
+
+    def _json(self, status_code: int, body: Mapping[str, Any]) -> None:
+        self._send(status_code, json.dumps(body).encode(), "application/json; charset=utf-8")
+
+    def _send(
+        self,
+        status_code: int,
+        body: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status_code)
+        self.send_header("Content-Type", content_type)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _RestServer(ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, backend: FakeOperations) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.backend = backend
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Unblock handler threads idling on keep-alive connections."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def rest_operations_server(backend: FakeOperations) -> Iterator[str]:
+    """A REST Operations server for ``backend``; yields ``http://127.0.0.1:PORT/v1``."""
+    server = _RestServer(backend)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-ops-rest"
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5.0)
+        server.drop_connections()
+        server.server_close()  # joins the handler threads

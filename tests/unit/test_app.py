@@ -1,0 +1,178 @@
+"""The Flask app via its test client: Watch API, errors, API keys, push endpoint (no network)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+from google.longrunning import operations_proto_pb2 as operations_pb2
+
+from lrobridge import Bridge, CompletionEvent
+from lrobridge.config import Settings
+from lrobridge.store.sqlite import SqliteStore
+
+KEY = "k-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def bridge() -> Iterator[Bridge]:
+    settings = dataclasses.replace(
+        Settings(), push_auth="none", api_keys=frozenset({KEY}), project="p"
+    )
+    b = Bridge(settings, store=SqliteStore(":memory:"))
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def client(bridge: Bridge) -> FlaskClient:
+    return bridge.create_app().test_client()
+
+
+def _error(response: object) -> dict[str, object]:
+    body = json.loads(response.data)  # type: ignore[attr-defined]
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "status", "details"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_creating_a_watch_returns_the_resource_and_the_same_watch_the_second_time(
+    client: FlaskClient,
+) -> None:
+    body = {"operation": "operations/1", "source": "grpc://127.0.0.1:9010", "deadline": "1h"}
+    first = client.post("/v1/watches", json=body, headers=AUTH)
+    assert first.status_code == 201
+    watch = first.get_json()
+    assert watch["name"].startswith("watches/")
+    assert watch["state"] == "ACTIVE" and watch["operation"] == "operations/1"
+    assert watch["backoff"] == {"initialDelay": "1s", "multiplier": 1.5, "maxDelay": "60s"}
+    assert "expireTime" in watch and "createTime" in watch
+    second = client.post("/v1/watches", json=body, headers=AUTH)
+    assert second.status_code == 200 and second.get_json()["name"] == watch["name"]
+    got = client.get(f"/v1/{watch['name']}", headers=AUTH)
+    assert got.get_json()["name"] == watch["name"]
+
+
+def test_listing_pages_through_watches_and_deleting_forgets_one(client: FlaskClient) -> None:
+    for i in range(3):
+        client.post(
+            "/v1/watches",
+            json={"operation": f"operations/{i}", "source": "grpc://127.0.0.1:1"},
+            headers=AUTH,
+        )
+    page = client.get("/v1/watches?pageSize=2", headers=AUTH).get_json()
+    assert len(page["watches"]) == 2 and page["nextPageToken"]
+    rest = client.get(f"/v1/watches?pageToken={page['nextPageToken']}", headers=AUTH).get_json()
+    assert len(rest["watches"]) == 1 and "nextPageToken" not in rest
+    name = rest["watches"][0]["name"]
+    assert client.delete(f"/v1/{name}", headers=AUTH).status_code == 200
+    assert client.get(f"/v1/{name}", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "request body is empty"),
+        (b"{nope", "not JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"source": "grpc://h:1"}', "'operation'"),
+        (b'{"operation": "operations/1"}', "'source'"),
+        (b'{"operation": "operations/1", "source": "ftp://h/x"}', "ftp"),
+        (b'{"operation": "operations//1", "source": "grpc://h:1"}', "empty segment"),
+        (b'{"operation": "operations/1", "source": "grpc://h:1", "deadline": "soon"}', "deadline"),
+        (b'{"operation": "operations/1", "source": "grpc://h:1", "colour": 1}', "unknown field"),
+        (
+            b'{"operation": "operations/1", "source": "grpc://h:1", "backoff": {"multiplier": 0}}',
+            "multiplier",
+        ),
+    ],
+)
+def test_bad_watch_requests_get_400_with_a_status_body_naming_the_problem(
+    client: FlaskClient, body: bytes, message: str
+) -> None:
+    response = client.post(
+        "/v1/watches", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["status"] == "INVALID_ARGUMENT" and message in str(error["message"])
+
+
+def test_the_api_refuses_callers_without_a_valid_key(client: FlaskClient) -> None:
+    missing = client.get("/v1/watches")
+    assert missing.status_code == 401 and _error(missing)["status"] == "UNAUTHENTICATED"
+    wrong = client.get("/v1/watches", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+
+
+def test_the_api_is_closed_when_no_key_is_configured() -> None:
+    bridge = Bridge(
+        dataclasses.replace(Settings(), push_auth="none"), store=SqliteStore(":memory:")
+    )
+    response = bridge.create_app().test_client().get("/v1/watches")
+    assert response.status_code == 403 and "LROBRIDGE_API_KEYS" in str(_error(response)["message"])
+    bridge.close()
+
+
+def test_unknown_routes_and_methods_answer_in_the_status_form(client: FlaskClient) -> None:
+    assert _error(client.get("/nope"))["status"] == "NOT_FOUND"
+    response = client.put("/v1/watches", headers=AUTH)
+    assert response.status_code == 405 and _error(response)["status"] == "UNIMPLEMENTED"
+    assert _error(client.get("/v1/watches/BAD ID", headers=AUTH))["status"] == "INVALID_ARGUMENT"
+
+
+def test_health_endpoint_answers_ok(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def _push_body(op: operations_pb2.Operation) -> dict[str, object]:
+    return {
+        "message": {
+            "data": base64.b64encode(op.SerializeToString()).decode(),
+            "attributes": {"operation": op.name, "outcome": "succeeded", "event_id": "e-1"},
+            "messageId": "1",
+            "publishTime": "2026-11-23T00:00:00Z",
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
+def test_a_push_runs_the_callback_once_and_acks_redeliveries(bridge: Bridge) -> None:
+    events: list[CompletionEvent] = []
+
+    @bridge.on_complete(outcome="succeeded")
+    def collect(event: CompletionEvent) -> None:
+        events.append(event)
+
+    client = bridge.create_app().test_client()
+    op = operations_pb2.Operation(name="operations/x", done=True)
+    assert client.post("/pubsub/push", json=_push_body(op)).status_code == 204
+    assert client.post("/pubsub/push", json=_push_body(op)).status_code == 204
+    assert [e.operation for e in events] == [op]
+
+
+def test_a_failing_callback_makes_the_push_a_5xx_nack(bridge: Bridge) -> None:
+    @bridge.on_complete()
+    def broken(event: CompletionEvent) -> None:
+        raise ValueError("nope")
+
+    client = bridge.create_app().test_client()
+    response = client.post(
+        "/pubsub/push", json=_push_body(operations_pb2.Operation(name="operations/x", done=True))
+    )
+    assert response.status_code == 503
+    assert "broken" in json.dumps(response.get_json())
+
+
+def test_an_unprocessable_push_is_acked_and_quarantined(
+    bridge: Bridge, client: FlaskClient
+) -> None:
+    response = client.post("/pubsub/push", data=b"not json at all")
+    assert response.status_code == 200
+    [kept] = bridge.store.list_quarantine(limit=1)
+    assert kept.body == b"not json at all"

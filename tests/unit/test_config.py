@@ -1,0 +1,92 @@
+"""Settings from the environment (lrobridge.config)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from lrobridge.config import ENVIRONMENT, Settings, parse_duration
+from lrobridge.errors import ConfigError
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    s = Settings.from_env({})
+    assert s.topic == "lro-completed"
+    assert s.push_auth == "oidc"
+    assert s.payload_format == "binary"
+    assert s.grpc_port is None
+    assert s.store_url == "sqlite:///lrobridge.db"
+    assert s.webhook_allow_networks == ()
+    assert s.api_auth == "key" and s.api_keys == frozenset()
+
+
+def test_lrobridge_project_wins_over_google_cloud_project() -> None:
+    env = {"GOOGLE_CLOUD_PROJECT": "a", "LROBRIDGE_PROJECT": "b"}
+    assert Settings.from_env(env).topic_path == "projects/b/topics/lro-completed"
+    assert Settings.from_env({"GOOGLE_CLOUD_PROJECT": "a"}).project == "a"
+
+
+def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
+    with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        _ = Settings.from_env({}).topic_path
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "http"}, "PORT='http' is not an integer"),
+        ({"PORT": "70000"}, "not a port number"),
+        ({"LROBRIDGE_PUSH_AUTH": "maybe"}, "LROBRIDGE_PUSH_AUTH='maybe' is not one of: oidc, none"),
+        ({"LROBRIDGE_PAYLOAD_FORMAT": "xml"}, "LROBRIDGE_PAYLOAD_FORMAT"),
+        ({"LROBRIDGE_TOPIC": "x"}, "not a Pub/Sub resource id"),
+        ({"LROBRIDGE_TOPIC": "goog-topic"}, "not starting with goog"),
+        ({"LROBRIDGE_STORE": "postgres://x"}, "LROBRIDGE_STORE='postgres://x' is not a store URL"),
+        ({"LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "'nope' is not a CIDR"),
+        ({"LROBRIDGE_WATCHER_CONCURRENCY": "0"}, "must be at least 1"),
+        ({"LROBRIDGE_RPC_TIMEOUT": "0s"}, "longer than zero"),
+        ({"LROBRIDGE_LONG_POLL_TIMEOUT": "soon"}, "is not a duration"),
+        ({"LROBRIDGE_LOG_LEVEL": "LOUD"}, "LROBRIDGE_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_oidc_push_auth_without_a_service_account_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="LROBRIDGE_PUSH_SERVICE_ACCOUNT"):
+        Settings.from_env({}).check_push_auth()
+    Settings.from_env({"LROBRIDGE_PUSH_AUTH": "none"}).check_push_auth()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30", 30.0),
+        ("30s", 30.0),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("3600s", 3600.0),
+    ],
+)
+def test_durations_accept_human_and_proto_json_forms(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "h", "-5s", "1h 30m", "inf"])
+def test_malformed_durations_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def test_every_environment_variable_is_documented_in_the_readme_and_vice_versa() -> None:
+    text = README.read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.M))
+    assert documented == set(ENVIRONMENT)

@@ -1,0 +1,286 @@
+"""The watcher's decisions, through its seams with in-memory source and publisher (no network)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.rpc import status_pb2
+
+from lrobridge import codec
+from lrobridge.backoff import Backoff
+from lrobridge.config import Settings
+from lrobridge.errors import NotFound, PermissionDenied, Unavailable, Unimplemented
+from lrobridge.records import WatchRecord, WatchState
+from lrobridge.store.sqlite import SqliteStore
+from lrobridge.watcher import Watcher
+
+NAME = "projects/p/operations/op1"
+
+
+class ScriptedSource:
+    """Answers each call with the next scripted result (a snapshot or an exception)."""
+
+    url = "grpc://scripted:1"
+
+    def __init__(self, *results: object, wait_unimplemented: bool = True) -> None:
+        self.results = list(results)
+        self.wait_unimplemented = wait_unimplemented
+        self.calls: list[str] = []
+
+    def _next(self) -> codec.Snapshot:
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        assert isinstance(result, codec.Snapshot)
+        return result
+
+    def get_operation(self, name: str, *, timeout: float) -> codec.Snapshot:
+        self.calls.append("get")
+        return self._next()
+
+    def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
+        self.calls.append("wait")
+        if self.wait_unimplemented:
+            raise Unimplemented("no wait")
+        return self._next()
+
+    def cancel_operation(self, name: str, *, timeout: float) -> None:
+        raise Unimplemented("no")
+
+    def delete_operation(self, name: str, *, timeout: float) -> None:
+        raise Unimplemented("no")
+
+    def list_operations(
+        self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[codec.Snapshot], str]:
+        raise Unimplemented("no")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class RecordingPublisher:
+    fail_next: int = 0
+    published: list[tuple[bytes, dict[str, str], str]] = dataclasses.field(default_factory=list)
+
+    def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
+        future: Future[str] = Future()
+        if self.fail_next:
+            self.fail_next -= 1
+            future.set_exception(RuntimeError("pubsub down"))
+        else:
+            self.published.append((data, attributes, ordering_key))
+            future.set_result(str(len(self.published)))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pending() -> codec.Snapshot:
+    return codec.snapshot_from_proto(operations_pb2.Operation(name=NAME, done=False))
+
+
+def done(**kwargs: object) -> codec.Snapshot:
+    return codec.snapshot_from_proto(operations_pb2.Operation(name=NAME, done=True, **kwargs))
+
+
+@pytest.fixture
+def store() -> Iterator[SqliteStore]:
+    s = SqliteStore(":memory:")
+    yield s
+    s.close()
+
+
+def make(
+    store: SqliteStore,
+    source: ScriptedSource,
+    publisher: RecordingPublisher,
+    clock: Clock,
+    **settings: object,
+) -> Watcher:
+    return Watcher(
+        store=store,
+        sources=lambda url: source,
+        publisher=publisher,
+        settings=dataclasses.replace(Settings(), **settings),  # type: ignore[arg-type]
+        clock=clock,
+    )
+
+
+def add_watch(store: SqliteStore, clock: Clock, *, expire_in: float | None = None) -> WatchRecord:
+    record, _ = store.create_watch(
+        source=ScriptedSource.url,
+        operation=NAME,
+        expire_time=clock.now + expire_in if expire_in is not None else None,
+        backoff=Backoff(),
+        progress=False,
+        now=clock.now,
+    )
+    return record
+
+
+def poll_due(watcher: Watcher, store: SqliteStore, clock: Clock) -> None:
+    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
+        watcher.poll(record)
+
+
+def test_a_pending_operation_is_polled_with_backoff_then_published_once_when_done(
+    store: SqliteStore,
+) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    source = ScriptedSource(pending(), pending(), done())
+    watcher = make(store, source, publisher, clock)
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    first = store.get_watch(record.id)
+    assert first is not None and first.state == WatchState.ACTIVE and first.polls == 1
+    assert 0.8 <= first.next_poll - clock.now <= 1.2
+    clock.now = first.next_poll
+    poll_due(watcher, store, clock)
+    second = store.get_watch(record.id)
+    assert second is not None and 1.2 <= second.next_poll - clock.now <= 1.8
+    clock.now = second.next_poll
+    poll_due(watcher, store, clock)
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED
+    assert final.outcome == "succeeded" and final.polls == 3
+    [(data, attributes, key)] = publisher.published
+    assert operations_pb2.Operation.FromString(data) == done().operation
+    assert attributes["outcome"] == "succeeded" and key == NAME
+    assert attributes["event_id"] == codec.event_id(ScriptedSource.url, NAME, "succeeded")
+
+
+def test_wait_unimplemented_switches_the_source_to_get_polling_for_good(
+    store: SqliteStore,
+) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    source = ScriptedSource(pending(), done(), wait_unimplemented=True)
+    watcher = make(store, source, publisher, clock)
+    add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    clock.now += 10
+    poll_due(watcher, store, clock)
+    assert source.calls == ["wait", "get", "get"]
+    assert len(publisher.published) == 1
+
+
+def test_a_failed_operation_is_published_with_its_error_code(store: SqliteStore) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    source = ScriptedSource(done(error=status_pb2.Status(code=9, message="quota")))
+    watcher = make(store, source, publisher, clock)
+    add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    [(_, attributes, _)] = publisher.published
+    assert attributes["outcome"] == "failed" and attributes["error_code"] == "9"
+
+
+def test_not_found_ends_the_watch_with_outcome_not_found(store: SqliteStore) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    watcher = make(store, ScriptedSource(NotFound("gone")), publisher, clock)
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    [(data, attributes, _)] = publisher.published
+    assert attributes["outcome"] == "not_found"
+    assert operations_pb2.Operation.FromString(data).name == NAME
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED
+
+
+def test_transient_errors_are_retried_with_backoff_and_shown_on_the_watch(
+    store: SqliteStore,
+) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    watcher = make(
+        store, ScriptedSource(Unavailable("connection refused"), done()), publisher, clock
+    )
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    retrying = store.get_watch(record.id)
+    assert retrying is not None and retrying.state == WatchState.ACTIVE
+    assert retrying.last_error_code == 14 and "connection refused" in retrying.last_error_message
+    clock.now = retrying.next_poll
+    poll_due(watcher, store, clock)
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED and final.last_error_code == 0
+
+
+def test_permission_denied_stops_the_watch_with_the_error_and_publishes_nothing(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    watcher = make(
+        store, ScriptedSource(PermissionDenied("caller lacks operations.get")), publisher, clock
+    )
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.FAILED
+    assert final.last_error_code == 7 and "operations.get" in final.last_error_message
+    assert publisher.published == []
+    assert "PERMISSION_DENIED" in caplog.text
+    clock.now += 1e6
+    assert store.claim_due_polls(now=clock.now, limit=10, lease=1.0) == []
+
+
+def test_a_watch_past_its_deadline_ends_with_outcome_expired(store: SqliteStore) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    watcher = make(store, ScriptedSource(pending(), pending()), publisher, clock)
+    record = add_watch(store, clock, expire_in=0.5)
+    poll_due(watcher, store, clock)
+    scheduled = store.get_watch(record.id)
+    assert scheduled is not None and scheduled.next_poll <= clock.now + 0.5  # capped by deadline
+    clock.now += 0.5
+    poll_due(watcher, store, clock)
+    [(_, attributes, _)] = publisher.published
+    assert attributes["outcome"] == "expired"
+
+
+def test_a_publish_failure_keeps_the_completion_and_retries_it(store: SqliteStore) -> None:
+    clock, publisher = Clock(), RecordingPublisher(fail_next=1)
+    watcher = make(store, ScriptedSource(done()), publisher, clock)
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    held = store.get_watch(record.id)
+    assert held is not None and held.state == WatchState.PUBLISHING and held.message is not None
+    clock.now = held.next_poll
+    watcher.step()
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED
+    assert len(publisher.published) == 1
+
+
+def test_a_new_watcher_republishes_what_the_previous_one_never_got_acknowledged(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+
+    class BlackHole(RecordingPublisher):
+        def publish(
+            self, data: bytes, attributes: dict[str, str], ordering_key: str
+        ) -> Future[str]:
+            return Future()  # never resolves: the process "dies" before the ack
+
+    watcher = make(store, ScriptedSource(done()), BlackHole(), clock)
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    publisher = RecordingPublisher()
+    successor = make(store, ScriptedSource(), publisher, clock)
+    clock.now += 3600
+    successor.step()
+    assert len(publisher.published) == 1
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED
