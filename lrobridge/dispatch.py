@@ -4,9 +4,10 @@ The push endpoint hands every decoded Pub/Sub message to :meth:`Dispatcher.handl
 
 * a message that cannot be a completion (data not an Operation, bad attributes) is quarantined
   whole in the store with its reason and acknowledged, so it can never loop;
-* otherwise every subscription whose filters match is run unless the ledger says it already
-  succeeded for this ``event_id``; a callback that raises is recorded as failed and the message
-  is nacked, so Pub/Sub redelivers it and only the failed callbacks run again.
+* otherwise every :class:`EventSink` (durable hand-offs such as webhook deliveries) takes the
+  event first, then every subscription whose filters match is run unless the ledger says it
+  already succeeded for this ``event_id``; a sink or callback that raises is recorded as failed
+  and the message is nacked, so Pub/Sub redelivers it and only what failed runs again.
 
 Pure module: no Flask, no Pub/Sub client.
 """
@@ -18,7 +19,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
@@ -94,6 +95,21 @@ class Subscription:
         return self.metadata_type is None or self.metadata_type == event.snapshot.metadata_type
 
 
+class EventSink(Protocol):
+    """Something that must durably take every event before the push is acknowledged.
+
+    ``accept`` is called for every decoded event (progress events included; a sink filters
+    for itself) before any callback runs. It must be idempotent per ``event.event_id`` (a
+    redelivery calls it again) and return only once what it took is committed; raising makes
+    the message be redelivered.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def accept(self, event: CompletionEvent) -> None: ...
+
+
 class Verdict(enum.Enum):
     ACK = "ack"  # everything that matched has run successfully (now or before)
     QUARANTINED = "quarantined"  # unprocessable: kept in the store, acked
@@ -158,6 +174,7 @@ class Dispatcher:
         self._clock = clock
         self._lease = lease
         self.subscriptions: list[Subscription] = []
+        self.sinks: list[EventSink] = []
 
     def add(self, subscription: Subscription) -> None:
         if any(s.name == subscription.name for s in self.subscriptions):
@@ -189,6 +206,15 @@ class Dispatcher:
         done: list[str] = []
         busy: list[str] = []
         failed: dict[str, str] = {}
+        for sink in self.sinks:
+            try:
+                sink.accept(event)
+            except Exception as exc:
+                failed[sink.name] = f"{type(exc).__name__}: {exc}"
+                log.exception("sink %s did not take event %s", sink.name, event.event_id)
+        if failed:
+            # Nothing runs until every sink holds the event: a redelivery retries them all.
+            return DispatchResult(Verdict.RETRY, event_id=event.event_id, failed=failed)
         for subscription in self.subscriptions:
             if not subscription.matches(event):
                 continue

@@ -150,3 +150,34 @@ def test_two_callbacks_with_one_name_are_refused(store: SqliteStore) -> None:
     d.add(Subscription("cb", lambda e: None))
     with pytest.raises(InvalidArgument, match="already registered"):
         d.add(Subscription("cb", lambda e: None))
+
+
+class _Sink:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.name = "sink"
+        self.accepted: list[str] = []
+        self.fail_times = fail_times
+
+    def accept(self, event: CompletionEvent) -> None:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise OSError("disk full")
+        self.accepted.append(event.event_id)
+
+
+def test_a_sink_takes_each_event_before_callbacks_and_a_failing_sink_nacks_without_callbacks(
+    store: SqliteStore,
+) -> None:
+    calls: list[CompletionEvent] = []
+    sink = _Sink(fail_times=1)
+    d = Dispatcher(store)
+    d.sinks.append(sink)
+    d.add(Subscription("cb", calls.append))
+    first = d.handle(_message(DONE), raw_body=b"", headers={})
+    assert first.verdict is Verdict.RETRY
+    assert "sink" in first.failed and "disk full" in first.failed["sink"]
+    assert calls == []
+    second = d.handle(_message(DONE), raw_body=b"", headers={})
+    assert second.verdict is Verdict.ACK
+    assert sink.accepted == [second.event_id]
+    assert [c.event_id for c in calls] == [second.event_id]
