@@ -1,4 +1,12 @@
-"""The Flask app: thin views over the core (push endpoint, Watch API, health).
+"""The Flask app: thin views over the core (push endpoint, Watch API, Operations facade, health).
+
+Operations facade routes (OPERATIONS.md's HTTP mapping on every tracked name, one catch-all per
+method so any ``{name=**/operations/*}`` works): ``GET /v1/{name}`` (GetOperation),
+``GET /v1/{parent}/operations`` and ``GET /v1/operations`` (ListOperations: ``filter``,
+``pageSize``, ``pageToken``, ``returnPartialSuccess``), ``POST /v1/{name}:cancel``,
+``POST /v1/{name}:wait`` (body ``{"timeout": "30s"}``, optional), ``DELETE /v1/{name}``
+(``?atSource=true`` deletes it on its source too). Static routes (``/v1/watches``...) win over
+the catch-alls.
 
 Views read bytes and headers, call pure core code, and turn results or
 :class:`~lrobridge.errors.BridgeError` into responses; ``flask.Request`` never reaches the core.
@@ -15,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from lrobridge.errors import BridgeError, Code, InvalidArgument
+from lrobridge import codec
+from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.records import WatchState
-from lrobridge.watches import create_args_from_json, watch_to_json
+from lrobridge.watches import create_args_from_json, duration_field, watch_to_json
 
 if TYPE_CHECKING:
     from lrobridge.bridge import Bridge
@@ -149,7 +158,54 @@ def create_app(bridge: Bridge) -> Flask:
         watches.delete(watch_id)
         return json_response({})
 
+    facade = bridge.facade
+
+    @app.get("/v1/<path:target>")
+    def get_or_list_operations(target: str) -> Response:
+        if target == "operations" or target.endswith("/operations"):
+            snapshots, token = facade.list(
+                target.removesuffix("operations").removesuffix("/"),
+                filter=request.args.get("filter", ""),
+                page_size=_int_arg("pageSize"),
+                page_token=request.args.get("pageToken", ""),
+                return_partial_success=_bool_arg("returnPartialSuccess"),
+            )
+            body: dict[str, Any] = {
+                "operations": [codec.operation_json_lenient(s) for s in snapshots]
+            }
+            if token:
+                body["nextPageToken"] = token
+            return json_response(body)
+        return json_response(codec.operation_json_lenient(facade.get(target)))
+
+    @app.post("/v1/<path:target>")
+    def operation_method(target: str) -> Response:
+        name, _, method = target.rpartition(":")
+        if method == "cancel" and name:
+            facade.cancel(name)
+            return json_response({})
+        if method == "wait" and name:
+            body = parse_json_body(request.get_data(cache=False) or b"{}")
+            if not isinstance(body, dict) or set(body) - {"name", "timeout"}:
+                raise InvalidArgument('a WaitOperation body is {"timeout": "30s"} (optional)')
+            timeout = body.get("timeout")
+            seconds = duration_field(timeout, "timeout") if timeout is not None else None
+            return json_response(codec.operation_json_lenient(facade.wait(name, timeout=seconds)))
+        raise NotFound(f"no such endpoint: POST {request.path} (operations take :cancel or :wait)")
+
+    @app.delete("/v1/<path:name>")
+    def delete_operation(name: str) -> Response:
+        facade.delete(name, at_source=_bool_arg("atSource"))
+        return json_response({})
+
     return app
+
+
+def _bool_arg(name: str) -> bool:
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidArgument(f"{name}={value!r} is not true or false")
+    return value in ("true", "1")
 
 
 def _int_arg(name: str) -> int:

@@ -10,28 +10,39 @@ app = bridge.create_app()
 
 Parts are created lazily, so importing a module that defines a bridge opens no file and no
 connection; the store opens when the app or watcher is created, the Pub/Sub client when the
-watcher first publishes.
+first message is published.
+
+Parts: ``store``, ``dispatcher`` (callbacks), ``watches`` (Watch resource), ``facade``
+(Operations interface), ``producer`` (operations this service creates), ``hub`` (WaitOperation
+waiters), ``create_watcher()``, ``create_app()`` (Flask), ``start_grpc()``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
 
 from lrobridge.api_auth import ApiAuth
 from lrobridge.backoff import Backoff
 from lrobridge.config import Settings
 from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription
+from lrobridge.facade import OperationsFacade
 from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.producer import Producer
 from lrobridge.push import PushEndpoint, TokenVerifier
 from lrobridge.records import WatchRecord
+from lrobridge.relay import OutboxRelay
 from lrobridge.store import Store, open_store
+from lrobridge.waiters import CompletionHub
 from lrobridge.watcher import Watcher
 from lrobridge.watches import WatchService
 
 if TYPE_CHECKING:
     from flask import Flask
+
+    from lrobridge.grpc_server import GrpcServer
 
 F = TypeVar("F", bound=Callable[[CompletionEvent], object])
 
@@ -54,6 +65,10 @@ class Bridge:
         self._dispatcher: Dispatcher | None = None
         self._watch_service: WatchService | None = None
         self._watcher: Watcher | None = None
+        self._hub: CompletionHub | None = None
+        self._facade: OperationsFacade | None = None
+        self._producer: Producer | None = None
+        self._grpc: GrpcServer | None = None
         self.subscriptions: list[Subscription] = []
 
     # -- callbacks -------------------------------------------------------------------------
@@ -117,6 +132,47 @@ class Bridge:
             return self._watch_service
 
     @property
+    def hub(self) -> CompletionHub:
+        with self._lock:
+            if self._hub is None:
+                self._hub = CompletionHub(self.store)
+            return self._hub
+
+    @property
+    def facade(self) -> OperationsFacade:
+        """The Operations interface over every tracked operation."""
+        with self._lock:
+            if self._facade is None:
+                self._facade = OperationsFacade(
+                    self.store,
+                    sources=self.source,
+                    hub=self.hub,
+                    rpc_timeout=self.settings.rpc_timeout,
+                    produced_cancel=lambda name: self.producer.request_cancel(name),
+                    on_poll_soon=self._wake_watcher,
+                    max_wait=self.settings.wait_max,
+                )
+            return self._facade
+
+    @property
+    def producer(self) -> Producer:
+        """The producer kit: operations this service creates and completes itself."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    self.store,
+                    OutboxRelay(self.store, self._lazy_publisher()),
+                    self.hub,
+                    source=self.settings.bridge_url or "lrobridge://local",
+                    payload_format=self.settings.payload_format,
+                    progress_interval=self.settings.progress_interval,
+                )
+            return self._producer
+
+    def _lazy_publisher(self) -> Publisher:
+        return _LazyPublisher(lambda: self.publisher)
+
+    @property
     def api_auth(self) -> ApiAuth:
         return ApiAuth(self.settings)
 
@@ -150,7 +206,12 @@ class Bridge:
                 service_account=self.settings.push_service_account,
                 certs_url=self.settings.push_certs_url,
             )
-        return PushEndpoint(dispatcher=self.dispatcher, ledger=self.store, verifier=verifier)
+        return PushEndpoint(
+            dispatcher=self.dispatcher,
+            ledger=self.store,
+            verifier=verifier,
+            on_event=self.hub.notify,
+        )
 
     def create_app(self) -> Flask:
         """The Flask app: push endpoint, Watch API, health (the gunicorn target)."""
@@ -164,10 +225,32 @@ class Bridge:
                 self._watcher = Watcher(
                     store=self.store,
                     sources=self.source,
-                    publisher=self.publisher,
+                    publisher=self._lazy_publisher(),
                     settings=self.settings,
+                    on_completion=self.hub.notify,
                 )
             return self._watcher
+
+    def start_grpc(self, port: int | None = None, host: str = "0.0.0.0") -> int:
+        """Serve Operations and WatchService over gRPC (``LROBRIDGE_GRPC_PORT`` by default);
+        returns the bound port."""
+        from lrobridge.grpc_server import GrpcServer
+
+        chosen = self.settings.grpc_port if port is None else port
+        if chosen is None:
+            raise ValueError("no gRPC port: set LROBRIDGE_GRPC_PORT or pass port=")
+        with self._lock:
+            if self._grpc is None:
+                self._grpc = GrpcServer(
+                    facade=self.facade,
+                    watches=self.watches,
+                    auth=self.api_auth,
+                    host=host,
+                    port=chosen,
+                )
+                self._grpc.start()
+            assert self._grpc.port is not None
+            return self._grpc.port
 
     def _wake_watcher(self) -> None:
         if self._watcher is not None:
@@ -196,8 +279,14 @@ class Bridge:
 
     def close(self) -> None:
         with self._lock:
+            if self._grpc is not None:
+                self._grpc.stop()
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._producer is not None:
+                self._producer.close()
+            if self._hub is not None:
+                self._hub.close()
             if self._publisher is not None:
                 self._publisher.close()
             close_registry = getattr(self._registry, "close", None)
@@ -205,3 +294,16 @@ class Bridge:
                 close_registry()
             if self._store is not None:
                 self._store.close()
+
+
+class _LazyPublisher:
+    """A Publisher that creates the Pub/Sub client on the first publish, not before."""
+
+    def __init__(self, factory: Callable[[], Publisher]) -> None:
+        self._factory = factory
+
+    def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
+        return self._factory().publish(data, attributes, ordering_key)
+
+    def close(self) -> None:
+        """The Bridge closes the real publisher."""

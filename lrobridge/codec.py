@@ -34,6 +34,9 @@ from lrobridge.names import validate_operation_name
 
 Outcome = Literal["succeeded", "failed", "cancelled", "expired", "not_found"]
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "cancelled", "expired", "not_found")
+# What an event message announces: an outcome, or `progress` (metadata of a running operation).
+EventType = Literal["succeeded", "failed", "cancelled", "expired", "not_found", "progress"]
+EVENT_TYPES: tuple[EventType, ...] = (*OUTCOMES, "progress")
 PayloadFormat = Literal["binary", "json"]
 
 CE_TYPE_PREFIX = "lrobridge.operation.v1."
@@ -170,6 +173,33 @@ def operation_json(snapshot: Snapshot) -> dict[str, Any] | None:
     return out
 
 
+def operation_json_lenient(snapshot: Snapshot) -> dict[str, Any]:
+    """:func:`operation_json`, or when an ``Any`` type is unknown here, the Operation with each
+    such ``Any`` as ``{"@type": url, "value": "<base64 of its bytes>"}`` (nothing is dropped)."""
+    exact = operation_json(snapshot)
+    if exact is not None:
+        return exact
+    op = snapshot.operation
+    out: dict[str, Any] = {"name": op.name}
+    for field in ("metadata", "response"):
+        if op.HasField(field):
+            out[field] = _any_json(getattr(op, field))
+    out["done"] = op.done
+    if op.HasField("error"):
+        error: dict[str, Any] = {"code": op.error.code, "message": op.error.message}
+        if op.error.details:
+            error["details"] = [_any_json(d) for d in op.error.details]
+        out["error"] = error
+    return out
+
+
+def _any_json(value: any_pb2.Any) -> dict[str, Any]:
+    try:
+        return json_format.MessageToDict(value)
+    except (TypeError, KeyError, json_format.Error):
+        return {"@type": value.type_url, "value": base64.b64encode(value.value).decode()}
+
+
 def encode_payload(snapshot: Snapshot, requested: PayloadFormat) -> tuple[bytes, PayloadFormat]:
     """Message data for a snapshot, and the format actually used (see the module docstring)."""
     if requested == "json" or (snapshot.raw_json is not None and not snapshot.lossless_proto):
@@ -209,16 +239,26 @@ def event_id(source: str, operation_name: str, outcome: Outcome) -> str:
     return base64.b32encode(digest[:20]).decode().lower()
 
 
+def progress_event_id(source: str, snapshot: Snapshot) -> str:
+    """Stable id of one progress state: the same metadata observed twice is one event."""
+    digest = hashlib.sha256(
+        f"{source}\n{snapshot.name}\nprogress\n".encode() + snapshot.metadata_fingerprint
+    ).digest()
+    return base64.b32encode(digest[:20]).decode().lower()
+
+
 def completion_attributes(
     snapshot: Snapshot,
     *,
-    outcome: Outcome,
+    outcome: EventType,
     source: str,
     event_id: str,
     payload_format: PayloadFormat,
     time: datetime.datetime,
 ) -> dict[str, str]:
-    """Message attributes per ARCHITECTURE.md, CloudEvents Pub/Sub binding included."""
+    """Message attributes per ARCHITECTURE.md, CloudEvents Pub/Sub binding included.
+
+    ``outcome`` is ``progress`` for a progress event (the operation is still running)."""
     attributes = {
         "operation": snapshot.name,
         "outcome": outcome,
@@ -241,7 +281,26 @@ def completion_attributes(
     return attributes
 
 
+def empty_operation(name: str) -> operations_pb2.Operation:
+    """An Operation that carries only its name (not observed yet, or gone from its source)."""
+    return operations_pb2.Operation(name=name)
+
+
 def not_found_snapshot(name: str) -> Snapshot:
     """What is published for an operation its source no longer knows."""
     validate_operation_name(name)
-    return Snapshot(operation=operations_pb2.Operation(name=name))
+    return Snapshot(operation=empty_operation(name))
+
+
+def operation_parent(name: str) -> str:
+    """The collection parent of an operation name, as ListOperations takes it.
+
+    ``projects/p/operations/x`` -> ``projects/p``; ``operations/x`` -> ``""``; a name without
+    an ``operations`` collection loses its last segment (``tasks/t/runs/r`` -> ``tasks/t/runs``).
+    """
+    head, _, _ = name.rpartition("/")
+    if head == "operations":
+        return ""
+    if head.endswith("/operations"):
+        return head.removesuffix("/operations")
+    return head

@@ -76,6 +76,15 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call."),
     "LROBRIDGE_RPC_TIMEOUT": ("30s", "Deadline of one GetOperation / REST GET to a source."),
+    "LROBRIDGE_WAIT_MAX": (
+        "60s",
+        "Longest WaitOperation the facade holds, whatever timeout the caller asks for.",
+    ),
+    "LROBRIDGE_PROGRESS_INTERVAL": (
+        "5s",
+        "Least time between two progress events of one operation (watches and producers that "
+        "ask for progress).",
+    ),
     "LROBRIDGE_LOG_FORMAT": ("text", "`text` for terminals, `json` for Cloud Logging."),
     "LROBRIDGE_LOG_LEVEL": ("INFO", "Python logging level name."),
     "LROBRIDGE_URL": ("", "Base URL of a running bridge, used by CLI commands that call its API."),
@@ -130,6 +139,8 @@ class Settings:
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
     rpc_timeout: float = 30.0
+    progress_interval: float = 5.0
+    wait_max: float = 60.0
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     bridge_url: str = ""
@@ -191,6 +202,10 @@ class Settings:
                 get("LROBRIDGE_LONG_POLL_TIMEOUT"), what="LROBRIDGE_LONG_POLL_TIMEOUT"
             ),
             rpc_timeout=_positive_duration(get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT"),
+            wait_max=_positive_duration(get("LROBRIDGE_WAIT_MAX"), "LROBRIDGE_WAIT_MAX"),
+            progress_interval=parse_duration(
+                get("LROBRIDGE_PROGRESS_INTERVAL"), what="LROBRIDGE_PROGRESS_INTERVAL"
+            ),
             log_format=cast(
                 LogFormat,
                 _choice(get("LROBRIDGE_LOG_FORMAT"), "LROBRIDGE_LOG_FORMAT", ("text", "json")),

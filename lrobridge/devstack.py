@@ -111,7 +111,7 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
                 f"watches: {counts[WatchState.ACTIVE]} active, "
                 f"{counts[WatchState.PUBLISHING]} publishing, "
                 f"{counts[WatchState.COMPLETED]} completed, {counts[WatchState.FAILED]} failed"
-                f" | polls {stats.polls}, published {stats.published}"
+                f" | polls {stats.polls}, published {watcher.relay.published}"
             )
             if line != last:
                 print(time.strftime("%H:%M:%S"), line, flush=True)

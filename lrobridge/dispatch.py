@@ -120,6 +120,7 @@ class Verdict(enum.Enum):
 class DispatchResult:
     verdict: Verdict
     event_id: str = ""
+    operation: str = ""
     ran: tuple[str, ...] = ()
     already_done: tuple[str, ...] = ()
     failed: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -214,7 +215,9 @@ class Dispatcher:
                 log.exception("sink %s did not take event %s", sink.name, event.event_id)
         if failed:
             # Nothing runs until every sink holds the event: a redelivery retries them all.
-            return DispatchResult(Verdict.RETRY, event_id=event.event_id, failed=failed)
+            return DispatchResult(
+                Verdict.RETRY, event_id=event.event_id, operation=event.name, failed=failed
+            )
         for subscription in self.subscriptions:
             if not subscription.matches(event):
                 continue
@@ -250,6 +253,7 @@ class Dispatcher:
         return DispatchResult(
             verdict,
             event_id=event.event_id,
+            operation=event.name,
             ran=tuple(ran),
             already_done=tuple(done),
             failed=failed,

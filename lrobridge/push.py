@@ -47,11 +47,13 @@ class PushEndpoint:
         ledger: EventLedger,
         verifier: TokenVerifier | None,
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ledger = ledger
         self._verifier = verifier
         self._clock = clock
+        self._on_event = on_event
 
     def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -75,6 +77,8 @@ class PushEndpoint:
                 {"quarantined": quarantine_id, "reason": exc.message},
             )
         result = self._dispatcher.handle(message, raw_body=body, headers=kept_headers)
+        if self._on_event is not None and result.operation:
+            self._on_event(result.operation)  # wake WaitOperation callers of this process
         return PushResponse(STATUS_BY_VERDICT[result.verdict], _describe(result))
 
 

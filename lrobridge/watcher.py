@@ -5,24 +5,25 @@ loop claims due watches in batches and a bounded thread pool runs the polls. Per
 at most ``long_poll_slots`` WaitOperation long polls at once; other due watches use a plain
 GetOperation. A source answering UNIMPLEMENTED to WaitOperation gets GetOperation from then on.
 
-Completions go through an outbox: the completion message is built and committed to the store
-(state PUBLISHING) before it is handed to Pub/Sub, and the watch becomes COMPLETED only when the
-publish future resolves. A watcher killed at any moment therefore republishes what was not
-acknowledged (same ``event_id``, so subscribers deduplicate) and resumes every pending watch.
+Every observation is stored as the operation's latest state (the Operations facade serves
+it). Completions go through the outbox (:mod:`lrobridge.relay`): the completion message is
+committed to the store with the final state (watch state PUBLISHING) before it is handed to
+Pub/Sub, and the watch becomes COMPLETED only when Pub/Sub acknowledged it. A watcher killed at
+any moment therefore republishes what was not acknowledged (same ``event_id``, so subscribers
+deduplicate) and resumes every pending watch. Watches with ``progress`` on also publish
+throttled ``progress`` events when the operation's metadata changes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
-from lrobridge import codec
-from lrobridge.backoff import Backoff
+from lrobridge import codec, relay
 from lrobridge.config import Settings
 from lrobridge.errors import (
     BridgeError,
@@ -32,13 +33,16 @@ from lrobridge.errors import (
     classify_api_error,
 )
 from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.records import PendingMessage, WatchRecord
-from lrobridge.store import WatchStore
+from lrobridge.records import OutboxEntry, WatchRecord
+from lrobridge.store import Outbox, WatchStore
+
+
+class _Store(WatchStore, Outbox, Protocol):
+    """What the watcher needs of the store."""
+
 
 log = logging.getLogger(__name__)
 
-# Publish retries back off from 1 s to 5 min.
-PUBLISH_BACKOFF = Backoff(initial_delay=1.0, multiplier=2.0, max_delay=300.0)
 # How often the loop looks at the store when nothing is due sooner (other processes may have
 # added watches).
 IDLE_RECHECK = 0.5
@@ -51,24 +55,26 @@ class Watcher:
     def __init__(
         self,
         *,
-        store: WatchStore,
+        store: _Store,
         sources: Callable[[str], OperationsSource],
         publisher: Publisher,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        on_completion: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._sources = sources
-        self._publisher = publisher
         self._settings = settings
         self._clock = clock
+        self._on_completion = on_completion
         self._pool = ThreadPoolExecutor(
             max_workers=settings.watcher_concurrency, thread_name_prefix="lrobridge-poll"
         )
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._publishing: set[str] = set()
         self._wake = threading.Event()
+        self.relay = relay.OutboxRelay(store, publisher, clock=clock, on_settled=self._wake.set)
+        self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._stop = threading.Event()
         self._no_wait_sources: set[str] = set()
         self._long_poll_slots: dict[str, threading.Semaphore] = {}
@@ -105,9 +111,7 @@ class Watcher:
         now = self._clock()
         started = 0
         lease = self._settings.rpc_timeout + self._settings.long_poll_timeout + 30.0
-        for watch in self._store.claim_due_publishes(now=now, limit=1000, lease=lease):
-            self._publish(watch)
-            started += 1
+        started += self.relay.drain(lease=lease)
         with self._lock:
             free = self._settings.watcher_concurrency - self._in_flight
         for watch in self._store.claim_due_polls(now=now, limit=free, lease=lease):
@@ -183,15 +187,18 @@ class Watcher:
             self._complete(watch, snapshot, "expired")
         elif held:
             # The long poll itself spaced the polls: go again at once, same backoff step.
-            self._store.record_pending(
+            changed = self._store.record_pending(
                 watch.id,
                 now=self._clock(),
                 next_poll=self._clock(),
                 attempt=watch.attempt,
                 polled=True,
+                snapshot=snapshot,
             )
+            self._maybe_progress(watch, snapshot, changed)
         else:
-            self._reschedule(watch, error=None)
+            changed = self._reschedule(watch, error=None, snapshot=snapshot)
+            self._maybe_progress(watch, snapshot, changed)
 
     def _fetch(self, source: OperationsSource, watch: WatchRecord) -> tuple[codec.Snapshot, bool]:
         """The operation's state, and whether a long poll was held for most of its wait."""
@@ -244,20 +251,42 @@ class Watcher:
                 self._long_poll_slots[url] = slot
             return slot
 
-    def _reschedule(self, watch: WatchRecord, *, error: BridgeError | None) -> None:
+    def _reschedule(
+        self,
+        watch: WatchRecord,
+        *,
+        error: BridgeError | None,
+        snapshot: codec.Snapshot | None = None,
+    ) -> bool:
         now = self._clock()
         next_poll = now + watch.backoff.delay(watch.attempt)
         if watch.expire_time is not None:
             next_poll = min(next_poll, max(now, watch.expire_time))
-        self._store.record_pending(
+        return self._store.record_pending(
             watch.id,
             now=now,
             next_poll=next_poll,
             attempt=watch.attempt + 1,
             polled=error is None,
+            snapshot=snapshot,
             error_code=int(error.code) if error else 0,
             error_message=error.message if error else "",
         )
+
+    def _maybe_progress(self, watch: WatchRecord, snapshot: codec.Snapshot, changed: bool) -> None:
+        if not watch.progress:
+            return
+        now = self._clock()
+        if not self._progress.should_send(watch.id, changed=changed, now=now):
+            return
+        message, event_id = relay.progress_message(
+            snapshot, source=watch.source, payload_format=self._settings.payload_format, now=now
+        )
+        entry_id = self._store.enqueue(
+            message, event_id=event_id, operation=watch.operation, now=now
+        )
+        self.stats.progress_events += 1
+        self.relay.publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
 
     # -- completion and publishing ---------------------------------------------------------
 
@@ -265,64 +294,25 @@ class Watcher:
         self, watch: WatchRecord, snapshot: codec.Snapshot, outcome: codec.Outcome
     ) -> None:
         now = self._clock()
-        event_id = codec.event_id(watch.source, watch.operation, outcome)
-        data, payload_format = codec.encode_payload(snapshot, self._settings.payload_format)
-        attributes = codec.completion_attributes(
+        done = relay.completion(
             snapshot,
-            outcome=outcome,
+            outcome,
             source=watch.source,
-            event_id=event_id,
-            payload_format=payload_format,
-            time=datetime.datetime.fromtimestamp(now, datetime.UTC),
+            payload_format=self._settings.payload_format,
+            now=now,
         )
-        message = PendingMessage(data=data, attributes=attributes, ordering_key=watch.operation)
-        if not self._store.record_completion(
-            watch.id, outcome=outcome, event_id=event_id, message=message, now=now
-        ):
+        entry_id = self._store.record_completion(watch.id, done, now=now)
+        if entry_id is None:
             return  # deleted meanwhile
+        self._progress.forget(watch.id)
         self.stats.completions += 1
-        log.info("%s on %s: %s (event %s)", watch.operation, watch.source, outcome, event_id)
-        self._publish(dataclasses.replace(watch, message=message, attempt=0))
-
-    def _publish(self, watch: WatchRecord) -> None:
-        message = watch.message
-        if message is None:  # a PUBLISHING row always has its message; be defensive
-            log.error("watch %s is PUBLISHING without a message", watch.name)
-            return
-        with self._lock:
-            if watch.id in self._publishing:
-                return
-            self._publishing.add(watch.id)
-        try:
-            future = self._publisher.publish(message.data, message.attributes, message.ordering_key)
-        except Exception as exc:
-            self._publish_done(watch, None, exc)
-            return
-        future.add_done_callback(lambda f: self._publish_done(watch, f, None))
-
-    def _publish_done(
-        self, watch: WatchRecord, future: Future[str] | None, error: BaseException | None
-    ) -> None:
-        if future is not None:
-            error = future.exception()
-        now = self._clock()
-        try:
-            if error is None:
-                self._store.mark_published(watch.id, now=now)
-                self.stats.published += 1
-            else:
-                self.stats.publish_errors += 1
-                delay = PUBLISH_BACKOFF.delay(watch.attempt)
-                log.warning(
-                    "publishing %s failed (%s); retrying in %.1fs", watch.operation, error, delay
-                )
-                self._store.retry_publish(
-                    watch.id, next_attempt=now + delay, error_message=str(error), now=now
-                )
-        finally:
-            with self._lock:
-                self._publishing.discard(watch.id)
-            self._wake.set()
+        log.info("%s on %s: %s (event %s)", watch.operation, watch.source, outcome, done.event_id)
+        if self._on_completion is not None:
+            self._on_completion(watch.operation)
+        # The entry was written leased to us: publish it now; a later drain retries failures.
+        self.relay.publish(
+            OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
+        )
 
 
 class WatcherStats:
@@ -336,3 +326,4 @@ class WatcherStats:
         self.publish_errors = 0
         self.transient_errors = 0
         self.failed = 0
+        self.progress_events = 0

@@ -140,9 +140,42 @@ def create_args_from_json(body: object) -> dict[str, Any]:
     return {
         "operation": operation,
         "source": source,
-        "deadline": _duration_field(deadline, "deadline") if deadline is not None else None,
+        "deadline": duration_field(deadline, "deadline") if deadline is not None else None,
         "backoff": backoff_from_json(body.get("backoff")),
         "progress": progress,
+    }
+
+
+def create_args_from_proto(request: watch_pb2.CreateWatchRequest) -> dict[str, Any]:
+    """Keyword arguments of :meth:`WatchService.create` from a gRPC CreateWatchRequest."""
+    if not request.operation:
+        raise InvalidArgument("field 'operation' (the operation's full name) is required")
+    if not request.source:
+        raise InvalidArgument("field 'source' (grpc://, grpcs://, http(s)://host/v1) is required")
+    backoff = None
+    if request.HasField("backoff"):
+        defaults = Backoff()
+        b = request.backoff
+        initial = (
+            b.initial_delay.ToTimedelta().total_seconds() if b.HasField("initial_delay") else None
+        )
+        maximum = b.max_delay.ToTimedelta().total_seconds() if b.HasField("max_delay") else None
+        backoff = Backoff(
+            initial_delay=initial if initial is not None else defaults.initial_delay,
+            multiplier=b.multiplier or defaults.multiplier,
+            max_delay=maximum
+            if maximum is not None
+            else max(defaults.max_delay, initial or defaults.initial_delay),
+        )
+    deadline = None
+    if request.HasField("deadline"):
+        deadline = request.deadline.ToTimedelta().total_seconds()
+    return {
+        "operation": request.operation,
+        "source": request.source,
+        "deadline": deadline,
+        "backoff": backoff,
+        "progress": request.progress,
     }
 
 
@@ -163,19 +196,19 @@ def backoff_from_json(value: object) -> Backoff | None:
     initial_value = value.get("initialDelay")
     maximum_value = value.get("maxDelay")
     initial = (
-        _duration_field(initial_value, "backoff.initialDelay")
+        duration_field(initial_value, "backoff.initialDelay")
         if initial_value is not None
         else defaults.initial_delay
     )
     maximum = (
-        _duration_field(maximum_value, "backoff.maxDelay")
+        duration_field(maximum_value, "backoff.maxDelay")
         if maximum_value is not None
         else max(defaults.max_delay, initial)
     )
     return Backoff(initial_delay=initial, multiplier=float(multiplier), max_delay=maximum)
 
 
-def _duration_field(value: object, field: str) -> float:
+def duration_field(value: object, field: str) -> float:
     if isinstance(value, bool):
         raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
     if isinstance(value, int | float):
@@ -210,6 +243,7 @@ def watch_to_proto(record: WatchRecord) -> watch_pb2.Watch:
         ),
         outcome=record.outcome,
         event_id=record.event_id,
+        progress=record.progress,
     )
     if record.state == WatchState.ACTIVE:
         watch.next_poll_time.CopyFrom(_timestamp(record.next_poll))

@@ -1,19 +1,47 @@
-"""Durable state: watches (and their outbox of completion messages), callback runs, quarantine.
+"""Durable state behind small interfaces, and ``open_store(url)`` that picks the backend.
 
-``open_store(url)`` picks the backend from ``LROBRIDGE_STORE``; today the embedded SQLite file.
-The interfaces are ``WatchStore`` and ``EventLedger`` below, so a distributed backend can be
-added without touching the watcher or the push endpoint.
+* :class:`WatchStore`: watches and their poll schedule (leased claims, backoff step);
+* :class:`OperationStore`: the latest state of every tracked operation (watched or produced),
+  which the Operations facade serves;
+* :class:`Outbox`: messages committed before they are handed to Pub/Sub, so a crash between
+  "known" and "acknowledged" republishes instead of losing them;
+* :class:`EventLedger`: push-side memory (which callback handled which event, quarantine).
+
+Every method is one transaction: what a call reported as done survives a kill -9. Today's
+backend is the embedded SQLite file (``sqlite:///path``); a distributed backend implements the
+same protocols without touching the watcher, the facade or the push endpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from lrobridge.backoff import Backoff
+from lrobridge.codec import Snapshot
 from lrobridge.errors import ConfigError
-from lrobridge.records import PendingMessage, QuarantinedMessage, WatchRecord, WatchState
+from lrobridge.opfilter import OperationFilter
+from lrobridge.records import (
+    OperationRecord,
+    OutboxEntry,
+    PendingMessage,
+    QuarantinedMessage,
+    WatchRecord,
+    WatchState,
+)
 
 ClaimResult = Literal["run", "done", "busy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """How an operation ended, with the message announcing it (written in one transaction)."""
+
+    outcome: str
+    event_id: str
+    snapshot: Snapshot
+    message: PendingMessage
 
 
 class WatchStore(Protocol):
@@ -27,7 +55,9 @@ class WatchStore(Protocol):
         progress: bool,
         now: float,
     ) -> tuple[WatchRecord, bool]:
-        """Insert a watch, or return the existing one for (source, operation); bool = created."""
+        """Insert a watch, or return the existing one for (source, operation); bool = created.
+
+        The operation becomes tracked (see :class:`OperationStore`) if it was not already."""
         ...
 
     def get_watch(self, watch_id: str) -> WatchRecord | None: ...
@@ -40,17 +70,17 @@ class WatchStore(Protocol):
         """Watches in creation order after cursor ``after``; the cursor of the next page."""
         ...
 
-    def delete_watch(self, watch_id: str) -> bool: ...
+    def delete_watch(self, watch_id: str) -> bool:
+        """Forget a watch; its operation stops being tracked unless something else tracks it."""
+        ...
 
     def claim_due_polls(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
         """ACTIVE watches due by ``now``; each is leased (not handed out again) for ``lease`` s."""
         ...
 
-    def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
-        """PUBLISHING watches whose completion message is due for (re)publishing."""
+    def next_due_time(self) -> float | None:
+        """Earliest time a poll or an outbox entry is due (None when nothing is pending)."""
         ...
-
-    def next_due_time(self) -> float | None: ...
 
     def record_pending(
         self,
@@ -60,25 +90,84 @@ class WatchStore(Protocol):
         next_poll: float,
         attempt: int,
         polled: bool,
+        snapshot: Snapshot | None = None,
         error_code: int = 0,
         error_message: str = "",
-    ) -> None: ...
-
-    def record_completion(
-        self, watch_id: str, *, outcome: str, event_id: str, message: PendingMessage, now: float
     ) -> bool:
-        """ACTIVE -> PUBLISHING with the message stored; False if the watch is gone."""
+        """Reschedule an ACTIVE watch; with ``snapshot``, store it as the operation's state.
+
+        Returns whether the stored state changed (a progress event may be due)."""
         ...
 
-    def mark_published(self, watch_id: str, *, now: float) -> None: ...
+    def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
+        """ACTIVE -> PUBLISHING, the operation's final state stored and the message put in the
+        outbox (leased to the caller, who publishes it at once), all in one transaction.
 
-    def retry_publish(
-        self, watch_id: str, *, next_attempt: float, error_message: str, now: float
-    ) -> None: ...
+        Returns the outbox entry id; None (nothing written) if the watch is gone or not ACTIVE."""
+        ...
 
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None: ...
 
+    def poll_soon(self, operation: str, *, now: float) -> int:
+        """Make ACTIVE watches of ``operation`` due now (after a cancel); how many."""
+        ...
+
     def count_by_state(self) -> dict[WatchState, int]: ...
+
+
+class Outbox(Protocol):
+    def enqueue(
+        self, message: PendingMessage, *, event_id: str, operation: str, now: float
+    ) -> int: ...
+
+    def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        """Entries due for (re)publishing, leased for ``lease`` seconds."""
+        ...
+
+    def mark_published(self, entry_id: int, *, now: float) -> None:
+        """Drop the entry; a watch waiting on it becomes COMPLETED."""
+        ...
+
+    def retry_publish(
+        self, entry_id: int, *, next_attempt: float, error_message: str, now: float
+    ) -> None: ...
+
+    def outbox_size(self) -> int: ...
+
+
+class OperationStore(Protocol):
+    def get_operation(self, name: str) -> OperationRecord | None: ...
+
+    def get_operations(self, names: Iterable[str]) -> dict[str, OperationRecord]: ...
+
+    def list_operations(
+        self, parent: str, query: OperationFilter, *, after: str, limit: int
+    ) -> tuple[list[OperationRecord], str | None]:
+        """Operations directly under ``parent`` matching ``query`` in name order after
+        ``after``; the name to continue after for the next page (None at the end)."""
+        ...
+
+    def delete_operation(self, name: str) -> bool:
+        """Forget the operation and every watch of it; False if it was not tracked."""
+        ...
+
+    def request_cancel(self, name: str, *, now: float) -> OperationRecord | None: ...
+
+    def create_produced_operation(self, snapshot: Snapshot, *, source: str, now: float) -> None:
+        """Track an operation this process produces; AlreadyExists if the name is taken."""
+        ...
+
+    def update_produced_operation(
+        self, snapshot: Snapshot, *, now: float, message: PendingMessage | None, event_id: str
+    ) -> OutboxEntry | None:
+        """Store new metadata of a running produced operation and put ``message`` (its progress
+        event) in the outbox, leased to the caller who publishes it at once."""
+        ...
+
+    def complete_produced_operation(self, completion: Completion, *, now: float) -> OutboxEntry:
+        """Store the final state and put the completion in the outbox (FailedPrecondition if
+        it already ended, NotFound if it is not tracked)."""
+        ...
 
 
 class EventLedger(Protocol):
@@ -99,7 +188,7 @@ class EventLedger(Protocol):
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
 
 
-class Store(WatchStore, EventLedger, Protocol):
+class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):
     def close(self) -> None: ...
 
 

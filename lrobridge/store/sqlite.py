@@ -4,10 +4,14 @@ Durability: every state change is a committed transaction before the caller acts
 killed process (kill -9) loses nothing it reported as accepted. ``synchronous=NORMAL`` in WAL
 mode survives process crashes; only a power loss could drop the last transactions.
 
-Claims (``claim_due_polls``/``claim_due_publishes``) push ``next_poll`` forward by a lease inside
+Claims (``claim_due_polls``/``claim_due_publishes``) push the due time forward by a lease inside
 one ``BEGIN IMMEDIATE`` transaction, so several watcher processes on one file never poll the same
-watch twice at once, and a watcher that dies mid-poll has its watches picked up when the lease
-ends.
+watch (or publish the same outbox entry) twice at once, and a process that dies mid-poll has its
+work picked up when the lease ends.
+
+Tables: ``watches`` (schedule), ``operations`` (latest state per tracked operation name, for the
+Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``callback_runs`` and
+``quarantine`` (push side).
 """
 
 from __future__ import annotations
@@ -16,13 +20,26 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
+from lrobridge import codec
 from lrobridge.backoff import Backoff
-from lrobridge.records import PendingMessage, QuarantinedMessage, WatchRecord, WatchState
-from lrobridge.store import ClaimResult
+from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
+from lrobridge.opfilter import Condition, OperationFilter
+from lrobridge.records import (
+    OperationRecord,
+    Origin,
+    OutboxEntry,
+    PendingMessage,
+    QuarantinedMessage,
+    WatchRecord,
+    WatchState,
+)
+from lrobridge.store import ClaimResult, Completion
+
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS watches (
@@ -45,11 +62,41 @@ CREATE TABLE IF NOT EXISTS watches (
     event_id TEXT NOT NULL DEFAULT '',
     last_error_code INTEGER NOT NULL DEFAULT 0,
     last_error_message TEXT NOT NULL DEFAULT '',
-    message_data BLOB,
-    message_attributes TEXT,
     UNIQUE (source, operation)
 );
 CREATE INDEX IF NOT EXISTS watches_due ON watches (state, next_poll);
+CREATE INDEX IF NOT EXISTS watches_operation ON watches (operation);
+CREATE TABLE IF NOT EXISTS operations (
+    name TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    source TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL DEFAULT '',
+    error_code INTEGER,
+    metadata_type TEXT NOT NULL DEFAULT '',
+    response_type TEXT NOT NULL DEFAULT '',
+    data BLOB,
+    data_format TEXT NOT NULL DEFAULT 'binary',
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS operations_parent ON operations (parent, name);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    watch_id TEXT,
+    data BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    create_time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt);
 CREATE TABLE IF NOT EXISTS callback_runs (
     event_id TEXT NOT NULL,
     callback TEXT NOT NULL,
@@ -72,26 +119,43 @@ CREATE TABLE IF NOT EXISTS quarantine (
 _WATCH_COLUMNS = (
     "seq, id, source, operation, state, create_time, update_time, polls, attempt, next_poll, "
     "expire_time, initial_delay, multiplier, max_delay, progress, outcome, event_id, "
-    "last_error_code, last_error_message, message_data, message_attributes"
+    "last_error_code, last_error_message"
 )
+_OPERATION_COLUMNS = (
+    "name, source, origin, done, outcome, error_code, metadata_type, response_type, data, "
+    "data_format, create_time, update_time, cancel_requested"
+)
+_OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
+# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
+PUBLISH_LEASE_SECONDS = 60.0
 
 
 class SqliteStore:
-    """WatchStore and EventLedger on one SQLite file (``:memory:`` for a private in-memory one)."""
+    """All store protocols on one SQLite file (``:memory:`` for a private in-memory one)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         # One connection shared by all threads, serialised by a lock: SQLite writes are
         # serialised anyway, and this avoids a connection (and WAL reader) per thread.
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+        except sqlite3.OperationalError as exc:
+            raise FailedPrecondition(f"cannot open the store at {path!r}: {exc}") from None
         self._lock = threading.RLock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise FailedPrecondition(
+                    f"the store at {path!r} has schema version {version}; this lrobridge reads "
+                    f"version {SCHEMA_VERSION}: use a new file (LROBRIDGE_STORE)"
+                )
             self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -131,13 +195,12 @@ class SqliteStore:
             ).fetchone()
             if row is not None:
                 return _watch(row), False
-            watch_id = secrets.token_hex(8)
             row = conn.execute(
                 "INSERT INTO watches (id, source, operation, state, create_time, update_time, "
                 "next_poll, expire_time, initial_delay, multiplier, max_delay, progress) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_WATCH_COLUMNS}",
                 (
-                    watch_id,
+                    secrets.token_hex(8),
                     source,
                     operation,
                     int(WatchState.ACTIVE),
@@ -151,6 +214,11 @@ class SqliteStore:
                     int(progress),
                 ),
             ).fetchone()
+            conn.execute(
+                "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
+                "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO NOTHING",
+                (operation, codec.operation_parent(operation), source, now, now),
+            )
         return _watch(row), True
 
     def get_watch(self, watch_id: str) -> WatchRecord | None:
@@ -184,24 +252,26 @@ class SqliteStore:
 
     def delete_watch(self, watch_id: str) -> bool:
         with self._write() as conn:
-            return conn.execute("DELETE FROM watches WHERE id = ?", (watch_id,)).rowcount > 0
+            row = conn.execute(
+                "DELETE FROM watches WHERE id = ? RETURNING operation", (watch_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "DELETE FROM operations WHERE name = ? AND origin = 'watch' AND NOT EXISTS "
+                "(SELECT 1 FROM watches WHERE operation = ?)",
+                (row[0], row[0]),
+            )
+            return True
 
     def claim_due_polls(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
-        return self._claim(WatchState.ACTIVE, now=now, limit=limit, lease=lease)
-
-    def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
-        return self._claim(WatchState.PUBLISHING, now=now, limit=limit, lease=lease)
-
-    def _claim(
-        self, state: WatchState, *, now: float, limit: int, lease: float
-    ) -> list[WatchRecord]:
         if limit <= 0:
             return []
         with self._write() as conn:
             rows = conn.execute(
                 f"SELECT {_WATCH_COLUMNS} FROM watches WHERE state = ? AND next_poll <= ? "
                 "ORDER BY next_poll LIMIT ?",
-                (int(state), now, limit),
+                (int(WatchState.ACTIVE), now, limit),
             ).fetchall()
             if rows:
                 conn.executemany(
@@ -212,8 +282,9 @@ class SqliteStore:
 
     def next_due_time(self) -> float | None:
         rows = self._read(
-            "SELECT MIN(next_poll) FROM watches WHERE state IN (?, ?)",
-            (int(WatchState.ACTIVE), int(WatchState.PUBLISHING)),
+            "SELECT MIN(t) FROM (SELECT MIN(next_poll) AS t FROM watches WHERE state = ? "
+            "UNION ALL SELECT MIN(next_attempt) FROM outbox)",
+            (int(WatchState.ACTIVE),),
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
@@ -226,14 +297,15 @@ class SqliteStore:
         next_poll: float,
         attempt: int,
         polled: bool,
+        snapshot: codec.Snapshot | None = None,
         error_code: int = 0,
         error_message: str = "",
-    ) -> None:
+    ) -> bool:
         with self._write() as conn:
-            conn.execute(
+            row = conn.execute(
                 "UPDATE watches SET update_time = ?, next_poll = ?, attempt = ?, "
                 "polls = polls + ?, last_error_code = ?, last_error_message = ? "
-                "WHERE id = ? AND state = ?",
+                "WHERE id = ? AND state = ? RETURNING operation, source",
                 (
                     now,
                     next_poll,
@@ -244,49 +316,90 @@ class SqliteStore:
                     watch_id,
                     int(WatchState.ACTIVE),
                 ),
-            )
+            ).fetchone()
+            if row is None or snapshot is None:
+                return False
+            data, data_format = codec.encode_payload(snapshot, "binary")
+            changed = conn.execute(
+                "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
+                "response_type = ?, source = ?, update_time = ? "
+                "WHERE name = ? AND done = 0 AND (data IS NULL OR data != ?)",
+                (
+                    data,
+                    data_format,
+                    snapshot.metadata_type,
+                    snapshot.response_type,
+                    row[1],
+                    now,
+                    row[0],
+                    data,
+                ),
+            ).rowcount
+            return changed > 0
 
-    def record_completion(
-        self, watch_id: str, *, outcome: str, event_id: str, message: PendingMessage, now: float
-    ) -> bool:
+    def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE watches SET state = ?, update_time = ?, next_poll = ?, polls = polls + 1, "
-                "outcome = ?, event_id = ?, message_data = ?, message_attributes = ? "
-                "WHERE id = ? AND state = ?",
+            row = conn.execute(
+                "UPDATE watches SET state = ?, update_time = ?, polls = polls + 1, "
+                "outcome = ?, event_id = ?, last_error_code = 0, last_error_message = '' "
+                "WHERE id = ? AND state = ? RETURNING operation, source",
                 (
                     int(WatchState.PUBLISHING),
                     now,
-                    # Leased to the caller, who publishes at once; reclaimed if it dies.
-                    now + 60.0,
-                    outcome,
-                    event_id,
-                    message.data,
-                    json.dumps(message.attributes),
+                    completion.outcome,
+                    completion.event_id,
                     watch_id,
                     int(WatchState.ACTIVE),
                 ),
+            ).fetchone()
+            if row is None:
+                return None
+            self._store_final(conn, row[0], row[1], "watch", completion, now)
+            return self._enqueue(
+                conn,
+                completion.message,
+                event_id=completion.event_id,
+                operation=row[0],
+                watch_id=watch_id,
+                now=now,
+                due=now + PUBLISH_LEASE_SECONDS,
             )
-            return cursor.rowcount > 0
 
-    def mark_published(self, watch_id: str, *, now: float) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE watches SET state = ?, update_time = ?, message_data = NULL, "
-                "message_attributes = NULL, last_error_code = 0, last_error_message = '' "
-                "WHERE id = ? AND state = ?",
-                (int(WatchState.COMPLETED), now, watch_id, int(WatchState.PUBLISHING)),
-            )
-
-    def retry_publish(
-        self, watch_id: str, *, next_attempt: float, error_message: str, now: float
+    def _store_final(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        source: str,
+        origin: Origin,
+        completion: Completion,
+        now: float,
     ) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE watches SET update_time = ?, next_poll = ?, attempt = attempt + 1, "
-                "last_error_code = 14, last_error_message = ? WHERE id = ? AND state = ?",
-                (now, next_attempt, error_message, watch_id, int(WatchState.PUBLISHING)),
-            )
+        snapshot = completion.snapshot
+        data, data_format = codec.encode_payload(snapshot, "binary")
+        conn.execute(
+            "INSERT INTO operations (name, parent, source, origin, done, outcome, error_code, "
+            "metadata_type, response_type, data, data_format, create_time, update_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "source = excluded.source, done = excluded.done, outcome = excluded.outcome, "
+            "error_code = excluded.error_code, metadata_type = excluded.metadata_type, "
+            "response_type = excluded.response_type, data = excluded.data, "
+            "data_format = excluded.data_format, update_time = excluded.update_time",
+            (
+                name,
+                codec.operation_parent(name),
+                source,
+                origin,
+                int(snapshot.done),
+                completion.outcome,
+                snapshot.error_code,
+                snapshot.metadata_type,
+                snapshot.response_type,
+                data,
+                data_format,
+                now,
+                now,
+            ),
+        )
 
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None:
         with self._write() as conn:
@@ -296,12 +409,250 @@ class SqliteStore:
                 (int(WatchState.FAILED), now, code, message, watch_id, int(WatchState.ACTIVE)),
             )
 
+    def poll_soon(self, operation: str, *, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE watches SET next_poll = ?, attempt = 0 "
+                "WHERE operation = ? AND state = ? AND next_poll > ?",
+                (now, operation, int(WatchState.ACTIVE), now),
+            ).rowcount
+
     def count_by_state(self) -> dict[WatchState, int]:
         rows = self._read("SELECT state, COUNT(*) FROM watches GROUP BY state")
         counts = dict.fromkeys(WatchState, 0)
         for state, count in rows:
             counts[WatchState(state)] = int(count)
         return counts
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def _enqueue(
+        self,
+        conn: sqlite3.Connection,
+        message: PendingMessage,
+        *,
+        event_id: str,
+        operation: str,
+        watch_id: str | None,
+        now: float,
+        due: float,
+    ) -> int:
+        row = conn.execute(
+            "INSERT INTO outbox (event_id, operation, watch_id, data, attributes, ordering_key, "
+            "next_attempt, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                event_id,
+                operation,
+                watch_id,
+                message.data,
+                json.dumps(message.attributes),
+                message.ordering_key,
+                due,
+                now,
+            ),
+        ).fetchone()
+        return int(row[0])
+
+    def enqueue(self, message: PendingMessage, *, event_id: str, operation: str, now: float) -> int:
+        with self._write() as conn:
+            return self._enqueue(
+                conn,
+                message,
+                event_id=event_id,
+                operation=operation,
+                watch_id=None,
+                now=now,
+                due=now + PUBLISH_LEASE_SECONDS,
+            )
+
+    def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE next_attempt <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    "UPDATE outbox SET next_attempt = ? WHERE id = ?",
+                    [(now + lease, row[0]) for row in rows],
+                )
+        return [_outbox(r) for r in rows]
+
+    def mark_published(self, entry_id: int, *, now: float) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "DELETE FROM outbox WHERE id = ? RETURNING watch_id", (entry_id,)
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                conn.execute(
+                    "UPDATE watches SET state = ?, update_time = ? WHERE id = ? AND state = ?",
+                    (int(WatchState.COMPLETED), now, row[0], int(WatchState.PUBLISHING)),
+                )
+
+    def retry_publish(
+        self, entry_id: int, *, next_attempt: float, error_message: str, now: float
+    ) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET next_attempt = ?, attempt = attempt + 1, last_error = ? "
+                "WHERE id = ? RETURNING watch_id",
+                (next_attempt, error_message, entry_id),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                conn.execute(
+                    "UPDATE watches SET update_time = ?, last_error_code = 14, "
+                    "last_error_message = ? WHERE id = ?",
+                    (now, f"publishing: {error_message}", row[0]),
+                )
+
+    def outbox_size(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])
+
+    # -- tracked operations ------------------------------------------------------------------
+
+    def get_operation(self, name: str) -> OperationRecord | None:
+        rows = self._read(f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name = ?", (name,))
+        return _operation(rows[0]) if rows else None
+
+    def get_operations(self, names: Iterable[str]) -> dict[str, OperationRecord]:
+        wanted = list(names)
+        found: dict[str, OperationRecord] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(
+                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name IN ({marks})",
+                tuple(chunk),
+            ):
+                record = _operation(row)
+                found[record.name] = record
+        return found
+
+    def list_operations(
+        self, parent: str, query: OperationFilter, *, after: str, limit: int
+    ) -> tuple[list[OperationRecord], str | None]:
+        where = ["parent = ?", "name > ?"]
+        params: list[Any] = [parent, after]
+        for condition in query.conditions:
+            clause, values = _condition_sql(condition)
+            where.append(clause)
+            params.extend(values)
+        rows = self._read(
+            f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} "
+            "ORDER BY name LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        records = [_operation(r) for r in rows[:limit]]
+        return records, (records[-1].name if more else None)
+
+    def delete_operation(self, name: str) -> bool:
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM operations WHERE name = ?", (name,)).rowcount
+            watches = conn.execute("DELETE FROM watches WHERE operation = ?", (name,)).rowcount
+            return deleted + watches > 0
+
+    def request_cancel(self, name: str, *, now: float) -> OperationRecord | None:
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE operations SET cancel_requested = 1, update_time = ? WHERE name = ? "
+                f"RETURNING {_OPERATION_COLUMNS}",
+                (now, name),
+            ).fetchone()
+        return _operation(row) if row is not None else None
+
+    def create_produced_operation(
+        self, snapshot: codec.Snapshot, *, source: str, now: float
+    ) -> None:
+        data, data_format = codec.encode_payload(snapshot, "binary")
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO operations (name, parent, source, origin, metadata_type, data, "
+                    "data_format, create_time, update_time) VALUES (?, ?, ?, 'producer', ?, ?, ?, "
+                    "?, ?)",
+                    (
+                        snapshot.name,
+                        codec.operation_parent(snapshot.name),
+                        source,
+                        snapshot.metadata_type,
+                        data,
+                        data_format,
+                        now,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"operation {snapshot.name!r} already exists") from None
+
+    def update_produced_operation(
+        self,
+        snapshot: codec.Snapshot,
+        *,
+        now: float,
+        message: PendingMessage | None,
+        event_id: str,
+    ) -> OutboxEntry | None:
+        data, data_format = codec.encode_payload(snapshot, "binary")
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
+                "update_time = ? WHERE name = ? AND origin = 'producer' AND done = 0 "
+                "RETURNING name",
+                (data, data_format, snapshot.metadata_type, now, snapshot.name),
+            ).fetchone()
+            if row is None:
+                raise self._not_running(conn, snapshot.name)
+            if message is None:
+                return None
+            entry_id = self._enqueue(
+                conn,
+                message,
+                event_id=event_id,
+                operation=snapshot.name,
+                watch_id=None,
+                now=now,
+                due=now + PUBLISH_LEASE_SECONDS,
+            )
+        return OutboxEntry(entry_id, event_id, snapshot.name, None, message, 0)
+
+    def complete_produced_operation(self, completion: Completion, *, now: float) -> OutboxEntry:
+        name = completion.snapshot.name
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT source FROM operations WHERE name = ? AND origin = 'producer' AND done = 0",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise self._not_running(conn, name)
+            self._store_final(conn, name, row[0], "producer", completion, now)
+            entry_id = self._enqueue(
+                conn,
+                completion.message,
+                event_id=completion.event_id,
+                operation=name,
+                watch_id=None,
+                now=now,
+                due=now + PUBLISH_LEASE_SECONDS,
+            )
+        return OutboxEntry(
+            id=entry_id,
+            event_id=completion.event_id,
+            operation=name,
+            watch_id=None,
+            message=completion.message,
+            attempt=0,
+        )
+
+    def _not_running(self, conn: sqlite3.Connection, name: str) -> Exception:
+        row = conn.execute("SELECT origin, done FROM operations WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return NotFound(f"operation {name!r} is not tracked by this bridge")
+        if row[0] != "producer":
+            return FailedPrecondition(f"operation {name!r} is watched, not produced here")
+        return FailedPrecondition(f"operation {name!r} has already ended")
 
     # -- callback runs and quarantine ------------------------------------------------------
 
@@ -370,6 +721,28 @@ class SqliteStore:
         ]
 
 
+_FILTER_COLUMNS = {
+    "done": "done",
+    "name": "name",
+    "error.code": "COALESCE(error_code, 0)",
+    "metadata.@type": "metadata_type",
+    "response.@type": "response_type",
+}
+
+
+def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:
+    column = _FILTER_COLUMNS[condition.field]
+    value = condition.value
+    if condition.is_prefix:
+        assert isinstance(value, str)
+        prefix = value[:-1]
+        clause = f"substr({column}, 1, ?) = ?"
+        return (clause if condition.op == "=" else f"NOT ({clause})"), [len(prefix), prefix]
+    if isinstance(value, bool):
+        value = int(value)
+    return f"{column} {condition.op} ?", [value]
+
+
 def _watch(row: tuple[Any, ...]) -> WatchRecord:
     (
         _seq,
@@ -391,16 +764,7 @@ def _watch(row: tuple[Any, ...]) -> WatchRecord:
         event_id,
         last_error_code,
         last_error_message,
-        message_data,
-        message_attributes,
     ) = row
-    message = None
-    if message_data is not None and message_attributes is not None:
-        message = PendingMessage(
-            data=bytes(message_data),
-            attributes=json.loads(message_attributes),
-            ordering_key=operation,
-        )
     return WatchRecord(
         id=watch_id,
         source=source,
@@ -417,6 +781,52 @@ def _watch(row: tuple[Any, ...]) -> WatchRecord:
         event_id=event_id,
         last_error_code=last_error_code,
         last_error_message=last_error_message,
-        message=message,
         progress=bool(progress),
+    )
+
+
+def _operation(row: tuple[Any, ...]) -> OperationRecord:
+    (
+        name,
+        source,
+        origin,
+        done,
+        outcome,
+        error_code,
+        metadata_type,
+        response_type,
+        data,
+        data_format,
+        create_time,
+        update_time,
+        cancel_requested,
+    ) = row
+    return OperationRecord(
+        name=name,
+        source=source,
+        origin=cast(Origin, origin),
+        done=bool(done),
+        outcome=outcome,
+        error_code=error_code,
+        metadata_type=metadata_type,
+        response_type=response_type,
+        data=bytes(data) if data is not None else None,
+        data_format=cast(codec.PayloadFormat, data_format),
+        create_time=create_time,
+        update_time=update_time,
+        cancel_requested=bool(cancel_requested),
+    )
+
+
+def _outbox(row: tuple[Any, ...]) -> OutboxEntry:
+    entry_id, event_id, operation, watch_id, data, attributes, ordering_key, attempt = row
+    return OutboxEntry(
+        id=entry_id,
+        event_id=event_id,
+        operation=operation,
+        watch_id=watch_id,
+        message=PendingMessage(
+            data=bytes(data), attributes=json.loads(attributes), ordering_key=ordering_key
+        ),
+        attempt=attempt,
     )

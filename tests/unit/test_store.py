@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pathlib
 
+from google.longrunning import operations_proto_pb2 as operations_pb2
+
+from lrobridge import codec
 from lrobridge.backoff import Backoff
 from lrobridge.records import PendingMessage, WatchState
+from lrobridge.store import Completion
 from lrobridge.store.sqlite import SqliteStore
 
 SRC = "grpc://127.0.0.1:1"
@@ -62,21 +66,27 @@ def test_completion_message_survives_a_reopen_and_is_reclaimed_for_publishing(
     store = SqliteStore(path)
     watch_id = _create(store)
     message = PendingMessage(data=b"\x00op", attributes={"outcome": "succeeded"}, ordering_key="k")
-    assert store.record_completion(
-        watch_id, outcome="succeeded", event_id="e1", message=message, now=100.0
+    snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name="operations/1", done=True))
+    entry_id = store.record_completion(
+        watch_id, Completion("succeeded", "e1", snapshot, message), now=100.0
     )
+    assert entry_id is not None
     store.close()  # as if the process died before Pub/Sub acknowledged
 
     reopened = SqliteStore(path)
     assert reopened.claim_due_publishes(now=100.0, limit=10, lease=30.0) == []  # leased
-    due = reopened.claim_due_publishes(now=200.0, limit=10, lease=30.0)
-    assert len(due) == 1 and due[0].message is not None
-    assert due[0].message.data == b"\x00op"
-    assert due[0].message.attributes == {"outcome": "succeeded"}
-    assert due[0].message.ordering_key == "operations/1"
-    reopened.mark_published(watch_id, now=201.0)
+    [due] = reopened.claim_due_publishes(now=200.0, limit=10, lease=30.0)
+    assert (due.id, due.event_id, due.watch_id) == (entry_id, "e1", watch_id)
+    assert due.message == message
+    held = reopened.get_watch(watch_id)
+    assert held is not None and held.state == WatchState.PUBLISHING
+    reopened.mark_published(due.id, now=201.0)
     record = reopened.get_watch(watch_id)
-    assert record is not None and record.state == WatchState.COMPLETED and record.message is None
+    assert record is not None and record.state == WatchState.COMPLETED
+    assert reopened.outbox_size() == 0
+    operation = reopened.get_operation("operations/1")
+    assert operation is not None and operation.done and operation.outcome == "succeeded"
+    assert operation.snapshot().operation == snapshot.operation
     reopened.close()
 
 

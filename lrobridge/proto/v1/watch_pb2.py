@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elrobridge/proto/v1/watch.proto\x12\x0clrobridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"}\n\x07\x42\x61\x63koff\x12\x30\n\rinitial_delay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12,\n\tmax_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x04\n\x05Watch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.lrobridge.v1.Watch.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05polls\x18\x07 \x01(\x03\x12\x32\n\x0enext_poll_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x62\x61\x63koff\x18\n \x01(\x0b\x32\x15.lrobridge.v1.Backoff\x12\x0f\n\x07outcome\x18\x0b \x01(\t\x12\x10\n\x08\x65vent_id\x18\x0c \x01(\t\x12&\n\nlast_error\x18\r \x01(\x0b\x32\x12.google.rpc.Status\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0e\n\nPUBLISHING\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"\x8c\x01\n\x12\x43reateWatchRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07\x62\x61\x63koff\x18\x04 \x01(\x0b\x32\x15.lrobridge.v1.Backoff\"\x1f\n\x0fGetWatchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"e\n\x12ListWatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.lrobridge.v1.Watch.State\"T\n\x13ListWatchesResponse\x12$\n\x07watches\x18\x01 \x03(\x0b\x32\x13.lrobridge.v1.Watch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteWatchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb1\x02\n\x0cWatchService\x12\x44\n\x0b\x43reateWatch\x12 .lrobridge.v1.CreateWatchRequest\x1a\x13.lrobridge.v1.Watch\x12>\n\x08GetWatch\x12\x1d.lrobridge.v1.GetWatchRequest\x1a\x13.lrobridge.v1.Watch\x12R\n\x0bListWatches\x12 .lrobridge.v1.ListWatchesRequest\x1a!.lrobridge.v1.ListWatchesResponse\x12G\n\x0b\x44\x65leteWatch\x12 .lrobridge.v1.DeleteWatchRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elrobridge/proto/v1/watch.proto\x12\x0clrobridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"}\n\x07\x42\x61\x63koff\x12\x30\n\rinitial_delay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12,\n\tmax_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x94\x04\n\x05Watch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.lrobridge.v1.Watch.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05polls\x18\x07 \x01(\x03\x12\x32\n\x0enext_poll_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x62\x61\x63koff\x18\n \x01(\x0b\x32\x15.lrobridge.v1.Backoff\x12\x0f\n\x07outcome\x18\x0b \x01(\t\x12\x10\n\x08\x65vent_id\x18\x0c \x01(\t\x12&\n\nlast_error\x18\r \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08progress\x18\x0e \x01(\x08\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0e\n\nPUBLISHING\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"\x9e\x01\n\x12\x43reateWatchRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07\x62\x61\x63koff\x18\x04 \x01(\x0b\x32\x15.lrobridge.v1.Backoff\x12\x10\n\x08progress\x18\x05 \x01(\x08\"\x1f\n\x0fGetWatchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"e\n\x12ListWatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.lrobridge.v1.Watch.State\"T\n\x13ListWatchesResponse\x12$\n\x07watches\x18\x01 \x03(\x0b\x32\x13.lrobridge.v1.Watch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteWatchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb1\x02\n\x0cWatchService\x12\x44\n\x0b\x43reateWatch\x12 .lrobridge.v1.CreateWatchRequest\x1a\x13.lrobridge.v1.Watch\x12>\n\x08GetWatch\x12\x1d.lrobridge.v1.GetWatchRequest\x1a\x13.lrobridge.v1.Watch\x12R\n\x0bListWatches\x12 .lrobridge.v1.ListWatchesRequest\x1a!.lrobridge.v1.ListWatchesResponse\x12G\n\x0b\x44\x65leteWatch\x12 .lrobridge.v1.DeleteWatchRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKOFF']._serialized_start=167
   _globals['_BACKOFF']._serialized_end=292
   _globals['_WATCH']._serialized_start=295
-  _globals['_WATCH']._serialized_end=809
-  _globals['_WATCH_STATE']._serialized_start=724
-  _globals['_WATCH_STATE']._serialized_end=809
-  _globals['_CREATEWATCHREQUEST']._serialized_start=812
-  _globals['_CREATEWATCHREQUEST']._serialized_end=952
-  _globals['_GETWATCHREQUEST']._serialized_start=954
-  _globals['_GETWATCHREQUEST']._serialized_end=985
-  _globals['_LISTWATCHESREQUEST']._serialized_start=987
-  _globals['_LISTWATCHESREQUEST']._serialized_end=1088
-  _globals['_LISTWATCHESRESPONSE']._serialized_start=1090
-  _globals['_LISTWATCHESRESPONSE']._serialized_end=1174
-  _globals['_DELETEWATCHREQUEST']._serialized_start=1176
-  _globals['_DELETEWATCHREQUEST']._serialized_end=1210
-  _globals['_WATCHSERVICE']._serialized_start=1213
-  _globals['_WATCHSERVICE']._serialized_end=1518
+  _globals['_WATCH']._serialized_end=827
+  _globals['_WATCH_STATE']._serialized_start=742
+  _globals['_WATCH_STATE']._serialized_end=827
+  _globals['_CREATEWATCHREQUEST']._serialized_start=830
+  _globals['_CREATEWATCHREQUEST']._serialized_end=988
+  _globals['_GETWATCHREQUEST']._serialized_start=990
+  _globals['_GETWATCHREQUEST']._serialized_end=1021
+  _globals['_LISTWATCHESREQUEST']._serialized_start=1023
+  _globals['_LISTWATCHESREQUEST']._serialized_end=1124
+  _globals['_LISTWATCHESRESPONSE']._serialized_start=1126
+  _globals['_LISTWATCHESRESPONSE']._serialized_end=1210
+  _globals['_DELETEWATCHREQUEST']._serialized_start=1212
+  _globals['_DELETEWATCHREQUEST']._serialized_end=1246
+  _globals['_WATCHSERVICE']._serialized_start=1249
+  _globals['_WATCHSERVICE']._serialized_end=1554
 # @@protoc_insertion_point(module_scope)

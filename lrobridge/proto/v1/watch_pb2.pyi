@@ -24,7 +24,7 @@ class Backoff(_message.Message):
     def __init__(self, initial_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ..., max_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("name", "operation", "source", "state", "create_time", "update_time", "polls", "next_poll_time", "expire_time", "backoff", "outcome", "event_id", "last_error")
+    __slots__ = ("name", "operation", "source", "state", "create_time", "update_time", "polls", "next_poll_time", "expire_time", "backoff", "outcome", "event_id", "last_error", "progress")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Watch.State]
@@ -50,6 +50,7 @@ class Watch(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     operation: str
     source: str
@@ -63,19 +64,22 @@ class Watch(_message.Message):
     outcome: str
     event_id: str
     last_error: _status_pb2.Status
-    def __init__(self, name: _Optional[str] = ..., operation: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[Watch.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., polls: _Optional[int] = ..., next_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., outcome: _Optional[str] = ..., event_id: _Optional[str] = ..., last_error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    progress: bool
+    def __init__(self, name: _Optional[str] = ..., operation: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[Watch.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., polls: _Optional[int] = ..., next_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., outcome: _Optional[str] = ..., event_id: _Optional[str] = ..., last_error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class CreateWatchRequest(_message.Message):
-    __slots__ = ("operation", "source", "deadline", "backoff")
+    __slots__ = ("operation", "source", "deadline", "backoff", "progress")
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     operation: str
     source: str
     deadline: _duration_pb2.Duration
     backoff: Backoff
-    def __init__(self, operation: _Optional[str] = ..., source: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
+    progress: bool
+    def __init__(self, operation: _Optional[str] = ..., source: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class GetWatchRequest(_message.Message):
     __slots__ = ("name",)
