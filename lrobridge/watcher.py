@@ -97,6 +97,9 @@ class Watcher:
             self._settings.watcher_concurrency,
             self._settings.long_poll_slots,
         )
+        recovered = self._store.recover(now=self._clock())
+        if recovered:
+            log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
         try:
             while not self._stop.is_set():
                 self.step()

@@ -114,6 +114,10 @@ class WatchStore(Protocol):
 
     def count_by_state(self) -> dict[WatchState, int]: ...
 
+    def recover(self, *, now: float) -> int:
+        """Take back leases held by processes known to be dead (at start-up); how many."""
+        ...
+
 
 class Outbox(Protocol):
     def enqueue(

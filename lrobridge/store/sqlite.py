@@ -17,7 +17,9 @@ Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``cal
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS watches (
     event_id TEXT NOT NULL DEFAULT '',
     last_error_code INTEGER NOT NULL DEFAULT 0,
     last_error_message TEXT NOT NULL DEFAULT '',
+    lease_owner TEXT NOT NULL DEFAULT '',
     UNIQUE (source, operation)
 );
 CREATE INDEX IF NOT EXISTS watches_due ON watches (state, next_poll);
@@ -94,6 +97,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempt INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
+    lease_owner TEXT NOT NULL DEFAULT '',
     create_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt);
@@ -144,6 +148,9 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:
             raise FailedPrecondition(f"cannot open the store at {path!r}: {exc}") from None
         self._lock = threading.RLock()
+        # Who holds the leases this object takes: a process on this machine. SQLite files are
+        # local, so a lease whose process is gone can be taken back at once (recover()).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -275,8 +282,8 @@ class SqliteStore:
             ).fetchall()
             if rows:
                 conn.executemany(
-                    "UPDATE watches SET next_poll = ? WHERE seq = ?",
-                    [(now + lease, row[0]) for row in rows],
+                    "UPDATE watches SET next_poll = ?, lease_owner = ? WHERE seq = ?",
+                    [(now + lease, self.owner, row[0]) for row in rows],
                 )
         return [_watch(r) for r in rows]
 
@@ -304,7 +311,7 @@ class SqliteStore:
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE watches SET update_time = ?, next_poll = ?, attempt = ?, "
-                "polls = polls + ?, last_error_code = ?, last_error_message = ? "
+                "polls = polls + ?, last_error_code = ?, last_error_message = ?, lease_owner = '' "
                 "WHERE id = ? AND state = ? RETURNING operation, source",
                 (
                     now,
@@ -417,6 +424,33 @@ class SqliteStore:
                 (now, operation, int(WatchState.ACTIVE), now),
             ).rowcount
 
+    def recover(self, *, now: float) -> int:
+        """Take back the leases of processes on this machine that no longer run (killed
+        mid-poll or mid-publish): their watches and outbox entries are due at once."""
+        host = socket.gethostname()
+        owners = {
+            row[0]
+            for row in self._read(
+                "SELECT DISTINCT lease_owner FROM watches WHERE lease_owner != '' UNION "
+                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != ''"
+            )
+        }
+        dead = [o for o in owners if o != self.owner and _dead_local_process(o, host)]
+        released = 0
+        with self._write() as conn:
+            for owner in dead:
+                released += conn.execute(
+                    "UPDATE watches SET next_poll = MIN(next_poll, ?), lease_owner = '' "
+                    "WHERE lease_owner = ? AND state = ?",
+                    (now, owner, int(WatchState.ACTIVE)),
+                ).rowcount
+                released += conn.execute(
+                    "UPDATE outbox SET next_attempt = MIN(next_attempt, ?), lease_owner = '' "
+                    "WHERE lease_owner = ?",
+                    (now, owner),
+                ).rowcount
+        return released
+
     def count_by_state(self) -> dict[WatchState, int]:
         rows = self._read("SELECT state, COUNT(*) FROM watches GROUP BY state")
         counts = dict.fromkeys(WatchState, 0)
@@ -439,7 +473,8 @@ class SqliteStore:
     ) -> int:
         row = conn.execute(
             "INSERT INTO outbox (event_id, operation, watch_id, data, attributes, ordering_key, "
-            "next_attempt, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "next_attempt, create_time, lease_owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
             (
                 event_id,
                 operation,
@@ -449,6 +484,7 @@ class SqliteStore:
                 message.ordering_key,
                 due,
                 now,
+                self.owner,
             ),
         ).fetchone()
         return int(row[0])
@@ -475,8 +511,8 @@ class SqliteStore:
             ).fetchall()
             if rows:
                 conn.executemany(
-                    "UPDATE outbox SET next_attempt = ? WHERE id = ?",
-                    [(now + lease, row[0]) for row in rows],
+                    "UPDATE outbox SET next_attempt = ?, lease_owner = ? WHERE id = ?",
+                    [(now + lease, self.owner, row[0]) for row in rows],
                 )
         return [_outbox(r) for r in rows]
 
@@ -496,7 +532,8 @@ class SqliteStore:
     ) -> None:
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE outbox SET next_attempt = ?, attempt = attempt + 1, last_error = ? "
+                "UPDATE outbox SET next_attempt = ?, attempt = attempt + 1, last_error = ?, "
+                "lease_owner = '' "
                 "WHERE id = ? RETURNING watch_id",
                 (next_attempt, error_message, entry_id),
             ).fetchone()
@@ -719,6 +756,19 @@ class SqliteStore:
             )
             for r in rows
         ]
+
+
+def _dead_local_process(owner: str, host: str) -> bool:
+    owner_host, _, pid_text = owner.rpartition(":")
+    if owner_host != host or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 _FILTER_COLUMNS = {
