@@ -199,6 +199,8 @@ class GrpcServer:
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        self._grace = STOP_GRACE_SECONDS
         self.port: int | None = None
 
     def start(self) -> int:
@@ -242,18 +244,22 @@ class GrpcServer:
             started.set_exception(error)
             return
         self._server = server
+        self._stopping = asyncio.Event()
         started.set_result(port)
-        await server.wait_for_termination()
+        await self._stopping.wait()
+        # In-flight calls get ``grace`` seconds; waiters still waiting then are cancelled.
+        await server.stop(self._grace)
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        thread = self._thread
+        if self._server is None or thread is None:
             return
-        future = asyncio.run_coroutine_threadsafe(server.stop(grace), self._loop)
-        try:
-            future.result(timeout=grace + 5)
-        except (concurrent.futures.TimeoutError, RuntimeError):
+        self._grace = grace
+        stopping = self._stopping
+        assert stopping is not None
+        self._loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout=grace + 5)
+        if thread.is_alive():
             log.warning("the gRPC server did not stop within %.0fs", grace + 5)
-        thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._server = None

@@ -251,7 +251,10 @@ def test_a_forged_push_token_is_refused_and_touches_nothing(
                 "https://bridge.example/pubsub/push", "pusher@p.iam.gserviceaccount.com"
             )
             accepted = requests.post(
-                stack.push_url, json=body, headers={"Authorization": f"Bearer {genuine}"}, timeout=10
+                stack.push_url,
+                json=body,
+                headers={"Authorization": f"Bearer {genuine}"},
+                timeout=10,
             )
             assert accepted.status_code == 204 and len(ran.events) == 1
 
