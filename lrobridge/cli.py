@@ -21,6 +21,8 @@ from lrobridge.bridge import Bridge
 from lrobridge.config import Settings, parse_duration
 from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
+from lrobridge.names import validate_operation_name
+from lrobridge.source_url import parse_source_url
 
 log = logging.getLogger("lrobridge")
 
@@ -88,6 +90,9 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
     watcher = bridge.create_watcher()
     stop = _wait_for_signal()
+    if bridge.settings.grpc_port is not None:
+        port = bridge.start_grpc()
+        log.info("Operations and WatchService over gRPC on port %d", port)
     thread = threading.Thread(target=watcher.run, name="lrobridge-watcher", daemon=True)
     thread.start()
     stop.wait()
@@ -128,6 +133,8 @@ def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> A
 
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    validate_operation_name(args.operation)  # say what is wrong before calling the bridge
+    parse_source_url(args.source)
     body: dict[str, Any] = {"operation": args.operation, "source": args.source}
     if args.deadline:
         body["deadline"] = f"{parse_duration(args.deadline, what='--deadline')}s"
@@ -262,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BridgeError as exc:
         print(f"lrobridge: error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port in use, a folder that cannot be written, ...
+        print(f"lrobridge: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

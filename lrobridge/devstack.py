@@ -12,20 +12,12 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 
+from lrobridge.emulator import emulator_answers
 from lrobridge.errors import FailedPrecondition
 from lrobridge.records import WatchState
 
 log = logging.getLogger("lrobridge.dev")
-
-
-def _emulator_answers(host_port: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{host_port}/", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> int:
@@ -42,12 +34,12 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
     with contextlib.ExitStack() as stack:
         emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
         if emulator_host:
-            if not _emulator_answers(emulator_host):
+            if not emulator_answers(emulator_host):
                 raise FailedPrecondition(
                     f"PUBSUB_EMULATOR_HOST={emulator_host} is set but nothing answers there"
                 )
             print(f"• Pub/Sub emulator: using {emulator_host} (PUBSUB_EMULATOR_HOST)")
-        elif _emulator_answers(f"127.0.0.1:{emulator_port}"):
+        elif emulator_answers(f"127.0.0.1:{emulator_port}"):
             emulator_host = f"127.0.0.1:{emulator_port}"
             os.environ["PUBSUB_EMULATOR_HOST"] = emulator_host
             print(f"• Pub/Sub emulator: reusing the one on {emulator_host}")
@@ -87,6 +79,10 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
         stack.callback(http_thread.join, 10)
         stack.callback(server.shutdown)
         print(f"• HTTP: http://127.0.0.1:{settings.port} (push endpoint, /v1 API, /healthz)")
+
+        if settings.grpc_port is not None:
+            grpc_port = bridge.start_grpc(host="127.0.0.1")
+            print(f"• gRPC: 127.0.0.1:{grpc_port} (google.longrunning.Operations, WatchService)")
 
         watcher = bridge.create_watcher()
         watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")

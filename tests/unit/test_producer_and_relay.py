@@ -1,0 +1,137 @@
+"""The producer kit and the outbox relay through their seams (in-memory store and publisher)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import wrappers_pb2
+
+from lrobridge.errors import Code, InvalidArgument, Unimplemented
+from lrobridge.producer import Producer
+from lrobridge.relay import OutboxRelay, ProgressThrottle
+from lrobridge.store.sqlite import SqliteStore
+from lrobridge.waiters import CompletionHub
+
+
+@dataclasses.dataclass
+class Recorder:
+    fail_next: int = 0
+    sent: list[tuple[bytes, dict[str, str], str]] = dataclasses.field(default_factory=list)
+
+    def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
+        future: Future[str] = Future()
+        if self.fail_next:
+            self.fail_next -= 1
+            future.set_exception(ConnectionError("pubsub down"))
+        else:
+            self.sent.append((data, attributes, ordering_key))
+            future.set_result("id")
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> Iterator[SqliteStore]:
+    s = SqliteStore(":memory:")
+    yield s
+    s.close()
+
+
+def _producer(store: SqliteStore, publisher: Recorder, clock: Clock, **kw: object) -> Producer:
+    relay = OutboxRelay(store, publisher, clock=clock)
+    return Producer(
+        store,
+        relay,
+        CompletionHub(store),
+        source="lrobridge://test",
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_produced_completion_is_published_at_once_with_the_message_contract(
+    store: SqliteStore,
+) -> None:
+    publisher, clock = Recorder(), Clock()
+    producer = _producer(store, publisher, clock)
+    op = producer.create(
+        parent="projects/p", operation_id="b1", metadata=wrappers_pb2.Int32Value(value=1)
+    )
+    assert op.name == "projects/p/operations/b1"
+    op.succeed(wrappers_pb2.StringValue(value="done"))
+    [(data, attributes, key)] = publisher.sent
+    sent = operations_pb2.Operation.FromString(data)
+    assert sent.done and sent.metadata.type_url.endswith("Int32Value")
+    assert attributes["outcome"] == "succeeded" and attributes["source"] == "lrobridge://test"
+    assert key == op.name and store.outbox_size() == 0
+
+
+def test_a_failed_publish_stays_in_the_outbox_and_the_next_drain_sends_it(
+    store: SqliteStore,
+) -> None:
+    publisher, clock = Recorder(fail_next=1), Clock()
+    producer = _producer(store, publisher, clock)
+    producer.create(operation_id="x").fail(Code.ABORTED, "no")
+    assert publisher.sent == [] and store.outbox_size() == 1
+    relay = OutboxRelay(store, publisher, clock=clock)
+    clock.now += 2.0
+    assert relay.drain() == 1
+    [(_, attributes, _)] = publisher.sent
+    assert attributes["outcome"] == "failed" and attributes["error_code"] == "10"
+    assert store.outbox_size() == 0
+
+
+def test_progress_events_of_a_producer_are_throttled_and_need_opting_in(
+    store: SqliteStore,
+) -> None:
+    publisher, clock = Recorder(), Clock()
+    producer = _producer(store, publisher, clock, progress_interval=10.0)
+    quiet = producer.create(operation_id="quiet")
+    quiet.update(wrappers_pb2.Int32Value(value=5))
+    assert publisher.sent == []
+    loud = producer.create(operation_id="loud", progress=True)
+    loud.update(wrappers_pb2.Int32Value(value=10))
+    loud.update(wrappers_pb2.Int32Value(value=20))  # within the interval: held back
+    clock.now += 11
+    loud.update(wrappers_pb2.Int32Value(value=30))
+    progress = [a for _, a, _ in publisher.sent if a["outcome"] == "progress"]
+    assert len(progress) == 2
+    assert all(a["ce-type"] == "lrobridge.operation.v1.progress" for a in progress)
+    assert wrappers_pb2.Int32Value.FromString(loud.operation().metadata.value).value == 30
+
+
+def test_the_throttle_sends_a_held_change_once_the_interval_passed() -> None:
+    throttle = ProgressThrottle(5.0)
+    assert throttle.should_send("a", changed=True, now=0.0)
+    assert not throttle.should_send("a", changed=True, now=1.0)
+    assert not throttle.should_send("a", changed=False, now=2.0)
+    assert throttle.should_send("a", changed=False, now=6.0)  # the held change goes out
+    assert not throttle.should_send("a", changed=False, now=20.0)  # nothing new
+
+
+def test_bad_producer_input_is_refused_clearly(store: SqliteStore) -> None:
+    producer = _producer(store, Recorder(), Clock())
+    with pytest.raises(InvalidArgument, match="not a valid operation id"):
+        producer.create(operation_id="Has Spaces")
+    op = producer.create()
+    with pytest.raises(InvalidArgument, match="protobuf messages"):
+        op.update({"percent": 5})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="other than OK"):
+        op.fail(0, "fine?")
+    with pytest.raises(InvalidArgument, match="not a google.rpc.Code"):
+        op.fail(99, "?")
+    with pytest.raises(Unimplemented, match="cancel hook"):
+        producer.request_cancel(op.name)
