@@ -131,7 +131,7 @@ def test_bad_producer_input_is_refused_clearly(store: SqliteStore) -> None:
         op.update({"percent": 5})  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="other than OK"):
         op.fail(0, "fine?")
-    with pytest.raises(InvalidArgument, match="not a google.rpc.Code"):
+    with pytest.raises(InvalidArgument, match=r"not a google\.rpc\.Code"):
         op.fail(99, "?")
     with pytest.raises(Unimplemented, match="cancel hook"):
         producer.request_cancel(op.name)
