@@ -119,7 +119,7 @@ class Bridge:
             if self._watch_service is None:
                 scheduler = None
                 if self.settings.watch_mode == "pubsub":
-                    scheduler = PubSubWatchScheduler(self.watch_publisher)
+                    scheduler = PubSubWatchScheduler(lambda: self.watch_publisher)
                 self._watch_service = WatchService(
                     self.store, on_created=self._wake_watcher, scheduler=scheduler
                 )

@@ -336,8 +336,10 @@ def completion_message(
 class PubSubWatchScheduler:
     """Registers watches as watch messages (a :class:`lrobridge.watches.WatchScheduler`)."""
 
-    def __init__(self, publisher: Publisher, *, publish_timeout: float = PUBLISH_TIMEOUT) -> None:
-        self._publisher = publisher
+    def __init__(
+        self, publisher: Callable[[], Publisher], *, publish_timeout: float = PUBLISH_TIMEOUT
+    ) -> None:
+        self._publisher = publisher  # called on first use: creating a client needs credentials
         self._publish_timeout = publish_timeout
 
     def schedule(
@@ -360,7 +362,7 @@ class PubSubWatchScheduler:
             progress=progress,
         )
         data, attributes = encode_watch(watch)
-        _publish(self._publisher, data, attributes, "", self._publish_timeout)
+        _publish(self._publisher(), data, attributes, "", self._publish_timeout)
         log.info("watch %s published for %s on %s", watch.watch_id, operation, source)
         return watch.record()
 
