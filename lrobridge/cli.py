@@ -86,6 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_watcher(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
+    if bridge.settings.watch_mode == "pubsub":
+        raise ConfigError(
+            "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
+            "when its message is delivered (see `lrobridge pubsub init`)"
+        )
     watcher = bridge.create_watcher()
     stop = _wait_for_signal()
     thread = threading.Thread(target=watcher.run, name="lrobridge-watcher", daemon=True)

@@ -4,6 +4,7 @@ scripted sources and recording publishers behind the real seams."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import datetime
@@ -18,9 +19,16 @@ from google.rpc import status_pb2
 
 from lrobridge import Bridge, codec
 from lrobridge.backoff import Backoff
+from lrobridge.cli import cmd_watcher
 from lrobridge.config import Settings
 from lrobridge.envelope import PushMessage
-from lrobridge.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from lrobridge.errors import (
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from lrobridge.serverless import (
     WATCH_EVENT_TYPE,
     Action,
@@ -283,6 +291,21 @@ def test_registering_a_watch_in_pubsub_mode_publishes_a_watch_message_and_stores
     assert (decoded.operation, decoded.source, decoded.polls, key) == (NAME, SOURCE, 0, "")
     assert decoded.expire_time is not None
     assert parts.store.count_by_state()[decoded.record().state] == 0
+
+
+def test_the_python_api_registers_through_the_same_watch_message(parts: Parts) -> None:
+    record = parts.bridge.watch(NAME, source=SOURCE, deadline=60)
+    ((data, attributes, _),) = parts.watches.published
+    decoded = decode_watch(pushed(data, attributes))
+    assert record.name == f"watches/{decoded.watch_id}" and record.expire_time is not None
+    assert decoded.expire_time == record.expire_time
+
+
+def test_the_watcher_command_refuses_to_run_in_pubsub_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LROBRIDGE_WATCH_MODE", "pubsub")
+    monkeypatch.setenv("LROBRIDGE_STORE", "sqlite://:memory:")
+    with pytest.raises(ConfigError, match="LROBRIDGE_WATCH_MODE=pubsub has no watcher"):
+        cmd_watcher(argparse.Namespace(app=None))
 
 
 def test_a_pending_watch_is_nacked_with_a_409_status_and_nothing_published(parts: Parts) -> None:

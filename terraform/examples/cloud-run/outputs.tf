@@ -18,3 +18,8 @@ output "dead_letter_subscription" {
 output "push_audience" {
   value = module.lrobridge.push_audience
 }
+
+output "bridge_service_account" {
+  description = "The service's identity: grant it read access to the operations it watches."
+  value       = module.lrobridge.bridge_service_account
+}
