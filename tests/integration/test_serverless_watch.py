@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2
 from werkzeug.serving import make_server
 
 from lrobridge import Bridge, CompletionEvent
+from lrobridge.cli import build_parser
 from lrobridge.codec import event_id
 from lrobridge.config import Settings
 from lrobridge.emulator import free_port
@@ -218,3 +219,37 @@ def test_in_pubsub_mode_stored_watch_lookups_answer_failed_precondition(stack: S
         error["status"] == "FAILED_PRECONDITION"
         and "LROBRIDGE_WATCH_MODE=pubsub" in (error["message"])
     )
+
+
+def test_pubsub_init_in_pubsub_mode_creates_the_watch_subscription_with_its_policies(
+    pubsub_project: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "GOOGLE_CLOUD_PROJECT": pubsub_project,
+        "LROBRIDGE_WATCH_MODE": "pubsub",
+        "LROBRIDGE_PUSH_AUTH": "none",
+        "LROBRIDGE_WATCH_MIN_BACKOFF": "5s",
+        "LROBRIDGE_WATCH_MAX_BACKOFF": "5m",
+        "LROBRIDGE_WATCH_MAX_DELIVERIES": "20",
+    }.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(
+        ["pubsub", "init", "--push-endpoint", "https://bridge.example/pubsub/push"]
+    )
+    assert args.func(args) == 0
+    first = capsys.readouterr().out
+    assert args.func(args) == 0
+    again = capsys.readouterr().out
+
+    project = f"projects/{pubsub_project}"
+    with PubSubAdmin() as admin:
+        watches = admin.get_subscription(f"{project}/subscriptions/lro-watch-push")
+    assert watches.topic == f"{project}/topics/lro-watch"
+    assert watches.push_config.push_endpoint == "https://bridge.example/pubsub/watch"
+    assert not watches.enable_message_ordering
+    assert watches.retry_policy.minimum_backoff.total_seconds() == 5
+    assert watches.retry_policy.maximum_backoff.total_seconds() == 300
+    assert watches.dead_letter_policy.dead_letter_topic == f"{project}/topics/lro-dead-letter"
+    assert watches.dead_letter_policy.max_delivery_attempts == 20
+    assert "lro-watch-push -> https://bridge.example/pubsub/watch: created" in first
+    assert "lro-watch-push -> https://bridge.example/pubsub/watch: unchanged" in again
