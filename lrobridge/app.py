@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from lrobridge import codec
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
+from lrobridge.logs import TraceContextMiddleware
 from lrobridge.records import WatchState
 from lrobridge.watches import create_args_from_json, duration_field, watch_to_json
 
@@ -73,6 +74,8 @@ def parse_json_body(data: bytes) -> object:
 def create_app(bridge: Bridge) -> Flask:
     app = Flask("lrobridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
+    app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     push = bridge.push_endpoint()
     watches = bridge.watches
     api_auth = bridge.api_auth
@@ -117,10 +120,14 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
-        url = request.url
-        if request.headers.get("X-Forwarded-Proto") == "https":
-            url = "https://" + url.split("://", 1)[1]
-        result = push.handle(request.get_data(cache=False), dict(request.headers), url=url)
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = push.handle(body, headers, url=_request_url())
+        return json_response(result.body, result.status)
+
+    @app.post("/pubsub/watch")
+    def pubsub_watch() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = bridge.watch_endpoint().handle(body, headers, url=_request_url())
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")
@@ -206,6 +213,14 @@ def _bool_arg(name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise InvalidArgument(f"{name}={value!r} is not true or false")
     return value in ("true", "1")
+
+
+def _request_url() -> str:
+    """The URL the client used (Cloud Run terminates TLS and forwards plain HTTP)."""
+    url = request.url
+    if request.headers.get("X-Forwarded-Proto") == "https":
+        url = "https://" + url.split("://", 1)[1]
+    return url
 
 
 def _int_arg(name: str) -> int:

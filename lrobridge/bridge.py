@@ -34,6 +34,7 @@ from lrobridge.producer import Producer
 from lrobridge.push import PushEndpoint, TokenVerifier
 from lrobridge.records import WatchRecord
 from lrobridge.relay import OutboxRelay
+from lrobridge.serverless import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.store import Store, open_store
 from lrobridge.waiters import CompletionHub
 from lrobridge.watcher import Watcher
@@ -55,10 +56,13 @@ class Bridge:
         store: Store | None = None,
         publisher: Publisher | None = None,
         sources: Callable[[str], OperationsSource] | None = None,
+        watch_publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._store = store
         self._publisher = publisher
+        self._watch_publisher = watch_publisher
+        self._watch_handler: WatchHandler | None = None
         self._sources = sources
         self._registry: object | None = None
         self._lock = threading.RLock()
@@ -128,7 +132,12 @@ class Bridge:
     def watches(self) -> WatchService:
         with self._lock:
             if self._watch_service is None:
-                self._watch_service = WatchService(self.store, on_created=self._wake_watcher)
+                scheduler = None
+                if self.settings.watch_mode == "pubsub":
+                    scheduler = PubSubWatchScheduler(lambda: self.watch_publisher)
+                self._watch_service = WatchService(
+                    self.store, on_created=self._wake_watcher, scheduler=scheduler
+                )
             return self._watch_service
 
     @property
@@ -185,6 +194,16 @@ class Bridge:
                 self._publisher = PubSubPublisher(self.settings.topic_path)
             return self._publisher
 
+    @property
+    def watch_publisher(self) -> Publisher:
+        """Publishes watch messages to LROBRIDGE_WATCH_TOPIC (serverless watch mode)."""
+        with self._lock:
+            if self._watch_publisher is None:
+                from lrobridge.publisher import PubSubPublisher
+
+                self._watch_publisher = PubSubPublisher(self.settings.watch_topic_path)
+            return self._watch_publisher
+
     def source(self, url: str) -> OperationsSource:
         with self._lock:
             if self._sources is None:
@@ -195,23 +214,46 @@ class Bridge:
                 self._sources = registry.get
         return self._sources(url)
 
-    def push_endpoint(self) -> PushEndpoint:
-        verifier: TokenVerifier | None = None
-        if self.settings.push_auth == "oidc":
-            self.settings.check_push_auth()
-            from lrobridge.push_auth import PushTokenVerifier
+    def _push_verifier(self) -> TokenVerifier | None:
+        if self.settings.push_auth == "none":
+            return None
+        self.settings.check_push_auth()
+        from lrobridge.push_auth import PushTokenVerifier
 
-            verifier = PushTokenVerifier(
-                audience=self.settings.push_audience,
-                service_account=self.settings.push_service_account,
-                certs_url=self.settings.push_certs_url,
-            )
+        return PushTokenVerifier(
+            audience=self.settings.push_audience,
+            service_account=self.settings.push_service_account,
+            certs_url=self.settings.push_certs_url,
+            platform_verified=self.settings.push_auth == "cloudrun",
+        )
+
+    def push_endpoint(self) -> PushEndpoint:
         return PushEndpoint(
             dispatcher=self.dispatcher,
             ledger=self.store,
-            verifier=verifier,
+            verifier=self._push_verifier(),
             on_event=self.hub.notify,
         )
+
+    def watch_endpoint(self) -> WatchHandler:
+        """The handler of POST /pubsub/watch (created on first use: it opens Pub/Sub clients)."""
+        with self._lock:
+            if self._watch_handler is None:
+                settings = self.settings
+                self._watch_handler = WatchHandler(
+                    sources=self.source,
+                    completions=self.publisher,
+                    watches=self.watch_publisher,
+                    ledger=self.store,
+                    verifier=self._push_verifier(),
+                    policy=RedeliveryPolicy(
+                        min_backoff=settings.watch_min_backoff,
+                        max_deliveries=settings.watch_max_deliveries,
+                    ),
+                    payload_format=settings.payload_format,
+                    rpc_timeout=settings.rpc_timeout,
+                )
+            return self._watch_handler
 
     def create_app(self) -> Flask:
         """The Flask app: push endpoint, Watch API, health (the gunicorn target)."""
@@ -287,8 +329,9 @@ class Bridge:
                 self._producer.close()
             if self._hub is not None:
                 self._hub.close()
-            if self._publisher is not None:
-                self._publisher.close()
+            for publisher in (self._publisher, self._watch_publisher):
+                if publisher is not None:
+                    publisher.close()
             close_registry = getattr(self._registry, "close", None)
             if close_registry is not None:
                 close_registry()

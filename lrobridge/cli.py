@@ -88,6 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_watcher(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
+    if bridge.settings.watch_mode == "pubsub":
+        raise ConfigError(
+            "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
+            "when its message is delivered (see `lrobridge pubsub init`)"
+        )
     watcher = bridge.create_watcher()
     stop = _wait_for_signal()
     if bridge.settings.grpc_port is not None:
@@ -173,7 +178,7 @@ def cmd_pubsub_init(args: argparse.Namespace) -> int:
         f"projects/{settings.project}/subscriptions/{args.subscription or settings.subscription}"
     )
     service_account = args.service_account or settings.push_service_account or None
-    if service_account is None and settings.push_auth == "oidc" and not settings.emulator_host:
+    if service_account is None and settings.push_auth != "none" and not settings.emulator_host:
         raise ConfigError(
             "pubsub init: a push subscription with OIDC needs --service-account (or "
             "LROBRIDGE_PUSH_SERVICE_ACCOUNT); set LROBRIDGE_PUSH_AUTH=none for local use"
@@ -186,14 +191,56 @@ def cmd_pubsub_init(args: argparse.Namespace) -> int:
         audience=args.audience or settings.push_audience or None,
     )
     print(f"subscription {subscription} -> {args.push_endpoint}: {result}")
+    if settings.watch_mode == "pubsub":
+        _init_watch_subscription(admin, settings, args, service_account)
     admin.close()
     return 0
+
+
+def _init_watch_subscription(
+    admin: Any, settings: Settings, args: argparse.Namespace, service_account: str | None
+) -> None:
+    """LROBRIDGE_WATCH_MODE=pubsub: the watch topic, its dead-letter topic and the push
+    subscription to /pubsub/watch whose retry policy spaces the polls."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    project = f"projects/{settings.project}"
+    endpoint = args.watch_push_endpoint or urlunsplit(
+        urlsplit(args.push_endpoint)._replace(path="/pubsub/watch", query="")
+    )
+    topic = settings.watch_topic_path
+    dead_letter = f"{project}/topics/{args.dead_letter_topic}"
+    subscription = f"{project}/subscriptions/{settings.watch_subscription}"
+    print(f"topic {topic}: {admin.ensure_topic(topic)}")
+    print(f"topic {dead_letter}: {admin.ensure_topic(dead_letter)}")
+    result = admin.ensure_push_subscription(
+        subscription,
+        topic,
+        endpoint,
+        oidc_service_account=service_account,
+        audience=args.audience or settings.push_audience or None,
+        enable_message_ordering=False,
+        dead_letter_topic=dead_letter,
+        max_delivery_attempts=settings.watch_max_deliveries,
+        min_backoff=settings.watch_min_backoff,
+        max_backoff=settings.watch_max_backoff,
+    )
+    print(f"subscription {subscription} -> {endpoint}: {result}")
+    print(
+        "note: dead-lettering needs the Pub/Sub service agent to hold roles/pubsub.publisher on "
+        f"{dead_letter} and roles/pubsub.subscriber on {subscription} (terraform/ grants both)"
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from lrobridge.devstack import run_dev
 
-    return run_dev(app_spec=args.app, port=args.port, emulator_port=args.emulator_port)
+    return run_dev(
+        app_spec=args.app,
+        port=args.port,
+        emulator_port=args.emulator_port,
+        serverless=args.serverless,
+    )
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -210,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--app", help="module:attribute of your Bridge (callbacks)")
     dev.add_argument("--port", type=int, default=None, help="HTTP port (default $PORT or 8080)")
     dev.add_argument("--emulator-port", type=int, default=8085, help="Pub/Sub emulator port")
+    dev.add_argument(
+        "--serverless",
+        action="store_true",
+        help="LROBRIDGE_WATCH_MODE=pubsub: watches are messages, polled by /pubsub/watch",
+    )
     dev.set_defaults(func=cmd_dev)
 
     serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
@@ -253,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--service-account", help="email the push subscription signs tokens as")
     init.add_argument("--audience", help="OIDC audience (default: the push endpoint)")
     init.add_argument("--subscription", help="subscription id (default $LROBRIDGE_SUBSCRIPTION)")
+    init.add_argument(
+        "--watch-push-endpoint",
+        help="pubsub watch mode: https://.../pubsub/watch (default: beside --push-endpoint)",
+    )
+    init.add_argument(
+        "--dead-letter-topic",
+        default="lro-dead-letter",
+        help="pubsub watch mode: topic id for watch messages that exhaust their deliveries",
+    )
     init.set_defaults(func=cmd_pubsub_init)
     return parser
 
@@ -262,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, project=settings.project)
         return int(args.func(args))
     except InvalidArgument as exc:
         print(f"lrobridge: error: {exc.message}", file=sys.stderr)

@@ -13,13 +13,14 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from typing import Literal, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
 
 from lrobridge.errors import ConfigError
 
 PayloadFormat = Literal["binary", "json"]
-PushAuth = Literal["oidc", "none"]
+PushAuth = Literal["oidc", "cloudrun", "none"]
+WatchMode = Literal["poller", "pubsub"]
 ApiAuth = Literal["key", "none"]
 LogFormat = Literal["text", "json"]
 
@@ -41,7 +42,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_PUSH_AUTH": (
         "oidc",
-        "How /pubsub/push authenticates Pub/Sub: `oidc` (verify the bearer ID token) or `none`.",
+        "How /pubsub/push and /pubsub/watch authenticate Pub/Sub: `oidc` (verify the bearer ID "
+        "token), `cloudrun` (behind Cloud Run IAM, which verified it and removed its signature: "
+        "check its claims) or `none`.",
     ),
     "LROBRIDGE_PUSH_AUDIENCE": (
         "",
@@ -88,6 +91,28 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "LROBRIDGE_LOG_FORMAT": ("text", "`text` for terminals, `json` for Cloud Logging."),
     "LROBRIDGE_LOG_LEVEL": ("INFO", "Python logging level name."),
     "LROBRIDGE_URL": ("", "Base URL of a running bridge, used by CLI commands that call its API."),
+    "LROBRIDGE_WATCH_MODE": (
+        "poller",
+        "`poller` (the store and the in-process watcher) or `pubsub` (each watch is a message on "
+        "the watch topic; its push subscription's retry policy spaces the polls).",
+    ),
+    "LROBRIDGE_WATCH_TOPIC": ("lro-watch", "Topic id of watch messages (pubsub watch mode)."),
+    "LROBRIDGE_WATCH_SUBSCRIPTION": (
+        "lro-watch-push",
+        "Push subscription id to /pubsub/watch that `lrobridge pubsub init` creates.",
+    ),
+    "LROBRIDGE_WATCH_MIN_BACKOFF": (
+        "10s",
+        "Watch subscription retry policy: minimum backoff (1s-600s); also bounds delivery counts.",
+    ),
+    "LROBRIDGE_WATCH_MAX_BACKOFF": (
+        "600s",
+        "Watch subscription retry policy: maximum backoff (at least the minimum, at most 600s).",
+    ),
+    "LROBRIDGE_WATCH_MAX_DELIVERIES": (
+        "100",
+        "Watch subscription dead-letter max delivery attempts (5-100); republished before it.",
+    ),
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -126,7 +151,7 @@ class Settings:
     topic: str = "lro-completed"
     subscription: str = "lro-completed-push"
     store_url: str = "sqlite:///lrobridge.db"
-    push_auth: Literal["oidc", "none"] = "oidc"
+    push_auth: PushAuth = "oidc"
     push_audience: str = ""
     push_service_account: str = ""
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
@@ -144,6 +169,12 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     bridge_url: str = ""
+    watch_mode: WatchMode = "poller"
+    watch_topic: str = "lro-watch"
+    watch_subscription: str = "lro-watch-push"
+    watch_min_backoff: float = 10.0
+    watch_max_backoff: float = 600.0
+    watch_max_deliveries: int = 100
 
     @property
     def topic_path(self) -> str:
@@ -152,6 +183,10 @@ class Settings:
                 "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or LROBRIDGE_PROJECT"
             )
         return f"projects/{self.project}/topics/{self.topic}"
+
+    @property
+    def watch_topic_path(self) -> str:
+        return self.topic_path.rsplit("/", 1)[0] + f"/{self.watch_topic}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,7 +204,9 @@ class Settings:
             store_url=_store_url(get("LROBRIDGE_STORE")),
             push_auth=cast(
                 PushAuth,
-                _choice(get("LROBRIDGE_PUSH_AUTH"), "LROBRIDGE_PUSH_AUTH", ("oidc", "none")),
+                _choice(
+                    get("LROBRIDGE_PUSH_AUTH"), "LROBRIDGE_PUSH_AUTH", ("oidc", "cloudrun", "none")
+                ),
             ),
             push_audience=get("LROBRIDGE_PUSH_AUDIENCE"),
             push_service_account=get("LROBRIDGE_PUSH_SERVICE_ACCOUNT"),
@@ -212,16 +249,56 @@ class Settings:
             ),
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
+            **_watch_settings(get),
         )
 
     def check_push_auth(self) -> None:
         """Fail early when OIDC push auth is on but cannot possibly accept a token."""
-        if self.push_auth == "oidc" and not self.push_service_account:
+        if self.push_auth != "none" and not self.push_service_account:
             raise ConfigError(
-                "LROBRIDGE_PUSH_AUTH=oidc needs LROBRIDGE_PUSH_SERVICE_ACCOUNT (the email of the "
-                "service account the push subscription signs with); set LROBRIDGE_PUSH_AUTH=none "
-                "only for local development"
+                f"LROBRIDGE_PUSH_AUTH={self.push_auth} needs LROBRIDGE_PUSH_SERVICE_ACCOUNT (the "
+                "email of the service account the push subscription signs with); set "
+                "LROBRIDGE_PUSH_AUTH=none only for local development"
             )
+
+
+def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
+    """The serverless watch mode's settings (see lrobridge.serverless)."""
+    min_backoff = parse_duration(
+        get("LROBRIDGE_WATCH_MIN_BACKOFF"), what="LROBRIDGE_WATCH_MIN_BACKOFF"
+    )
+    max_backoff = parse_duration(
+        get("LROBRIDGE_WATCH_MAX_BACKOFF"), what="LROBRIDGE_WATCH_MAX_BACKOFF"
+    )
+    # At least 1 s: the delivery count is bounded by age / minimum backoff, and a zero backoff
+    # would poll a pending operation as fast as Pub/Sub can push.
+    if not 1.0 <= min_backoff <= 600.0:
+        raise ConfigError(
+            f"LROBRIDGE_WATCH_MIN_BACKOFF={get('LROBRIDGE_WATCH_MIN_BACKOFF')!r} must be 1s-600s"
+        )
+    if not min_backoff <= max_backoff <= 600.0:
+        raise ConfigError(
+            f"LROBRIDGE_WATCH_MAX_BACKOFF={get('LROBRIDGE_WATCH_MAX_BACKOFF')!r} must be between "
+            f"LROBRIDGE_WATCH_MIN_BACKOFF ({min_backoff:g}s) and 600s"
+        )
+    max_deliveries = _int(get("LROBRIDGE_WATCH_MAX_DELIVERIES"), "LROBRIDGE_WATCH_MAX_DELIVERIES")
+    if not 5 <= max_deliveries <= 100:
+        raise ConfigError(
+            f"LROBRIDGE_WATCH_MAX_DELIVERIES={max_deliveries} is outside 5-100 (what Pub/Sub "
+            "accepts as a dead-letter policy's max delivery attempts)"
+        )
+    return {
+        "watch_mode": _choice(
+            get("LROBRIDGE_WATCH_MODE"), "LROBRIDGE_WATCH_MODE", ("poller", "pubsub")
+        ),
+        "watch_topic": _resource_id(get("LROBRIDGE_WATCH_TOPIC"), "LROBRIDGE_WATCH_TOPIC"),
+        "watch_subscription": _resource_id(
+            get("LROBRIDGE_WATCH_SUBSCRIPTION"), "LROBRIDGE_WATCH_SUBSCRIPTION"
+        ),
+        "watch_min_backoff": min_backoff,
+        "watch_max_backoff": max_backoff,
+        "watch_max_deliveries": max_deliveries,
+    }
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:

@@ -3,6 +3,11 @@
 Starts (or reuses) the Pub/Sub emulator, creates the topic and a push subscription to the local
 endpoint, then runs the HTTP app (push endpoint + API) and the watcher in this process and prints
 what it started and a live progress line. Local only: binds 127.0.0.1, push and API auth off.
+
+``--serverless`` runs the watch mode of Cloud Run instead of the watcher
+(``LROBRIDGE_WATCH_MODE=pubsub``, see :mod:`lrobridge.serverless`): it also creates the watch
+topic, a dead-letter topic and the push subscription to ``/pubsub/watch``, with a 1 s .. 10 s
+retry policy unless LROBRIDGE_WATCH_MIN_BACKOFF / LROBRIDGE_WATCH_MAX_BACKOFF say otherwise.
 """
 
 from __future__ import annotations
@@ -12,15 +17,23 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from lrobridge.emulator import emulator_answers
 from lrobridge.errors import FailedPrecondition
 from lrobridge.records import WatchState
 
+if TYPE_CHECKING:
+    from lrobridge.bridge import Bridge
+    from lrobridge.config import Settings
+    from lrobridge.publisher import PubSubAdmin
+
 log = logging.getLogger("lrobridge.dev")
 
 
-def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> int:
+def run_dev(
+    *, app_spec: str | None, port: int | None, emulator_port: int, serverless: bool = False
+) -> int:
     from lrobridge.emulator import PubSubEmulator
 
     # Local development: the emulator signs no push tokens and only this machine can connect.
@@ -30,6 +43,10 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
         os.environ["GOOGLE_CLOUD_PROJECT"] = "lrobridge-dev"
     if port is not None:
         os.environ["PORT"] = str(port)
+    if serverless:
+        os.environ["LROBRIDGE_WATCH_MODE"] = "pubsub"
+        os.environ.setdefault("LROBRIDGE_WATCH_MIN_BACKOFF", "1s")
+        os.environ.setdefault("LROBRIDGE_WATCH_MAX_BACKOFF", "10s")
 
     with contextlib.ExitStack() as stack:
         emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
@@ -84,6 +101,9 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
             grpc_port = bridge.start_grpc(host="127.0.0.1")
             print(f"• gRPC: 127.0.0.1:{grpc_port} (google.longrunning.Operations, WatchService)")
 
+        if serverless:
+            _serverless_watching(admin, settings)
+            return _wait_serverless(bridge)
         watcher = bridge.create_watcher()
         watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")
         watcher_thread.start()
@@ -113,4 +133,58 @@ def run_dev(*, app_spec: str | None, port: int | None, emulator_port: int) -> in
                 print(time.strftime("%H:%M:%S"), line, flush=True)
                 last = line
         print("\nstopping …", flush=True)
+    return 0
+
+
+def _serverless_watching(admin: PubSubAdmin, settings: Settings) -> None:
+    """The watch topic, its dead-letter topic and the push subscription to /pubsub/watch."""
+    project = f"projects/{settings.project}"
+    topic = settings.watch_topic_path
+    dead_letter = f"{project}/topics/lro-dead-letter"
+    subscription = f"{project}/subscriptions/{settings.watch_subscription}"
+    watch_url = f"http://127.0.0.1:{settings.port}/pubsub/watch"
+    print(f"• watch topic {topic}: {admin.ensure_topic(topic)}")
+    print(f"• dead-letter topic {dead_letter}: {admin.ensure_topic(dead_letter)}")
+    result = admin.ensure_push_subscription(
+        subscription,
+        topic,
+        watch_url,
+        oidc_service_account=None,
+        audience=None,
+        enable_message_ordering=False,
+        dead_letter_topic=dead_letter,
+        max_delivery_attempts=settings.watch_max_deliveries,
+        min_backoff=settings.watch_min_backoff,
+        max_backoff=settings.watch_max_backoff,
+    )
+    print(
+        f"• watch subscription {subscription} -> {watch_url}: {result} (retry "
+        f"{settings.watch_min_backoff:g}s..{settings.watch_max_backoff:g}s, dead letter after "
+        f"{settings.watch_max_deliveries} deliveries)"
+    )
+    print("• serverless watch mode: no watcher; each watch is a message, polled per delivery")
+
+
+def _wait_serverless(bridge: Bridge) -> int:
+    from lrobridge.cli import _wait_for_signal
+
+    print(
+        "\nReady. In another terminal:\n"
+        "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
+        "Ctrl-C stops everything this command started.\n",
+        flush=True,
+    )
+    stop = _wait_for_signal()
+    last = ""
+    while not stop.wait(1.0):
+        stats = bridge.watch_endpoint().stats
+        line = (
+            f"watch deliveries: {stats.polls} polls, {stats.retries} not done yet, "
+            f"{stats.republished} republished, {stats.completions} completed, "
+            f"{stats.dropped} failed, {stats.quarantined} quarantined"
+        )
+        if line != last:
+            print(time.strftime("%H:%M:%S"), line, flush=True)
+            last = line
+    print("\nstopping …", flush=True)
     return 0

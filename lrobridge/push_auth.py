@@ -20,6 +20,14 @@ What is checked, and which error a failure raises:
 
 Messages say what was wrong and never contain the token.
 
+**Behind Cloud Run IAM** (the service requires ``roles/run.invoker``), Cloud Run itself verifies
+the token and removes its signature before the request reaches the container: the third JWT
+segment becomes :data:`SIGNATURE_REMOVED`. Such a token can only be checked when the verifier is
+told the platform verified it (``platform_verified=True``, ``LROBRIDGE_PUSH_AUTH=cloudrun``): then
+its claims (issuer, audience, email, expiry) are checked as above, without a signature. Without
+that setting a signature-less token is refused with a message that names the setting, since
+accepting one on a service anybody can reach would accept forged claims.
+
 The certificates (``{key id: PEM certificate}``, Google's ``oauth2/v1/certs`` format) are cached
 between requests for the response's ``Cache-Control: max-age`` (at most a day), or
 :data:`DEFAULT_CERTS_TTL` when it sends none. A token whose key id is not in a cached set triggers
@@ -66,6 +74,9 @@ _jwt_decode: Callable[..., Mapping[str, Any]] = google.auth.jwt.decode
 # requests.Session per fetch and closes it afterwards (fetches are rare, nothing stays open).
 RequestFactory = Callable[[requests.Session], google.auth.transport.Request]
 
+# What Cloud Run puts in place of the signature of a token it verified.
+SIGNATURE_REMOVED = "SIGNATURE_REMOVED_BY_GOOGLE"
+
 
 class PushTokenVerifier:
     """Verifies the OIDC token Pub/Sub attaches to authenticated push requests."""
@@ -79,6 +90,8 @@ class PushTokenVerifier:
         clock: Callable[[], float] = time.monotonic,
         clock_skew_seconds: int = CLOCK_SKEW_SECONDS,
         request_factory: RequestFactory = google.auth.transport.requests.Request,
+        platform_verified: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._audience = audience
         self._service_account = service_account.strip().lower()
@@ -91,6 +104,8 @@ class PushTokenVerifier:
         self._clock = clock
         self._clock_skew = clock_skew_seconds
         self._request_factory = request_factory
+        self._platform_verified = platform_verified
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._certs: dict[str, str] | None = None
         self._fetched_at = 0.0
@@ -100,6 +115,10 @@ class PushTokenVerifier:
         """The claims of the push request's valid token; raises as the module docstring says."""
         token = _bearer_token(authorization_header)
         key_id = _key_id(token)
+        if token.rsplit(".", 1)[1] == SIGNATURE_REMOVED:
+            claims = self._platform_claims(token)
+            self._check_claims(claims, request_url)
+            return claims
         certs = self._certs_for(key_id)
         try:
             claims = _jwt_decode(
@@ -108,6 +127,33 @@ class PushTokenVerifier:
         except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError) as exc:
             raise Unauthenticated(f"push token rejected: {_describe(exc)}") from None
         self._check_claims(claims, request_url)
+        return claims
+
+    def _platform_claims(self, token: str) -> Mapping[str, Any]:
+        """Claims of a token whose signature Cloud Run checked and removed (see the docstring)."""
+        if not self._platform_verified:
+            raise Unauthenticated(
+                "push token has no signature: Cloud Run verified it and removed the signature "
+                "because the service requires IAM invoker authentication; set "
+                "LROBRIDGE_PUSH_AUTH=cloudrun there, or keep oidc on a service that allows "
+                "unauthenticated invocations"
+            )
+        try:
+            claims = _jwt_decode(token, verify=False)
+        except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError) as exc:
+            raise Unauthenticated(f"push token rejected: {_describe(exc)}") from None
+        now = self._wall_clock()
+        issued, expires = claims.get("iat"), claims.get("exp")
+        if not isinstance(issued, int | float) or isinstance(issued, bool):
+            raise Unauthenticated("push token rejected: the token has no iat (issued at) claim")
+        if not isinstance(expires, int | float) or isinstance(expires, bool):
+            raise Unauthenticated("push token rejected: the token has no exp (expiry) claim")
+        if now < issued - self._clock_skew:
+            raise Unauthenticated(
+                "push token rejected: the token was issued in the future (check the clock)"
+            )
+        if now > expires + self._clock_skew:
+            raise Unauthenticated("push token rejected: the token has expired")
         return claims
 
     def _check_claims(self, claims: Mapping[str, Any], request_url: str) -> None:

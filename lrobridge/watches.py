@@ -10,13 +10,13 @@ import base64
 import binascii
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from lrobridge.backoff import Backoff
 from lrobridge.config import parse_duration
-from lrobridge.errors import ConfigError, InvalidArgument, NotFound
+from lrobridge.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from lrobridge.names import validate_operation_name, validate_resource_id
 from lrobridge.proto.v1 import watch_pb2
 from lrobridge.records import WatchRecord, WatchState
@@ -28,6 +28,22 @@ MAX_PAGE_SIZE = 1000
 MAX_DEADLINE_SECONDS = 30 * 86400.0
 
 
+class WatchScheduler(Protocol):
+    """Somewhere other than the store that takes new watches (``LROBRIDGE_WATCH_MODE=pubsub``:
+    :class:`lrobridge.serverless.PubSubWatchScheduler` publishes them as watch messages)."""
+
+    def schedule(
+        self,
+        *,
+        source: str,
+        operation: str,
+        expire_time: float | None,
+        backoff: Backoff,
+        progress: bool,
+        now: float,
+    ) -> WatchRecord: ...
+
+
 class WatchService:
     def __init__(
         self,
@@ -35,10 +51,12 @@ class WatchService:
         *,
         clock: Callable[[], float] = time.time,
         on_created: Callable[[], None] | None = None,
+        scheduler: WatchScheduler | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_created = on_created
+        self._scheduler = scheduler
 
     def create(
         self,
@@ -55,6 +73,16 @@ class WatchService:
         if deadline is not None and not 0 < deadline <= MAX_DEADLINE_SECONDS:
             raise InvalidArgument(f"deadline {deadline}s is outside (0s, 30d]")
         now = self._clock()
+        if self._scheduler is not None:
+            # Not stored: the watch message is the watch; registering again publishes again.
+            return self._scheduler.schedule(
+                source=normalized,
+                operation=operation,
+                expire_time=now + deadline if deadline is not None else None,
+                backoff=backoff or Backoff(),
+                progress=progress,
+                now=now,
+            ), True
         record, created = self._store.create_watch(
             source=normalized,
             operation=operation,
@@ -67,7 +95,16 @@ class WatchService:
             self._on_created()
         return record, created
 
+    def _stored_only(self) -> None:
+        if self._scheduler is not None:
+            raise FailedPrecondition(
+                "LROBRIDGE_WATCH_MODE=pubsub keeps watches as messages on the watch topic, not "
+                "in the store, so they cannot be read, listed or deleted here; completions "
+                "arrive on the completion topic (an operation past its deadline as `expired`)"
+            )
+
     def get(self, name: str) -> WatchRecord:
+        self._stored_only()
         watch_id = _watch_id(name)
         record = self._store.get_watch(watch_id)
         if record is None:
@@ -77,6 +114,7 @@ class WatchService:
     def list(
         self, *, page_size: int = 0, page_token: str = "", state: WatchState | None = None
     ) -> tuple[list[WatchRecord], str]:
+        self._stored_only()
         if page_size < 0:
             raise InvalidArgument(f"pageSize {page_size} is negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -85,6 +123,7 @@ class WatchService:
         return records, _encode_page_token(cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
+        self._stored_only()
         if not self._store.delete_watch(_watch_id(name)):
             raise NotFound(f"watch {name!r} not found")
 

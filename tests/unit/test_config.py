@@ -24,6 +24,20 @@ def test_defaults_match_the_documented_contract() -> None:
     assert s.api_auth == "key" and s.api_keys == frozenset()
 
 
+def test_the_serverless_watch_settings_default_to_the_poller_and_pubsubs_retry_defaults() -> None:
+    s = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "p"})
+    assert (s.watch_mode, s.watch_topic, s.watch_subscription) == (
+        "poller",
+        "lro-watch",
+        "lro-watch-push",
+    )
+    assert (s.watch_min_backoff, s.watch_max_backoff, s.watch_max_deliveries) == (10, 600, 100)
+    assert s.watch_topic_path == "projects/p/topics/lro-watch"
+    env = {"LROBRIDGE_WATCH_MODE": "PubSub", "LROBRIDGE_WATCH_MIN_BACKOFF": "2s"}
+    assert Settings.from_env(env).watch_mode == "pubsub"
+    assert Settings.from_env(env).watch_min_backoff == 2.0
+
+
 def test_lrobridge_project_wins_over_google_cloud_project() -> None:
     env = {"GOOGLE_CLOUD_PROJECT": "a", "LROBRIDGE_PROJECT": "b"}
     assert Settings.from_env(env).topic_path == "projects/b/topics/lro-completed"
@@ -40,7 +54,14 @@ def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
     [
         ({"PORT": "http"}, "PORT='http' is not an integer"),
         ({"PORT": "70000"}, "not a port number"),
-        ({"LROBRIDGE_PUSH_AUTH": "maybe"}, "LROBRIDGE_PUSH_AUTH='maybe' is not one of: oidc, none"),
+        (
+            {"LROBRIDGE_PUSH_AUTH": "maybe"},
+            "LROBRIDGE_PUSH_AUTH='maybe' is not one of: oidc, cloudrun, none",
+        ),
+        ({"LROBRIDGE_WATCH_MODE": "cron"}, "LROBRIDGE_WATCH_MODE='cron' is not one of"),
+        ({"LROBRIDGE_WATCH_MIN_BACKOFF": "0s"}, "must be 1s-600s"),
+        ({"LROBRIDGE_WATCH_MAX_BACKOFF": "5s"}, "between LROBRIDGE_WATCH_MIN_BACKOFF (10s)"),
+        ({"LROBRIDGE_WATCH_MAX_DELIVERIES": "200"}, "outside 5-100"),
         ({"LROBRIDGE_PAYLOAD_FORMAT": "xml"}, "LROBRIDGE_PAYLOAD_FORMAT"),
         ({"LROBRIDGE_TOPIC": "x"}, "not a Pub/Sub resource id"),
         ({"LROBRIDGE_TOPIC": "goog-topic"}, "not starting with goog"),

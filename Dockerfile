@@ -1,0 +1,30 @@
+# lrobridge on Cloud Run (or any container host that sets $PORT).
+#
+#   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/lrobridge:TAG .
+#
+# tests/unit/test_container.py checks this file against the code and terraform/: base image,
+# non-root user, the port, and the gunicorn command line; tests/integration/test_container_command.py
+# runs that command line for real (health check, SIGTERM drain, JSON logs, in-process watcher).
+
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY lrobridge ./lrobridge
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.12-slim
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8080 \
+    LROBRIDGE_LOG_FORMAT=json
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --create-home --home-dir /app lrobridge
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8080
+# One worker with 8 threads per instance (Cloud Run scales instances; set the service's
+# concurrency to workers x threads). --timeout 0: Cloud Run enforces request timeouts itself.
+# --graceful-timeout 8: SIGTERM lets requests in flight finish inside Cloud Run's 10 s grace.
+# `exec` makes gunicorn PID 1, so it receives SIGTERM itself.
+CMD exec gunicorn --bind "0.0.0.0:${PORT}" --workers 1 --threads 8 --timeout 0 --graceful-timeout 8 --config python:lrobridge.gunicorn_conf lrobridge.wsgi:app
