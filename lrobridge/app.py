@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from lrobridge.errors import BridgeError, Code, InvalidArgument
 from lrobridge.records import WatchState
 from lrobridge.watches import create_args_from_json, watch_to_json
+from lrobridge.webhooks.views import blueprint as webhooks_blueprint
 
 if TYPE_CHECKING:
     from lrobridge.bridge import Bridge
@@ -100,7 +101,7 @@ def create_app(bridge: Bridge) -> Flask:
     @app.before_request
     def _authenticate_api() -> None:
         if request.path.startswith("/v1/"):
-            api_auth.check(request.headers.get("Authorization"))
+            api_auth.check(request.headers.get("Authorization"), url=_public_url())
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -149,7 +150,16 @@ def create_app(bridge: Bridge) -> Flask:
         watches.delete(watch_id)
         return json_response({})
 
+    app.register_blueprint(webhooks_blueprint(bridge))
     return app
+
+
+def _public_url() -> str:
+    """The URL the client used (https behind Cloud Run's TLS-terminating front end)."""
+    url = request.url
+    if request.headers.get("X-Forwarded-Proto") == "https":
+        url = "https://" + url.split("://", 1)[1]
+    return url
 
 
 def _int_arg(name: str) -> int:

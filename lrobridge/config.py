@@ -22,6 +22,7 @@ PayloadFormat = Literal["binary", "json"]
 PushAuth = Literal["oidc", "none"]
 ApiAuth = Literal["key", "none"]
 LogFormat = Literal["text", "json"]
+WebhookDelivery = Literal["auto", "background", "request"]
 
 # name -> (default, what it means). README.md's configuration table mirrors this dict, and
 # tests/unit/test_config.py fails when either lists a variable the other does not.
@@ -66,7 +67,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_API_AUTH": (
         "key",
-        "How the /v1 REST API authenticates callers: `key` (bearer API key) or `none`.",
+        "How /v1 authenticates callers: `key` (API key or allowed Google ID token) or `none`.",
     ),
     "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
     "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
@@ -79,6 +80,22 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "LROBRIDGE_LOG_FORMAT": ("text", "`text` for terminals, `json` for Cloud Logging."),
     "LROBRIDGE_LOG_LEVEL": ("INFO", "Python logging level name."),
     "LROBRIDGE_URL": ("", "Base URL of a running bridge, used by CLI commands that call its API."),
+    # Google ID tokens on /v1 and webhooks (lrobridge/webhooks, README "Webhooks").
+    "LROBRIDGE_API_SERVICE_ACCOUNTS": (
+        "",
+        "Comma-separated service accounts whose Google ID tokens /v1 accepts (Cloud Scheduler).",
+    ),
+    "LROBRIDGE_API_AUDIENCE": (
+        "",
+        "Expected `aud` of Google ID tokens on /v1; empty means the request URL or its origin.",
+    ),
+    "LROBRIDGE_WEBHOOK_TIMEOUT": ("15s", "Timeout of one webhook request (connect + response)."),
+    "LROBRIDGE_WEBHOOK_CONCURRENCY": ("16", "Webhook requests in flight at once per process."),
+    "LROBRIDGE_WEBHOOK_DELIVERY": (
+        "auto",
+        "`background` worker thread, or `request` (push + drain only); auto: request on Cloud Run.",
+    ),
+    "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -133,6 +150,12 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     bridge_url: str = ""
+    api_service_accounts: frozenset[str] = frozenset()
+    api_audience: str = ""
+    webhook_timeout: float = 15.0
+    webhook_concurrency: int = 16
+    webhook_delivery: WebhookDelivery = "auto"
+    cloud_run_service: str = ""
 
     @property
     def topic_path(self) -> str:
@@ -197,6 +220,25 @@ class Settings:
             ),
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
+            api_service_accounts=_emails(
+                get("LROBRIDGE_API_SERVICE_ACCOUNTS"), "LROBRIDGE_API_SERVICE_ACCOUNTS"
+            ),
+            api_audience=get("LROBRIDGE_API_AUDIENCE"),
+            webhook_timeout=_positive_duration(
+                get("LROBRIDGE_WEBHOOK_TIMEOUT"), "LROBRIDGE_WEBHOOK_TIMEOUT"
+            ),
+            webhook_concurrency=_positive_int(
+                get("LROBRIDGE_WEBHOOK_CONCURRENCY"), "LROBRIDGE_WEBHOOK_CONCURRENCY"
+            ),
+            webhook_delivery=cast(
+                WebhookDelivery,
+                _choice(
+                    get("LROBRIDGE_WEBHOOK_DELIVERY"),
+                    "LROBRIDGE_WEBHOOK_DELIVERY",
+                    ("auto", "background", "request"),
+                ),
+            ),
+            cloud_run_service=get("K_SERVICE"),
         )
 
     def check_push_auth(self) -> None:
@@ -281,6 +323,14 @@ def _log_level(value: str) -> str:
             f"LROBRIDGE_LOG_LEVEL={value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
         )
     return upper
+
+
+def _emails(value: str, name: str) -> frozenset[str]:
+    emails = frozenset(e.strip().lower() for e in value.split(",") if e.strip())
+    for email in emails:
+        if "@" not in email or any(c.isspace() for c in email):
+            raise ConfigError(f"{name}: {email!r} is not a service account email")
+    return emails
 
 
 def parse_networks(
