@@ -19,7 +19,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -102,12 +102,17 @@ class Receiver:
                     receiver.received.append(got)
                     receiver._lock.notify_all()
                 status, headers, answer = receiver.respond(got)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    return  # the sender gave up: it never saw this answer
                 with receiver._lock:
                     receiver.answered.append((got, status))
                     receiver._lock.notify_all()
@@ -237,6 +242,21 @@ def wait_until(check: Callable[[], bool], *, timeout: float = 20.0, interval: fl
         time.sleep(interval)
 
 
-def events(received: list[Received]) -> Iterator[str]:
-    for r in received:
-        yield r.webhook_id
+class LiveServer:
+    """A WSGI app served by werkzeug on 127.0.0.1, port 0, in a thread (a context manager)."""
+
+    def __init__(self, app: Any) -> None:
+        from werkzeug.serving import make_server
+
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
