@@ -164,7 +164,8 @@ class WebhookRuntime:
     def add_pending_hook(self, hook: Callable[[Sequence[str]], None]) -> None:
         """In ``request`` mode, ``hook`` hears of deliveries made due now (the Flask views
         collect them to attempt before the response is sent)."""
-        self._hooks.append(hook)
+        if hook not in self._hooks:
+            self._hooks.append(hook)
 
     def _pending(self, delivery_ids: Sequence[str]) -> None:
         if self.mode == "background":

@@ -73,17 +73,19 @@ def _int_arg(name: str) -> int:
         raise InvalidArgument(f"{name}={value!r} is not an integer") from None
 
 
+def _collect(delivery_ids: Sequence[str]) -> None:
+    """Remember deliveries made due during this request (request mode attempts them)."""
+    if has_request_context():
+        g.setdefault(_PENDING_KEY, []).extend(delivery_ids)
+
+
 def blueprint(bridge: Bridge) -> Blueprint:
     bp = Blueprint("lrobridge_webhooks", __name__)
 
     def runtime() -> WebhookRuntime:
         return bridge.webhook_runtime
 
-    def collect(delivery_ids: Sequence[str]) -> None:
-        if has_request_context():
-            g.setdefault(_PENDING_KEY, []).extend(delivery_ids)
-
-    bridge.webhook_runtime.add_pending_hook(collect)
+    bridge.webhook_runtime.add_pending_hook(_collect)
 
     @bp.before_app_request
     def _start_worker() -> None:

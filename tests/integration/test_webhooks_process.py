@@ -214,6 +214,23 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         assert "thanks, got it" in lines[1] and lines[1].split()[3].endswith("s")
         as_json = json.loads(_cli("deliveries", "--json", "--state", "succeeded", env=env).stdout)
         assert as_json["deliveries"][0]["attempts"][0]["statusCode"] == 202
+        delivery = as_json["deliveries"][0]["name"]
+        retried = json.loads(_cli("retry", delivery, env=env).stdout)
+        assert retried["name"] == delivery and retried["state"] == "PENDING"  # requeued
+        assert len(receiver.received) == 2  # and sent before the command returned
+        again = json.loads(_cli("deliveries", "--json", env=env).stdout)["deliveries"][0]
+        assert again["state"] == "SUCCEEDED" and again["attemptCount"] == 2
+        assert (
+            json.loads(_cli("replay", webhook["name"], "--since", "1h", env=env).stdout)["requeued"]
+            == 0
+        )  # nothing is dead
+        rotated = json.loads(
+            _cli("rotate-secret", webhook["name"], "--overlap", "1h", env=env).stdout
+        )
+        assert rotated["secret"] != webhook["secret"] and "previousSecretExpireTime" in rotated
+        assert json.loads(_cli("enable", webhook["name"], env=env).stdout)["state"] == "ENABLED"
+        drained = json.loads(_cli("drain", "--max-time", "5s", env=env).stdout)
+        assert drained["attempted"] == 0 and drained["pending"] == 0
         removed = _cli("rm", webhook["name"], env=env)
         assert removed.returncode == 0 and removed.stdout.strip() == f"deleted {webhook['name']}"
         assert json.loads(_cli("list", env=env).stdout)["webhooks"] == []

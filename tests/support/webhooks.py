@@ -27,6 +27,7 @@ import standardwebhooks
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
 from lrobridge import codec
+from lrobridge.errors import Unavailable
 from lrobridge.webhooks.sender import SystemResolver
 from lrobridge.webhooks.ssrf import IPAddress
 
@@ -181,7 +182,8 @@ class ManualClock:
 
 
 class MapResolver:
-    """Names from a dict (changeable mid-test, for DNS rebinding), others from the system."""
+    """Names from a dict (changeable mid-test, for DNS rebinding), others from the system
+    resolver (tests only give it names that /etc/hosts or numeric parsing answers)."""
 
     def __init__(self, names: dict[str, list[str]] | None = None) -> None:
         self.names = dict(names or {})
@@ -189,8 +191,11 @@ class MapResolver:
         self._system = SystemResolver()
 
     def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """An empty list in ``names`` fails like a name that does not exist."""
         self.lookups.append(host)
         if host in self.names:
+            if not self.names[host]:
+                raise Unavailable(f"cannot resolve {host!r}: no such name (test resolver)")
             return [ipaddress.ip_address(a) for a in self.names[host]]
         return self._system.resolve(host, port)
 

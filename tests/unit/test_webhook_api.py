@@ -42,7 +42,9 @@ def bridge(tmp_path: pathlib.Path, clock: ManualClock) -> Iterator[Bridge]:
         webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
         webhook_timeout=2.0,
     )
-    resolver = MapResolver({"hooks.example.com": ["93.184.215.14"], "intra.test": ["10.1.1.1"]})
+    resolver = MapResolver(
+        {"hooks.example.com": ["93.184.215.14"], "intra.test": ["10.1.1.1"], "gone.test": []}
+    )
     runtime = WebhookRuntime(settings, mode="request", resolver=resolver, clock=clock)
     b = Bridge(settings, webhooks=runtime)
     yield b
@@ -134,7 +136,7 @@ def test_rotating_the_secret_returns_a_new_one_and_the_old_ones_expiry(
         (json.dumps({"url": "https://100.64.1.1/"}).encode(), "carrier-grade NAT"),
         (json.dumps({"url": "https://intra.test/"}).encode(), "resolves to 10.1.1.1"),
         (json.dumps({"url": "https://[::1]:9/"}).encode(), "loopback"),
-        (json.dumps({"url": "https://no-such-host.invalid/"}).encode(), "cannot resolve"),
+        (json.dumps({"url": "https://gone.test/"}).encode(), "cannot resolve"),
         (json.dumps({"url": "http://hooks.example.com/"}).encode(), "http:// is only allowed"),
     ],
 )
