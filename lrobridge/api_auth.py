@@ -1,32 +1,43 @@
 """Who may call the bridge's own REST API (/v1/...): bearer API keys, or nobody checks.
 
 ``LROBRIDGE_API_AUTH=key`` (the default) accepts ``Authorization: Bearer KEY`` for a KEY in
-``LROBRIDGE_API_KEYS``; with no key configured every call is refused with a message saying how
-to configure one. ``none`` must be set explicitly (``lrobridge dev`` does, on loopback only).
+``LROBRIDGE_API_KEYS``, and ``Authorization: Bearer <Google ID token>`` of a service account in
+``LROBRIDGE_API_SERVICE_ACCOUNTS`` (verified by an injected :class:`IdTokenVerifier`, see
+:mod:`lrobridge.id_tokens`); with neither configured every call is refused with a message saying
+how to configure one. ``none`` must be set explicitly (``lrobridge dev`` does, on loopback only).
 Pure module.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from lrobridge.config import Settings
 from lrobridge.errors import PermissionDenied, Unauthenticated
 
 
+class IdTokenVerifier(Protocol):
+    def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:
+        """Claims of a valid ID token; raises Unauthenticated / PermissionDenied."""
+        ...
+
+
 class ApiAuth:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, id_tokens: IdTokenVerifier | None = None) -> None:
         self._mode = settings.api_auth
         self._keys = tuple(k.encode() for k in settings.api_keys)
+        self._id_tokens = id_tokens
 
-    def check(self, authorization: str | None) -> None:
+    def check(self, authorization: str | None, *, url: str = "") -> None:
         """Raise Unauthenticated / PermissionDenied unless the caller may use the API."""
         if self._mode == "none":
             return
-        if not self._keys:
+        if not self._keys and self._id_tokens is None:
             raise PermissionDenied(
-                "the REST API is closed: no API key is configured (set LROBRIDGE_API_KEYS, or "
-                "LROBRIDGE_API_AUTH=none for local development)"
+                "the REST API is closed: no API key is configured (set LROBRIDGE_API_KEYS or "
+                "LROBRIDGE_API_SERVICE_ACCOUNTS, or LROBRIDGE_API_AUTH=none for local development)"
             )
         if not authorization:
             raise Unauthenticated("missing Authorization header; send 'Bearer <API key>'")
@@ -38,5 +49,9 @@ class ApiAuth:
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(presented, key)
-        if not matched:
-            raise Unauthenticated("API key not recognised")
+        if matched:
+            return
+        if self._id_tokens is not None and token.strip().count(".") == 2:
+            self._id_tokens.verify_token(token.strip(), request_url=url)
+            return
+        raise Unauthenticated("API key not recognised")

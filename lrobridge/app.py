@@ -28,6 +28,7 @@ from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.logs import TraceContextMiddleware
 from lrobridge.records import WatchState
 from lrobridge.watches import create_args_from_json, duration_field, watch_to_json
+from lrobridge.webhooks.views import blueprint as webhooks_blueprint
 
 if TYPE_CHECKING:
     from lrobridge.bridge import Bridge
@@ -112,7 +113,7 @@ def create_app(bridge: Bridge) -> Flask:
     @app.before_request
     def _authenticate_api() -> None:
         if request.path.startswith("/v1/"):
-            api_auth.check(request.headers.get("Authorization"))
+            api_auth.check(request.headers.get("Authorization"), url=_request_url())
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -165,6 +166,7 @@ def create_app(bridge: Bridge) -> Flask:
         watches.delete(watch_id)
         return json_response({})
 
+    app.register_blueprint(webhooks_blueprint(bridge))
     facade = bridge.facade
 
     @app.get("/v1/<path:target>")

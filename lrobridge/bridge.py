@@ -39,6 +39,8 @@ from lrobridge.store import Store, open_store
 from lrobridge.waiters import CompletionHub
 from lrobridge.watcher import Watcher
 from lrobridge.watches import WatchService
+from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.webhooks.service import WebhookService
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -57,6 +59,7 @@ class Bridge:
         publisher: Publisher | None = None,
         sources: Callable[[str], OperationsSource] | None = None,
         watch_publisher: Publisher | None = None,
+        webhooks: WebhookRuntime | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._store = store
@@ -73,6 +76,7 @@ class Bridge:
         self._facade: OperationsFacade | None = None
         self._producer: Producer | None = None
         self._grpc: GrpcServer | None = None
+        self._webhooks = webhooks
         self.subscriptions: list[Subscription] = []
 
     # -- callbacks -------------------------------------------------------------------------
@@ -126,6 +130,7 @@ class Bridge:
             if self._dispatcher is None:
                 self._dispatcher = Dispatcher(self.store)
                 self._dispatcher.subscriptions = self.subscriptions
+                self._dispatcher.sinks.append(self.webhook_runtime.sink)
             return self._dispatcher
 
     @property
@@ -183,7 +188,32 @@ class Bridge:
 
     @property
     def api_auth(self) -> ApiAuth:
-        return ApiAuth(self.settings)
+        if not self.settings.api_service_accounts:
+            return ApiAuth(self.settings)
+        from lrobridge.id_tokens import ApiTokenVerifier
+
+        verifier = ApiTokenVerifier(
+            service_accounts=self.settings.api_service_accounts,
+            audience=self.settings.api_audience,
+            certs_url=self.settings.push_certs_url,
+        )
+        return ApiAuth(self.settings, id_tokens=verifier)
+
+    @property
+    def webhook_runtime(self) -> WebhookRuntime:
+        """Webhook wiring: store on the main store's file, worker, sink (lrobridge.webhooks)."""
+        with self._lock:
+            if self._webhooks is None:
+                path = getattr(self._store, "path", None)
+                self._webhooks = WebhookRuntime(
+                    self.settings, path=path if isinstance(path, str) else None
+                )
+            return self._webhooks
+
+    @property
+    def webhooks(self) -> WebhookService:
+        """Register webhooks, read their delivery log, retry, replay, drain (README Webhooks)."""
+        return self.webhook_runtime.service
 
     @property
     def publisher(self) -> Publisher:
@@ -325,6 +355,8 @@ class Bridge:
                 self._grpc.stop()
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._webhooks is not None:
+                self._webhooks.close()
             if self._producer is not None:
                 self._producer.close()
             if self._hub is not None:

@@ -1,4 +1,4 @@
-"""The ``lrobridge`` command line: dev, serve, watcher, watch, watches, pubsub init.
+"""The ``lrobridge`` command line: dev, serve, watcher, watch, watches, webhooks, pubsub init.
 
 Every command answers bad input and failures with one line ``lrobridge: error: ...`` and exit
 status 2 (1 for a failure of the work itself), never a traceback.
@@ -78,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 0)  # Cloud Run enforces request timeouts itself
             self.cfg.set("graceful_timeout", 8)  # inside Cloud Run's 10 s SIGTERM grace
             self.cfg.set("accesslog", None)
+            # Webhook deliveries: a worker thread per gunicorn worker (background mode).
+            self.cfg.set("post_worker_init", lambda _: bridge.webhook_runtime.start_worker())
 
         def load(self) -> Any:
             return flask_app
@@ -297,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id", help="watch id or watches/{id}")
         client_flags(p)
     watches.set_defaults(func=cmd_watches)
+
+    from lrobridge.webhooks.cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub, client_flags)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")
     pubsub_sub = pubsub.add_subparsers(dest="pubsub_command", required=True)

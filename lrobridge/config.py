@@ -23,6 +23,7 @@ PushAuth = Literal["oidc", "cloudrun", "none"]
 WatchMode = Literal["poller", "pubsub"]
 ApiAuth = Literal["key", "none"]
 LogFormat = Literal["text", "json"]
+WebhookDelivery = Literal["auto", "background", "request"]
 
 # name -> (default, what it means). README.md's configuration table mirrors this dict, and
 # tests/unit/test_config.py fails when either lists a variable the other does not.
@@ -69,7 +70,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_API_AUTH": (
         "key",
-        "How the /v1 REST API authenticates callers: `key` (bearer API key) or `none`.",
+        "How /v1 authenticates callers: `key` (API key or allowed Google ID token) or `none`.",
     ),
     "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
     "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
@@ -113,6 +114,22 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "100",
         "Watch subscription dead-letter max delivery attempts (5-100); republished before it.",
     ),
+    # Google ID tokens on /v1 and webhooks (lrobridge/webhooks, README "Webhooks").
+    "LROBRIDGE_API_SERVICE_ACCOUNTS": (
+        "",
+        "Comma-separated service accounts whose Google ID tokens /v1 accepts (Cloud Scheduler).",
+    ),
+    "LROBRIDGE_API_AUDIENCE": (
+        "",
+        "Expected `aud` of Google ID tokens on /v1; empty means the request URL or its origin.",
+    ),
+    "LROBRIDGE_WEBHOOK_TIMEOUT": ("15s", "Timeout of one webhook request (connect + response)."),
+    "LROBRIDGE_WEBHOOK_CONCURRENCY": ("16", "Webhook requests in flight at once per process."),
+    "LROBRIDGE_WEBHOOK_DELIVERY": (
+        "auto",
+        "`background` worker thread, or `request` (push + drain only); auto: request on Cloud Run.",
+    ),
+    "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -175,6 +192,12 @@ class Settings:
     watch_min_backoff: float = 10.0
     watch_max_backoff: float = 600.0
     watch_max_deliveries: int = 100
+    api_service_accounts: frozenset[str] = frozenset()
+    api_audience: str = ""
+    webhook_timeout: float = 15.0
+    webhook_concurrency: int = 16
+    webhook_delivery: WebhookDelivery = "auto"
+    cloud_run_service: str = ""
 
     @property
     def topic_path(self) -> str:
@@ -250,6 +273,25 @@ class Settings:
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
             **_watch_settings(get),
+            api_service_accounts=_emails(
+                get("LROBRIDGE_API_SERVICE_ACCOUNTS"), "LROBRIDGE_API_SERVICE_ACCOUNTS"
+            ),
+            api_audience=get("LROBRIDGE_API_AUDIENCE"),
+            webhook_timeout=_positive_duration(
+                get("LROBRIDGE_WEBHOOK_TIMEOUT"), "LROBRIDGE_WEBHOOK_TIMEOUT"
+            ),
+            webhook_concurrency=_positive_int(
+                get("LROBRIDGE_WEBHOOK_CONCURRENCY"), "LROBRIDGE_WEBHOOK_CONCURRENCY"
+            ),
+            webhook_delivery=cast(
+                WebhookDelivery,
+                _choice(
+                    get("LROBRIDGE_WEBHOOK_DELIVERY"),
+                    "LROBRIDGE_WEBHOOK_DELIVERY",
+                    ("auto", "background", "request"),
+                ),
+            ),
+            cloud_run_service=get("K_SERVICE"),
         )
 
     def check_push_auth(self) -> None:
@@ -373,6 +415,14 @@ def _log_level(value: str) -> str:
             f"LROBRIDGE_LOG_LEVEL={value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
         )
     return upper
+
+
+def _emails(value: str, name: str) -> frozenset[str]:
+    emails = frozenset(e.strip().lower() for e in value.split(",") if e.strip())
+    for email in emails:
+        if "@" not in email or any(c.isspace() for c in email):
+            raise ConfigError(f"{name}: {email!r} is not a service account email")
+    return emails
 
 
 def parse_networks(

@@ -1,0 +1,117 @@
+"""The webhook request body and its identifiers, built once per completion event.
+
+Body (JSON, UTF-8), the Standard Webhooks payload shape::
+
+    {"type": "operation.<outcome>",            # operation.succeeded, operation.failed, ...
+     "timestamp": "2024-05-01T12:00:00.123Z",  # when the completion was observed (ce-time)
+     "data": {"operation": {...},              # the Operation, JSON form of OPERATIONS.md
+              "source": "grpc://...",          # the watched source
+              "eventId": "..."}}               # the completion's event_id
+
+The message id (the ``webhook-id`` header) is ``msg_`` + the event id, so it is the same for
+every retry, replay and endpoint of one completion, and receivers can deduplicate on it.
+
+An Operation holding an ``Any`` whose type this process does not know cannot be rendered by
+protobuf's JSON mapping; such an ``Any`` is sent as ``{"@type": URL, "value": BASE64}`` (its
+serialized bytes), everything else as usual, so nothing is lost.
+
+Pure module.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from typing import Any
+
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import any_pb2, json_format
+
+from lrobridge import codec
+from lrobridge.dispatch import CompletionEvent
+from lrobridge.webhooks.model import Message
+
+TYPE_PREFIX = "operation."
+
+
+def event_type(outcome: str) -> str:
+    return TYPE_PREFIX + outcome
+
+
+def message_id(event_id: str) -> str:
+    return f"msg_{event_id}"
+
+
+def build_message(event: CompletionEvent, *, now: float) -> Message:
+    body = {
+        "type": event_type(event.outcome),
+        "timestamp": event_time(event.attributes.get("ce-time"), now=now),
+        "data": {
+            "operation": operation_json(event.snapshot),
+            "source": event.source,
+            "eventId": event.event_id,
+        },
+    }
+    return Message(
+        id=message_id(event.event_id),
+        event_id=event.event_id,
+        event_type=event_type(event.outcome),
+        operation=event.name,
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        create_time=now,
+    )
+
+
+def event_time(ce_time: str | None, *, now: float) -> str:
+    """RFC 3339 UTC time of the event: the message's ce-time when readable, else ``now``."""
+    moment: datetime.datetime | None = None
+    if ce_time:
+        try:
+            moment = datetime.datetime.fromisoformat(ce_time.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is None:
+            moment = None
+    if moment is None:
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    text = moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def operation_json(snapshot: codec.Snapshot) -> dict[str, Any]:
+    """The Operation's JSON form; unknown ``Any`` types as ``{"@type", "value": base64}``."""
+    known = codec.operation_json(snapshot)
+    if known is not None:
+        return known
+    op = operations_pb2.Operation()
+    op.CopyFrom(snapshot.operation)
+    opaque: dict[str, Any] = {}
+    for field in ("metadata", "response"):
+        if op.HasField(field) and not _renders(getattr(op, field)):
+            opaque[field] = _opaque(getattr(op, field))
+            op.ClearField(field)
+    details: list[Any] | None = None
+    if op.HasField("error") and any(not _renders(d) for d in op.error.details):
+        details = [
+            json_format.MessageToDict(d) if _renders(d) else _opaque(d) for d in op.error.details
+        ]
+        del op.error.details[:]
+    out = json_format.MessageToDict(op)
+    out.update(opaque)
+    if details is not None:
+        out["error"]["details"] = details
+    out["done"] = op.done
+    return out
+
+
+def _renders(value: any_pb2.Any) -> bool:
+    try:
+        json_format.MessageToDict(value)
+    except (TypeError, KeyError, json_format.Error):
+        return False
+    return True
+
+
+def _opaque(value: any_pb2.Any) -> dict[str, str]:
+    return {"@type": value.type_url, "value": base64.b64encode(value.value).decode("ascii")}

@@ -1,0 +1,208 @@
+"""The SQLite webhook store on a real file beside the main store (lrobridge.webhooks.store)."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+
+from lrobridge.store.sqlite import SqliteStore
+from lrobridge.webhooks.filters import WebhookFilter
+from lrobridge.webhooks.model import (
+    Attempt,
+    DeliveryState,
+    Message,
+    NewDelivery,
+    Webhook,
+    WebhookState,
+)
+from lrobridge.webhooks.schedule import Plan
+from lrobridge.webhooks.store import SqliteWebhookStore
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def path(tmp_path: pathlib.Path) -> str:
+    return str(tmp_path / "bridge.db")
+
+
+@pytest.fixture
+def store(path: str) -> Iterator[SqliteWebhookStore]:
+    s = SqliteWebhookStore(path)
+    yield s
+    s.close()
+
+
+def _webhook(webhook_id: str = "w1", state: WebhookState = WebhookState.ENABLED) -> Webhook:
+    return Webhook(
+        id=webhook_id,
+        url="https://hooks.example.com/",
+        description="",
+        filter=WebhookFilter.build(outcomes=["failed"]),
+        state=state,
+        secret="whsec_" + "A" * 44,
+        create_time=NOW,
+        update_time=NOW,
+    )
+
+
+def _message(event_id: str = "e1") -> Message:
+    return Message(
+        id=f"msg_{event_id}",
+        event_id=event_id,
+        event_type="operation.failed",
+        operation="operations/x",
+        body=b'{"type":"operation.failed"}',
+        create_time=NOW,
+    )
+
+
+def _attempt(status: int = 500) -> Attempt:
+    return Attempt(
+        number=1, time=NOW, status_code=status, latency=0.01, response_body="no", error="HTTP 500"
+    )
+
+
+def test_it_shares_the_main_stores_file_in_wal_mode(path: str, store: SqliteWebhookStore) -> None:
+    main = SqliteStore(path)
+    try:
+        store.create_webhook(_webhook())
+        with sqlite3.connect(path) as other:
+            tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master")}
+            assert {"watches", "webhooks", "webhook_deliveries", "webhook_attempts"} <= tables
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        main.close()
+    reopened = SqliteWebhookStore(path)
+    assert reopened.get_webhook("w1") == _webhook()
+    reopened.close()
+
+
+def test_writing_the_same_event_twice_creates_its_deliveries_once(
+    store: SqliteWebhookStore,
+) -> None:
+    store.create_webhook(_webhook("w1"))
+    store.create_webhook(_webhook("w2"))
+    news = [NewDelivery("w1", DeliveryState.PENDING), NewDelivery("w2", DeliveryState.PENDING)]
+    first = store.add_message(_message(), news, now=NOW)
+    assert len(first) == 2
+    assert store.add_message(_message(), news, now=NOW + 1) == []
+    deliveries, _ = store.list_deliveries(webhook_id=None, state=None, after=0, limit=10)
+    assert sorted(d.webhook_id for d in deliveries) == ["w1", "w2"]
+    assert {d.message_id for d in deliveries} == {"msg_e1"}
+
+
+def test_a_claimed_delivery_is_leased_and_not_handed_out_twice(store: SqliteWebhookStore) -> None:
+    store.create_webhook(_webhook())
+    [delivery_id] = store.add_message(
+        _message(), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
+    )
+    [claim] = store.claim_due(now=NOW, limit=10, lease=20)
+    assert claim.delivery.id == delivery_id and claim.body == b'{"type":"operation.failed"}'
+    assert store.claim_due(now=NOW + 19, limit=10, lease=20) == []
+    [again] = store.claim_due(now=NOW + 20, limit=10, lease=20)  # the first worker died
+    assert again.token != claim.token
+    # the first worker comes back late: its attempt is logged, the state is not touched
+    plan = Plan("SUCCEEDED", None, None)
+    assert store.record_attempt(claim, _attempt(200), plan, now=NOW + 21) is False
+    current = store.get_delivery(delivery_id)
+    assert current is not None and current.state is DeliveryState.PENDING
+    assert len(current.attempts) == 1
+    assert store.record_attempt(again, _attempt(200), plan, now=NOW + 22) is True
+    done = store.get_delivery(delivery_id)
+    assert done is not None and done.state is DeliveryState.SUCCEEDED
+    assert [a.status_code for a in done.attempts] == [200, 200]
+
+
+def test_claims_can_be_limited_to_given_deliveries(store: SqliteWebhookStore) -> None:
+    store.create_webhook(_webhook())
+    [a] = store.add_message(_message("a"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
+    [b] = store.add_message(_message("b"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
+    assert [c.delivery.id for c in store.claim_due(now=NOW, limit=9, lease=5, only=[b])] == [b]
+    assert [c.delivery.id for c in store.claim_due(now=NOW, limit=9, lease=5)] == [a]
+
+
+def test_disabling_dead_letters_pending_deliveries_and_stops_claims(
+    store: SqliteWebhookStore,
+) -> None:
+    store.create_webhook(_webhook())
+    [delivery_id] = store.add_message(
+        _message(), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
+    )
+    [claim] = store.claim_due(now=NOW, limit=1, lease=5)
+    plan = Plan("DEAD", None, NOW, disable_reason="the endpoint answered 410 Gone", error="gone")
+    assert store.record_attempt(claim, _attempt(410), plan, now=NOW)
+    webhook = store.get_webhook("w1")
+    assert webhook is not None and webhook.state is WebhookState.DISABLED
+    assert webhook.disabled_reason == "the endpoint answered 410 Gone"
+    delivery = store.get_delivery(delivery_id)
+    assert delivery is not None and delivery.state is DeliveryState.DEAD
+    store.requeue(delivery_id, now=NOW + 1)
+    assert store.claim_due(now=NOW + 2, limit=1, lease=5) == []  # disabled: nothing is sent
+    assert store.count_pending() == 0
+    store.set_enabled("w1", now=NOW + 3)
+    assert len(store.claim_due(now=NOW + 3, limit=1, lease=5)) == 1
+
+
+def test_a_failure_starts_the_endpoints_failing_streak_and_a_success_ends_it(
+    store: SqliteWebhookStore,
+) -> None:
+    store.create_webhook(_webhook())
+    store.add_message(_message("a"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
+    [claim] = store.claim_due(now=NOW, limit=1, lease=5)
+    store.record_attempt(claim, _attempt(), Plan("PENDING", NOW + 5, NOW), now=NOW)
+    webhook = store.get_webhook("w1")
+    assert webhook is not None and webhook.failing_since == NOW
+    [claim] = store.claim_due(now=NOW + 5, limit=1, lease=5)
+    store.record_attempt(claim, _attempt(200), Plan("SUCCEEDED", None, None), now=NOW + 6)
+    webhook = store.get_webhook("w1")
+    assert webhook is not None and webhook.failing_since is None
+
+
+def test_replay_since_requeues_only_dead_deliveries_created_since(
+    store: SqliteWebhookStore,
+) -> None:
+    store.create_webhook(_webhook())
+    dead = [NewDelivery("w1", DeliveryState.DEAD, "webhook disabled")]
+    store.add_message(_message("old"), dead, now=NOW - 100)
+    store.add_message(_message("new"), dead, now=NOW)
+    assert store.requeue_dead_since("w1", since=NOW - 10, now=NOW) == 1
+    [claim] = store.claim_due(now=NOW, limit=5, lease=5)
+    assert claim.delivery.event_id == "new" and claim.delivery.round_attempts == 0
+
+
+def test_deleting_a_webhook_forgets_its_deliveries_and_log(store: SqliteWebhookStore) -> None:
+    store.create_webhook(_webhook())
+    [delivery_id] = store.add_message(
+        _message(), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
+    )
+    [claim] = store.claim_due(now=NOW, limit=1, lease=5)
+    store.record_attempt(claim, _attempt(), Plan("PENDING", NOW + 5, NOW), now=NOW)
+    assert store.delete_webhook("w1") is True
+    assert store.get_delivery(delivery_id) is None
+    assert store.delete_webhook("w1") is False
+
+
+def test_pruning_forgets_old_finished_deliveries_only(store: SqliteWebhookStore) -> None:
+    store.create_webhook(_webhook())
+    store.add_message(_message("old"), [NewDelivery("w1", DeliveryState.DEAD, "x")], now=NOW - 99)
+    store.add_message(_message("new"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW - 99)
+    assert store.prune(finished_before=NOW) == 1
+    deliveries, _ = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=10)
+    assert [d.event_id for d in deliveries] == ["new"]
+
+
+def test_listing_pages_newest_first_and_filters_by_state(store: SqliteWebhookStore) -> None:
+    store.create_webhook(_webhook())
+    for i in range(5):
+        state = DeliveryState.DEAD if i % 2 else DeliveryState.PENDING
+        store.add_message(_message(f"e{i}"), [NewDelivery("w1", state)], now=NOW + i)
+    page, cursor = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=2)
+    assert [d.event_id for d in page] == ["e4", "e3"] and cursor is not None
+    rest, end = store.list_deliveries(webhook_id="w1", state=None, after=cursor, limit=10)
+    assert [d.event_id for d in rest] == ["e2", "e1", "e0"] and end is None
+    dead, _ = store.list_deliveries(webhook_id=None, state=DeliveryState.DEAD, after=0, limit=10)
+    assert [d.event_id for d in dead] == ["e3", "e1"]
