@@ -99,11 +99,9 @@ class CompletionHub:
                     return
                 names = list(self._by_name)
             try:
-                records = self._store.get_operations(names)
+                settled = self._store.settled(names)
             except Exception:  # the store is closing or busy: try again next round
                 log.debug("wait recheck failed", exc_info=True)
                 continue
-            for name in names:
-                record = records.get(name)
-                if record is None or record.done or record.outcome:
-                    self.notify(name)
+            for name in settled:
+                self.notify(name)

@@ -142,7 +142,10 @@ class Outbox(Protocol):
 class OperationStore(Protocol):
     def get_operation(self, name: str) -> OperationRecord | None: ...
 
-    def get_operations(self, names: Iterable[str]) -> dict[str, OperationRecord]: ...
+    def settled(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` that will not change any more: done, ended (an outcome is set),
+        or no longer tracked. Cheap: it is asked for every waited-for name every few seconds."""
+        ...
 
     def list_operations(
         self, parent: str, query: OperationFilter, *, after: str, limit: int

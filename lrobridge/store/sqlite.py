@@ -553,19 +553,21 @@ class SqliteStore:
         rows = self._read(f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name = ?", (name,))
         return _operation(rows[0]) if rows else None
 
-    def get_operations(self, names: Iterable[str]) -> dict[str, OperationRecord]:
+    def settled(self, names: Iterable[str]) -> set[str]:
         wanted = list(names)
-        found: dict[str, OperationRecord] = {}
+        running: set[str] = set()
         for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._read(
-                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name IN ({marks})",
-                tuple(chunk),
-            ):
-                record = _operation(row)
-                found[record.name] = record
-        return found
+            running.update(
+                row[0]
+                for row in self._read(
+                    f"SELECT name FROM operations WHERE name IN ({marks}) "
+                    "AND done = 0 AND outcome = ''",
+                    tuple(chunk),
+                )
+            )
+        return set(wanted) - running
 
     def list_operations(
         self, parent: str, query: OperationFilter, *, after: str, limit: int
