@@ -167,6 +167,8 @@ def create_app(bridge: Bridge) -> Flask:
         return json_response({})
 
     app.register_blueprint(webhooks_blueprint(bridge))
+    for blueprint in bridge.blueprints:
+        app.register_blueprint(blueprint)
     facade = bridge.facade
 
     @app.get("/v1/<path:target>")

@@ -43,11 +43,12 @@ from lrobridge.webhooks.runtime import WebhookRuntime
 from lrobridge.webhooks.service import WebhookService
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Blueprint, Flask
 
     from lrobridge.grpc_server import GrpcServer
 
 F = TypeVar("F", bound=Callable[[CompletionEvent], object])
+C = TypeVar("C", bound=Callable[[str], None])
 
 
 class Bridge:
@@ -78,6 +79,8 @@ class Bridge:
         self._grpc: GrpcServer | None = None
         self._webhooks = webhooks
         self.subscriptions: list[Subscription] = []
+        self.blueprints: list[Blueprint] = []
+        self._cancel_hook: Callable[[str], None] | None = None
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -114,6 +117,14 @@ class Bridge:
             return func
 
         return register
+
+    def on_cancel(self, hook: C) -> C:
+        """Register what CancelOperation of an operation this service produced calls (with the
+        operation name); without one, cancelling a produced operation is UNIMPLEMENTED."""
+        self._cancel_hook = hook
+        if self._producer is not None:
+            self._producer.on_cancel(hook)
+        return hook
 
     # -- parts -----------------------------------------------------------------------------
 
@@ -181,6 +192,8 @@ class Bridge:
                     payload_format=self.settings.payload_format,
                     progress_interval=self.settings.progress_interval,
                 )
+                if self._cancel_hook is not None:
+                    self._producer.on_cancel(self._cancel_hook)
             return self._producer
 
     def _lazy_publisher(self) -> Publisher:
@@ -285,8 +298,14 @@ class Bridge:
                 )
             return self._watch_handler
 
+    def add_blueprint(self, blueprint: Blueprint) -> None:
+        """Serve the routes of your own service (e.g. methods that return Operations) in the
+        bridge's app, under ``lrobridge dev``, ``lrobridge serve`` and the container alike."""
+        self.blueprints.append(blueprint)
+
     def create_app(self) -> Flask:
-        """The Flask app: push endpoint, Watch API, health (the gunicorn target)."""
+        """The Flask app: push endpoint, Watch API, Operations facade, webhooks, health and the
+        added blueprints (the gunicorn target)."""
         from lrobridge.app import create_app
 
         return create_app(self)

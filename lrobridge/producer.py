@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2
@@ -73,6 +73,10 @@ class ProducedOperation:
     def operation(self) -> operations_pb2.Operation:
         """The current Operation, as GetOperation returns it (what an API method returns)."""
         return self._producer.get_operation(self.name)
+
+    def json(self) -> dict[str, Any]:
+        """The current Operation in its JSON form (what a REST method returns)."""
+        return codec.operation_json_lenient(codec.snapshot_from_proto(self.operation()))
 
     @property
     def cancel_requested(self) -> bool:

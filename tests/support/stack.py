@@ -71,9 +71,11 @@ def stack_settings(project: str, store_path: pathlib.Path, **overrides: Any) -> 
 
 
 class LocalStack:
-    def __init__(self, settings: Settings, *, run_watcher: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, run_watcher: bool = True, bridge: Bridge | None = None
+    ) -> None:
         self.settings = settings
-        self.bridge = Bridge(settings)
+        self.bridge = bridge or Bridge(settings)
         self.run_watcher = run_watcher
         self._server: BaseWSGIServer | None = None
         self._threads: list[threading.Thread] = []
