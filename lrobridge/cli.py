@@ -67,8 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
     from gunicorn.app.base import BaseApplication
 
+    from lrobridge import gunicorn_conf
+
     flask_app = bridge.create_app()
     port = args.port if args.port is not None else bridge.settings.port
+    gunicorn_conf.run_watcher = args.watcher
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -77,9 +80,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("threads", args.threads)
             self.cfg.set("timeout", 0)  # Cloud Run enforces request timeouts itself
             self.cfg.set("graceful_timeout", 8)  # inside Cloud Run's 10 s SIGTERM grace
+            # The container's hooks: JSON logs, webhook worker, watcher (with --watcher),
+            # clean shutdown.
             self.cfg.set("accesslog", None)
-            # Webhook deliveries: a worker thread per gunicorn worker (background mode).
-            self.cfg.set("post_worker_init", lambda _: bridge.webhook_runtime.start_worker())
+            self.cfg.set("logger_class", gunicorn_conf.Logger)
+            for hook in ("post_fork", "post_worker_init", "worker_exit"):
+                self.cfg.set(hook, getattr(gunicorn_conf, hook))
 
         def load(self) -> Any:
             return flask_app
@@ -272,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--watcher",
+        action="store_true",
+        help="also run the watcher in each worker (poller mode), as the container does",
+    )
     serve.set_defaults(func=cmd_serve)
 
     watcher = sub.add_parser("watcher", help="run the watcher until SIGTERM")

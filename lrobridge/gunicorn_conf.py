@@ -6,7 +6,9 @@ Owns what runs around the WSGI app in a gunicorn worker (an adapter: it imports 
   included) with trace correlation (:mod:`lrobridge.logs`); no access log, since Cloud Run
   writes a request log of its own;
 * ``LROBRIDGE_WATCH_MODE=poller``: the in-process watcher, on a thread of the worker (on Cloud
-  Run this needs instance-based billing, CPU always allocated, and min instances 1);
+  Run this needs instance-based billing, CPU always allocated, and min instances 1), unless
+  ``run_watcher`` is False (``lrobridge serve`` without ``--watcher``);
+* the webhook worker thread when webhook delivery runs in the background;
 * SIGTERM: gunicorn stops accepting, lets the requests in flight finish for up to
   ``--graceful-timeout`` (pushes complete and are acknowledged), then :func:`worker_exit`
   stops the watcher and closes the bridge, which flushes its publishers. Keep the graceful
@@ -35,6 +37,9 @@ BRIDGE_EXTENSION = "lrobridge.bridge"  # where lrobridge.app.create_app leaves t
 WATCHER_JOIN_TIMEOUT = 1.0
 
 accesslog = None
+# `lrobridge serve` sets this from its --watcher flag; the container always runs the watcher
+# in poller mode (one process does everything).
+run_watcher = True
 
 
 class Logger(glogging.Logger):
@@ -65,6 +70,9 @@ def post_worker_init(worker: Any) -> None:
         log.warning("the WSGI app was not made by Bridge.create_app(); no watcher, no clean-up")
         return
     _running["bridge"] = bridge
+    bridge.webhook_runtime.start_worker()
+    if not run_watcher:
+        return
     if bridge.settings.watch_mode != "poller":
         log.info("watch mode %s: no in-process watcher", bridge.settings.watch_mode)
         return
