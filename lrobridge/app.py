@@ -16,7 +16,6 @@ google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from lrobridge import codec
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
+from lrobridge.http import bool_arg, int_arg, json_body, json_response, request_url
 from lrobridge.logs import TraceContextMiddleware
 from lrobridge.records import WatchState
 from lrobridge.watches import create_args_from_json, duration_field, watch_to_json
@@ -51,25 +51,8 @@ _HTTP_TO_CODE = {
 }
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body is not None else b"",
-        status=status,
-        mimetype="application/json" if body is not None else None,
-    )
-
-
 def error_response(exc: BridgeError) -> Response:
     return json_response(exc.to_status_json(), exc.code.http_status)
-
-
-def parse_json_body(data: bytes) -> object:
-    if not data:
-        raise InvalidArgument("request body is empty; send a JSON object")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgument(f"request body is not JSON: {exc}") from None
 
 
 def create_app(bridge: Bridge) -> Flask:
@@ -113,7 +96,7 @@ def create_app(bridge: Bridge) -> Flask:
     @app.before_request
     def _authenticate_api() -> None:
         if request.path.startswith("/v1/"):
-            api_auth.check(request.headers.get("Authorization"), url=_request_url())
+            api_auth.check(request.headers.get("Authorization"), url=request_url())
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -122,18 +105,18 @@ def create_app(bridge: Bridge) -> Flask:
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
-        result = push.handle(body, headers, url=_request_url())
+        result = push.handle(body, headers, url=request_url())
         return json_response(result.body, result.status)
 
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
-        result = bridge.watch_endpoint().handle(body, headers, url=_request_url())
+        result = bridge.watch_endpoint().handle(body, headers, url=request_url())
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")
     def create_watch() -> Response:
-        args = create_args_from_json(parse_json_body(request.get_data(cache=False)))
+        args = create_args_from_json(json_body())
         record, created = watches.create(**args)
         return json_response(watch_to_json(record), 201 if created else 200)
 
@@ -148,7 +131,7 @@ def create_app(bridge: Bridge) -> Flask:
                 raise InvalidArgument(
                     f"state {state_name!r} is not one of {', '.join(s.name for s in WatchState)}"
                 ) from None
-        page_size = _int_arg("pageSize")
+        page_size = int_arg("pageSize")
         records, token = watches.list(
             page_size=page_size, page_token=request.args.get("pageToken", ""), state=state
         )
@@ -177,9 +160,9 @@ def create_app(bridge: Bridge) -> Flask:
             snapshots, token = facade.list(
                 target.removesuffix("operations").removesuffix("/"),
                 filter=request.args.get("filter", ""),
-                page_size=_int_arg("pageSize"),
+                page_size=int_arg("pageSize"),
                 page_token=request.args.get("pageToken", ""),
-                return_partial_success=_bool_arg("returnPartialSuccess"),
+                return_partial_success=bool_arg("returnPartialSuccess"),
             )
             body: dict[str, Any] = {
                 "operations": [codec.operation_json_lenient(s) for s in snapshots]
@@ -196,7 +179,7 @@ def create_app(bridge: Bridge) -> Flask:
             facade.cancel(name)
             return json_response({})
         if method == "wait" and name:
-            body = parse_json_body(request.get_data(cache=False) or b"{}")
+            body = json_body(required=False) or {}
             if not isinstance(body, dict) or set(body) - {"name", "timeout"}:
                 raise InvalidArgument('a WaitOperation body is {"timeout": "30s"} (optional)')
             timeout = body.get("timeout")
@@ -206,32 +189,7 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.delete("/v1/<path:name>")
     def delete_operation(name: str) -> Response:
-        facade.delete(name, at_source=_bool_arg("atSource"))
+        facade.delete(name, at_source=bool_arg("atSource"))
         return json_response({})
 
     return app
-
-
-def _bool_arg(name: str) -> bool:
-    value = request.args.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0"):
-        raise InvalidArgument(f"{name}={value!r} is not true or false")
-    return value in ("true", "1")
-
-
-def _request_url() -> str:
-    """The URL the client used (Cloud Run terminates TLS and forwards plain HTTP)."""
-    url = request.url
-    if request.headers.get("X-Forwarded-Proto") == "https":
-        url = "https://" + url.split("://", 1)[1]
-    return url
-
-
-def _int_arg(name: str) -> int:
-    value = request.args.get(name, "")
-    if not value:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(f"{name}={value!r} is not an integer") from None

@@ -11,14 +11,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from lrobridge.dispatch import Dispatcher, DispatchResult, Verdict
-from lrobridge.envelope import decode_push
+from lrobridge.envelope import PushMessage, decode_push
 from lrobridge.errors import BridgeError, InvalidArgument
 from lrobridge.store import EventLedger
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATUS_BY_VERDICT = {
     Verdict.ACK: 204,
@@ -39,6 +40,52 @@ class PushResponse:
     body: dict[str, Any] | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Received(Generic[T]):
+    """A push that passed authentication and decoding."""
+
+    message: PushMessage
+    content: T  # what the route decoded from the message
+    headers: dict[str, str]  # the request's headers, lower case, without the credential
+
+
+def receive(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    url: str,
+    verifier: TokenVerifier | None,
+    ledger: EventLedger,
+    decode: Callable[[PushMessage], T],
+    clock: Callable[[], float] = time.time,
+    what: str = "push",
+) -> Received[T] | PushResponse:
+    """The first steps of every push route: verify the token (401/403 and nothing touched
+    when it fails), decode the envelope and, with ``decode``, what it carries; a request that
+    can never be processed is kept whole in the quarantine with its reason and acknowledged."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if verifier is not None:
+        try:
+            verifier.verify(lowered.get("authorization"), request_url=url)
+        except BridgeError as exc:
+            log.warning("%s refused: %s", what, exc.message)
+            return PushResponse(exc.code.http_status, exc.to_status_json())
+    kept_headers = {k: v for k, v in lowered.items() if k != "authorization"}
+    try:
+        message = decode_push(body, lowered)
+        content = decode(message)
+    except InvalidArgument as exc:
+        quarantine_id = ledger.quarantine(
+            reason=exc.message, body=body, headers=kept_headers, now=clock()
+        )
+        log.warning("quarantined %s (id %d): %s", what, quarantine_id, exc.message)
+        return PushResponse(
+            STATUS_BY_VERDICT[Verdict.QUARANTINED],
+            {"quarantined": quarantine_id, "reason": exc.message},
+        )
+    return Received(message, content, kept_headers)
+
+
 class PushEndpoint:
     def __init__(
         self,
@@ -56,27 +103,18 @@ class PushEndpoint:
         self._on_event = on_event
 
     def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        if self._verifier is not None:
-            try:
-                self._verifier.verify(lowered.get("authorization"), request_url=url)
-            except BridgeError as exc:
-                log.warning("push refused: %s", exc.message)
-                return PushResponse(exc.code.http_status, exc.to_status_json())
-        # Keep what Pub/Sub sent (minus the credential) in case it must be quarantined.
-        kept_headers = {k: v for k, v in lowered.items() if k != "authorization"}
-        try:
-            message = decode_push(body, lowered)
-        except InvalidArgument as exc:
-            quarantine_id = self._ledger.quarantine(
-                reason=exc.message, body=body, headers=kept_headers, now=self._clock()
-            )
-            log.warning("quarantined push (id %d): %s", quarantine_id, exc.message)
-            return PushResponse(
-                STATUS_BY_VERDICT[Verdict.QUARANTINED],
-                {"quarantined": quarantine_id, "reason": exc.message},
-            )
-        result = self._dispatcher.handle(message, raw_body=body, headers=kept_headers)
+        received = receive(
+            body,
+            headers,
+            url=url,
+            verifier=self._verifier,
+            ledger=self._ledger,
+            decode=lambda message: message,
+            clock=self._clock,
+        )
+        if isinstance(received, PushResponse):
+            return received
+        result = self._dispatcher.handle(received.message, raw_body=body, headers=received.headers)
         if self._on_event is not None and result.operation:
             self._on_event(result.operation)  # wake WaitOperation callers of this process
         return PushResponse(STATUS_BY_VERDICT[result.verdict], _describe(result))

@@ -57,7 +57,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from lrobridge import codec
 from lrobridge.backoff import Backoff
-from lrobridge.envelope import PushMessage, decode_push
+from lrobridge.envelope import PushMessage
 from lrobridge.errors import (
     BridgeError,
     Code,
@@ -70,7 +70,7 @@ from lrobridge.errors import (
 from lrobridge.names import validate_operation_name
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.proto.v1 import watch_pb2
-from lrobridge.push import PushResponse, TokenVerifier
+from lrobridge.push import PushResponse, TokenVerifier, receive
 from lrobridge.records import PendingMessage, WatchRecord, WatchState
 from lrobridge.source_url import parse_source_url
 from lrobridge.store import EventLedger
@@ -385,7 +385,6 @@ STATUS_BY_ACTION = {
     Action.DROP: 200,  # acked: the watch cannot succeed
     Action.RETRY: Code.ABORTED.http_status,  # nacked: "not yet" (409, not a server error)
 }
-QUARANTINED_STATUS = 200  # acked: malformed, kept in the quarantine
 UNAVAILABLE_STATUS = 503  # nacked: the source or Pub/Sub failed transiently
 
 
@@ -431,27 +430,21 @@ class WatchHandler:
         self.stats = WatchHandlerStats()
 
     def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        if self._verifier is not None:
-            try:
-                self._verifier.verify(lowered.get("authorization"), request_url=url)
-            except BridgeError as exc:
-                log.warning("watch push refused: %s", exc.message)
-                return PushResponse(exc.code.http_status, exc.to_status_json())
-        kept_headers = {k: v for k, v in lowered.items() if k != "authorization"}
-        try:
-            message = decode_push(body, lowered)
-            watch = decode_watch(message)
-        except InvalidArgument as exc:
-            quarantine_id = self._ledger.quarantine(
-                reason=exc.message, body=body, headers=kept_headers, now=self._clock()
-            )
-            self.stats.quarantined += 1
-            log.warning("quarantined watch message (id %d): %s", quarantine_id, exc.message)
-            return PushResponse(
-                QUARANTINED_STATUS, {"quarantined": quarantine_id, "reason": exc.message}
-            )
-        return self._run(watch, message)
+        received = receive(
+            body,
+            headers,
+            url=url,
+            verifier=self._verifier,
+            ledger=self._ledger,
+            decode=decode_watch,
+            clock=self._clock,
+            what="watch message",
+        )
+        if isinstance(received, PushResponse):
+            if received.body and "quarantined" in received.body:
+                self.stats.quarantined += 1
+            return received
+        return self._run(received.content, received.message)
 
     def _run(self, watch: WatchMessage, message: PushMessage) -> PushResponse:
         observed = self._poll(watch)

@@ -26,11 +26,11 @@ from lrobridge.codec import Snapshot, snapshot_from_proto
 from lrobridge.errors import (
     BridgeError,
     InvalidArgument,
-    Unauthenticated,
     Unavailable,
     classify_api_error,
 )
 from lrobridge.names import validate_operation_name
+from lrobridge.sources.adc import credentials_for
 
 USER_AGENT = "lrobridge/0.1.0"
 
@@ -67,21 +67,10 @@ def secure_channel_factory(target: str, credentials: object | None = None) -> Ch
     """
 
     def make() -> grpc.Channel:
-        import google.auth
-        import google.auth.exceptions
         from google.auth.transport import grpc as auth_grpc
         from google.auth.transport import requests as auth_requests
 
-        creds = credentials
-        if creds is None:
-            try:
-                creds, _ = google.auth.default(
-                    scopes=["https://www.googleapis.com/auth/cloud-platform"]
-                )
-            except google.auth.exceptions.DefaultCredentialsError as exc:
-                raise Unauthenticated(
-                    f"grpcs://{target} needs Application Default Credentials: {exc}"
-                ) from None
+        creds = credentials_for(f"grpcs://{target}", credentials)
         channel: grpc.Channel = auth_grpc.secure_authorized_channel(  # type: ignore[no-untyped-call]
             creds,
             auth_requests.Request(),

@@ -52,6 +52,7 @@ from lrobridge.errors import (
     classify_api_error,
 )
 from lrobridge.names import validate_operation_name
+from lrobridge.sources.adc import credentials_for
 
 USER_AGENT = "lrobridge/0.1.0"
 DEFAULT_POOL_SIZE = 64
@@ -104,20 +105,9 @@ def authorized_session_factory(
     up on first use (``https://`` sources); a missing ADC raises Unauthenticated."""
 
     def make() -> requests.Session:
-        import google.auth
-        import google.auth.exceptions
         from google.auth.transport.requests import AuthorizedSession
 
-        creds = credentials
-        if creds is None:
-            try:
-                creds, _ = google.auth.default(
-                    scopes=["https://www.googleapis.com/auth/cloud-platform"]
-                )
-            except google.auth.exceptions.DefaultCredentialsError as exc:
-                raise Unauthenticated(
-                    f"HTTPS sources need Application Default Credentials: {exc}"
-                ) from None
+        creds = credentials_for("HTTPS sources", credentials)
         return _configure(AuthorizedSession(creds), pool_size)  # type: ignore[no-untyped-call]
 
     return make

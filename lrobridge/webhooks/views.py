@@ -25,14 +25,13 @@ Errors are :class:`~lrobridge.errors.BridgeError` and become google.rpc.Status J
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, g, has_request_context, request
 
-from lrobridge.errors import InvalidArgument
+from lrobridge.http import int_arg, json_body, json_response
 from lrobridge.webhooks import resources
 from lrobridge.webhooks.runtime import WebhookRuntime
 from lrobridge.webhooks.service import WebhookService
@@ -43,34 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "lrobridge_webhook_deliveries"
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-    )
-
-
-def _body() -> object:
-    data = request.get_data(cache=False)
-    if not data.strip():
-        return None
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgument(f"request body is not JSON: {exc}") from None
-
-
-def _int_arg(name: str) -> int:
-    value = request.args.get(name, "")
-    if not value:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(f"{name}={value!r} is not an integer") from None
 
 
 def _collect(delivery_ids: Sequence[str]) -> None:
@@ -106,55 +77,57 @@ def blueprint(bridge: Bridge) -> Blueprint:
 
     @bp.post("/v1/webhooks")
     def create_webhook() -> Response:
-        webhook, secret = service().create(**resources.create_args_from_json(_body()))
-        return _json(resources.webhook_to_json(webhook, secret=secret), 201)
+        webhook, secret = service().create(
+            **resources.create_args_from_json(json_body(required=False))
+        )
+        return json_response(resources.webhook_to_json(webhook, secret=secret), 201)
 
     @bp.get("/v1/webhooks")
     def list_webhooks() -> Response:
         webhooks, token = service().list(
-            page_size=_int_arg("pageSize"), page_token=request.args.get("pageToken", "")
+            page_size=int_arg("pageSize"), page_token=request.args.get("pageToken", "")
         )
         body: dict[str, Any] = {"webhooks": [resources.webhook_to_json(w) for w in webhooks]}
         if token:
             body["nextPageToken"] = token
-        return _json(body)
+        return json_response(body)
 
     @bp.get("/v1/webhooks/<webhook_id>")
     def get_webhook(webhook_id: str) -> Response:
-        return _json(resources.webhook_to_json(service().get(webhook_id)))
+        return json_response(resources.webhook_to_json(service().get(webhook_id)))
 
     @bp.delete("/v1/webhooks/<webhook_id>")
     def delete_webhook(webhook_id: str) -> Response:
         service().delete(webhook_id)
-        return _json({})
+        return json_response({})
 
     @bp.post("/v1/webhooks/<webhook_id>:rotateSecret")
     def rotate_secret(webhook_id: str) -> Response:
-        overlap = resources.rotate_args_from_json(_body())
+        overlap = resources.rotate_args_from_json(json_body(required=False))
         webhook, secret = service().rotate_secret(webhook_id, overlap=overlap)
-        return _json(resources.webhook_to_json(webhook, secret=secret))
+        return json_response(resources.webhook_to_json(webhook, secret=secret))
 
     @bp.post("/v1/webhooks/<webhook_id>:enable")
     def enable_webhook(webhook_id: str) -> Response:
-        return _json(resources.webhook_to_json(service().enable(webhook_id)))
+        return json_response(resources.webhook_to_json(service().enable(webhook_id)))
 
     @bp.post("/v1/webhooks/<webhook_id>:replay")
     def replay(webhook_id: str) -> Response:
-        since = resources.replay_since_from_json(_body(), now=runtime().clock())
+        since = resources.replay_since_from_json(json_body(required=False), now=runtime().clock())
         count = service().replay(webhook_id, since=since)
-        return _json({"requeued": count, "since": resources.rfc3339(since)})
+        return json_response({"requeued": count, "since": resources.rfc3339(since)})
 
     def _deliveries(webhook: str | None) -> Response:
         deliveries, token = service().deliveries(
             webhook,
             state=resources.state_arg(request.args.get("state", "")),
-            page_size=_int_arg("pageSize"),
+            page_size=int_arg("pageSize"),
             page_token=request.args.get("pageToken", ""),
         )
         body: dict[str, Any] = {"deliveries": [resources.delivery_to_json(d) for d in deliveries]}
         if token:
             body["nextPageToken"] = token
-        return _json(body)
+        return json_response(body)
 
     @bp.get("/v1/webhooks/<webhook_id>/deliveries")
     def webhook_deliveries(webhook_id: str) -> Response:
@@ -166,16 +139,16 @@ def blueprint(bridge: Bridge) -> Blueprint:
 
     @bp.get("/v1/deliveries/<delivery_id>")
     def get_delivery(delivery_id: str) -> Response:
-        return _json(resources.delivery_to_json(service().delivery(delivery_id)))
+        return json_response(resources.delivery_to_json(service().delivery(delivery_id)))
 
     @bp.post("/v1/deliveries/<delivery_id>:retry")
     def retry_delivery(delivery_id: str) -> Response:
-        return _json(resources.delivery_to_json(service().retry(delivery_id)))
+        return json_response(resources.delivery_to_json(service().retry(delivery_id)))
 
     @bp.post("/v1/deliveries:drain")
     def drain() -> Response:
-        max_time = resources.drain_args_from_json(_body())
+        max_time = resources.drain_args_from_json(json_body(required=False))
         kwargs = {} if max_time is None else {"max_time": max_time}
-        return _json(resources.drain_to_json(service().drain(**kwargs)))
+        return json_response(resources.drain_to_json(service().drain(**kwargs)))
 
     return bp
