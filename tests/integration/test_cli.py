@@ -10,12 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from lrobridge.emulator import free_port
-from tests.support.operations_servers import FakeOperations, grpc_operations_server
+from tests.support.operations_servers import FakeOperations
 from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,24 +53,13 @@ def env(tmp_path: pathlib.Path) -> dict[str, str]:
     return {**clean, "PYTHONPATH": os.pathsep.join(sys.path), "LROBRIDGE_API_AUTH": "none"}
 
 
-@pytest.fixture
-def backend() -> FakeOperations:
-    return FakeOperations()
-
-
-@pytest.fixture
-def source(backend: FakeOperations) -> Iterator[str]:
-    with grpc_operations_server(backend) as url:
-        yield url
-
-
 def test_dev_then_watch_runs_the_users_callback_once_and_stops_on_ctrl_c(
     pubsub_emulator: str,
     pubsub_project: str,
     tmp_path: pathlib.Path,
     env: dict[str, str],
     backend: FakeOperations,
-    source: str,
+    grpc_url: str,
 ) -> None:
     (tmp_path / "hooks.py").write_text(HOOKS)
     port = free_port()
@@ -104,7 +92,7 @@ def test_dev_then_watch_runs_the_users_callback_once_and_stops_on_ctrl_c(
             "watch",
             "projects/p/operations/from-cli",
             "--source",
-            source,
+            grpc_url,
             "--bridge",
             f"http://127.0.0.1:{port}",
             env=env,

@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from lrobridge.records import WatchState
-from tests.support.operations_servers import FakeOperations, grpc_operations_server
+from tests.support.operations_servers import FakeOperations
 from tests.support.stack import EventLog, LocalStack, stack_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -31,17 +30,6 @@ def _start_watcher(env: dict[str, str], log_path: pathlib.Path) -> subprocess.Po
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-
-
-@pytest.fixture
-def backend() -> FakeOperations:
-    return FakeOperations()
-
-
-@pytest.fixture
-def grpc_url(backend: FakeOperations) -> Iterator[str]:
-    with grpc_operations_server(backend) as url:
-        yield url
 
 
 def test_a_watcher_killed_twice_mid_run_and_restarted_delivers_every_completion_exactly_once(

@@ -17,8 +17,6 @@ from lrobridge.errors import Code
 from tests.support.operations_servers import (
     FakeOperations,
     any_value,
-    grpc_operations_server,
-    rest_operations_server,
     status,
     to_proto,
     unknown_any,
@@ -26,28 +24,6 @@ from tests.support.operations_servers import (
 from tests.support.stack import EventLog, LocalStack, stack_settings, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def backend() -> FakeOperations:
-    return FakeOperations()
-
-
-@pytest.fixture
-def grpc_url(backend: FakeOperations) -> Iterator[str]:
-    with grpc_operations_server(backend) as url:
-        yield url
-
-
-@pytest.fixture
-def rest_url(backend: FakeOperations) -> Iterator[str]:
-    with rest_operations_server(backend) as url:
-        yield url
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
 
 
 @pytest.fixture

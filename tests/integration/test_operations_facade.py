@@ -24,29 +24,12 @@ from lrobridge.errors import Code
 from tests.support.operations_servers import (
     FakeOperations,
     any_value,
-    grpc_operations_server,
     status,
     unknown_any,
 )
 from tests.support.stack import EventLog, LocalStack, stack_settings, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def backend() -> FakeOperations:
-    return FakeOperations()
-
-
-@pytest.fixture
-def source(backend: FakeOperations) -> Iterator[str]:
-    with grpc_operations_server(backend) as url:
-        yield url
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
 
 
 @pytest.fixture
@@ -78,8 +61,8 @@ def rest_client(stack: LocalStack) -> operations_v1.AbstractOperationsClient:
     return operations_v1.AbstractOperationsClient(transport=transport)
 
 
-def _watch_and_wait_observed(stack: LocalStack, name: str, source: str) -> None:
-    stack.bridge.watch(name, source=source)
+def _watch_and_wait_observed(stack: LocalStack, name: str, grpc_url: str) -> None:
+    stack.bridge.watch(name, source=grpc_url)
 
     def observed() -> bool:
         record = stack.bridge.store.get_operation(name)
@@ -94,13 +77,13 @@ def _watch_and_wait_observed(stack: LocalStack, name: str, source: str) -> None:
 def test_get_returns_the_latest_state_of_a_watched_operation_over_grpc_and_rest(
     stack: LocalStack,
     backend: FakeOperations,
-    source: str,
+    grpc_url: str,
     grpc_client: operations_v1.OperationsClient,
     rest_client: operations_v1.AbstractOperationsClient,
 ) -> None:
     name = "projects/p/locations/l/operations/get-1"
     backend.add(name, metadata=any_value(wrappers_pb2.Int32Value(value=40)))
-    _watch_and_wait_observed(stack, name, source)
+    _watch_and_wait_observed(stack, name, grpc_url)
     pending = grpc_client.get_operation(name)
     assert pending.name == name and not pending.done
     assert pending.metadata == any_value(wrappers_pb2.Int32Value(value=40)).proto
@@ -126,7 +109,7 @@ def test_get_of_an_untracked_or_malformed_name_is_not_found_or_invalid(
 
 
 def test_rest_get_answers_the_json_of_operations_md_with_at_type_inside(
-    stack: LocalStack, backend: FakeOperations, source: str
+    stack: LocalStack, backend: FakeOperations, grpc_url: str
 ) -> None:
     name = "projects/p/operations/json-1"
     backend.add(
@@ -135,7 +118,7 @@ def test_rest_get_answers_the_json_of_operations_md_with_at_type_inside(
         result=any_value(duration_pb2.Duration(seconds=3)),
         done_after=0.0,
     )
-    stack.bridge.watch(name, source=source)
+    stack.bridge.watch(name, source=grpc_url)
     wait_until(lambda: _done(stack, name), what="completion stored")
     body = requests.get(f"{stack.base_url}/v1/{name}", timeout=10).json()
     assert body == {
@@ -224,13 +207,13 @@ def test_rest_errors_are_status_json_with_the_matching_http_status(stack: LocalS
 def test_cancel_is_forwarded_to_the_source_and_the_operation_stays_with_code_cancelled(
     stack: LocalStack,
     backend: FakeOperations,
-    source: str,
+    grpc_url: str,
     grpc_client: operations_v1.OperationsClient,
     events: EventLog,
 ) -> None:
     name = "projects/p/operations/to-cancel"
     backend.add(name)
-    _watch_and_wait_observed(stack, name, source)
+    _watch_and_wait_observed(stack, name, grpc_url)
     grpc_client.cancel_operation(name)
     assert backend.calls("CancelOperation") == 1
     wait_until(lambda: grpc_client.get_operation(name).done, what="the cancellation to show")
@@ -243,13 +226,13 @@ def test_cancel_is_forwarded_to_the_source_and_the_operation_stays_with_code_can
 def test_cancel_answers_unimplemented_when_the_source_does(
     stack: LocalStack,
     backend: FakeOperations,
-    source: str,
+    grpc_url: str,
     rest_client: operations_v1.AbstractOperationsClient,
 ) -> None:
     backend.cancel_unimplemented = True
     name = "projects/p/operations/uncancellable"
     backend.add(name)
-    _watch_and_wait_observed(stack, name, source)
+    _watch_and_wait_observed(stack, name, grpc_url)
     with pytest.raises(exceptions.MethodNotImplemented):
         rest_client.cancel_operation(name)
 
@@ -257,20 +240,20 @@ def test_cancel_answers_unimplemented_when_the_source_does(
 def test_delete_forgets_the_operation_and_its_watch_without_touching_the_source(
     stack: LocalStack,
     backend: FakeOperations,
-    source: str,
+    grpc_url: str,
     grpc_client: operations_v1.OperationsClient,
 ) -> None:
     name = "projects/p/operations/forget-me"
     backend.add(name)
-    _watch_and_wait_observed(stack, name, source)
+    _watch_and_wait_observed(stack, name, grpc_url)
     grpc_client.delete_operation(name)
     with pytest.raises(exceptions.NotFound):
         grpc_client.get_operation(name)
-    assert stack.bridge.store.find_watch(source, name) is None
+    assert stack.bridge.store.find_watch(grpc_url, name) is None
     assert backend.calls("DeleteOperation") == 0 and not backend.get(name).done
     at_source = "projects/p/operations/forget-everywhere"
     backend.add(at_source)
-    _watch_and_wait_observed(stack, at_source, source)
+    _watch_and_wait_observed(stack, at_source, grpc_url)
     requests.delete(f"{stack.base_url}/v1/{at_source}?atSource=true", timeout=10).raise_for_status()
     assert backend.calls("DeleteOperation") == 1
 
@@ -400,12 +383,12 @@ def test_a_produced_completion_is_published_at_once_and_reaches_callbacks(
 
 
 def test_progress_events_follow_metadata_changes_of_a_watched_operation(
-    stack: LocalStack, backend: FakeOperations, source: str, events: EventLog
+    stack: LocalStack, backend: FakeOperations, grpc_url: str, events: EventLog
 ) -> None:
     name = "projects/p/operations/progressing"
     backend.wait_unimplemented = True
     backend.add(name, metadata=any_value(wrappers_pb2.Int32Value(value=10)))
-    stack.bridge.watch(name, source=source, progress=True)
+    stack.bridge.watch(name, source=grpc_url, progress=True)
     events.wait_for(lambda es: any(e.outcome == "progress" for e in es))
     backend.set_metadata(name, any_value(wrappers_pb2.Int32Value(value=70)))
     events.wait_for(lambda es: sum(e.outcome == "progress" for e in es) >= 2)
