@@ -5,6 +5,12 @@
 ``LROBRIDGE_API_SERVICE_ACCOUNTS`` (verified by an injected :class:`IdTokenVerifier`, see
 :mod:`lrobridge.id_tokens`); with neither configured every call is refused with a message saying
 how to configure one. ``none`` must be set explicitly (``lrobridge dev`` does, on loopback only).
+
+Behind Cloud Run's IAM check (``LROBRIDGE_PUSH_AUTH=cloudrun``) a caller that is not Google's own
+sends its ID token for Cloud Run in ``X-Serverless-Authorization``; Cloud Run verifies that header
+and leaves ``Authorization`` as the caller wrote it. :func:`platform_checked_credential` is the one
+rule for which header holds the credential the platform checked; API keys are always read from
+``Authorization``.
 Pure module.
 """
 
@@ -16,6 +22,15 @@ from typing import Any, Protocol
 
 from lrobridge.config import Settings
 from lrobridge.errors import PermissionDenied, Unauthenticated
+
+SERVERLESS_AUTHORIZATION = "x-serverless-authorization"
+
+
+def platform_checked_credential(headers: Mapping[str, str]) -> str | None:
+    """The ``Bearer`` credential Cloud Run verified: ``X-Serverless-Authorization`` when the
+    request carries one (``Authorization`` is then unverified and must not be trusted as an ID
+    token), else ``Authorization``. ``headers`` keys are lower case."""
+    return headers.get(SERVERLESS_AUTHORIZATION) or headers.get("authorization")
 
 
 class IdTokenVerifier(Protocol):
@@ -30,8 +45,17 @@ class ApiAuth:
         self._keys = tuple(k.encode() for k in settings.api_keys)
         self._id_tokens = id_tokens
 
-    def check(self, authorization: str | None, *, url: str = "") -> None:
-        """Raise Unauthenticated / PermissionDenied unless the caller may use the API."""
+    def check(
+        self,
+        authorization: str | None,
+        *,
+        url: str = "",
+        serverless_authorization: str | None = None,
+    ) -> None:
+        """Raise Unauthenticated / PermissionDenied unless the caller may use the API.
+
+        ``authorization`` may hold an API key or an ID token; with ``serverless_authorization``
+        (``X-Serverless-Authorization``), only that header can hold the ID token."""
         if self._mode == "none":
             return
         if not self._keys and self._id_tokens is None:
@@ -51,7 +75,16 @@ class ApiAuth:
             matched |= hmac.compare_digest(presented, key)
         if matched:
             return
-        if self._id_tokens is not None and token.strip().count(".") == 2:
-            self._id_tokens.verify_token(token.strip(), request_url=url)
-            return
+        if self._id_tokens is not None:
+            id_token = _bearer(serverless_authorization) if serverless_authorization else token
+            if id_token.strip().count(".") == 2:
+                self._id_tokens.verify_token(id_token.strip(), request_url=url)
+                return
         raise Unauthenticated("API key not recognised")
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("X-Serverless-Authorization must be 'Bearer <ID token>'")
+    return token.strip()

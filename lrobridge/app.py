@@ -96,7 +96,11 @@ def create_app(bridge: Bridge) -> Flask:
     @app.before_request
     def _authenticate_api() -> None:
         if request.path.startswith("/v1/"):
-            api_auth.check(request.headers.get("Authorization"), url=request_url())
+            api_auth.check(
+                request.headers.get("Authorization"),
+                url=request_url(),
+                serverless_authorization=request.headers.get("X-Serverless-Authorization"),
+            )
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -152,7 +152,10 @@ class Bridge:
                 if self.settings.watch_mode == "pubsub":
                     scheduler = PubSubWatchScheduler(lambda: self.watch_publisher)
                 self._watch_service = WatchService(
-                    self.store, on_created=self._wake_watcher, scheduler=scheduler
+                    self.store,
+                    on_created=self._wake_watcher,
+                    scheduler=scheduler,
+                    credential_hosts=self.settings.credential_hosts,
                 )
             return self._watch_service
 
@@ -209,6 +212,8 @@ class Bridge:
             service_accounts=self.settings.api_service_accounts,
             audience=self.settings.api_audience,
             certs_url=self.settings.push_certs_url,
+            # Behind Cloud Run's IAM check, ID tokens arrive with their signature removed.
+            platform_verified=self.settings.push_auth == "cloudrun",
         )
         return ApiAuth(self.settings, id_tokens=verifier)
 
@@ -250,9 +255,10 @@ class Bridge:
     def source(self, url: str) -> OperationsSource:
         with self._lock:
             if self._sources is None:
-                from lrobridge.sources import SourceRegistry
+                from lrobridge.sources import SourceRegistry, open_source
 
-                registry = SourceRegistry()
+                hosts = self.settings.credential_hosts
+                registry = SourceRegistry(lambda url: open_source(url, credential_hosts=hosts))
                 self._registry = registry
                 self._sources = registry.get
         return self._sources(url)

@@ -64,6 +64,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "",
         "gRPC port (WatchService, Operations); off when unset.",
     ),
+    "LROBRIDGE_CREDENTIAL_HOSTS": (
+        "*.googleapis.com",
+        "Hosts (`*.example.com` patterns, comma-separated) that grpcs:// and https:// sources may "
+        "name: the bridge sends them its Google credentials; `*` trusts every host.",
+    ),
     "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": (
         "",
         "Comma-separated CIDRs that webhook targets may use besides public addresses.",
@@ -174,6 +179,7 @@ class Settings:
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     payload_format: PayloadFormat = "binary"
     grpc_port: int | None = None
+    credential_hosts: tuple[str, ...] = ("*.googleapis.com",)
     webhook_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_auth: Literal["key", "none"] = "key"
     api_keys: frozenset[str] = frozenset()
@@ -243,6 +249,7 @@ class Settings:
             grpc_port=_port(get("LROBRIDGE_GRPC_PORT"), "LROBRIDGE_GRPC_PORT")
             if get("LROBRIDGE_GRPC_PORT")
             else None,
+            credential_hosts=_host_patterns(get("LROBRIDGE_CREDENTIAL_HOSTS")),
             webhook_allow_networks=parse_networks(
                 get("LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"), "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS"
             ),
@@ -423,6 +430,19 @@ def _emails(value: str, name: str) -> frozenset[str]:
         if "@" not in email or any(c.isspace() for c in email):
             raise ConfigError(f"{name}: {email!r} is not a service account email")
     return emails
+
+
+_HOST_PATTERN_RE = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.\-]*[a-z0-9])?)")
+
+
+def _host_patterns(value: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+    for pattern in patterns:
+        if not _HOST_PATTERN_RE.fullmatch(pattern):
+            raise ConfigError(
+                f"LROBRIDGE_CREDENTIAL_HOSTS: {pattern!r} is not a host name, *.domain or *"
+            )
+    return patterns
 
 
 def parse_networks(

@@ -24,11 +24,20 @@ from lrobridge.push_auth import ISSUERS, PushTokenVerifier
 
 
 class ApiTokenVerifier(PushTokenVerifier):
-    def __init__(self, *, service_accounts: Iterable[str], audience: str, certs_url: str) -> None:
+    def __init__(
+        self,
+        *,
+        service_accounts: Iterable[str],
+        audience: str,
+        certs_url: str,
+        platform_verified: bool = False,
+    ) -> None:
         accounts = frozenset(a.strip().lower() for a in service_accounts if a.strip())
         if not accounts:
             raise ConfigError("ID tokens on /v1 need LROBRIDGE_API_SERVICE_ACCOUNTS")
-        super().__init__(audience, sorted(accounts)[0], certs_url)
+        super().__init__(
+            audience, sorted(accounts)[0], certs_url, platform_verified=platform_verified
+        )
         self._accounts = accounts
 
     def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:

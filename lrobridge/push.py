@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
+from lrobridge.api_auth import SERVERLESS_AUTHORIZATION, platform_checked_credential
 from lrobridge.dispatch import Dispatcher, DispatchResult, Verdict
 from lrobridge.envelope import PushMessage, decode_push
 from lrobridge.errors import BridgeError, InvalidArgument
@@ -66,11 +67,13 @@ def receive(
     lowered = {k.lower(): v for k, v in headers.items()}
     if verifier is not None:
         try:
-            verifier.verify(lowered.get("authorization"), request_url=url)
+            verifier.verify(platform_checked_credential(lowered), request_url=url)
         except BridgeError as exc:
             log.warning("%s refused: %s", what, exc.message)
             return PushResponse(exc.code.http_status, exc.to_status_json())
-    kept_headers = {k: v for k, v in lowered.items() if k != "authorization"}
+    kept_headers = {
+        k: v for k, v in lowered.items() if k not in ("authorization", SERVERLESS_AUTHORIZATION)
+    }
     try:
         message = decode_push(body, lowered)
         content = decode(message)

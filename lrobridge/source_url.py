@@ -73,9 +73,41 @@ class SourceURL:
         return f"{self.scheme}://{self.netloc}{self.path}"
 
 
-def parse_source_url(url: str) -> str:
-    """The normalized form of a source URL, or InvalidArgument naming what is wrong with it."""
-    return str(split_source_url(url))
+def parse_source_url(url: str, *, credential_hosts: tuple[str, ...] | None = None) -> str:
+    """The normalized form of a source URL, or InvalidArgument naming what is wrong with it.
+
+    With ``credential_hosts``, a secure source (``grpcs``, ``https``) must also be on a host it
+    allows (see :func:`check_credential_host`)."""
+    parts = split_source_url(url)
+    if credential_hosts is not None:
+        check_credential_host(parts, credential_hosts)
+    return str(parts)
+
+
+DEFAULT_CREDENTIAL_HOSTS = ("*.googleapis.com",)
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """``*.example.com`` matches any name below example.com; ``*`` any host; else exact."""
+    pattern = pattern.strip().lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def check_credential_host(parts: SourceURL, allowed: tuple[str, ...]) -> None:
+    """Secure sources are called with the bridge's own Google credentials: refuse any whose host
+    is not in ``allowed`` (``LROBRIDGE_CREDENTIAL_HOSTS``), so nobody who may register a watch can
+    have the bridge's access token sent to a server of theirs."""
+    if not parts.secure or any(host_matches(parts.host, p) for p in allowed):
+        return
+    raise InvalidArgument(
+        f"source {parts}: the bridge sends its Google credentials to {parts.scheme} sources, and "
+        f"{parts.host!r} is not in LROBRIDGE_CREDENTIAL_HOSTS ({', '.join(allowed) or 'empty'}); "
+        "add the host there if it should receive them"
+    )
 
 
 def split_source_url(url: str) -> SourceURL:

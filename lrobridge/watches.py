@@ -20,7 +20,7 @@ from lrobridge.errors import ConfigError, FailedPrecondition, InvalidArgument, N
 from lrobridge.names import validate_operation_name, validate_resource_id
 from lrobridge.proto.v1 import watch_pb2
 from lrobridge.records import WatchRecord, WatchState
-from lrobridge.source_url import parse_source_url
+from lrobridge.source_url import DEFAULT_CREDENTIAL_HOSTS, parse_source_url
 from lrobridge.store import WatchStore
 
 DEFAULT_PAGE_SIZE = 50
@@ -52,9 +52,11 @@ class WatchService:
         clock: Callable[[], float] = time.time,
         on_created: Callable[[], None] | None = None,
         scheduler: WatchScheduler | None = None,
+        credential_hosts: tuple[str, ...] = DEFAULT_CREDENTIAL_HOSTS,
     ) -> None:
         self._store = store
         self._clock = clock
+        self._credential_hosts = credential_hosts
         self._on_created = on_created
         self._scheduler = scheduler
 
@@ -69,7 +71,7 @@ class WatchService:
     ) -> tuple[WatchRecord, bool]:
         """Register a watch, or return the existing one for the same (source, operation)."""
         validate_operation_name(operation)
-        normalized = parse_source_url(source)
+        normalized = parse_source_url(source, credential_hosts=self._credential_hosts)
         if deadline is not None and not 0 < deadline <= MAX_DEADLINE_SECONDS:
             raise InvalidArgument(f"deadline {deadline}s is outside (0s, 30d]")
         now = self._clock()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from lrobridge.errors import Unavailable
 from lrobridge.ports import OperationsSource
-from lrobridge.source_url import split_source_url
+from lrobridge.source_url import DEFAULT_CREDENTIAL_HOSTS, check_credential_host, split_source_url
 from lrobridge.sources.grpc_source import (
     GrpcSource,
     insecure_channel_factory,
@@ -43,15 +43,19 @@ def open_source(
     *,
     credentials: object | None = None,
     pool_size: int = DEFAULT_POOL_SIZE,
+    credential_hosts: tuple[str, ...] = DEFAULT_CREDENTIAL_HOSTS,
 ) -> OperationsSource:
     """The source for ``url`` (InvalidArgument if the URL is not a source URL).
 
     ``credentials`` (a ``google.auth.credentials.Credentials``) replaces Application Default
     Credentials for ``grpcs``/``https``; plaintext schemes ignore it. ``pool_size`` is the number
     of HTTP connections a REST source keeps (size it to the watcher's concurrency); a gRPC source
-    multiplexes every call over one channel.
+    multiplexes every call over one channel. Secure sources on a host outside
+    ``credential_hosts`` are refused (InvalidArgument), so the bridge's credentials go nowhere
+    else.
     """
     parts = split_source_url(url)
+    check_credential_host(parts, credential_hosts)  # again here: watches outlive settings
     normalized = str(parts)
     if parts.scheme == "grpc":
         return GrpcSource(normalized, insecure_channel_factory(parts.target))

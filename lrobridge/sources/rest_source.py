@@ -29,6 +29,7 @@ is not the expected JSON a FailedPrecondition that names the problem.
 from __future__ import annotations
 
 import http.cookiejar
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -53,6 +54,8 @@ from lrobridge.errors import (
 )
 from lrobridge.names import validate_operation_name
 from lrobridge.sources.adc import credentials_for
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "lrobridge/0.1.0"
 DEFAULT_POOL_SIZE = 64
@@ -252,10 +255,18 @@ class RestSource:
             raise self._bad_body(response, f"the body is not an Operation: {exc}") from None
 
     def _bad_body(self, response: requests.Response, problem: str) -> BridgeError:
-        excerpt = response.text[:_BODY_EXCERPT]
+        # The body goes to the log only: the error is shown to API callers (a watch's
+        # lastError), who must not be able to read arbitrary URLs through the bridge.
+        log.warning(
+            "%s %s: %s; body starts %r",
+            response.request.method,
+            response.url,
+            problem,
+            response.text[:_BODY_EXCERPT],
+        )
         return FailedPrecondition(
-            f"{response.request.method} {response.url}: HTTP {response.status_code}, {problem}; "
-            f"body starts {excerpt!r}"
+            f"{response.request.method} {response.url}: HTTP {response.status_code}, {problem} "
+            "(the bridge's log shows the start of the body)"
         )
 
 

@@ -86,3 +86,100 @@ def test_oidc_mode_refuses_a_stripped_token_and_names_the_setting_that_accepts_i
     check = verifier(authority, platform_verified=False)
     with pytest.raises(Unauthenticated, match="LROBRIDGE_PUSH_AUTH=cloudrun"):
         check.verify(stripped(authority.mint(AUDIENCE, ACCOUNT)), request_url=URL)
+
+
+# -- through the app: which header holds the credential Cloud Run checked -------------------
+
+
+def _app(authority: TokenAuthority, tmp_path: object, **overrides: object) -> object:
+    import dataclasses
+    import pathlib
+
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
+    from lrobridge.store.sqlite import SqliteStore
+
+    settings = dataclasses.replace(
+        Settings(),
+        project="p",
+        push_auth="cloudrun",
+        push_audience=AUDIENCE,
+        push_service_account=ACCOUNT,
+        push_certs_url=authority.certs_url,
+        api_keys=frozenset({"key-1"}),
+        **overrides,  # type: ignore[arg-type]
+    )
+    path = pathlib.Path(str(tmp_path)) / "b.db"
+    bridge = Bridge(settings, store=SqliteStore(str(path)))
+    ran: list[object] = []
+    bridge.on_complete(name="ran")(ran.append)
+    app = bridge.create_app()
+    app.config["ran"] = ran
+    return app
+
+
+def _push_body() -> dict[str, object]:
+    import base64
+
+    from google.longrunning import operations_proto_pb2 as operations_pb2
+
+    op = operations_pb2.Operation(name="projects/p/operations/fake", done=True)
+    return {
+        "message": {
+            "data": base64.b64encode(op.SerializeToString()).decode(),
+            "attributes": {"operation": op.name, "outcome": "succeeded", "event_id": "e-1"},
+            "messageId": "1",
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
+def test_a_forged_stripped_token_beside_a_verified_x_serverless_authorization_is_refused(
+    authority: TokenAuthority, tmp_path: object
+) -> None:
+    """An invoker's own token is what Cloud Run checked; Authorization is theirs to forge."""
+    app = _app(authority, tmp_path)
+    client = app.test_client()  # type: ignore[attr-defined]
+    invoker = authority.mint("https://lrobridge-abc-uc.a.run.app", "someone@example.com")
+    forged = stripped(authority.mint(AUDIENCE, ACCOUNT))  # claims to be the pusher, unchecked
+    response = client.post(
+        "/pubsub/push",
+        json=_push_body(),
+        headers={"Authorization": forged, "X-Serverless-Authorization": stripped(invoker)},
+    )
+    assert response.status_code == 403
+    assert app.config["ran"] == []  # type: ignore[attr-defined]
+    genuine = client.post("/pubsub/push", json=_push_body(), headers={"Authorization": forged})
+    assert genuine.status_code == 204 and len(app.config["ran"]) == 1  # type: ignore[attr-defined]
+
+
+def test_the_scheduler_id_token_is_accepted_on_v1_with_its_signature_removed_by_cloud_run(
+    authority: TokenAuthority, tmp_path: object
+) -> None:
+    scheduler = "cron@proj.iam.gserviceaccount.com"
+    app = _app(
+        authority,
+        tmp_path,
+        api_service_accounts=frozenset({scheduler}),
+        api_audience="lrobridge-api",
+    )
+    client = app.test_client()  # type: ignore[attr-defined]
+    token = stripped(authority.mint("lrobridge-api", scheduler))
+    drained = client.post(
+        "/v1/deliveries:drain", json={"maxTime": "1s"}, headers={"Authorization": token}
+    )
+    assert drained.status_code == 200, drained.get_json()
+    # The same forged claims are not trusted from Authorization once X-Serverless-Authorization
+    # carries the credential Cloud Run checked.
+    invoker = stripped(authority.mint("lrobridge-api", "someone@example.com"))
+    refused = client.post(
+        "/v1/deliveries:drain",
+        json={"maxTime": "1s"},
+        headers={"Authorization": token, "X-Serverless-Authorization": invoker},
+    )
+    assert refused.status_code == 403
+    keyed = client.get(
+        "/v1/watches",
+        headers={"Authorization": "Bearer key-1", "X-Serverless-Authorization": invoker},
+    )
+    assert keyed.status_code == 200

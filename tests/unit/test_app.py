@@ -176,3 +176,14 @@ def test_an_unprocessable_push_is_acked_and_quarantined(
     assert response.status_code == 200
     [kept] = bridge.store.list_quarantine(limit=1)
     assert kept.body == b"not json at all"
+
+
+def test_a_watch_on_a_secure_source_outside_the_credential_hosts_is_refused(
+    client: FlaskClient,
+) -> None:
+    body = {"operation": "operations/1", "source": "https://collector.attacker.example/v1"}
+    response = client.post("/v1/watches", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert "LROBRIDGE_CREDENTIAL_HOSTS" in _error(response)["message"]
+    allowed = {"operation": "operations/1", "source": "https://example.googleapis.com/v1"}
+    assert client.post("/v1/watches", json=allowed, headers=AUTH).status_code == 201

@@ -105,9 +105,9 @@ def test_split_source_url_exposes_scheme_host_port_path_and_grpc_target() -> Non
     ("url", "kind"),
     [
         ("grpc://localhost:1", GrpcSource),
-        ("grpcs://example.com:443", GrpcSource),
+        ("grpcs://longrunning.googleapis.com:443", GrpcSource),
         ("http://localhost:1/v1", RestSource),
-        ("https://example.com/v1", RestSource),
+        ("https://example.googleapis.com/v1", RestSource),
     ],
 )
 def test_open_source_picks_adapter_by_scheme_without_credentials_or_network(
@@ -119,6 +119,31 @@ def test_open_source_picks_adapter_by_scheme_without_credentials_or_network(
         assert source.url == parse_source_url(url)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "refused"),
+    [
+        ("https://attacker.example/v1", ("*.googleapis.com",), True),
+        ("grpcs://googleapis.com.attacker.example:443", ("*.googleapis.com",), True),
+        ("https://googleapis.com/v1", ("*.googleapis.com",), True),
+        ("https://ops.internal.example/v1", ("ops.internal.example",), False),
+        ("https://a.b.corp.example/v1", ("*.corp.example",), False),
+        ("https://anything.example/v1", ("*",), False),
+        ("http://attacker.example/v1", ("*.googleapis.com",), False),  # no credentials sent
+    ],
+)
+def test_credentials_only_go_to_secure_sources_on_allowed_hosts(
+    url: str, allowed: tuple[str, ...], refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(InvalidArgument, match="LROBRIDGE_CREDENTIAL_HOSTS"):
+            parse_source_url(url, credential_hosts=allowed)
+        with pytest.raises(InvalidArgument, match="LROBRIDGE_CREDENTIAL_HOSTS"):
+            open_source(url, credential_hosts=allowed)
+    else:
+        assert parse_source_url(url, credential_hosts=allowed)
+        open_source(url, credential_hosts=allowed).close()
 
 
 def test_open_source_refuses_an_invalid_url() -> None:
