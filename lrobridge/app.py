@@ -160,6 +160,7 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.get("/v1/<path:target>")
     def get_or_list_operations(target: str) -> Response:
+        _not_a_resource_route(target)
         if target == "operations" or target.endswith("/operations"):
             snapshots, token = facade.list(
                 target.removesuffix("operations").removesuffix("/"),
@@ -178,6 +179,7 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.post("/v1/<path:target>")
     def operation_method(target: str) -> Response:
+        _not_a_resource_route(target)
         name, _, method = target.rpartition(":")
         if method == "cancel" and name:
             facade.cancel(name)
@@ -193,7 +195,22 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.delete("/v1/<path:name>")
     def delete_operation(name: str) -> Response:
+        _not_a_resource_route(name)
         facade.delete(name, at_source=bool_arg("atSource"))
         return json_response({})
 
     return app
+
+
+# The bridge's own collections: a path under them that no route took is a wrong request for
+# them, never an operation name (say so, instead of "operation 'watches' is not tracked").
+_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries")
+
+
+def _not_a_resource_route(target: str) -> None:
+    collection = target.split("/", 1)[0].split(":", 1)[0]
+    if collection in _OWN_COLLECTIONS:
+        raise NotFound(
+            f"no such endpoint: {request.method} {request.path} ({collection} are served at "
+            f"/v1/{collection} and /v1/{collection}/{{id}}; see the README)"
+        )

@@ -285,14 +285,15 @@ class Bridge:
         )
 
     def watch_endpoint(self) -> WatchHandler:
-        """The handler of POST /pubsub/watch (created on first use: it opens Pub/Sub clients)."""
+        """The handler of POST /pubsub/watch (its Pub/Sub clients are made on first publish)."""
         with self._lock:
             if self._watch_handler is None:
                 settings = self.settings
                 self._watch_handler = WatchHandler(
                     sources=self.source,
-                    completions=self.publisher,
-                    watches=self.watch_publisher,
+                    # Lazy: a request is authenticated before any Pub/Sub client is made.
+                    completions=self._lazy_publisher(),
+                    watches=_LazyPublisher(lambda: self.watch_publisher),
                     ledger=self.store,
                     verifier=self._push_verifier(),
                     policy=RedeliveryPolicy(

@@ -21,7 +21,7 @@ from lrobridge.bridge import Bridge
 from lrobridge.config import Settings, parse_duration
 from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
-from lrobridge.names import validate_operation_name
+from lrobridge.names import validate_operation_name, validate_resource_id
 from lrobridge.source_url import parse_source_url
 
 log = logging.getLogger("lrobridge")
@@ -172,7 +172,9 @@ def cmd_watches(args: argparse.Namespace) -> int:
 
 
 def _watch_name(value: str) -> str:
-    return value if value.startswith("watches/") else f"watches/{value}"
+    """``watches/{id}`` for an id given with or without its collection (checked here, so a
+    value like ``../x`` can never make the URL name something else)."""
+    return f"watches/{validate_resource_id(value.removeprefix('watches/'), 'watch')}"
 
 
 def cmd_pubsub_init(args: argparse.Namespace) -> int:

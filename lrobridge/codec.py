@@ -115,14 +115,15 @@ def snapshot_from_json(obj: object) -> Snapshot:
     done = obj.get("done", False)
     if not isinstance(done, bool):
         raise InvalidArgument(f"Operation {name!r}: 'done' must be a boolean, got {done!r}")
-    if "error" in obj and "response" in obj:
+    # A JSON null is an absent field (proto3 JSON mapping).
+    if obj.get("error") is not None and obj.get("response") is not None:
         raise InvalidArgument(f"Operation {name!r} has both 'error' and 'response'")
     op = operations_pb2.Operation(name=name, done=done)
     lossless = True
     error = obj.get("error")
     if error is not None:
         op.error.CopyFrom(_status_from_json(name, error))
-        if len(op.error.details) != len(error.get("details", []) or []):
+        if len(op.error.details) != len(error.get("details") or []):
             lossless = False
     for field in ("metadata", "response"):
         value = obj.get(field)
@@ -144,11 +145,16 @@ def _status_from_json(name: str, error: object) -> status_pb2.Status:
     if not isinstance(error, Mapping):
         raise InvalidArgument(f"Operation {name!r}: 'error' must be an object")
     code = error.get("code", 0)
-    if not isinstance(code, int) or isinstance(code, bool):
-        raise InvalidArgument(f"Operation {name!r}: error.code must be an integer, got {code!r}")
+    if not isinstance(code, int) or isinstance(code, bool) or not -(2**31) <= code < 2**31:
+        raise InvalidArgument(
+            f"Operation {name!r}: error.code must be a 32-bit integer, got {str(code)[:40]}"
+        )
     message = error.get("message", "")
+    details = error.get("details") or []
+    if not isinstance(details, list):
+        raise InvalidArgument(f"Operation {name!r}: error.details must be a list")
     status = status_pb2.Status(code=code, message=str(message))
-    for detail in error.get("details", []) or []:
+    for detail in details:
         parsed = any_pb2.Any()
         try:
             json_format.ParseDict(detail, parsed)
@@ -218,8 +224,11 @@ def decode_payload(data: bytes, payload_format: str) -> Snapshot:
     if payload_format == "json":
         try:
             obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidArgument(f"payload_format is json but data is not JSON: {exc}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise InvalidArgument(
+                f"payload_format is json but data is not JSON: {problem}"
+            ) from None
         return snapshot_from_json(obj)
     if payload_format not in ("binary", ""):
         raise InvalidArgument(f"unknown payload_format {payload_format!r}")

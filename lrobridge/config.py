@@ -160,7 +160,7 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
             raise ConfigError(
                 f"{what}: {text!r} is not a duration; use e.g. 30s, 5m, 1h, 1h30m, 500ms"
             ) from None
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+    if not 0 <= seconds < float("inf"):  # also refuses NaN
         raise ConfigError(f"{what}: {text!r} must be a finite, non-negative duration")
     return seconds
 

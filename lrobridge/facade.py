@@ -255,8 +255,8 @@ def decode_page_token(token: str, *, parent: str, filter: str) -> str:
         token_parent, token_filter, after = fields["p"], fields["f"], fields["a"]
         if not all(isinstance(v, str) for v in (token_parent, token_filter, after)):
             raise ValueError("not strings")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(f"page_token {token!r} was not issued by this API") from None
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise InvalidArgument(f"page_token {token[:60]!r} was not issued by this API") from None
     if token_parent != parent:
         raise InvalidArgument(f"page_token was issued for parent {token_parent!r}, not {parent!r}")
     if token_filter != filter:

@@ -30,7 +30,7 @@ from google.protobuf import empty_pb2
 
 from lrobridge import codec
 from lrobridge.api_auth import ApiAuth
-from lrobridge.errors import BridgeError, FailedPrecondition, Unavailable
+from lrobridge.errors import BridgeError, FailedPrecondition, InvalidArgument, Unavailable
 from lrobridge.facade import OperationsFacade
 from lrobridge.proto.v1 import watch_pb2, watch_pb2_grpc
 from lrobridge.records import WatchState
@@ -156,7 +156,10 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):
         self, request: watch_pb2.ListWatchesRequest, context: Any
     ) -> watch_pb2.ListWatchesResponse:
         async def call() -> watch_pb2.ListWatchesResponse:
-            state = WatchState(request.state) if request.state else None
+            try:
+                state = WatchState(request.state) if request.state else None
+            except ValueError:
+                raise InvalidArgument(f"state {request.state} is not a Watch.State") from None
             records, token = self._watches.list(
                 page_size=request.page_size, page_token=request.page_token, state=state
             )

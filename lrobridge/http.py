@@ -35,6 +35,8 @@ def json_body(*, required: bool = True) -> object:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("request body is JSON nested too deeply") from None
 
 
 def int_arg(name: str) -> int:

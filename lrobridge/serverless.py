@@ -158,6 +158,8 @@ def decode_watch(message: PushMessage) -> WatchMessage:
         body = json.loads(message.data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(f"watch message data is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("watch message data is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidArgument("watch message data must be a JSON object (a Watch resource)")
     watch = watch_pb2.Watch()

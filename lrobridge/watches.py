@@ -26,6 +26,8 @@ from lrobridge.store import WatchStore
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_DEADLINE_SECONDS = 30 * 86400.0
+# Longest duration any request field may give (a year): beyond it is a mistake, not a wish.
+MAX_DURATION_SECONDS = 365 * 86400.0
 
 
 class WatchScheduler(Protocol):
@@ -254,8 +256,10 @@ def duration_field(value: object, field: str) -> float:
         raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
     if isinstance(value, int | float):
         seconds = float(value)
-        if seconds < 0:
-            raise InvalidArgument(f"field {field!r} must not be negative")
+        if not 0 <= seconds <= MAX_DURATION_SECONDS:  # also refuses NaN
+            raise InvalidArgument(
+                f"field {field!r} must be between 0 and {MAX_DURATION_SECONDS:.0f} seconds"
+            )
         return seconds
     if not isinstance(value, str):
         raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")

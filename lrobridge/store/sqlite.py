@@ -21,9 +21,8 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from lrobridge import codec
@@ -40,6 +39,7 @@ from lrobridge.records import (
     WatchState,
 )
 from lrobridge.store import ClaimResult, Completion
+from lrobridge.store.database import SqliteDatabase
 
 SCHEMA_VERSION = 2
 
@@ -139,49 +139,22 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # One connection shared by all threads, serialised by a lock: SQLite writes are
-        # serialised anyway, and this avoids a connection (and WAL reader) per thread.
-        try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-        except sqlite3.OperationalError as exc:
-            raise FailedPrecondition(f"cannot open the store at {path!r}: {exc}") from None
-        self._lock = threading.RLock()
-        # Who holds the leases this object takes: a process on this machine. SQLite files are
-        # local, so a lease whose process is gone can be taken back at once (recover()).
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=30000")
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise FailedPrecondition(
-                    f"the store at {path!r} has schema version {version}; this lrobridge reads "
-                    f"version {SCHEMA_VERSION}: use a new file (LROBRIDGE_STORE)"
-                )
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db = SqliteDatabase(path, _SCHEMA, on_open=_check_schema_version(path))
+
+    @property
+    def owner(self) -> str:
+        """Who holds the leases this process takes (``host:pid``). SQLite files are local, so
+        a lease whose process is gone can be taken back at once (:meth:`recover`)."""
+        return self._db.owner
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        return self._db.read(sql, params)
 
     # -- watches -------------------------------------------------------------------------
 
@@ -758,6 +731,19 @@ class SqliteStore:
             )
             for r in rows
         ]
+
+
+def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
+    def check(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise FailedPrecondition(
+                f"the store at {path!r} has schema version {version}; this lrobridge reads "
+                f"version {SCHEMA_VERSION}: use a new file (LROBRIDGE_STORE)"
+            )
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    return check
 
 
 def _dead_local_process(owner: str, host: str) -> bool:

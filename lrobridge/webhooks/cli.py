@@ -15,9 +15,10 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from lrobridge.dispatch import EVENT_TYPES
+from lrobridge.names import validate_resource_id
 
 
 def add_parser(
@@ -77,11 +78,11 @@ def add_parser(
 
 
 def _webhook(value: str) -> str:
-    return quote(value.removeprefix("webhooks/"), safe="")
+    return validate_resource_id(value.removeprefix("webhooks/"), "webhook")
 
 
 def _delivery(value: str) -> str:
-    return quote(value.removeprefix("deliveries/"), safe="")
+    return validate_resource_id(value.removeprefix("deliveries/"), "delivery")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,19 +11,18 @@ several workers (threads, processes, a drain request) never send the same delive
 a worker that dies mid-attempt has its deliveries sent again when the lease ends, and a result
 recorded after the lease was lost is logged without changing the delivery.
 
-The connection is reopened in a forked child (SQLite connections must not cross ``fork``).
+Connection rules (WAL, fork, errors) are :class:`lrobridge.store.database.SqliteDatabase`'s.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
+from lrobridge.store.database import SqliteDatabase
 from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
@@ -116,45 +115,16 @@ class SqliteWebhookStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._conn = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(_SCHEMA)
-        return conn
-
-    def _connection(self) -> sqlite3.Connection:
-        if os.getpid() != self._pid and self.path != ":memory:":
-            self._pid = os.getpid()
-            self._conn = self._connect()
-        return self._conn
+        self._db = SqliteDatabase(path, _SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._connection().execute(sql, tuple(params)).fetchall()
+        return self._db.read(sql, params)
 
     # -- webhooks ----------------------------------------------------------------------------
 

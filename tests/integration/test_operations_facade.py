@@ -401,3 +401,43 @@ def test_progress_events_follow_metadata_changes_of_a_watched_operation(
     assert values[:2] == [10, 70]
     assert all(e.attributes["ce-type"] == "lrobridge.operation.v1.progress" for e in progress)
     assert len({e.event_id for e in progress}) == len(progress)
+
+
+# -- the project's own WatchService over gRPC -----------------------------------------------
+
+
+def test_watch_service_over_grpc_creates_gets_lists_and_deletes_watches(
+    stack: LocalStack, channel: grpc.Channel, backend: FakeOperations, grpc_url: str
+) -> None:
+    from lrobridge.proto.v1 import watch_pb2, watch_pb2_grpc
+
+    stub = watch_pb2_grpc.WatchServiceStub(channel)
+    backend.add("operations/via-grpc")
+    request = watch_pb2.CreateWatchRequest(
+        operation="operations/via-grpc",
+        source=grpc_url,
+        deadline=duration_pb2.Duration(seconds=3600),
+        backoff=watch_pb2.Backoff(initial_delay=duration_pb2.Duration(seconds=2), multiplier=2),
+        progress=True,
+    )
+    created = stub.CreateWatch(request)
+    assert created.name.startswith("watches/") and created.state == watch_pb2.Watch.ACTIVE
+    assert created.backoff.initial_delay.seconds == 2 and created.progress
+    assert stub.CreateWatch(request).name == created.name  # the same watch twice
+    assert stub.GetWatch(watch_pb2.GetWatchRequest(name=created.name)).operation == (
+        "operations/via-grpc"
+    )
+    listed = stub.ListWatches(watch_pb2.ListWatchesRequest(state=watch_pb2.Watch.ACTIVE))
+    assert [w.name for w in listed.watches] == [created.name]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListWatches(watch_pb2.ListWatchesRequest(state=99))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateWatch(
+            watch_pb2.CreateWatchRequest(operation="operations/x", source="ftp://h/v1")
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ftp" in info.value.details()
+    stub.DeleteWatch(watch_pb2.DeleteWatchRequest(name=created.name))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetWatch(watch_pb2.GetWatchRequest(name=created.name))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -187,3 +187,73 @@ def test_a_watch_on_a_secure_source_outside_the_credential_hosts_is_refused(
     assert "LROBRIDGE_CREDENTIAL_HOSTS" in _error(response)["message"]
     allowed = {"operation": "operations/1", "source": "https://example.googleapis.com/v1"}
     assert client.post("/v1/watches", json=allowed, headers=AUTH).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("DELETE", "/v1/watches"), ("GET", "/v1/watches/a/b"), ("POST", "/v1/webhooks/x/y:z")],
+)
+def test_a_wrong_path_under_the_bridges_own_collections_says_so(
+    client: FlaskClient, method: str, path: str
+) -> None:
+    response = client.open(path, method=method, headers=AUTH)
+    assert response.status_code == 404
+    message = _error(response)["message"]
+    assert "no such endpoint" in message and "not tracked" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/v1/watches", b"[" * 100_000, "nested too deeply"),
+        ("/v1/operations/x:wait", b'{"timeout": NaN}', "between 0 and"),
+        ("/v1/operations/x:wait", b'{"timeout": 1e308}', "between 0 and"),
+        ("/v1/webhooks", b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_hostile_json_bodies_get_a_clear_400(
+    client: FlaskClient, path: str, body: bytes, expected: str
+) -> None:
+    response = client.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.data[:300]
+    assert expected in _error(response)["message"]
+
+
+def test_a_page_token_nested_too_deeply_is_refused_as_not_ours(client: FlaskClient) -> None:
+    token = base64.urlsafe_b64encode(b"[" * 100_000).decode().rstrip("=")
+    response = client.get(f"/v1/operations?pageToken={token}", headers=AUTH)
+    assert response.status_code == 400
+    assert "not issued by this API" in _error(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"name":"operations/x","done":true,"error":{"code":2,"details":5}}', "details"),
+        (b'{"name":"operations/x","done":true,"error":{"code":1099511627776}}', "32-bit"),
+        (b"[" * 50_000, "nested too deeply"),
+    ],
+)
+def test_poison_json_payloads_are_quarantined_not_crashed_on(
+    client: FlaskClient, bridge: Bridge, data: bytes, reason: str
+) -> None:
+    body = {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": {"payload_format": "json", "outcome": "failed"},
+            "messageId": "1",
+        }
+    }
+    response = client.post("/pubsub/push", json=body)
+    assert response.status_code == 200 and reason in response.get_json()["reason"]
+    [kept] = bridge.store.list_quarantine(limit=1)
+    assert reason in kept.reason
+
+
+def test_a_null_result_field_counts_as_absent_in_operation_json() -> None:
+    from lrobridge import codec
+
+    snapshot = codec.snapshot_from_json(
+        {"name": "operations/x", "done": True, "error": {"code": 5}, "response": None}
+    )
+    assert snapshot.outcome() == "failed"

@@ -106,7 +106,7 @@ def test_json_form_always_states_done_even_when_false() -> None:
             {"name": "operations/x", "done": True, "error": {"code": 3}, "response": {}},
             "both 'error' and 'response'",
         ),
-        ({"name": "operations/x", "error": {"code": "bad"}}, "error.code must be an integer"),
+        ({"name": "operations/x", "error": {"code": "bad"}}, "error.code must be a 32-bit integer"),
         (
             {"name": "operations/x", "response": {"id": 1}},
             "'response' must be an object with '@type'",

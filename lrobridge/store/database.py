@@ -1,0 +1,103 @@
+"""One SQLite file as the stores use it: WAL mode, shared by threads and processes.
+
+:class:`SqliteDatabase` owns the connection rules every SQLite-backed store follows:
+
+* one connection per process, shared by its threads under a lock (SQLite serialises writes
+  anyway); a process forked after it was opened (gunicorn workers) opens its own, since a
+  SQLite connection must not cross ``fork``;
+* ``write()`` is one ``BEGIN IMMEDIATE`` transaction: committed before it returns, rolled back
+  when the block raises;
+* ``synchronous=NORMAL`` in WAL mode: a committed transaction survives a killed process;
+* a database that stays locked past the busy timeout, or that cannot be written (disk full,
+  read-only), raises :class:`~lrobridge.errors.Unavailable`: the caller's request fails as
+  retryable (a push is nacked, an API call answers 503) instead of crashing.
+
+Adapter module (the sqlite3 driver).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from lrobridge.errors import FailedPrecondition, Unavailable
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class SqliteDatabase:
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        *,
+        on_open: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._schema = schema
+        self._on_open = on_open
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn = self._connect()
+
+    @property
+    def owner(self) -> str:
+        """Who holds the leases this process takes: ``host:pid``."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_SECONDS,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            if self._on_open is not None:
+                self._on_open(conn)
+            conn.executescript(self._schema)
+        except sqlite3.Error as exc:
+            raise FailedPrecondition(f"cannot open the store at {self.path!r}: {exc}") from None
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid and self.path != ":memory:":
+            self._pid = os.getpid()
+            self._conn = self._connect()
+        return self._conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _database_errors(self.path):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, _database_errors(self.path):
+            return self._connection().execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+@contextmanager
+def _database_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, ...
+        raise Unavailable(f"the store at {path!r} is unavailable: {exc}") from exc
