@@ -150,7 +150,9 @@ class Bridge:
             if self._watch_service is None:
                 scheduler = None
                 if self.settings.watch_mode == "pubsub":
-                    scheduler = PubSubWatchScheduler(lambda: self.watch_publisher)
+                    scheduler = PubSubWatchScheduler(
+                        lambda: self.watch_publisher, operations=self.store
+                    )
                 self._watch_service = WatchService(
                     self.store,
                     on_created=self._wake_watcher,
@@ -296,6 +298,8 @@ class Bridge:
                     watches=_LazyPublisher(lambda: self.watch_publisher),
                     ledger=self.store,
                     verifier=self._push_verifier(),
+                    operations=self.store,
+                    on_completion=self.hub.notify,
                     policy=RedeliveryPolicy(
                         min_backoff=settings.watch_min_backoff,
                         max_deliveries=settings.watch_max_deliveries,

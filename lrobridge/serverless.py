@@ -8,7 +8,7 @@ for hosts that give no CPU between requests (Cloud Run with request-based billin
 2. the topic's push subscription delivers it to ``POST /pubsub/watch``, whose handler
    (:class:`WatchHandler`) polls the operation once (GetOperation);
 3. done, not found, or past its deadline: the completion message is published exactly as the
-   in-process watcher publishes it (:func:`completion_message`, built from
+   in-process watcher publishes it (:func:`lrobridge.relay.completion`, built from
    :func:`lrobridge.codec.encode_payload`, :func:`~lrobridge.codec.completion_attributes` and
    :func:`~lrobridge.codec.event_id`) and the watch message is acknowledged;
 4. still pending, or the source failed transiently: the watch message is **nacked**, so Pub/Sub
@@ -55,12 +55,13 @@ from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
-from lrobridge import codec
+from lrobridge import codec, relay
 from lrobridge.backoff import Backoff
 from lrobridge.envelope import PushMessage
 from lrobridge.errors import (
     BridgeError,
     Code,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     OtherTransientError,
@@ -71,9 +72,9 @@ from lrobridge.names import validate_operation_name
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.proto.v1 import watch_pb2
 from lrobridge.push import PushResponse, TokenVerifier, receive
-from lrobridge.records import PendingMessage, WatchRecord, WatchState
+from lrobridge.records import WatchRecord, WatchState
 from lrobridge.source_url import parse_source_url
-from lrobridge.store import EventLedger
+from lrobridge.store import EventLedger, OperationStore
 from lrobridge.watches import watch_to_json
 
 log = logging.getLogger(__name__)
@@ -310,28 +311,6 @@ def _retry(
     return Decision(Action.RETRY, reason, error=error)
 
 
-def completion_message(
-    watch: WatchMessage,
-    snapshot: codec.Snapshot,
-    outcome: codec.Outcome,
-    *,
-    payload_format: codec.PayloadFormat,
-    now: float,
-) -> PendingMessage:
-    """The completion message, exactly as the in-process watcher builds it."""
-    event_id = codec.event_id(watch.source, watch.operation, outcome)
-    data, used_format = codec.encode_payload(snapshot, payload_format)
-    attributes = codec.completion_attributes(
-        snapshot,
-        outcome=outcome,
-        source=watch.source,
-        event_id=event_id,
-        payload_format=used_format,
-        time=datetime.datetime.fromtimestamp(now, datetime.UTC),
-    )
-    return PendingMessage(data=data, attributes=attributes, ordering_key=watch.operation)
-
-
 # -- services ------------------------------------------------------------------------------
 
 
@@ -339,9 +318,14 @@ class PubSubWatchScheduler:
     """Registers watches as watch messages (a :class:`lrobridge.watches.WatchScheduler`)."""
 
     def __init__(
-        self, publisher: Callable[[], Publisher], *, publish_timeout: float = PUBLISH_TIMEOUT
+        self,
+        publisher: Callable[[], Publisher],
+        *,
+        operations: OperationStore | None = None,
+        publish_timeout: float = PUBLISH_TIMEOUT,
     ) -> None:
         self._publisher = publisher  # called on first use: creating a client needs credentials
+        self._operations = operations
         self._publish_timeout = publish_timeout
 
     def schedule(
@@ -354,6 +338,11 @@ class PubSubWatchScheduler:
         progress: bool,
         now: float,
     ) -> WatchRecord:
+        if progress:
+            raise FailedPrecondition(
+                "progress events need the in-process watcher (LROBRIDGE_WATCH_MODE=poller); "
+                "Pub/Sub-driven watches publish completions only"
+            )
         watch = WatchMessage(
             operation=operation,
             source=source,
@@ -365,6 +354,8 @@ class PubSubWatchScheduler:
         )
         data, attributes = encode_watch(watch)
         _publish(self._publisher(), data, attributes, "", self._publish_timeout)
+        if self._operations is not None:  # served by the Operations facade from now on
+            self._operations.track_operation(operation, source=source, now=now)
         log.info("watch %s published for %s on %s", watch.watch_id, operation, source)
         return watch.record()
 
@@ -414,11 +405,15 @@ class WatchHandler:
         ledger: EventLedger,
         verifier: TokenVerifier | None,
         policy: RedeliveryPolicy,
+        operations: OperationStore | None = None,
+        on_completion: Callable[[str], None] | None = None,
         payload_format: codec.PayloadFormat = "binary",
         rpc_timeout: float = 30.0,
         publish_timeout: float = PUBLISH_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._operations = operations
+        self._on_completion = on_completion
         self._sources = sources
         self._completions = completions
         self._watches = watches
@@ -474,6 +469,7 @@ class WatchHandler:
             "action": decision.action.value,
         }
         try:
+            self._observe(watch, observed, decision, now)
             body = self._act(watch, decision, now)
         except BridgeError as exc:
             log.warning(
@@ -513,16 +509,34 @@ class WatchHandler:
         except Exception as exc:  # an adapter let a library error through
             return classify_api_error(exc)
 
+    def _observe(
+        self,
+        watch: WatchMessage,
+        observed: codec.Snapshot | BridgeError,
+        decision: Decision,
+        now: float,
+    ) -> None:
+        """What the Operations facade serves: the latest state, the final one once it ended."""
+        snapshot = decision.snapshot
+        if snapshot is None and isinstance(observed, codec.Snapshot):
+            snapshot = observed
+        if self._operations is None or snapshot is None:
+            return
+        outcome = decision.outcome if decision.action is Action.COMPLETE else ""
+        self._operations.record_observation(
+            snapshot, source=watch.source, outcome=outcome or "", now=now
+        )
+
     def _act(self, watch: WatchMessage, decision: Decision, now: float) -> dict[str, Any] | None:
         if decision.action is Action.COMPLETE:
             assert decision.snapshot is not None and decision.outcome is not None
-            message = completion_message(
-                watch,
+            message = relay.completion(
                 decision.snapshot,
                 decision.outcome,
+                source=watch.source,
                 payload_format=self._payload_format,
                 now=now,
-            )
+            ).message
             _publish(
                 self._completions,
                 message.data,
@@ -531,6 +545,8 @@ class WatchHandler:
                 self._publish_timeout,
             )
             self.stats.completions += 1
+            if self._on_completion is not None:
+                self._on_completion(decision.snapshot.name)
             return None
         if decision.action is Action.REPUBLISH:
             assert decision.next_watch is not None

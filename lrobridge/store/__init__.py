@@ -154,6 +154,18 @@ class OperationStore(Protocol):
         ``after``; the name to continue after for the next page (None at the end)."""
         ...
 
+    def track_operation(self, name: str, *, source: str, now: float) -> None:
+        """Track an operation watched without a stored watch (Pub/Sub-driven watch mode); a
+        tracked one is left as it is."""
+        ...
+
+    def record_observation(
+        self, snapshot: Snapshot, *, source: str, outcome: str, now: float
+    ) -> None:
+        """Store what a poll saw of a tracked operation (``outcome`` once it ended); an
+        operation that already ended keeps its final state."""
+        ...
+
     def delete_operation(self, name: str) -> bool:
         """Forget the operation and every watch of it; False if it was not tracked."""
         ...

@@ -560,6 +560,44 @@ class SqliteStore:
         records = [_operation(r) for r in rows[:limit]]
         return records, (records[-1].name if more else None)
 
+    def track_operation(self, name: str, *, source: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
+                "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, codec.operation_parent(name), source, now, now),
+            )
+
+    def record_observation(
+        self, snapshot: codec.Snapshot, *, source: str, outcome: str, now: float
+    ) -> None:
+        data, data_format = codec.encode_payload(snapshot, "binary")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO operations (name, parent, source, origin, done, outcome, error_code, "
+                "metadata_type, response_type, data, data_format, create_time, update_time) "
+                "VALUES (?, ?, ?, 'watch', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET source = excluded.source, done = excluded.done, outcome = excluded.outcome, "
+                "error_code = excluded.error_code, metadata_type = excluded.metadata_type, "
+                "response_type = excluded.response_type, data = excluded.data, "
+                "data_format = excluded.data_format, update_time = excluded.update_time "
+                "WHERE operations.done = 0 AND operations.outcome = ''",
+                (
+                    snapshot.name,
+                    codec.operation_parent(snapshot.name),
+                    source,
+                    int(snapshot.done),
+                    outcome,
+                    snapshot.error_code,
+                    snapshot.metadata_type,
+                    snapshot.response_type,
+                    data,
+                    data_format,
+                    now,
+                    now,
+                ),
+            )
+
     def delete_operation(self, name: str) -> bool:
         with self._write() as conn:
             deleted = conn.execute("DELETE FROM operations WHERE name = ?", (name,)).rowcount

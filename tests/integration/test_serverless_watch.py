@@ -140,6 +140,9 @@ def test_a_pending_operation_is_redelivered_until_done_then_its_completion_reach
 
     wait_for(lambda: stack.backend.calls("GetOperation") >= 1, "the first poll")
     assert not stack.done.is_set()
+    # The Operations facade serves it too, though no watch is stored in this mode.
+    pending = requests.get(f"{stack.base_url}/v1/{OPERATION}", timeout=30)
+    assert pending.status_code == 200 and pending.json()["done"] is False
     stack.backend.complete(OPERATION)
 
     assert stack.done.wait(30), "the completion never reached the callback"
@@ -154,6 +157,20 @@ def test_a_pending_operation_is_redelivered_until_done_then_its_completion_reach
     assert stack.backend.calls("GetOperation") >= 2
     stats = stack.bridge.watch_endpoint().stats
     assert stats.retries >= 1 and stats.completions == 1
+    final = requests.post(
+        f"{stack.base_url}/v1/{OPERATION}:wait", json={"timeout": "5s"}, timeout=30
+    )
+    assert final.json()["done"] is True and final.json()["response"]["value"] == "42s"
+
+
+def test_progress_is_refused_in_pubsub_mode_rather_than_silently_dropped(stack: Stack) -> None:
+    response = requests.post(
+        f"{stack.base_url}/v1/watches",
+        json={"operation": OPERATION, "source": stack.source, "progress": True},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "LROBRIDGE_WATCH_MODE=poller" in response.json()["error"]["message"]
 
 
 def test_a_watch_past_its_deadline_completes_as_expired(stack: Stack) -> None:

@@ -34,7 +34,6 @@ from lrobridge.serverless import (
     Action,
     RedeliveryPolicy,
     WatchMessage,
-    completion_message,
     decide,
     decode_watch,
     encode_watch,
@@ -207,23 +206,6 @@ def test_a_message_near_the_retention_is_republished_whatever_its_attempt() -> N
     old = watch(publish_time=NOW - POLICY.republish_age)
     decision = decide(old, Unavailable("down"), attempt=2, now=NOW, policy=POLICY)
     assert decision.action is Action.REPUBLISH
-
-
-def test_the_completion_message_follows_the_completion_contract() -> None:
-    snapshot = done(code=13)
-    message = completion_message(watch(), snapshot, "failed", payload_format="binary", now=NOW)
-    assert message.ordering_key == NAME
-    assert operations_pb2.Operation.FromString(message.data) == snapshot.operation
-    expected_id = codec.event_id(SOURCE, NAME, "failed")
-    assert message.attributes == codec.completion_attributes(
-        snapshot,
-        outcome="failed",
-        source=SOURCE,
-        event_id=expected_id,
-        payload_format="binary",
-        time=datetime.datetime.fromtimestamp(NOW, datetime.UTC),
-    )
-    assert message.attributes["error_code"] == "13"
 
 
 # -- the HTTP entry points -----------------------------------------------------------------
