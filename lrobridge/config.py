@@ -83,7 +83,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "32",
         "WaitOperation long polls held open at once per source; other due watches use Get.",
     ),
-    "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call."),
+    "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
     "LROBRIDGE_RPC_TIMEOUT": ("30s", "Deadline of one GetOperation / REST GET to a source."),
     "LROBRIDGE_WAIT_MAX": (
         "60s",
@@ -265,8 +265,8 @@ class Settings:
             long_poll_slots=_non_negative_int(
                 get("LROBRIDGE_LONG_POLL_SLOTS"), "LROBRIDGE_LONG_POLL_SLOTS"
             ),
-            long_poll_timeout=parse_duration(
-                get("LROBRIDGE_LONG_POLL_TIMEOUT"), what="LROBRIDGE_LONG_POLL_TIMEOUT"
+            long_poll_timeout=_bounded_duration(
+                get("LROBRIDGE_LONG_POLL_TIMEOUT"), "LROBRIDGE_LONG_POLL_TIMEOUT", 1.0, 600.0
             ),
             rpc_timeout=_positive_duration(get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT"),
             wait_max=_positive_duration(get("LROBRIDGE_WAIT_MAX"), "LROBRIDGE_WAIT_MAX"),
@@ -383,6 +383,13 @@ def _non_negative_int(value: str, name: str) -> int:
     if number < 0:
         raise ConfigError(f"{name}={value!r} must not be negative")
     return number
+
+
+def _bounded_duration(value: str, name: str, low: float, high: float) -> float:
+    seconds = parse_duration(value, what=name)
+    if not low <= seconds <= high:
+        raise ConfigError(f"{name}={value!r} must be between {low:g}s and {high:g}s")
+    return seconds
 
 
 def _positive_duration(value: str, name: str) -> float:

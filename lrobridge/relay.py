@@ -22,6 +22,7 @@ from concurrent.futures import Future
 
 from lrobridge import codec
 from lrobridge.backoff import Backoff
+from lrobridge.errors import InvalidArgument
 from lrobridge.ports import Publisher
 from lrobridge.records import OutboxEntry, PendingMessage
 from lrobridge.store import Completion, Outbox
@@ -170,6 +171,17 @@ class OutboxRelay:
             if error is None:
                 self._outbox.mark_published(entry.id, now=now)
                 self.published += 1
+            elif isinstance(error, InvalidArgument):
+                # Pub/Sub can never take this message (too large, say): retrying would keep it
+                # forever. It goes to the quarantine whole, and its watch fails saying why.
+                self.errors += 1
+                log.error(
+                    "publishing %s (event %s) can never succeed (%s); quarantined",
+                    entry.operation,
+                    entry.event_id,
+                    error,
+                )
+                self._outbox.abandon_publish(entry.id, reason=str(error), now=now)
             else:
                 self.errors += 1
                 delay = PUBLISH_BACKOFF.delay(entry.attempt)

@@ -49,6 +49,7 @@ IDLE_RECHECK = 0.5
 # A long poll that comes back pending sooner than this share of its wait is treated as a
 # plain poll (the server implements Wait as Get), so it cannot turn into a busy loop.
 SHORT_WAIT_SHARE = 0.5
+MIN_HELD_SECONDS = 0.5
 
 
 class Watcher:
@@ -227,7 +228,8 @@ class Watcher:
                 raise
             except Exception as exc:  # an adapter let a library error through
                 raise classify_api_error(exc) from exc
-            held = not snapshot.done and time.monotonic() - started >= wait * SHORT_WAIT_SHARE
+            elapsed = time.monotonic() - started
+            held = not snapshot.done and elapsed >= max(wait * SHORT_WAIT_SHARE, MIN_HELD_SECONDS)
             if held:
                 self.stats.long_polls_held += 1
             return snapshot, held

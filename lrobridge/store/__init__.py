@@ -136,6 +136,11 @@ class Outbox(Protocol):
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
     ) -> None: ...
 
+    def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
+        """Pub/Sub can never take this entry: move it to the quarantine whole and fail the
+        watch waiting on it with ``reason``."""
+        ...
+
     def outbox_size(self) -> int: ...
 
 

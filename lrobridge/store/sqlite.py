@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from lrobridge import codec
 from lrobridge.backoff import Backoff
-from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
+from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, NotFound
 from lrobridge.opfilter import Condition, OperationFilter
 from lrobridge.records import (
     OperationRecord,
@@ -515,6 +515,34 @@ class SqliteStore:
                     "UPDATE watches SET update_time = ?, last_error_code = 14, "
                     "last_error_message = ? WHERE id = ?",
                     (now, f"publishing: {error_message}", row[0]),
+                )
+
+    def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "DELETE FROM outbox WHERE id = ? RETURNING watch_id, data, attributes, "
+                "ordering_key",
+                (entry_id,),
+            ).fetchone()
+            if row is None:
+                return
+            watch_id, data, attributes, ordering_key = row
+            headers = {**json.loads(attributes), "ordering_key": ordering_key}
+            conn.execute(
+                "INSERT INTO quarantine (receive_time, reason, body, headers) VALUES (?, ?, ?, ?)",
+                (now, f"not publishable: {reason}", data, json.dumps(headers)),
+            )
+            if watch_id is not None:
+                conn.execute(
+                    "UPDATE watches SET state = ?, update_time = ?, last_error_code = ?, "
+                    "last_error_message = ? WHERE id = ?",
+                    (
+                        int(WatchState.FAILED),
+                        now,
+                        int(Code.INVALID_ARGUMENT),
+                        f"the completion cannot be published: {reason}",
+                        watch_id,
+                    ),
                 )
 
     def outbox_size(self) -> int:

@@ -63,6 +63,8 @@ def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
         ({"LROBRIDGE_WATCH_MAX_BACKOFF": "5s"}, "between LROBRIDGE_WATCH_MIN_BACKOFF (10s)"),
         ({"LROBRIDGE_WATCH_MAX_DELIVERIES": "200"}, "outside 5-100"),
         ({"LROBRIDGE_PAYLOAD_FORMAT": "xml"}, "LROBRIDGE_PAYLOAD_FORMAT"),
+        ({"LROBRIDGE_LONG_POLL_TIMEOUT": "10ms"}, "must be between 1s and 600s"),
+        ({"LROBRIDGE_CREDENTIAL_HOSTS": "bad host!"}, "LROBRIDGE_CREDENTIAL_HOSTS"),
         ({"LROBRIDGE_TOPIC": "x"}, "not a Pub/Sub resource id"),
         ({"LROBRIDGE_TOPIC": "goog-topic"}, "not starting with goog"),
         ({"LROBRIDGE_STORE": "postgres://x"}, "LROBRIDGE_STORE='postgres://x' is not a store URL"),

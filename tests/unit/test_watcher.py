@@ -285,3 +285,27 @@ def test_a_new_watcher_republishes_what_the_previous_one_never_got_acknowledged(
     assert len(publisher.published) == 1
     final = store.get_watch(record.id)
     assert final is not None and final.state == WatchState.COMPLETED
+
+
+def test_a_completion_pubsub_can_never_take_is_quarantined_and_fails_the_watch(
+    store: SqliteStore,
+) -> None:
+    from lrobridge.errors import InvalidArgument
+
+    class TooLarge(RecordingPublisher):
+        def publish(
+            self, data: bytes, attributes: dict[str, str], ordering_key: str
+        ) -> Future[str]:
+            raise InvalidArgument("message too large: 11000000 bytes, at most 10000000")
+
+    clock = Clock()
+    watcher = make(store, ScriptedSource(done()), TooLarge(), clock)
+    record = add_watch(store, clock)
+    poll_due(watcher, store, clock)
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.FAILED
+    assert "too large" in final.last_error_message and final.last_error_code == 3
+    assert store.outbox_size() == 0
+    [kept] = store.list_quarantine(limit=5)
+    assert "not publishable" in kept.reason and kept.headers["outcome"] == "succeeded"
+    assert operations_pb2.Operation.FromString(kept.body) == done().operation
