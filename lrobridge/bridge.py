@@ -19,6 +19,8 @@ waiters), ``create_watcher()``, ``create_app()`` (Flask), ``start_grpc()``.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -47,7 +49,11 @@ if TYPE_CHECKING:
 
     from lrobridge.grpc_server import GrpcServer
 
+log = logging.getLogger(__name__)
+
 F = TypeVar("F", bound=Callable[[CompletionEvent], object])
+# How often a process without a watcher republishes outbox entries that failed to publish.
+OUTBOX_DRAIN_INTERVAL = 5.0
 C = TypeVar("C", bound=Callable[[str], None])
 
 
@@ -81,6 +87,10 @@ class Bridge:
         self.subscriptions: list[Subscription] = []
         self.blueprints: list[Blueprint] = []
         self._cancel_hook: Callable[[str], None] | None = None
+        self._relay: OutboxRelay | None = None
+        self._drainer: threading.Thread | None = None
+        self._drainer_pid = 0
+        self._closing = threading.Event()
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -191,15 +201,48 @@ class Bridge:
             if self._producer is None:
                 self._producer = Producer(
                     self.store,
-                    OutboxRelay(self.store, self._lazy_publisher()),
+                    self.outbox_relay,
                     self.hub,
                     source=self.settings.bridge_url or "lrobridge://local",
                     payload_format=self.settings.payload_format,
                     progress_interval=self.settings.progress_interval,
+                    on_create=self.start_outbox_drainer,
                 )
                 if self._cancel_hook is not None:
                     self._producer.on_cancel(self._cancel_hook)
             return self._producer
+
+    @property
+    def outbox_relay(self) -> OutboxRelay:
+        """Publishes outbox entries of this process (produced operations) and settles them."""
+        with self._lock:
+            if self._relay is None:
+                self._relay = OutboxRelay(self.store, self._lazy_publisher())
+            return self._relay
+
+    def drain_outbox(self) -> int:
+        """Republish every outbox entry that is due (left by a failure or a dead process)."""
+        return self.outbox_relay.drain()
+
+    def start_outbox_drainer(self, interval: float = OUTBOX_DRAIN_INTERVAL) -> None:
+        """Drain the outbox every ``interval`` seconds on a thread of this process (one per
+        process; a watcher drains it already)."""
+        with self._lock:
+            alive = self._drainer is not None and self._drainer.is_alive()
+            if alive and self._drainer_pid == os.getpid():
+                return
+            self._drainer_pid = os.getpid()
+            self._drainer = threading.Thread(
+                target=self._drain_loop, args=(interval,), name="lrobridge-outbox", daemon=True
+            )
+            self._drainer.start()
+
+    def _drain_loop(self, interval: float) -> None:
+        while not self._closing.wait(interval):
+            try:
+                self.drain_outbox()
+            except Exception:  # Pub/Sub or the store is down: the next round tries again
+                log.warning("draining the outbox failed", exc_info=True)
 
     def _lazy_publisher(self) -> Publisher:
         return _LazyPublisher(lambda: self.publisher)
@@ -380,6 +423,7 @@ class Bridge:
         return record
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             if self._grpc is not None:
                 self._grpc.stop()
@@ -387,8 +431,6 @@ class Bridge:
                 self._watcher.stop()
             if self._webhooks is not None:
                 self._webhooks.close()
-            if self._producer is not None:
-                self._producer.close()
             if self._hub is not None:
                 self._hub.close()
             for publisher in (self._publisher, self._watch_publisher):

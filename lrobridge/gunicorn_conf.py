@@ -71,6 +71,8 @@ def post_worker_init(worker: Any) -> None:
         return
     _running["bridge"] = bridge
     bridge.webhook_runtime.start_worker()
+    if not run_watcher or bridge.settings.watch_mode != "poller":
+        bridge.start_outbox_drainer()  # without a watcher, something must republish
     if not run_watcher:
         return
     if bridge.settings.watch_mode != "poller":

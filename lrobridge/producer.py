@@ -15,7 +15,8 @@ Produced operations are served by the Operations facade like watched ones. Compl
 the final state and its completion message in one transaction and publishes it at once (receive
 mode, no polling), with the same message contract as watched operations; their ``source``
 attribute is :attr:`Producer.source`. A process that dies before Pub/Sub acknowledged leaves the
-message in the outbox, where the next drain (any bridge process) republishes it.
+message in the outbox, where the next drain republishes it (the watcher, the outbox drainer of
+any bridge process, or ``POST /v1/deliveries:drain``).
 
 Pure module.
 """
@@ -23,7 +24,6 @@ Pure module.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -41,8 +41,6 @@ from lrobridge.store import OperationStore, Outbox
 from lrobridge.waiters import CompletionHub
 
 C = TypeVar("C", bound=Callable[[str], None])
-# How often a process that produces operations republishes what failed to publish.
-DRAIN_INTERVAL = 5.0
 
 
 class ProducerStore(OperationStore, Outbox, Protocol):
@@ -134,6 +132,7 @@ class Producer:
         progress: bool = False,
         progress_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_create: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self._relay = relay_
@@ -144,9 +143,7 @@ class Producer:
         self._throttle = relay.ProgressThrottle(progress_interval)
         self._clock = clock
         self._cancel_hook: Callable[[str], None] | None = None
-        self._drainer: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._on_create = on_create
 
     def create(
         self,
@@ -167,7 +164,8 @@ class Producer:
         self.store.create_produced_operation(
             codec.snapshot_from_proto(op), source=self.source, now=self._clock()
         )
-        self._start_drainer()
+        if self._on_create is not None:
+            self._on_create()  # e.g. make sure something republishes what fails to publish
         return ProducedOperation(
             self, name, progress=self.progress if progress is None else progress
         )
@@ -228,24 +226,3 @@ class Producer:
         self._throttle.forget(op.name)
         self._hub.notify(op.name)
         self._relay.publish(entry)
-
-    # -- republishing what failed ------------------------------------------------------------
-
-    def _start_drainer(self) -> None:
-        with self._lock:
-            if self._drainer is not None:
-                return
-            self._drainer = threading.Thread(
-                target=self._drain_loop, name="lrobridge-producer-outbox", daemon=True
-            )
-            self._drainer.start()
-
-    def _drain_loop(self) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL):
-            try:
-                self._relay.drain()
-            except Exception:  # the store is closing; the next round retries
-                continue
-
-    def close(self) -> None:
-        self._stop.set()

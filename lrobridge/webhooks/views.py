@@ -149,6 +149,10 @@ def blueprint(bridge: Bridge) -> Blueprint:
     def drain() -> Response:
         max_time = resources.drain_args_from_json(json_body(required=False))
         kwargs = {} if max_time is None else {"max_time": max_time}
-        return json_response(resources.drain_to_json(service().drain(**kwargs)))
+        body = resources.drain_to_json(service().drain(**kwargs))
+        # The scheduled drain also republishes outbox entries: on Cloud Run no watcher or
+        # background thread may be running to do it.
+        body["outboxRepublished"] = bridge.drain_outbox()
+        return json_response(body)
 
     return bp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -135,3 +136,29 @@ def test_bad_producer_input_is_refused_clearly(store: SqliteStore) -> None:
         op.fail(99, "?")
     with pytest.raises(Unimplemented, match="cancel hook"):
         producer.request_cancel(op.name)
+
+
+def test_a_bridge_without_a_watcher_republishes_what_a_dead_process_left_in_the_outbox(
+    tmp_path: object,
+) -> None:
+    import dataclasses
+    import pathlib
+
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
+
+    path = pathlib.Path(str(tmp_path)) / "b.db"
+    settings = dataclasses.replace(Settings(), project="p", store_url=f"sqlite:///{path}")
+    first = Recorder(fail_next=1)
+    dead = Bridge(settings, store=SqliteStore(str(path)), publisher=first)
+    dead.producer.create(operation_id="left").succeed()  # the publish fails: left behind
+    dead.close()
+    publisher = Recorder()
+    successor = Bridge(settings, store=SqliteStore(str(path)), publisher=publisher)
+    # Due again once the first publish's retry delay (at most 1.2 s) has passed.
+    deadline = time.monotonic() + 10
+    while successor.drain_outbox() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [(_, attributes, _)] = publisher.sent
+    assert attributes["operation"] == "operations/left" and attributes["outcome"] == "succeeded"
+    successor.close()
