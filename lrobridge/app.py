@@ -16,6 +16,8 @@ google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}
 
 from __future__ import annotations
 
+import base64
+import datetime
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from lrobridge import codec
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.http import bool_arg, int_arg, json_body, json_response, request_url
 from lrobridge.logs import TraceContextMiddleware
-from lrobridge.records import WatchState
+from lrobridge.records import QuarantinedMessage, WatchState
 from lrobridge.watches import create_args_from_json, duration_field, watch_to_json
 from lrobridge.webhooks.views import blueprint as webhooks_blueprint
 
@@ -153,6 +155,14 @@ def create_app(bridge: Bridge) -> Flask:
         watches.delete(watch_id)
         return json_response({})
 
+    @app.get("/v1/quarantine")
+    def list_quarantine() -> Response:
+        limit = int_arg("pageSize") or 50
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument(f"pageSize {limit} is outside 1-1000")
+        kept = bridge.store.list_quarantine(limit=limit)
+        return json_response({"messages": [_quarantined_json(m) for m in kept]})
+
     app.register_blueprint(webhooks_blueprint(bridge))
     for blueprint in bridge.blueprints:
         app.register_blueprint(blueprint)
@@ -202,9 +212,21 @@ def create_app(bridge: Bridge) -> Flask:
     return app
 
 
+def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "receiveTime": datetime.datetime.fromtimestamp(message.receive_time, datetime.UTC)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "reason": message.reason,
+        "headers": message.headers,
+        "body": base64.b64encode(message.body).decode(),
+    }
+
+
 # The bridge's own collections: a path under them that no route took is a wrong request for
 # them, never an operation name (say so, instead of "operation 'watches' is not tracked").
-_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries")
+_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries", "quarantine")
 
 
 def _not_a_resource_route(target: str) -> None:

@@ -118,7 +118,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
 
 def _api(settings: Settings, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     base = (args.bridge or settings.bridge_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
-    key = args.api_key or os.environ.get("LROBRIDGE_API_KEY", "")
+    key = args.api_key or settings.api_key
     if not key and settings.api_keys:
         key = sorted(settings.api_keys)[0]
     headers = {"Content-Type": "application/json"}
@@ -175,6 +175,15 @@ def _watch_name(value: str) -> str:
     """``watches/{id}`` for an id given with or without its collection (checked here, so a
     value like ``../x`` can never make the URL name something else)."""
     return f"watches/{validate_resource_id(value.removeprefix('watches/'), 'watch')}"
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    base, headers = _api(settings, args)
+    print(
+        json.dumps(_call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2)
+    )
+    return 0
 
 
 def cmd_pubsub_init(args: argparse.Namespace) -> int:
@@ -316,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     from lrobridge.webhooks.cli import add_parser as add_webhooks_parser
 
     add_webhooks_parser(sub, client_flags)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="messages that could never be processed, newest first"
+    )
+    quarantine_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    listing = quarantine_sub.add_parser("list")
+    listing.add_argument("--limit", type=int, default=50)
+    client_flags(listing)
+    quarantine.set_defaults(func=cmd_quarantine)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")
     pubsub_sub = pubsub.add_subparsers(dest="pubsub_command", required=True)

@@ -97,6 +97,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "LROBRIDGE_LOG_FORMAT": ("text", "`text` for terminals, `json` for Cloud Logging."),
     "LROBRIDGE_LOG_LEVEL": ("INFO", "Python logging level name."),
     "LROBRIDGE_URL": ("", "Base URL of a running bridge, used by CLI commands that call its API."),
+    "LROBRIDGE_API_KEY": ("", "API key the CLI sends to the bridge (`--api-key` wins)."),
     "LROBRIDGE_WATCH_MODE": (
         "poller",
         "`poller` (the store and the in-process watcher) or `pubsub` (each watch is a message on "
@@ -192,6 +193,7 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     bridge_url: str = ""
+    api_key: str = ""
     watch_mode: WatchMode = "poller"
     watch_topic: str = "lro-watch"
     watch_subscription: str = "lro-watch-push"
@@ -279,6 +281,7 @@ class Settings:
             ),
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
+            api_key=get("LROBRIDGE_API_KEY"),
             **_watch_settings(get),
             api_service_accounts=_emails(
                 get("LROBRIDGE_API_SERVICE_ACCOUNTS"), "LROBRIDGE_API_SERVICE_ACCOUNTS"

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 # Longest a callback may run before a redelivery may run it again (Pub/Sub's max ack deadline).
 CALLBACK_LEASE_SECONDS = 600.0
+# How long the ledger remembers a callback that succeeded: past any redelivery (a
+# subscription keeps unacknowledged messages at most 7 days).
+CALLBACK_RUN_RETENTION_SECONDS = 8 * 86400.0
+PRUNE_INTERVAL_SECONDS = 3600.0
 EVENT_TYPES = (*codec.OUTCOMES, "progress")
 
 
@@ -174,6 +178,7 @@ class Dispatcher:
         self._ledger = ledger
         self._clock = clock
         self._lease = lease
+        self._next_prune = 0.0
         self.subscriptions: list[Subscription] = []
         self.sinks: list[EventSink] = []
 
@@ -181,6 +186,15 @@ class Dispatcher:
         if any(s.name == subscription.name for s in self.subscriptions):
             raise InvalidArgument(f"a callback named {subscription.name!r} is already registered")
         self.subscriptions.append(subscription)
+
+    def _prune_now_and_then(self) -> None:
+        now = self._clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL_SECONDS
+        pruned = self._ledger.prune_callback_runs(older_than=now - CALLBACK_RUN_RETENTION_SECONDS)
+        if pruned:
+            log.info("forgot %d callback runs older than 8 days", pruned)
 
     def handle(
         self, message: PushMessage, *, raw_body: bytes, headers: dict[str, str]
@@ -203,6 +217,7 @@ class Dispatcher:
         return self.dispatch(event)
 
     def dispatch(self, event: CompletionEvent) -> DispatchResult:
+        self._prune_now_and_then()
         ran: list[str] = []
         done: list[str] = []
         busy: list[str] = []

@@ -205,6 +205,10 @@ class EventLedger(Protocol):
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
     ) -> None: ...
 
+    def prune_callback_runs(self, *, older_than: float) -> int:
+        """Forget succeeded runs last touched before ``older_than``; how many."""
+        ...
+
     def quarantine(
         self, *, reason: str, body: bytes, headers: dict[str, str], now: float
     ) -> int: ...

@@ -257,3 +257,12 @@ def test_a_null_result_field_counts_as_absent_in_operation_json() -> None:
         {"name": "operations/x", "done": True, "error": {"code": 5}, "response": None}
     )
     assert snapshot.outcome() == "failed"
+
+
+def test_operators_read_the_quarantine_newest_first(client: FlaskClient) -> None:
+    for body in (b"not json", b'{"message": 5}'):
+        assert client.post("/pubsub/push", data=body).status_code == 200
+    listed = client.get("/v1/quarantine?pageSize=10", headers=AUTH).get_json()["messages"]
+    assert [base64.b64decode(m["body"]) for m in listed] == [b'{"message": 5}', b"not json"]
+    assert "not an object" in listed[0]["reason"] and listed[0]["receiveTime"].endswith("Z")
+    assert client.get("/v1/quarantine", headers={}).status_code in (401, 403)

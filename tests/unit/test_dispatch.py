@@ -181,3 +181,22 @@ def test_a_sink_takes_each_event_before_callbacks_and_a_failing_sink_nacks_witho
     assert second.verdict is Verdict.ACK
     assert sink.accepted == [second.event_id]
     assert [c.event_id for c in calls] == [second.event_id]
+
+
+def test_the_ledger_forgets_succeeded_runs_once_no_redelivery_can_come(
+    store: SqliteStore,
+) -> None:
+    now = [1_000_000.0]
+    d = Dispatcher(store, clock=lambda: now[0])
+    d.add(Subscription("cb", lambda event: None))
+    d.handle(_message(DONE), raw_body=b"", headers={})
+    assert (
+        store.claim_callback(_message(DONE).attributes["event_id"], "cb", now=now[0], lease=1)
+        == "done"
+    )
+    now[0] += 9 * 86400  # past the retention; the next dispatch prunes
+    d.handle(_message(FAILED), raw_body=b"", headers={})
+    assert (
+        store.claim_callback(_message(DONE).attributes["event_id"], "cb", now=now[0], lease=1)
+        == "run"
+    )
