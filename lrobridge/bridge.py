@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 from lrobridge.api_auth import ApiAuth
 from lrobridge.backoff import Backoff
 from lrobridge.config import Settings
-from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription
+from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
 from lrobridge.facade import OperationsFacade
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.producer import Producer
@@ -106,7 +106,7 @@ class Bridge:
 
         ``operation`` is a resource-name glob (``*`` one segment, ``**`` any), ``outcome`` one
         or several of succeeded, failed, cancelled, expired, not_found (and ``progress`` for
-        progress events), ``metadata_type`` a type URL. The callback runs at most once per
+        progress events), ``metadata_type`` a type URL. The callback runs once per
         completion; if it raises, the message is redelivered and it runs again.
         """
 
@@ -121,9 +121,7 @@ class Bridge:
                 outcomes=outcomes,
                 metadata_type=metadata_type,
             )
-            if any(s.name == subscription.name for s in self.subscriptions):
-                raise ValueError(f"a callback named {subscription.name!r} is already registered")
-            self.subscriptions.append(subscription)
+            add_subscription(self.subscriptions, subscription)
             return func
 
         return register

@@ -1,4 +1,4 @@
-"""Runs subscribers' callbacks for completion messages, each at most once per completion.
+"""Runs subscribers' callbacks for completion messages, each once per completion event.
 
 The push endpoint hands every decoded Pub/Sub message to :meth:`Dispatcher.handle`:
 
@@ -8,6 +8,9 @@ The push endpoint hands every decoded Pub/Sub message to :meth:`Dispatcher.handl
   event first, then every subscription whose filters match is run unless the ledger says it
   already succeeded for this ``event_id``; a sink or callback that raises is recorded as failed
   and the message is nacked, so Pub/Sub redelivers it and only what failed runs again.
+
+That is once per event as long as callbacks return; a callback whose process dies while it runs,
+or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost).
 
 Pure module: no Flask, no Pub/Sub client.
 """
@@ -37,7 +40,7 @@ CALLBACK_LEASE_SECONDS = 600.0
 # subscription keeps unacknowledged messages at most 7 days).
 CALLBACK_RUN_RETENTION_SECONDS = 8 * 86400.0
 PRUNE_INTERVAL_SECONDS = 3600.0
-EVENT_TYPES = (*codec.OUTCOMES, "progress")
+EVENT_TYPES = codec.EVENT_TYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,13 @@ class Subscription:
         if self.operation is not None and not glob_matches(self.operation, event.name):
             return False
         return self.metadata_type is None or self.metadata_type == event.snapshot.metadata_type
+
+
+def add_subscription(subscriptions: list[Subscription], subscription: Subscription) -> None:
+    """Append ``subscription``; its name must be new (the ledger remembers runs by name)."""
+    if any(s.name == subscription.name for s in subscriptions):
+        raise InvalidArgument(f"a callback named {subscription.name!r} is already registered")
+    subscriptions.append(subscription)
 
 
 class EventSink(Protocol):
@@ -183,9 +193,7 @@ class Dispatcher:
         self.sinks: list[EventSink] = []
 
     def add(self, subscription: Subscription) -> None:
-        if any(s.name == subscription.name for s in self.subscriptions):
-            raise InvalidArgument(f"a callback named {subscription.name!r} is already registered")
-        self.subscriptions.append(subscription)
+        add_subscription(self.subscriptions, subscription)
 
     def _prune_now_and_then(self) -> None:
         now = self._clock()

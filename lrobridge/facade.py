@@ -6,9 +6,9 @@ over :class:`OperationsFacade`:
 * ``get``: the latest known state; NOT_FOUND for an untracked name, and for a watched operation
   whose source no longer knows it (outcome ``not_found``).
 * ``list``: operations directly under a parent, in name order, with the filter of
-  :mod:`lrobridge.opfilter`; ``page_size`` 0 means :data:`DEFAULT_PAGE_SIZE`, larger than
-  :data:`MAX_PAGE_SIZE` is capped to it; page tokens are bound to the parent and filter they
-  were issued for. ``return_partial_success`` is supported: one store answers for every
+  :mod:`lrobridge.opfilter`; ``page_size`` 50 by default, at most 1000
+  (:mod:`lrobridge.paging`); page tokens are bound to the parent and filter they were issued
+  for. ``return_partial_success`` is supported: one store answers for every
   operation, so ``unreachable`` is always empty.
 * ``cancel``: forwarded to the watched operation's source (its UNIMPLEMENTED is the bridge's
   answer), then the operation is polled at once so the cancellation shows; for a produced
@@ -25,15 +25,12 @@ Pure module.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from lrobridge import codec
+from lrobridge import codec, paging
 from lrobridge.errors import InvalidArgument, NotFound, Unimplemented
 from lrobridge.names import validate_operation_name
 from lrobridge.opfilter import parse_filter
@@ -42,8 +39,6 @@ from lrobridge.records import OperationRecord
 from lrobridge.store import OperationStore, WatchStore
 from lrobridge.waiters import CompletionHub
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 # Longest WaitOperation the bridge holds, whatever timeout is asked for.
 MAX_WAIT_SECONDS = 60.0
 # Answer this much before the caller's deadline, so the answer arrives before it gives up.
@@ -113,9 +108,7 @@ class OperationsFacade:
         ``parent`` may be given with or without its ``/operations`` collection suffix."""
         parent = normalize_parent(parent)
         query = parse_filter(filter)
-        if page_size < 0:
-            raise InvalidArgument(f"page_size {page_size} is negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = paging.page_size(page_size)
         after = decode_page_token(page_token, parent=parent, filter=filter)
         records, last = self._store.list_operations(parent, query, after=after, limit=size)
         snapshots = [r.snapshot() for r in records if r.outcome != "not_found"]
@@ -241,22 +234,18 @@ def normalize_parent(parent: str) -> str:
 
 
 def encode_page_token(*, parent: str, filter: str, after: str) -> str:
-    raw = json.dumps({"p": parent, "f": filter, "a": after}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return paging.encode_token("operations", p=parent, f=filter, a=after)
 
 
 def decode_page_token(token: str, *, parent: str, filter: str) -> str:
     """The name to continue after; InvalidArgument for a token issued for another parent or
     filter, or not issued by this API at all."""
-    if not token:
+    fields = paging.decode_token(token, "operations")
+    if fields is None:
         return ""
-    try:
-        fields = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        token_parent, token_filter, after = fields["p"], fields["f"], fields["a"]
-        if not all(isinstance(v, str) for v in (token_parent, token_filter, after)):
-            raise ValueError("not strings")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise InvalidArgument(f"page_token {token[:60]!r} was not issued by this API") from None
+    token_parent, token_filter, after = fields.get("p"), fields.get("f"), fields.get("a")
+    if not all(isinstance(v, str) for v in (token_parent, token_filter, after)):
+        raise InvalidArgument("page_token was not issued by this API")
     if token_parent != parent:
         raise InvalidArgument(f"page_token was issued for parent {token_parent!r}, not {parent!r}")
     if token_filter != filter:

@@ -67,10 +67,6 @@ class CompletionHub:
                 if not callbacks:
                     del self._by_name[name]
 
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._names)
-
     def notify(self, name: str) -> None:
         """``name`` completed (or changed): wake everyone waiting for it."""
         with self._lock:

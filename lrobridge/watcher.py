@@ -327,8 +327,6 @@ class WatcherStats:
         self.polls = 0
         self.long_polls_held = 0
         self.completions = 0
-        self.published = 0
-        self.publish_errors = 0
         self.transient_errors = 0
         self.failed = 0
         self.progress_events = 0

@@ -6,14 +6,13 @@ refuse exactly the same input. Pure module (protobuf messages only).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
+from lrobridge import paging
 from lrobridge.backoff import Backoff
 from lrobridge.config import parse_duration
 from lrobridge.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
@@ -23,8 +22,6 @@ from lrobridge.records import WatchRecord, WatchState
 from lrobridge.source_url import DEFAULT_CREDENTIAL_HOSTS, parse_source_url
 from lrobridge.store import WatchStore
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_DEADLINE_SECONDS = 30 * 86400.0
 # Longest duration any request field may give (a year): beyond it is a mistake, not a wish.
 MAX_DURATION_SECONDS = 365 * 86400.0
@@ -119,12 +116,10 @@ class WatchService:
         self, *, page_size: int = 0, page_token: str = "", state: WatchState | None = None
     ) -> tuple[list[WatchRecord], str]:
         self._stored_only()
-        if page_size < 0:
-            raise InvalidArgument(f"pageSize {page_size} is negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _decode_page_token(page_token)
+        size = paging.page_size(page_size)
+        after = paging.cursor(paging.decode_token(page_token, "watches"))
         records, cursor = self._store.list_watches(after=after, limit=size, state=state)
-        return records, _encode_page_token(cursor) if cursor is not None else ""
+        return records, paging.encode_token("watches", after=cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
         self._stored_only()
@@ -135,23 +130,6 @@ class WatchService:
 def _watch_id(name: str) -> str:
     watch_id = name.removeprefix("watches/")
     return validate_resource_id(watch_id, "watch")
-
-
-def _encode_page_token(cursor: int) -> str:
-    return base64.urlsafe_b64encode(f"watches:{cursor}".encode()).decode().rstrip("=")
-
-
-def _decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        kind, _, cursor = text.partition(":")
-        if kind != "watches":
-            raise ValueError(kind)
-        return int(cursor)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(f"pageToken {token!r} is not a token this API issued") from None
 
 
 # -- request parsing -----------------------------------------------------------------------

@@ -20,13 +20,9 @@ Pure module.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 from typing import Any
-
-from google.longrunning import operations_proto_pb2 as operations_pb2
-from google.protobuf import any_pb2, json_format
 
 from lrobridge import codec
 from lrobridge.dispatch import CompletionEvent
@@ -81,37 +77,4 @@ def event_time(ce_time: str | None, *, now: float) -> str:
 
 def operation_json(snapshot: codec.Snapshot) -> dict[str, Any]:
     """The Operation's JSON form; unknown ``Any`` types as ``{"@type", "value": base64}``."""
-    known = codec.operation_json(snapshot)
-    if known is not None:
-        return known
-    op = operations_pb2.Operation()
-    op.CopyFrom(snapshot.operation)
-    opaque: dict[str, Any] = {}
-    for field in ("metadata", "response"):
-        if op.HasField(field) and not _renders(getattr(op, field)):
-            opaque[field] = _opaque(getattr(op, field))
-            op.ClearField(field)
-    details: list[Any] | None = None
-    if op.HasField("error") and any(not _renders(d) for d in op.error.details):
-        details = [
-            json_format.MessageToDict(d) if _renders(d) else _opaque(d) for d in op.error.details
-        ]
-        del op.error.details[:]
-    out = json_format.MessageToDict(op)
-    out.update(opaque)
-    if details is not None:
-        out["error"]["details"] = details
-    out["done"] = op.done
-    return out
-
-
-def _renders(value: any_pb2.Any) -> bool:
-    try:
-        json_format.MessageToDict(value)
-    except (TypeError, KeyError, json_format.Error):
-        return False
-    return True
-
-
-def _opaque(value: any_pb2.Any) -> dict[str, str]:
-    return {"@type": value.type_url, "value": base64.b64encode(value.value).decode("ascii")}
+    return codec.operation_json_lenient(snapshot)

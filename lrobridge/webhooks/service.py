@@ -17,14 +17,13 @@ Pure module.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Iterable
 
+from lrobridge import paging
 from lrobridge.errors import FailedPrecondition, InvalidArgument, NotFound, TransientError
 from lrobridge.names import validate_resource_id
 from lrobridge.webhooks.filters import WebhookFilter
@@ -33,8 +32,6 @@ from lrobridge.webhooks.signing import generate_secret
 from lrobridge.webhooks.ssrf import Guard
 from lrobridge.webhooks.worker import DeliveryWorker, DrainCounts
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_DESCRIPTION_LENGTH = 1024
 DEFAULT_ROTATION_OVERLAP = 24 * 3600.0
 MAX_ROTATION_OVERLAP = 7 * 86400.0
@@ -116,11 +113,11 @@ class WebhookService:
         return webhook
 
     def list(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[Webhook], str]:
-        size = _page_size(page_size)
+        size = paging.page_size(page_size)
         webhooks, cursor = self._store.list_webhooks(
-            after=_decode_token(page_token, "webhooks"), limit=size
+            after=paging.cursor(paging.decode_token(page_token, "webhooks")), limit=size
         )
-        return webhooks, _encode_token("webhooks", cursor)
+        return webhooks, paging.encode_token("webhooks", after=cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
         if not self._store.delete_webhook(_id(name, "webhooks/", "webhook")):
@@ -163,14 +160,14 @@ class WebhookService:
     ) -> tuple[builtins.list[Delivery], str]:
         """Deliveries (newest first) of one webhook or of all, with their attempt log."""
         webhook_id = self.get(webhook).id if webhook is not None else None
-        size = _page_size(page_size)
+        size = paging.page_size(page_size)
         items, cursor = self._store.list_deliveries(
             webhook_id=webhook_id,
             state=state,
-            after=_decode_token(page_token, "deliveries"),
+            after=paging.cursor(paging.decode_token(page_token, "deliveries")),
             limit=size,
         )
-        return items, _encode_token("deliveries", cursor)
+        return items, paging.encode_token("deliveries", after=cursor) if cursor is not None else ""
 
     def delivery(self, name: str) -> Delivery:
         delivery = self._store.get_delivery(_id(name, "deliveries/", "delivery"))
@@ -231,28 +228,3 @@ def _id(name: str, prefix: str, kind: str) -> str:
     if not isinstance(name, str):
         raise InvalidArgument(f"{kind} name must be a string")
     return validate_resource_id(name.removeprefix(prefix), kind)
-
-
-def _page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidArgument(f"pageSize {page_size} is negative")
-    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _encode_token(kind: str, cursor: int | None) -> str:
-    if cursor is None:
-        return ""
-    return base64.urlsafe_b64encode(f"{kind}:{cursor}".encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, kind: str) -> int:
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, cursor = text.partition(":")
-        if prefix != kind:
-            raise ValueError(prefix)
-        return int(cursor)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(f"pageToken {token!r} is not a token this API issued") from None
