@@ -2,9 +2,11 @@
 
 :class:`SqliteDatabase` owns the connection rules every SQLite-backed store follows:
 
-* one connection per process, shared by its threads under a lock (SQLite serialises writes
-  anyway); a process forked after it was opened (gunicorn workers) opens its own, since a
-  SQLite connection must not cross ``fork``;
+* per process one connection for writes and one for reads, each shared by the threads under a
+  lock of its own (SQLite serialises writes anyway; in WAL mode reads never wait for writers,
+  so a read, e.g. a GetOperation on the gRPC server's event loop, is not held up by a write
+  waiting for another process); a process forked after it was opened (gunicorn workers) opens
+  its own, since a SQLite connection must not cross ``fork``;
 * ``write()`` is one ``BEGIN IMMEDIATE`` transaction: committed before it returns, rolled back
   when the block raises;
 * ``synchronous=NORMAL`` in WAL mode: a committed transaction survives a killed process;
@@ -42,8 +44,10 @@ class SqliteDatabase:
         self._schema = schema
         self._on_open = on_open
         self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
         self._pid = os.getpid()
         self._conn = self._connect()
+        self._reader = self._open_reader()
 
     @property
     def owner(self) -> str:
@@ -68,10 +72,26 @@ class SqliteDatabase:
             raise FailedPrecondition(f"cannot open the store at {self.path!r}: {exc}") from None
         return conn
 
+    def _open_reader(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            return self._conn  # a private in-memory database has a single connection
+        try:
+            reader = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_SECONDS,
+            )
+            reader.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        except sqlite3.Error as exc:
+            raise FailedPrecondition(f"cannot open the store at {self.path!r}: {exc}") from None
+        return reader
+
     def _connection(self) -> sqlite3.Connection:
         if os.getpid() != self._pid and self.path != ":memory:":
             self._pid = os.getpid()
             self._conn = self._connect()
+            self._reader = self._open_reader()
         return self._conn
 
     @contextmanager
@@ -87,12 +107,21 @@ class SqliteDatabase:
             conn.execute("COMMIT")
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock, _database_errors(self.path):
-            return self._connection().execute(sql, tuple(params)).fetchall()
+        if self.path == ":memory:":
+            with self._lock, _database_errors(self.path):
+                return self._connection().execute(sql, tuple(params)).fetchall()
+        if os.getpid() != self._pid:  # forked: reopen both connections first
+            with self._lock:
+                self._connection()
+        reader = self._reader
+        with self._read_lock, _database_errors(self.path):
+            return reader.execute(sql, tuple(params)).fetchall()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            if self._reader is not self._conn:
+                self._reader.close()
 
 
 @contextmanager
