@@ -247,6 +247,12 @@ class SqliteStore:
     def claim_due_polls(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
         if limit <= 0:
             return []
+        # A read first: an idle watcher then takes no write lock that other processes wait on.
+        if not self._read(
+            "SELECT 1 FROM watches WHERE state = ? AND next_poll <= ? LIMIT 1",
+            (int(WatchState.ACTIVE), now),
+        ):
+            return []
         with self._write() as conn:
             rows = conn.execute(
                 f"SELECT {_WATCH_COLUMNS} FROM watches WHERE state = ? AND next_poll <= ? "
@@ -475,7 +481,9 @@ class SqliteStore:
             )
 
     def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
-        if limit <= 0:
+        if limit <= 0 or not self._read(
+            "SELECT 1 FROM outbox WHERE next_attempt <= ? LIMIT 1", (now,)
+        ):
             return []
         with self._write() as conn:
             rows = conn.execute(
