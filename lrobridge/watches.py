@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -133,21 +134,25 @@ def _watch_id(name: str) -> str:
     return validate_resource_id(watch_id, "watch")
 
 
-def _encode_page_token(cursor: int) -> str:
+def _encode_page_token(cursor: str) -> str:
     return base64.urlsafe_b64encode(f"watches:{cursor}".encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str) -> int:
+def _decode_page_token(token: str) -> str:
+    """The store's cursor inside a page token ('' for none); the store checks it further."""
     if not token:
-        return 0
+        return ""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         kind, _, cursor = text.partition(":")
-        if kind != "watches":
+        if kind != "watches" or not _CURSOR_RE.fullmatch(cursor):
             raise ValueError(kind)
-        return int(cursor)
+        return cursor
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(f"pageToken {token!r} is not a token this API issued") from None
+
+
+_CURSOR_RE = re.compile(r"[0-9a-z-]{1,128}")
 
 
 # -- request parsing -----------------------------------------------------------------------

@@ -65,9 +65,11 @@ class WatchStore(Protocol):
     def find_watch(self, source: str, operation: str) -> WatchRecord | None: ...
 
     def list_watches(
-        self, *, after: int, limit: int, state: WatchState | None = None
-    ) -> tuple[list[WatchRecord], int | None]:
-        """Watches in creation order after cursor ``after``; the cursor of the next page."""
+        self, *, after: str, limit: int, state: WatchState | None = None
+    ) -> tuple[list[WatchRecord], str | None]:
+        """Watches in creation order after cursor ``after`` ('' for the first page); the cursor
+        of the next page. Cursors are opaque strings of ``[0-9a-z-]`` that only the store that
+        issued them understands (InvalidArgument for one it did not issue)."""
         ...
 
     def delete_watch(self, watch_id: str) -> bool:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -239,20 +240,21 @@ def _page_size(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _encode_token(kind: str, cursor: int | None) -> str:
+def _encode_token(kind: str, cursor: str | None) -> str:
     if cursor is None:
         return ""
     return base64.urlsafe_b64encode(f"{kind}:{cursor}".encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str, kind: str) -> int:
+def _decode_token(token: str, kind: str) -> str:
+    """The store's cursor inside a page token ('' for none); the store checks it further."""
     if not token:
-        return 0
+        return ""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         prefix, _, cursor = text.partition(":")
-        if prefix != kind:
+        if prefix != kind or not re.fullmatch(r"[0-9a-z-]{1,128}", cursor):
             raise ValueError(prefix)
-        return int(cursor)
+        return cursor
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(f"pageToken {token!r} is not a token this API issued") from None

@@ -122,7 +122,7 @@ def test_a_failed_watch_is_no_longer_polled(tmp_path: pathlib.Path) -> None:
 def test_list_pages_through_watches_in_creation_order(tmp_path: pathlib.Path) -> None:
     store = SqliteStore(str(tmp_path / "s.db"))
     ids = [_create(store, f"operations/{i}") for i in range(5)]
-    page, cursor = store.list_watches(after=0, limit=2)
+    page, cursor = store.list_watches(after="", limit=2)
     seen = [w.id for w in page]
     while cursor is not None:
         page, cursor = store.list_watches(after=cursor, limit=2)

@@ -90,7 +90,7 @@ def test_writing_the_same_event_twice_creates_its_deliveries_once(
     first = store.add_message(_message(), news, now=NOW)
     assert len(first) == 2
     assert store.add_message(_message(), news, now=NOW + 1) == []
-    deliveries, _ = store.list_deliveries(webhook_id=None, state=None, after=0, limit=10)
+    deliveries, _ = store.list_deliveries(webhook_id=None, state=None, after="", limit=10)
     assert sorted(d.webhook_id for d in deliveries) == ["w1", "w2"]
     assert {d.message_id for d in deliveries} == {"msg_e1"}
 
@@ -191,7 +191,7 @@ def test_pruning_forgets_old_finished_deliveries_only(store: SqliteWebhookStore)
     store.add_message(_message("old"), [NewDelivery("w1", DeliveryState.DEAD, "x")], now=NOW - 99)
     store.add_message(_message("new"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW - 99)
     assert store.prune(finished_before=NOW) == 1
-    deliveries, _ = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=10)
+    deliveries, _ = store.list_deliveries(webhook_id="w1", state=None, after="", limit=10)
     assert [d.event_id for d in deliveries] == ["new"]
 
 
@@ -200,9 +200,9 @@ def test_listing_pages_newest_first_and_filters_by_state(store: SqliteWebhookSto
     for i in range(5):
         state = DeliveryState.DEAD if i % 2 else DeliveryState.PENDING
         store.add_message(_message(f"e{i}"), [NewDelivery("w1", state)], now=NOW + i)
-    page, cursor = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=2)
+    page, cursor = store.list_deliveries(webhook_id="w1", state=None, after="", limit=2)
     assert [d.event_id for d in page] == ["e4", "e3"] and cursor is not None
     rest, end = store.list_deliveries(webhook_id="w1", state=None, after=cursor, limit=10)
     assert [d.event_id for d in rest] == ["e2", "e1", "e0"] and end is None
-    dead, _ = store.list_deliveries(webhook_id=None, state=DeliveryState.DEAD, after=0, limit=10)
+    dead, _ = store.list_deliveries(webhook_id=None, state=DeliveryState.DEAD, after="", limit=10)
     assert [d.event_id for d in dead] == ["e3", "e1"]
