@@ -40,7 +40,7 @@ from lrobridge.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.store import ClaimResult, Completion
+from lrobridge.store import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 
 SCHEMA_VERSION = 2
 
@@ -131,8 +131,6 @@ _OPERATION_COLUMNS = (
     "data_format, create_time, update_time, cancel_requested"
 )
 _OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
 
 
 class SqliteStore:
