@@ -3,8 +3,9 @@
 Owns the plain dataclasses the rest of :mod:`lrobridge.webhooks` passes around (a registered
 :class:`Webhook`, a :class:`Message` built once per completion event, one :class:`Delivery` of a
 message to one webhook, each :class:`Attempt` of a delivery) and :class:`WebhookStore`, the
-``typing.Protocol`` every storage backend implements (today
-:class:`lrobridge.webhooks.store.SqliteWebhookStore`).
+``typing.Protocol`` every storage backend implements
+(:class:`lrobridge.webhooks.store.SqliteWebhookStore`,
+:class:`lrobridge.webhooks.firestore_store.FirestoreWebhookStore`).
 
 Pure module: dataclasses and a Protocol only.
 """

@@ -15,6 +15,9 @@ from typing import Any
 from lrobridge.store import Store
 from lrobridge.store.firestore import FirestoreStore
 from lrobridge.store.sqlite import SqliteStore
+from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
+from lrobridge.webhooks.model import WebhookStore
+from lrobridge.webhooks.store import SqliteWebhookStore
 
 BACKENDS = ("sqlite", "firestore")
 
@@ -24,7 +27,7 @@ class Backend:
         self.kind = kind
         self.path = str(tmp_path / "store.db")
         self.project = f"test-{uuid.uuid4().hex[:10]}"  # Firestore: this test's own data
-        self._opened: list[Store] = []
+        self._opened: list[Store | WebhookStore] = []
 
     @property
     def store_url(self) -> str:
@@ -37,6 +40,15 @@ class Backend:
             store = SqliteStore(self.path)
         else:
             store = FirestoreStore(project=self.project, **options)
+        self._opened.append(store)
+        return store
+
+    def open_webhooks(self) -> WebhookStore:
+        store: WebhookStore
+        if self.kind == "sqlite":
+            store = SqliteWebhookStore(self.path)
+        else:
+            store = FirestoreWebhookStore(project=self.project)
         self._opened.append(store)
         return store
 
