@@ -194,12 +194,17 @@ class FirestoreDatabase:
             try:
                 return run(self.client.transaction(max_attempts=TRANSACTION_ATTEMPTS))
             except ValueError as exc:
-                if not isinstance(exc.__cause__, api_exceptions.Aborted):
-                    raise
-                raise Unavailable(
-                    f"Firestore could not {what}: the transaction conflicted with others "
-                    f"{TRANSACTION_ATTEMPTS} times in a row"
-                ) from exc
+                # The library reports two Firestore failures as ValueError: too many conflicts
+                # (the last ABORTED is the cause), and a failed begin (its error is the context
+                # of "cannot be rolled back").
+                if isinstance(exc.__cause__, api_exceptions.Aborted):
+                    raise Unavailable(
+                        f"Firestore could not {what}: the transaction conflicted with others "
+                        f"{TRANSACTION_ATTEMPTS} times in a row"
+                    ) from exc
+                if isinstance(exc.__context__, api_exceptions.GoogleAPIError):
+                    raise exc.__context__ from None
+                raise
 
     def read(self, what: str, ref: DocumentReference) -> Doc:
         with self.errors(what):

@@ -1,4 +1,5 @@
-"""What only the Firestore backend has: how an outage and bad configuration surface, the
+"""What only the Firestore backend has: how an outage and bad configuration surface (and that
+the watcher rides an outage out), the
 database id of the store URL, bounded scans of filtered listings, leases that simply expire,
 the webhook runtime opening its store in the same database, and the composite indexes the
 queries need (checked against terraform in tests/unit/test_terraform.py). The behaviour both
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import threading
+import time
 import uuid
 
 import pytest
@@ -16,13 +19,17 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from lrobridge import Bridge, codec, relay
 from lrobridge.backoff import Backoff
 from lrobridge.config import Settings
-from lrobridge.emulator import free_port
+from lrobridge.emulator import FirestoreEmulator, free_port
 from lrobridge.errors import ConfigError, Unavailable
 from lrobridge.opfilter import parse_filter
+from lrobridge.publisher import PubSubAdmin
+from lrobridge.records import WatchState
 from lrobridge.store import open_store
 from lrobridge.store.firestore import FirestoreStore
 from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
 from lrobridge.webhooks.runtime import WebhookRuntime
+from tests.support.operations_servers import FakeOperations, grpc_operations_server
+from tests.support.stack import wait_until
 from tests.support.webhooks import push_body
 
 pytestmark = pytest.mark.integration
@@ -54,6 +61,8 @@ def test_a_firestore_outage_answers_pushes_503_unavailable_so_pubsub_redelivers(
     try:
         with pytest.raises(Unavailable, match=r"Firestore could not read the watch: .*UNAVAILABLE"):
             store.get_watch("w1")
+        with pytest.raises(Unavailable, match="Firestore could not register the watch"):
+            bridge.watch("operations/1", source="grpc://127.0.0.1:1")
         completion = client.post("/pubsub/push", json=push_body("projects/p/operations/x"))
         assert completion.status_code == 503
         [details] = completion.get_json()["error"]["details"]
@@ -169,3 +178,57 @@ def test_the_webhook_runtime_keeps_its_store_in_the_firestore_database(project: 
     finally:
         runtime.close()
         elsewhere.close()
+
+
+def test_the_watcher_rides_out_a_firestore_outage_and_polls_once_it_is_back(
+    pubsub_project: str,
+    firestore_emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{port}")  # not started yet
+    settings = dataclasses.replace(
+        Settings(), project=pubsub_project, push_auth="none", store_url="firestore://"
+    )
+    with PubSubAdmin() as admin:
+        admin.ensure_topic(settings.topic_path)
+    backend = FakeOperations()
+    bridge = Bridge(settings, store=FirestoreStore(project=pubsub_project, timeout=1.0))
+    watcher = bridge.create_watcher()
+    thread = threading.Thread(target=watcher.run, name="watcher", daemon=True)
+    with grpc_operations_server(backend) as source:
+        thread.start()
+        try:
+            wait_until(
+                lambda: "the store is unavailable" in caplog.text, what="a failed watcher step"
+            )
+            assert thread.is_alive()
+            with FirestoreEmulator(port=port):
+                # Another instance registers the watch; this one's gRPC channel reconnects on
+                # its own backoff, and its watcher then polls and publishes.
+                other = FirestoreStore(project=pubsub_project)
+                backend.add("operations/after-outage", done_after=0.0)
+                watch, _ = other.create_watch(
+                    source=source,
+                    operation="operations/after-outage",
+                    expire_time=None,
+                    backoff=Backoff(),
+                    progress=False,
+                    now=time.time(),
+                )
+
+                def completed() -> bool:
+                    record = other.get_watch(watch.id)
+                    return record is not None and record.state is WatchState.COMPLETED
+
+                try:
+                    wait_until(completed, timeout=60, what="the watch to complete after it")
+                finally:
+                    other.close()
+                watcher.stop()
+                thread.join(timeout=30)
+        finally:
+            watcher.stop()
+            bridge.close()
+    assert not thread.is_alive()
