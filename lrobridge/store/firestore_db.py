@@ -188,23 +188,30 @@ class FirestoreDatabase:
         """Run ``body`` in a read-write transaction, again when it conflicts with another.
 
         ``body`` reads everything first, then writes; an exception it raises rolls it back and
-        comes out unchanged."""
+        comes out unchanged. A conflict (ABORTED) at commit is retried by the library, which
+        keeps the transaction's place in line; one on a read inside ``body`` (a lock wait that
+        timed out) is not, so the whole transaction is run again here."""
         run = cast(Callable[[Transaction], T], firestore.transactional(body))
         with self.errors(what):
-            try:
-                return run(self.client.transaction(max_attempts=TRANSACTION_ATTEMPTS))
-            except ValueError as exc:
-                # The library reports two Firestore failures as ValueError: too many conflicts
-                # (the last ABORTED is the cause), and a failed begin (its error is the context
-                # of "cannot be rolled back").
-                if isinstance(exc.__cause__, api_exceptions.Aborted):
-                    raise Unavailable(
-                        f"Firestore could not {what}: the transaction conflicted with others "
-                        f"{TRANSACTION_ATTEMPTS} times in a row"
-                    ) from exc
-                if isinstance(exc.__context__, api_exceptions.GoogleAPIError):
-                    raise exc.__context__ from None
-                raise
+            for _ in range(TRANSACTION_ATTEMPTS):
+                try:
+                    return run(self.client.transaction(max_attempts=TRANSACTION_ATTEMPTS))
+                except ValueError as exc:
+                    # The library reports two Firestore failures as ValueError: too many
+                    # conflicts at commit (the last ABORTED is the cause), and a failed begin
+                    # (its error is the context of "cannot be rolled back").
+                    if isinstance(exc.__cause__, api_exceptions.Aborted):
+                        break
+                    if isinstance(exc.__context__, api_exceptions.GoogleAPIError):
+                        raise exc.__context__ from None
+                    raise
+                except api_exceptions.GoogleAPIError as exc:
+                    if not _aborted(exc):
+                        raise
+            raise Unavailable(
+                f"Firestore could not {what}: the transaction conflicted with others "
+                f"{TRANSACTION_ATTEMPTS} times in a row"
+            )
 
     def read(self, what: str, ref: DocumentReference) -> Doc:
         with self.errors(what):
@@ -270,6 +277,13 @@ class FirestoreDatabase:
             write(batch)
         with self.errors(what):
             batch.commit()
+
+
+def _aborted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or (replaced by a failed rollback) comes from, an ABORTED."""
+    return isinstance(exc, api_exceptions.Aborted) or isinstance(
+        exc.__context__, api_exceptions.Aborted
+    )
 
 
 def _describe(exc: api_exceptions.GoogleAPIError) -> str:
