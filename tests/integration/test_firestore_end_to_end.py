@@ -69,8 +69,13 @@ def test_a_completion_watched_by_one_instance_reaches_the_callback_and_webhook_o
             wait_until(completed, what="the watch to complete, as the other instance sees it")
             assert registering.facade.get(name).done
             assert event.event_id == registering.store.get_watch(watch.id).event_id  # type: ignore[union-attr]
-            deliveries, _ = registering.webhooks.deliveries(webhook.name)
-            assert [d.state.value for d in deliveries] == ["SUCCEEDED"]
+
+            def delivered_states() -> list[str]:
+                deliveries, _ = registering.webhooks.deliveries(webhook.name)
+                return [d.state.value for d in deliveries]
+
+            # The worker records the attempt after the receiver has answered.
+            wait_until(lambda: delivered_states() == ["SUCCEEDED"], what="the delivery record")
         assert len(events.events) == 1
     finally:
         registering.close()
