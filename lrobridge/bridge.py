@@ -140,7 +140,7 @@ class Bridge:
     def store(self) -> Store:
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.settings.store_url)
+                self._store = open_store(self.settings.store_url, project=self.settings.project)
             return self._store
 
     @property
@@ -262,7 +262,7 @@ class Bridge:
 
     @property
     def webhook_runtime(self) -> WebhookRuntime:
-        """Webhook wiring: store on the main store's file, worker, sink (lrobridge.webhooks)."""
+        """Webhook wiring: store beside the main store, worker, sink (lrobridge.webhooks)."""
         with self._lock:
             if self._webhooks is None:
                 path = getattr(self._store, "path", None)

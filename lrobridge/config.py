@@ -1,7 +1,8 @@
 """Configuration: every environment variable lrobridge reads, documented in one place.
 
 ``Settings.from_env()`` is the only code that looks at ``os.environ`` for lrobridge's own
-variables (google-cloud-pubsub reads ``PUBSUB_EMULATOR_HOST`` itself). A bad value raises
+variables (google-cloud-pubsub reads ``PUBSUB_EMULATOR_HOST`` itself, google-cloud-firestore
+``FIRESTORE_EMULATOR_HOST``). A bad value raises
 :class:`~lrobridge.errors.ConfigError` naming the variable and what it accepts.
 
 This module is pure: no gRPC, Flask, Pub/Sub or HTTP client imports.
@@ -32,6 +33,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GOOGLE_CLOUD_PROJECT": ("", "Project of the Pub/Sub topic (LROBRIDGE_PROJECT wins if set)."),
     "LROBRIDGE_PROJECT": ("", "Project of the Pub/Sub topic; overrides GOOGLE_CLOUD_PROJECT."),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of a Pub/Sub emulator (read by google-cloud-pubsub)."),
+    "FIRESTORE_EMULATOR_HOST": (
+        "",
+        "host:port of a Firestore emulator (read by google-cloud-firestore).",
+    ),
     "LROBRIDGE_TOPIC": ("lro-completed", "Topic id that completions are published to."),
     "LROBRIDGE_SUBSCRIPTION": (
         "lro-completed-push",
@@ -39,7 +44,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_STORE": (
         "sqlite:///lrobridge.db",
-        "Where watches, deliveries and dedup state live: sqlite:///path (one machine).",
+        "Where watches, deliveries and dedup state live: sqlite:///path (one machine) or "
+        "firestore://[DATABASE] (shared by every instance; empty or `(default)` is the default "
+        "database, in the Pub/Sub project).",
     ),
     "LROBRIDGE_PUSH_AUTH": (
         "oidc",
@@ -419,10 +426,34 @@ def _store_url(value: str) -> str:
         return value
     if value == "sqlite://:memory:":
         return value
+    if value.startswith("firestore://"):
+        firestore_database(value)  # raises ConfigError naming LROBRIDGE_STORE
+        return value
     raise ConfigError(
         f"LROBRIDGE_STORE={value!r} is not a store URL; use sqlite:///path/to/file.db "
-        "(a relative path is relative to the working folder)"
+        "(a relative path is relative to the working folder) or firestore://[DATABASE]"
     )
+
+
+DEFAULT_FIRESTORE_DATABASE = "(default)"
+# Firestore's rule for database ids: 4-63 of a-z 0-9 -, a letter first, a letter or digit last,
+# not shaped like a UUID.
+_FIRESTORE_DATABASE_RE = re.compile(r"[a-z][a-z0-9-]{2,61}[a-z0-9]")
+_UUID_RE = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+
+
+def firestore_database(store_url: str) -> str:
+    """The database id of a ``firestore://[DATABASE]`` store URL (``(default)`` when empty)."""
+    database = store_url.removeprefix("firestore://")
+    if database in ("", DEFAULT_FIRESTORE_DATABASE):
+        return DEFAULT_FIRESTORE_DATABASE
+    if not _FIRESTORE_DATABASE_RE.fullmatch(database) or _UUID_RE.fullmatch(database):
+        raise ConfigError(
+            f"LROBRIDGE_STORE={store_url!r}: {database!r} is not a Firestore database id; use "
+            "firestore:// (the default database) or firestore://DATABASE with 4-63 lowercase "
+            "letters, digits or hyphens, starting with a letter and ending with a letter or digit"
+        )
+    return database
 
 
 def _log_level(value: str) -> str:

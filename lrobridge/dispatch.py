@@ -200,7 +200,13 @@ class Dispatcher:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_INTERVAL_SECONDS
-        pruned = self._ledger.prune_callback_runs(older_than=now - CALLBACK_RUN_RETENTION_SECONDS)
+        try:
+            pruned = self._ledger.prune_callback_runs(
+                older_than=now - CALLBACK_RUN_RETENTION_SECONDS
+            )
+        except Exception:  # housekeeping must never fail a push; the next hour tries again
+            log.warning("forgetting old callback runs failed", exc_info=True)
+            return
         if pruned:
             log.info("forgot %d callback runs older than 8 days", pruned)
 

@@ -1,12 +1,14 @@
-"""Google's Pub/Sub emulator as a child process: find it, start it, know when it is ready, stop it.
+"""Google's emulators as child processes: find one, start it, know when it is ready, stop it.
 
-Used by the test suite (one emulator per session) and by ``lrobridge dev``. The emulator is a
-shell launcher that ``exec``s Java; it is started in a process group of its own
-(``start_new_session=True``) and :meth:`PubSubEmulator.stop` signals the *whole group*
-(SIGTERM, then SIGKILL after a grace period), so no Java process outlives it holding the port.
+Two emulators, one lifecycle (:class:`Emulator`): :class:`PubSubEmulator` (used by the test
+suite, one per session, and by ``lrobridge dev``) and :class:`FirestoreEmulator` (the test
+suite's Firestore store backend). Each is a shell launcher that runs Java; it is started in a
+process group of its own (``start_new_session=True``) and :meth:`Emulator.stop` signals the
+*whole group* (SIGTERM, then SIGKILL after a grace period), so no Java process outlives it
+holding the port.
 
-Readiness is a real HTTP ``GET http://host:port/``, which the emulator answers with ``Ok`` once
-it serves requests. Output goes to a log file whose tail is quoted in every start-up error.
+Readiness is a real HTTP ``GET http://host:port/``, which both emulators answer with ``Ok`` once
+they serve requests. Output goes to a log file whose tail is quoted in every start-up error.
 
 Adapter module: it starts processes and speaks HTTP (``urllib.request``), nothing else.
 """
@@ -26,7 +28,7 @@ import urllib.request
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from lrobridge.errors import DeadlineExceeded, FailedPrecondition
 
@@ -37,6 +39,15 @@ SDK_RELATIVE_BINARY = "platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 INSTALL_HINT = (
     "install it with `gcloud components install pubsub-emulator`, or on Debian/Ubuntu with "
     "`apt-get install google-cloud-cli-pubsub-emulator` (it needs Java 11 or later)"
+)
+
+FIRESTORE_EMULATOR_BINARY = (
+    "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+)
+FIRESTORE_SDK_RELATIVE_BINARY = "platform/cloud-firestore-emulator/cloud_firestore_emulator"
+FIRESTORE_INSTALL_HINT = (
+    "install it with `gcloud components install cloud-firestore-emulator`, or on Debian/Ubuntu "
+    "with `apt-get install google-cloud-cli-firestore-emulator` (it needs Java 11 or later)"
 )
 
 DEFAULT_STARTUP_TIMEOUT = 60.0
@@ -54,6 +65,37 @@ def find_emulator_binary(
     reports (when ``gcloud`` is on the PATH). Raises FailedPrecondition saying how to install
     the emulator when neither exists.
     """
+    return _find_binary(
+        default, SDK_RELATIVE_BINARY, "Pub/Sub", INSTALL_HINT, gcloud=gcloud, timeout=timeout
+    )
+
+
+def find_firestore_emulator_binary(
+    default: str = FIRESTORE_EMULATOR_BINARY,
+    *,
+    gcloud: str | None = "gcloud",
+    timeout: float = 30.0,
+) -> str:
+    """The path of the ``cloud_firestore_emulator`` launcher (found like the Pub/Sub one)."""
+    return _find_binary(
+        default,
+        FIRESTORE_SDK_RELATIVE_BINARY,
+        "Firestore",
+        FIRESTORE_INSTALL_HINT,
+        gcloud=gcloud,
+        timeout=timeout,
+    )
+
+
+def _find_binary(
+    default: str,
+    sdk_relative: str,
+    product: str,
+    install_hint: str,
+    *,
+    gcloud: str | None,
+    timeout: float,
+) -> str:
     if os.access(default, os.X_OK):
         return default
     searched = [default]
@@ -61,13 +103,13 @@ def find_emulator_binary(
     if gcloud_path is not None:
         sdk_root = _gcloud_sdk_root(gcloud_path, timeout)
         if sdk_root:
-            candidate = str(Path(sdk_root) / SDK_RELATIVE_BINARY)
+            candidate = str(Path(sdk_root) / sdk_relative)
             if os.access(candidate, os.X_OK):
                 return candidate
             searched.append(candidate)
     raise FailedPrecondition(
-        f"the Pub/Sub emulator is not installed (looked for {', '.join(searched)}"
-        f"{'' if gcloud_path else '; gcloud is not on the PATH'}): {INSTALL_HINT}"
+        f"the {product} emulator is not installed (looked for {', '.join(searched)}"
+        f"{'' if gcloud_path else '; gcloud is not on the PATH'}): {install_hint}"
     )
 
 
@@ -105,7 +147,8 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def emulator_answers(host_port: str, *, timeout: float = 1.0) -> bool:
-    """Whether a Pub/Sub emulator at ``host_port`` answers ``GET /`` with ``Ok``."""
+    """Whether an emulator (Pub/Sub or Firestore) at ``host_port`` answers ``GET /`` with
+    ``Ok``."""
     try:
         with urllib.request.urlopen(f"http://{host_port}/", timeout=timeout) as response:
             return bool(response.status == 200) and response.read().strip() == b"Ok"
@@ -135,12 +178,17 @@ def _kill_group(pgid: int, sig: int) -> bool:
     return True
 
 
-class PubSubEmulator:
-    """One Pub/Sub emulator process group; a context manager (``with PubSubEmulator() as e``).
+class Emulator:
+    """One emulator process group; a context manager (``with PubSubEmulator() as e``).
 
-    ``port=0`` picks a free port. After :meth:`start`, ``host_port`` is the value for
-    ``PUBSUB_EMULATOR_HOST`` and ``start_seconds`` how long start-up took.
+    ``port=0`` picks a free port. After :meth:`start`, ``host_port`` is the value for the
+    emulator's ``*_EMULATOR_HOST`` variable (:attr:`env_var`) and ``start_seconds`` how long
+    start-up took. Subclasses say which emulator: its name, how to find and run it.
     """
+
+    product: ClassVar[str] = ""  # in messages: "the {product} emulator"
+    env_var: ClassVar[str] = ""  # the variable client libraries read its host:port from
+    install_hint: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -162,13 +210,14 @@ class PubSubEmulator:
         self.stop_grace = stop_grace
         self.start_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[[int, int], PubSubEmulator] | None = None
+        self._finalizer: weakref.finalize[[int, int], Emulator] | None = None
 
     # -- properties ---------------------------------------------------------------------------
 
     @property
     def host_port(self) -> str:
-        """``host:port`` as PUBSUB_EMULATOR_HOST wants it (the probe address for 0.0.0.0)."""
+        """``host:port`` as the ``*_EMULATOR_HOST`` variable wants it (the probe address for
+        0.0.0.0)."""
         return f"{self._connect_host}:{self.port}"
 
     @property
@@ -194,10 +243,12 @@ class PubSubEmulator:
         quote the tail of the log.
         """
         if self._process is not None:
-            raise FailedPrecondition(f"the Pub/Sub emulator already runs (pid {self.pid})")
-        binary = self._binary or find_emulator_binary()
+            raise FailedPrecondition(f"the {self.product} emulator already runs (pid {self.pid})")
+        binary = self._binary or self.find_binary()
         if self._own_log:
-            fd, name = tempfile.mkstemp(prefix="pubsub-emulator-", suffix=".log")
+            fd, name = tempfile.mkstemp(
+                prefix=f"{self.product.replace('/', '').lower()}-emulator-", suffix=".log"
+            )
             os.close(fd)
             self.log_path = Path(name)
         started = time.monotonic()
@@ -227,7 +278,7 @@ class PubSubEmulator:
         with open(self.log_path, "wb") as log:  # one log per launch
             try:
                 self._process = subprocess.Popen(
-                    [binary, f"--host={self.host}", f"--port={self.port}"],
+                    self.command(binary),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -235,7 +286,8 @@ class PubSubEmulator:
                 )
             except OSError as exc:
                 raise FailedPrecondition(
-                    f"could not run the Pub/Sub emulator {binary}: {exc}; {INSTALL_HINT}"
+                    f"could not run the {self.product} emulator {binary}: {exc}; "
+                    f"{self.install_hint}"
                 ) from exc
         # Whatever happens to this object, the process group does not outlive the interpreter.
         self._finalizer = weakref.finalize(self, _kill_group, self._process.pid, signal.SIGKILL)
@@ -248,21 +300,22 @@ class PubSubEmulator:
             code = process.poll()
             if code is not None:
                 raise FailedPrecondition(
-                    f"the Pub/Sub emulator exited with status {code} while starting on "
+                    f"the {self.product} emulator exited with status {code} while starting on "
                     f"{self.host_port}; log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
             if _PORT_TAKEN in log_tail(self.log_path, lines=200):
                 # Java's main thread died but netty's threads keep the process alive: say so now.
                 raise FailedPrecondition(
-                    f"the Pub/Sub emulator could not bind {self.host_port}: {_PORT_TAKEN}; "
+                    f"the {self.product} emulator could not bind {self.host_port}: {_PORT_TAKEN}; "
                     f"choose another port. Log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
             if emulator_answers(self.host_port, timeout=1.0):
                 return
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(
-                    f"the Pub/Sub emulator did not answer on http://{self.host_port}/ within "
-                    f"{self.startup_timeout:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}"
+                    f"the {self.product} emulator did not answer on http://{self.host_port}/ "
+                    f"within {self.startup_timeout:.0f}s; log {self.log_path}:\n"
+                    f"{log_tail(self.log_path)}"
                 )
             time.sleep(0.1)
 
@@ -325,4 +378,42 @@ class PubSubEmulator:
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
-        return f"<PubSubEmulator {self.host}:{self.port} {state}>"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+
+    # -- what differs between emulators ----------------------------------------------------
+
+    def find_binary(self) -> str:
+        raise NotImplementedError
+
+    def command(self, binary: str) -> list[str]:
+        """The argv that runs the emulator on ``self.host``:``self.port``."""
+        raise NotImplementedError
+
+
+class PubSubEmulator(Emulator):
+    """The Pub/Sub emulator (``PUBSUB_EMULATOR_HOST``)."""
+
+    product = "Pub/Sub"
+    env_var = "PUBSUB_EMULATOR_HOST"
+    install_hint = INSTALL_HINT
+
+    def find_binary(self) -> str:
+        return find_emulator_binary()
+
+    def command(self, binary: str) -> list[str]:
+        return [binary, f"--host={self.host}", f"--port={self.port}"]
+
+
+class FirestoreEmulator(Emulator):
+    """The Firestore emulator in native mode (``FIRESTORE_EMULATOR_HOST``); it keeps every
+    project's and database's data apart, so one emulator serves many isolated tests."""
+
+    product = "Firestore"
+    env_var = "FIRESTORE_EMULATOR_HOST"
+    install_hint = FIRESTORE_INSTALL_HINT
+
+    def find_binary(self) -> str:
+        return find_firestore_emulator_binary()
+
+    def command(self, binary: str) -> list[str]:
+        return [binary, "start", f"--host={self.host}", f"--port={self.port}"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from lrobridge.errors import InvalidArgument
@@ -46,11 +47,15 @@ def decode_token(token: str, kind: str) -> dict[str, Any] | None:
     return fields
 
 
-def cursor(fields: dict[str, Any] | None, name: str = "after") -> int:
-    """An integer cursor from decoded token fields (0 for the first page)."""
+_CURSOR_RE = re.compile(r"[0-9a-z-]{1,128}")
+
+
+def cursor(fields: dict[str, Any] | None, name: str = "after") -> str:
+    """A store's opaque cursor from decoded token fields ('' for the first page); the store
+    checks it further."""
     if fields is None:
-        return 0
+        return ""
     value = fields.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, str) or not _CURSOR_RE.fullmatch(value):
         raise InvalidArgument("pageToken was not issued by this API")
     return value

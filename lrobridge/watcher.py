@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # How often the loop looks at the store when nothing is due sooner (other processes may have
 # added watches).
 IDLE_RECHECK = 0.5
+STORE_RETRY_SECONDS = 1.0  # pause after the store failed transiently
 # A long poll that comes back pending sooner than this share of its wait is treated as a
 # plain poll (the server implements Wait as Get), so it cannot turn into a busy loop.
 SHORT_WAIT_SHARE = 0.5
@@ -103,8 +104,13 @@ class Watcher:
             log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
         try:
             while not self._stop.is_set():
-                self.step()
-                self._wake.wait(self._idle_time())
+                try:
+                    self.step()
+                    pause = self._idle_time()
+                except TransientError as exc:  # a shared store (Firestore) can be out a while
+                    log.warning("the store is unavailable, retrying in 1s: %s", exc.message)
+                    pause = STORE_RETRY_SECONDS
+                self._wake.wait(pause)
                 self._wake.clear()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)

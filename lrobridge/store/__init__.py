@@ -7,9 +7,11 @@
   "known" and "acknowledged" republishes instead of losing them;
 * :class:`EventLedger`: push-side memory (which callback handled which event, quarantine).
 
-Every method is one transaction: what a call reported as done survives a kill -9. Today's
-backend is the embedded SQLite file (``sqlite:///path``); a distributed backend implements the
-same protocols without touching the watcher, the facade or the push endpoint.
+Every method is one transaction: what a call reported as done survives a kill -9. Backends:
+the embedded SQLite file (``sqlite:///path``, :mod:`lrobridge.store.sqlite`, one machine) and
+Firestore (``firestore://[DATABASE]``, :mod:`lrobridge.store.firestore`, shared by every
+instance); both implement the same protocols, so the watcher, the facade and the push endpoint
+do not know which one they use.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal, Protocol
 
 from lrobridge.backoff import Backoff
 from lrobridge.codec import Snapshot
+from lrobridge.config import firestore_database
 from lrobridge.errors import ConfigError
 from lrobridge.opfilter import OperationFilter
 from lrobridge.records import (
@@ -32,6 +35,8 @@ from lrobridge.records import (
 )
 
 ClaimResult = Literal["run", "done", "busy"]
+# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
+PUBLISH_LEASE_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +70,11 @@ class WatchStore(Protocol):
     def find_watch(self, source: str, operation: str) -> WatchRecord | None: ...
 
     def list_watches(
-        self, *, after: int, limit: int, state: WatchState | None = None
-    ) -> tuple[list[WatchRecord], int | None]:
-        """Watches in creation order after cursor ``after``; the cursor of the next page."""
+        self, *, after: str, limit: int, state: WatchState | None = None
+    ) -> tuple[list[WatchRecord], str | None]:
+        """Watches in creation order after cursor ``after`` ('' for the first page); the cursor
+        of the next page. Cursors are opaque strings of ``[0-9a-z-]`` that only the store that
+        issued them understands (InvalidArgument for one it did not issue)."""
         ...
 
     def delete_watch(self, watch_id: str) -> bool:
@@ -220,10 +227,17 @@ class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, project: str = "") -> Store:
+    """The store an ``LROBRIDGE_STORE`` URL names; ``project`` is Firestore's (Settings.project)."""
     if url.startswith("sqlite://"):
         from lrobridge.store.sqlite import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
         return SqliteStore(path)
-    raise ConfigError(f"LROBRIDGE_STORE={url!r}: unsupported store; use sqlite:///path")
+    if url.startswith("firestore://"):
+        from lrobridge.store.firestore import FirestoreStore
+
+        return FirestoreStore(project=project, database=firestore_database(url))
+    raise ConfigError(
+        f"LROBRIDGE_STORE={url!r}: unsupported store; use sqlite:///path or firestore://[DATABASE]"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -27,7 +28,7 @@ from typing import Any, cast
 
 from lrobridge import codec
 from lrobridge.backoff import Backoff
-from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, NotFound
+from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, InvalidArgument, NotFound
 from lrobridge.opfilter import Condition, OperationFilter
 from lrobridge.records import (
     OperationRecord,
@@ -38,7 +39,7 @@ from lrobridge.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.store import ClaimResult, Completion
+from lrobridge.store import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 from lrobridge.store.database import SqliteDatabase
 
 SCHEMA_VERSION = 2
@@ -130,8 +131,6 @@ _OPERATION_COLUMNS = (
     "data_format, create_time, update_time, cancel_requested"
 )
 _OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
 
 
 class SqliteStore:
@@ -213,22 +212,23 @@ class SqliteStore:
         return _watch(rows[0]) if rows else None
 
     def list_watches(
-        self, *, after: int, limit: int, state: WatchState | None = None
-    ) -> tuple[list[WatchRecord], int | None]:
+        self, *, after: str, limit: int, state: WatchState | None = None
+    ) -> tuple[list[WatchRecord], str | None]:
+        seq = seq_cursor(after)
         if state is None:
             rows = self._read(
                 f"SELECT {_WATCH_COLUMNS} FROM watches WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit + 1),
+                (seq, limit + 1),
             )
         else:
             rows = self._read(
                 f"SELECT {_WATCH_COLUMNS} FROM watches WHERE seq > ? AND state = ? "
                 "ORDER BY seq LIMIT ?",
-                (after, int(state), limit + 1),
+                (seq, int(state), limit + 1),
             )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_watch(r) for r in rows], (rows[-1][0] if more else None)
+        return [_watch(r) for r in rows], (str(rows[-1][0]) if more else None)
 
     def delete_watch(self, watch_id: str) -> bool:
         with self._write() as conn:
@@ -818,6 +818,15 @@ def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     return check
+
+
+def seq_cursor(after: str) -> int:
+    """The row sequence number a page cursor stands for (0 for the first page)."""
+    if not after:
+        return 0
+    if not re.fullmatch(r"[0-9]{1,18}", after):
+        raise InvalidArgument(f"page cursor {after!r} was not issued by this store")
+    return int(after)
 
 
 def _dead_local_process(owner: str, host: str) -> bool:

@@ -3,8 +3,9 @@
 Owns the plain dataclasses the rest of :mod:`lrobridge.webhooks` passes around (a registered
 :class:`Webhook`, a :class:`Message` built once per completion event, one :class:`Delivery` of a
 message to one webhook, each :class:`Attempt` of a delivery) and :class:`WebhookStore`, the
-``typing.Protocol`` every storage backend implements (today
-:class:`lrobridge.webhooks.store.SqliteWebhookStore`).
+``typing.Protocol`` every storage backend implements
+(:class:`lrobridge.webhooks.store.SqliteWebhookStore`,
+:class:`lrobridge.webhooks.firestore_store.FirestoreWebhookStore`).
 
 Pure module: dataclasses and a Protocol only.
 """
@@ -137,8 +138,9 @@ class WebhookStore(Protocol):
 
     def get_webhook(self, webhook_id: str) -> Webhook | None: ...
 
-    def list_webhooks(self, *, after: int, limit: int) -> tuple[list[Webhook], int | None]:
-        """Webhooks in creation order after cursor ``after``; the cursor of the next page."""
+    def list_webhooks(self, *, after: str, limit: int) -> tuple[list[Webhook], str | None]:
+        """Webhooks in creation order after cursor ``after`` ('' for the first page); the cursor
+        of the next page (opaque ``[0-9a-z-]`` strings, as in lrobridge.store)."""
         ...
 
     def all_webhooks(self) -> list[Webhook]: ...
@@ -181,9 +183,11 @@ class WebhookStore(Protocol):
         *,
         webhook_id: str | None,
         state: DeliveryState | None,
-        after: int,
+        after: str,
         limit: int,
-    ) -> tuple[list[Delivery], int | None]: ...
+    ) -> tuple[list[Delivery], str | None]:
+        """Newest first after cursor ``after`` ('' for the newest); the next page's cursor."""
+        ...
 
     def requeue(self, delivery_id: str, *, now: float) -> Delivery | None:
         """Make a delivery PENDING and due now with a fresh retry schedule."""

@@ -1,9 +1,10 @@
 """Wiring of the webhook feature, and how pending deliveries progress in each kind of process.
 
 :class:`WebhookRuntime` builds the parts from :class:`~lrobridge.config.Settings` (lazily: no
-file is opened and no thread started until something needs it): the SQLite store on the main
-store's file, the SSRF guard, the pinned HTTP sender, the :class:`DeliveryWorker`, the
-:class:`WebhookService` and the :class:`WebhookSink` the dispatcher calls.
+file is opened and no thread started until something needs it): the store beside the main one
+(:func:`open_webhook_store`: its SQLite file, or its Firestore database), the SSRF guard,
+the pinned HTTP sender, the :class:`DeliveryWorker`, the :class:`WebhookService` and the
+:class:`WebhookSink` the dispatcher calls.
 
 Delivery never relies on CPU after an HTTP response has been sent. ``LROBRIDGE_WEBHOOK_DELIVERY``
 chooses how deliveries progress:
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from lrobridge.config import Settings
+from lrobridge.config import Settings, firestore_database
 from lrobridge.webhooks.model import WebhookStore
 from lrobridge.webhooks.service import WebhookService
 from lrobridge.webhooks.sink import WebhookSink
@@ -59,6 +60,20 @@ def store_path(store_url: str) -> str:
     return ":memory:"
 
 
+def open_webhook_store(settings: Settings, *, path: str | None = None) -> WebhookStore:
+    """The webhook store beside the main store: on ``path`` (a SQLite file) when given, else
+    where ``LROBRIDGE_STORE`` says (its SQLite file, or its Firestore database)."""
+    if path is None and settings.store_url.startswith("firestore://"):
+        from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
+
+        return FirestoreWebhookStore(
+            project=settings.project, database=firestore_database(settings.store_url)
+        )
+    from lrobridge.webhooks.store import SqliteWebhookStore
+
+    return SqliteWebhookStore(path if path is not None else store_path(settings.store_url))
+
+
 class WebhookRuntime:
     def __init__(
         self,
@@ -74,7 +89,7 @@ class WebhookRuntime:
     ) -> None:
         self.settings = settings
         self.mode: DeliveryMode = mode or delivery_mode(settings)
-        self._path = path if path is not None else store_path(settings.store_url)
+        self._path = path
         self._store = store
         self._sender = sender
         self._resolver = resolver
@@ -98,9 +113,7 @@ class WebhookRuntime:
     def store(self) -> WebhookStore:
         with self._lock:
             if self._store is None:
-                from lrobridge.webhooks.store import SqliteWebhookStore
-
-                self._store = SqliteWebhookStore(self._path)
+                self._store = open_webhook_store(self.settings, path=self._path)
             return self._store
 
     @property

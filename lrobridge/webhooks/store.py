@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from lrobridge.store.database import SqliteDatabase
+from lrobridge.store.sqlite import seq_cursor
 from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
@@ -152,14 +153,14 @@ class SqliteWebhookStore:
         rows = self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,))
         return _webhook(rows[0]) if rows else None
 
-    def list_webhooks(self, *, after: int, limit: int) -> tuple[list[Webhook], int | None]:
+    def list_webhooks(self, *, after: str, limit: int) -> tuple[list[Webhook], str | None]:
         rows = self._read(
             f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit + 1),
+            (seq_cursor(after), limit + 1),
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_webhook(r) for r in rows], (rows[-1][0] if more else None)
+        return [_webhook(r) for r in rows], (str(rows[-1][0]) if more else None)
 
     def all_webhooks(self) -> list[Webhook]:
         return [_webhook(r) for r in self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks")]
@@ -342,12 +343,13 @@ class SqliteWebhookStore:
         *,
         webhook_id: str | None,
         state: DeliveryState | None,
-        after: int,
+        after: str,
         limit: int,
-    ) -> tuple[list[Delivery], int | None]:
-        """Newest first; ``after`` is the cursor of the previous page (0: from the newest)."""
+    ) -> tuple[list[Delivery], str | None]:
+        """Newest first; ``after`` is the cursor of the previous page ('': from the newest)."""
+        seq = seq_cursor(after)
         clauses = ["(? = 0 OR d.seq < ?)"]
-        params: list[Any] = [after, after]
+        params: list[Any] = [seq, seq]
         if webhook_id is not None:
             clauses.append("d.webhook_id = ?")
             params.append(webhook_id)
@@ -364,7 +366,7 @@ class SqliteWebhookStore:
         rows = rows[:limit]
         attempts = self._attempts([r[1] for r in rows])
         deliveries = [_delivery(r, attempts.get(r[1], ())) for r in rows]
-        return deliveries, (rows[-1][0] if more else None)
+        return deliveries, (str(rows[-1][0]) if more else None)
 
     def _attempts(self, delivery_ids: Sequence[str]) -> dict[str, tuple[Attempt, ...]]:
         if not delivery_ids:

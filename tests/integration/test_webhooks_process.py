@@ -124,7 +124,7 @@ def test_a_bridge_killed_during_delivery_loses_nothing_after_a_restart(
         hold.set()
         store = SqliteWebhookStore(str(db))
         try:
-            listed, _ = store.list_deliveries(webhook_id=None, state=None, after=0, limit=100)
+            listed, _ = store.list_deliveries(webhook_id=None, state=None, after="", limit=100)
             assert len(listed) == 10
             assert all(d.state is DeliveryState.PENDING for d in listed)
         finally:

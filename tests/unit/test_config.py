@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lrobridge.config import ENVIRONMENT, Settings, parse_duration
+from lrobridge.config import ENVIRONMENT, Settings, firestore_database, parse_duration
 from lrobridge.errors import ConfigError
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
@@ -68,6 +68,16 @@ def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
         ({"LROBRIDGE_TOPIC": "x"}, "not a Pub/Sub resource id"),
         ({"LROBRIDGE_TOPIC": "goog-topic"}, "not starting with goog"),
         ({"LROBRIDGE_STORE": "postgres://x"}, "LROBRIDGE_STORE='postgres://x' is not a store URL"),
+        ({"LROBRIDGE_STORE": "firestore:///db"}, "'/db' is not a Firestore database id"),
+        ({"LROBRIDGE_STORE": "firestore://My-DB"}, "4-63 lowercase letters, digits or hyphens"),
+        ({"LROBRIDGE_STORE": "firestore://db"}, "LROBRIDGE_STORE='firestore://db'"),
+        ({"LROBRIDGE_STORE": "firestore://1abc"}, "starting with a letter"),
+        ({"LROBRIDGE_STORE": "firestore://abcd-"}, "ending with a letter or digit"),
+        ({"LROBRIDGE_STORE": "firestore://" + "a" * 64}, "not a Firestore database id"),
+        (
+            {"LROBRIDGE_STORE": "firestore://abcdef12-3456-7890-abcd-ef1234567890"},
+            "not a Firestore database id",
+        ),
         ({"LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "'nope' is not a CIDR"),
         ({"LROBRIDGE_WATCHER_CONCURRENCY": "0"}, "must be at least 1"),
         ({"LROBRIDGE_RPC_TIMEOUT": "0s"}, "longer than zero"),
@@ -78,6 +88,21 @@ def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("firestore://", "(default)"),
+        ("firestore://(default)", "(default)"),
+        ("firestore://lrobridge", "lrobridge"),
+        ("firestore://a1-b", "a1-b"),
+        ("firestore://" + "a" * 63, "a" * 63),
+    ],
+)
+def test_firestore_store_urls_name_a_database_or_the_default_one(url: str, database: str) -> None:
+    assert Settings.from_env({"LROBRIDGE_STORE": url}).store_url == url
+    assert firestore_database(url) == database
 
 
 def test_oidc_push_auth_without_a_service_account_is_a_configuration_error() -> None:

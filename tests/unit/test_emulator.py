@@ -12,9 +12,11 @@ import pytest
 
 from lrobridge.emulator import (
     INSTALL_HINT,
+    FirestoreEmulator,
     PubSubEmulator,
     emulator_answers,
     find_emulator_binary,
+    find_firestore_emulator_binary,
     free_port,
     log_tail,
     port_is_free,
@@ -35,6 +37,31 @@ def test_missing_binary_without_gcloud_says_how_to_install_it(tmp_path: Path) ->
     assert str(tmp_path / "absent") in message
     assert "gcloud components install pubsub-emulator" in message
     assert "google-cloud-cli-pubsub-emulator" in message
+
+
+def test_a_missing_firestore_emulator_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        find_firestore_emulator_binary(str(tmp_path / "absent"), gcloud=None)
+    message = caught.value.message
+    assert message.startswith("the Firestore emulator is not installed")
+    assert "gcloud components install cloud-firestore-emulator" in message
+    assert "google-cloud-cli-firestore-emulator" in message
+
+
+def test_the_firestore_emulator_runs_its_launchers_start_command_on_the_chosen_address(
+    tmp_path: Path,
+) -> None:
+    argv_file = tmp_path / "argv"
+    binary = _script(tmp_path / "emu", f'echo "$@" > {argv_file}; exit 4\n')
+    emulator = FirestoreEmulator(binary=binary, port=free_port(), startup_timeout=10)
+    with pytest.raises(FailedPrecondition, match="the Firestore emulator exited with status 4"):
+        emulator.start()
+    assert argv_file.read_text().split() == [
+        "start",
+        "--host=127.0.0.1",
+        f"--port={emulator.port}",
+    ]
+    assert FirestoreEmulator.env_var == "FIRESTORE_EMULATOR_HOST"
 
 
 def test_missing_binary_is_looked_up_in_the_sdk_root_that_gcloud_reports(

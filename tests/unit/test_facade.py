@@ -1,5 +1,6 @@
-"""The Operations facade's own rules (no network): page tokens bound to parent and filter,
-parents with or without their collection, wait capping, and the store queries behind List."""
+"""The Operations facade's own rules: page tokens bound to parent and filter, parents with or
+without their collection, wait capping, and the store queries behind List (on every store
+backend: SQLite without network, Firestore on the emulator as integration)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
 from lrobridge import codec, relay
-from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from lrobridge.errors import InvalidArgument, NotFound
 from lrobridge.facade import (
     DEADLINE_MARGIN_SECONDS,
     OperationsFacade,
@@ -19,15 +20,14 @@ from lrobridge.facade import (
     normalize_parent,
 )
 from lrobridge.ports import OperationsSource
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.store import Store
 from lrobridge.waiters import CompletionHub
+from tests.support.stores import Backend
 
 
 @pytest.fixture
-def store() -> Iterator[SqliteStore]:
-    s = SqliteStore(":memory:")
-    yield s
-    s.close()
+def store(backend: Backend) -> Store:
+    return backend.open()
 
 
 def _no_sources(url: str) -> OperationsSource:
@@ -35,19 +35,19 @@ def _no_sources(url: str) -> OperationsSource:
 
 
 @pytest.fixture
-def facade(store: SqliteStore) -> Iterator[OperationsFacade]:
+def facade(store: Store) -> Iterator[OperationsFacade]:
     hub = CompletionHub(store, recheck_interval=0.05)
     yield OperationsFacade(store, sources=_no_sources, hub=hub, max_wait=5.0)
     hub.close()
 
 
-def _produce(store: SqliteStore, name: str) -> None:
+def _produce(store: Store, name: str) -> None:
     store.create_produced_operation(
         codec.snapshot_from_proto(operations_pb2.Operation(name=name)), source="s", now=1.0
     )
 
 
-def _finish(store: SqliteStore, name: str, **fields: object) -> None:
+def _finish(store: Store, name: str, **fields: object) -> None:
     snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=True, **fields))
     outcome = snapshot.outcome()
     assert outcome is not None
@@ -88,7 +88,7 @@ def test_a_parent_names_the_same_collection_with_or_without_its_operations_suffi
 
 
 def test_list_pages_in_name_order_with_the_filter_applied_in_the_store(
-    store: SqliteStore, facade: OperationsFacade
+    store: Store, facade: OperationsFacade
 ) -> None:
     for i in range(5):
         _produce(store, f"projects/p/operations/op-{i}")
@@ -122,7 +122,7 @@ def test_waits_are_capped_by_the_server_maximum_and_the_callers_deadline(
 
 
 def test_a_blocking_wait_returns_when_another_thread_completes_the_operation(
-    store: SqliteStore, facade: OperationsFacade
+    store: Store, facade: OperationsFacade
 ) -> None:
     _produce(store, "operations/w")
     threading.Timer(0.2, lambda: _finish(store, "operations/w")).start()
@@ -137,14 +137,3 @@ def test_get_and_wait_of_untracked_names_are_not_found(facade: OperationsFacade)
         facade.wait("operations/missing", timeout=0.1)
     with pytest.raises(InvalidArgument):
         facade.get("operations/../x")
-
-
-def test_a_produced_operation_ends_once_and_its_name_is_unique(store: SqliteStore) -> None:
-    _produce(store, "operations/once")
-    with pytest.raises(AlreadyExists):
-        _produce(store, "operations/once")
-    _finish(store, "operations/once")
-    with pytest.raises(FailedPrecondition, match="already ended"):
-        _finish(store, "operations/once")
-    with pytest.raises(NotFound):
-        _finish(store, "operations/never-made")

@@ -1,32 +1,88 @@
-"""The SQLite store: watches, leases, the completion outbox, callback runs, quarantine."""
+"""The store contract, run against every backend (SQLite here; Firestore on the emulator, as
+integration): watches, leases, the completion outbox, tracked operations, callback runs,
+quarantine, and several store objects (processes, instances) working on the same data."""
 
 from __future__ import annotations
 
-import pathlib
+import threading
+from collections.abc import Callable
 
+import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import any_pb2, duration_pb2
 
-from lrobridge import codec
+from lrobridge import codec, relay
 from lrobridge.backoff import Backoff
+from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
+from lrobridge.opfilter import parse_filter
 from lrobridge.records import PendingMessage, WatchState
-from lrobridge.store import Completion
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.store import Completion, Store
+from tests.support.stores import Backend
 
 SRC = "grpc://127.0.0.1:1"
 
 
-def _create(store: SqliteStore, name: str = "operations/1", now: float = 100.0) -> str:
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.open()
+
+
+def _create(store: Store, name: str = "operations/1", now: float = 100.0, src: str = SRC) -> str:
     record, created = store.create_watch(
-        source=SRC, operation=name, expire_time=None, backoff=Backoff(), progress=False, now=now
+        source=src, operation=name, expire_time=None, backoff=Backoff(), progress=False, now=now
     )
     assert created
     return record.id
 
 
+def _snapshot(name: str, **fields: object) -> codec.Snapshot:
+    return codec.snapshot_from_proto(operations_pb2.Operation(name=name, **fields))
+
+
+def _completion(name: str, **fields: object) -> Completion:
+    snapshot = _snapshot(name, done=True, **fields)
+    outcome = snapshot.outcome()
+    assert outcome is not None
+    return relay.completion(snapshot, outcome, source=SRC, payload_format="binary", now=2.0)
+
+
+def _progress(seconds: int) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(duration_pb2.Duration(seconds=seconds))
+    return packed
+
+
+def _produce(store: Store, name: str) -> None:
+    store.create_produced_operation(_snapshot(name), source="s", now=1.0)
+
+
+def _in_threads(count: int, work: Callable[[int], None]) -> None:
+    """Run ``work(i)`` on ``count`` threads released together; re-raise the first failure."""
+    start = threading.Barrier(count)
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            work(i)
+        except BaseException as exc:  # handed to the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+# -- watches -----------------------------------------------------------------------------
+
+
 def test_registering_the_same_source_and_operation_twice_returns_the_first_watch(
-    tmp_path: pathlib.Path,
+    store: Store,
 ) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
     first = _create(store)
     again, created = store.create_watch(
         source=SRC,
@@ -37,49 +93,60 @@ def test_registering_the_same_source_and_operation_twice_returns_the_first_watch
         now=200.0,
     )
     assert not created and again.id == first
-    store.close()
+    found = store.find_watch(SRC, "operations/1")
+    assert found is not None and found.id == first
+    assert store.find_watch("grpc://127.0.0.1:2", "operations/1") is None
+    other = _create(store, src="grpc://127.0.0.1:2")  # another source: another watch
+    assert other != first
 
 
-def test_a_claimed_watch_is_not_handed_out_again_until_its_lease_ends(
-    tmp_path: pathlib.Path,
-) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+def test_a_claimed_watch_is_not_handed_out_again_until_its_lease_ends(store: Store) -> None:
     watch_id = _create(store)
     assert [w.id for w in store.claim_due_polls(now=100.0, limit=10, lease=30.0)] == [watch_id]
     assert store.claim_due_polls(now=120.0, limit=10, lease=30.0) == []
     assert [w.id for w in store.claim_due_polls(now=131.0, limit=10, lease=30.0)] == [watch_id]
-    store.close()
 
 
-def test_claims_respect_the_limit_and_due_order(tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+def test_claims_respect_the_limit_and_due_order(store: Store) -> None:
     ids = [_create(store, f"operations/{i}", now=100.0 + i) for i in range(5)]
+    store.record_pending(ids[0], now=101.0, next_poll=200.0, attempt=1, polled=True)
     claimed = store.claim_due_polls(now=1000.0, limit=3, lease=30.0)
-    assert [w.id for w in claimed] == ids[:3]
-    store.close()
+    assert [w.id for w in claimed] == ids[1:4]
+    assert store.next_due_time() == 104.0
+    assert [w.id for w in store.claim_due_polls(now=1000.0, limit=3, lease=30.0)] == [
+        ids[4],
+        ids[0],
+    ]
 
 
 def test_completion_message_survives_a_reopen_and_is_reclaimed_for_publishing(
-    tmp_path: pathlib.Path,
+    backend: Backend,
 ) -> None:
-    path = str(tmp_path / "s.db")
-    store = SqliteStore(path)
+    store = backend.open()
     watch_id = _create(store)
     message = PendingMessage(data=b"\x00op", attributes={"outcome": "succeeded"}, ordering_key="k")
-    snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name="operations/1", done=True))
+    snapshot = _snapshot("operations/1", done=True)
     entry_id = store.record_completion(
         watch_id, Completion("succeeded", "e1", snapshot, message), now=100.0
     )
     assert entry_id is not None
+    assert (
+        store.record_completion(  # no longer ACTIVE: nothing written
+            watch_id, Completion("succeeded", "e1", snapshot, message), now=100.5
+        )
+        is None
+    )
     store.close()  # as if the process died before Pub/Sub acknowledged
 
-    reopened = SqliteStore(path)
+    reopened = backend.open()
     assert reopened.claim_due_publishes(now=100.0, limit=10, lease=30.0) == []  # leased
+    assert reopened.outbox_size() == 1
     [due] = reopened.claim_due_publishes(now=200.0, limit=10, lease=30.0)
     assert (due.id, due.event_id, due.watch_id) == (entry_id, "e1", watch_id)
     assert due.message == message
     held = reopened.get_watch(watch_id)
     assert held is not None and held.state == WatchState.PUBLISHING
+    assert held.outcome == "succeeded" and held.event_id == "e1"
     reopened.mark_published(due.id, now=201.0)
     record = reopened.get_watch(watch_id)
     assert record is not None and record.state == WatchState.COMPLETED
@@ -87,11 +154,45 @@ def test_completion_message_survives_a_reopen_and_is_reclaimed_for_publishing(
     operation = reopened.get_operation("operations/1")
     assert operation is not None and operation.done and operation.outcome == "succeeded"
     assert operation.snapshot().operation == snapshot.operation
-    reopened.close()
 
 
-def test_pending_polls_count_and_transient_errors_are_recorded(tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+def test_a_failed_publish_is_retried_later_and_noted_on_its_watch(store: Store) -> None:
+    watch_id = _create(store)
+    entry_id = store.record_completion(watch_id, _completion("operations/1"), now=100.0)
+    assert entry_id is not None
+    [entry] = store.claim_due_publishes(now=500.0, limit=10, lease=30.0)
+    store.retry_publish(entry.id, next_attempt=600.0, error_message="pubsub down", now=501.0)
+    watch = store.get_watch(watch_id)
+    assert watch is not None and watch.state == WatchState.PUBLISHING
+    assert (watch.last_error_code, watch.last_error_message) == (14, "publishing: pubsub down")
+    assert store.claim_due_publishes(now=599.0, limit=10, lease=30.0) == []
+    assert store.next_due_time() == 600.0
+    [again] = store.claim_due_publishes(now=600.0, limit=10, lease=30.0)
+    assert (again.id, again.attempt) == (entry_id, 1)
+
+
+def test_enqueued_messages_are_leased_to_their_writer_then_published_in_due_order(
+    store: Store,
+) -> None:
+    first = store.enqueue(
+        PendingMessage(b"a", {"n": "1"}, "k"), event_id="e1", operation="operations/a", now=10.0
+    )
+    second = store.enqueue(
+        PendingMessage(b"b", {"n": "2"}, "k"), event_id="e2", operation="operations/b", now=20.0
+    )
+    assert first != second
+    assert store.claim_due_publishes(now=20.0, limit=10, lease=5.0) == []
+    due = store.claim_due_publishes(now=1000.0, limit=10, lease=5.0)
+    assert [(e.id, e.event_id, e.watch_id) for e in due] == [
+        (first, "e1", None),
+        (second, "e2", None),
+    ]
+    store.mark_published(first, now=1001.0)
+    store.mark_published(first, now=1002.0)  # settling twice is harmless
+    assert store.outbox_size() == 1
+
+
+def test_pending_polls_count_and_transient_errors_are_recorded(store: Store) -> None:
     watch_id = _create(store)
     store.record_pending(watch_id, now=101.0, next_poll=102.0, attempt=1, polled=True)
     store.record_pending(
@@ -107,34 +208,186 @@ def test_pending_polls_count_and_transient_errors_are_recorded(tmp_path: pathlib
     assert record is not None
     assert (record.polls, record.attempt, record.next_poll) == (1, 2, 105.0)
     assert (record.last_error_code, record.last_error_message) == (14, "down")
-    store.close()
 
 
-def test_a_failed_watch_is_no_longer_polled(tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+def test_a_polled_state_is_stored_and_reported_as_changed_only_when_it_changes(
+    store: Store,
+) -> None:
+    watch_id = _create(store, "operations/p")
+    running = _snapshot("operations/p", metadata=_progress(7))
+    assert store.record_pending(
+        watch_id, now=101.0, next_poll=102.0, attempt=1, polled=True, snapshot=running
+    )
+    assert not store.record_pending(
+        watch_id, now=102.0, next_poll=103.0, attempt=2, polled=True, snapshot=running
+    )
+    further = _snapshot("operations/p", metadata=_progress(8))
+    assert store.record_pending(
+        watch_id, now=103.0, next_poll=104.0, attempt=3, polled=True, snapshot=further
+    )
+    stored = store.get_operation("operations/p")
+    assert stored is not None and stored.snapshot().operation == further.operation
+    assert stored.metadata_type == further.metadata_type and not stored.done
+    assert store.get_operation("operations/unknown") is None
+    assert not store.record_pending("no-such-watch", now=1.0, next_poll=2.0, attempt=0, polled=True)
+
+
+def test_a_failed_watch_is_no_longer_polled(store: Store) -> None:
     watch_id = _create(store)
     store.record_failure(watch_id, code=7, message="denied", now=101.0)
     assert store.claim_due_polls(now=1e9, limit=10, lease=1.0) == []
-    assert store.count_by_state()[WatchState.FAILED] == 1
-    store.close()
+    assert store.next_due_time() is None
+    counts = store.count_by_state()
+    assert counts[WatchState.FAILED] == 1 and counts[WatchState.ACTIVE] == 0
+    failed = store.get_watch(watch_id)
+    assert failed is not None and (failed.last_error_code, failed.polls) == (7, 1)
 
 
-def test_list_pages_through_watches_in_creation_order(tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+def test_list_pages_through_watches_in_creation_order(store: Store) -> None:
     ids = [_create(store, f"operations/{i}") for i in range(5)]
-    page, cursor = store.list_watches(after=0, limit=2)
+    page, cursor = store.list_watches(after="", limit=2)
     seen = [w.id for w in page]
     while cursor is not None:
         page, cursor = store.list_watches(after=cursor, limit=2)
         seen += [w.id for w in page]
     assert seen == ids
-    store.close()
+    store.record_failure(ids[3], code=5, message="gone", now=101.0)
+    failed, end = store.list_watches(after="", limit=10, state=WatchState.FAILED)
+    assert [w.id for w in failed] == [ids[3]] and end is None
+
+
+def test_deleting_a_watch_untracks_its_operation_unless_something_else_tracks_it(
+    store: Store,
+) -> None:
+    only = _create(store, "operations/only")
+    first = _create(store, "operations/shared")
+    second = _create(store, "operations/shared", src="grpc://127.0.0.1:2")
+    assert store.delete_watch(only) is True
+    assert store.get_watch(only) is None and store.get_operation("operations/only") is None
+    assert store.delete_watch(only) is False
+    assert store.delete_watch(first) is True
+    assert store.get_operation("operations/shared") is not None  # the second watch tracks it
+    assert store.delete_watch(second) is True
+    assert store.get_operation("operations/shared") is None
+    again, created = store.create_watch(
+        source=SRC,
+        operation="operations/only",
+        expire_time=None,
+        backoff=Backoff(),
+        progress=False,
+        now=300.0,
+    )
+    assert created and again.id != only
+
+
+def test_deleting_an_operation_forgets_every_watch_of_it(store: Store) -> None:
+    a = _create(store, "operations/x")
+    b = _create(store, "operations/x", src="grpc://127.0.0.1:2")
+    assert store.delete_operation("operations/x") is True
+    assert store.get_watch(a) is None and store.get_watch(b) is None
+    assert store.find_watch(SRC, "operations/x") is None
+    assert store.delete_operation("operations/x") is False
+
+
+def test_poll_soon_makes_the_operations_active_watches_due_now(store: Store) -> None:
+    waiting = _create(store, "operations/c")
+    store.record_pending(waiting, now=101.0, next_poll=500.0, attempt=4, polled=True)
+    other = _create(store, "operations/c", src="grpc://127.0.0.1:2")
+    store.record_failure(other, code=5, message="gone", now=101.0)
+    assert store.poll_soon("operations/c", now=200.0) == 1
+    assert store.poll_soon("operations/c", now=200.0) == 0  # already due
+    [due] = store.claim_due_polls(now=200.0, limit=10, lease=1.0)
+    assert (due.id, due.attempt) == (waiting, 0)
+
+
+# -- tracked operations ------------------------------------------------------------------
+
+
+def test_list_operations_pages_in_name_order_under_one_parent_with_the_filter_applied(
+    store: Store,
+) -> None:
+    for i in range(6):
+        _produce(store, f"projects/p/operations/op-{i}")
+    _produce(store, "projects/p/operations/build-1")
+    _produce(store, "projects/p/locations/l/operations/nested")  # another parent
+    store.complete_produced_operation(_completion("projects/p/operations/op-1"), now=2.0)
+    store.complete_produced_operation(
+        _completion("projects/p/operations/op-4", error={"code": 9, "message": "x"}), now=2.0
+    )
+
+    def names(text: str, limit: int = 100) -> list[str]:
+        found: list[str] = []
+        after: str | None = ""
+        while after is not None:
+            page, after = store.list_operations(
+                "projects/p", parse_filter(text), after=after, limit=limit
+            )
+            found += [r.name.rsplit("/", 1)[1] for r in page]
+        return found
+
+    every = ["build-1"] + [f"op-{i}" for i in range(6)]
+    assert names("", limit=2) == every
+    page, cursor = store.list_operations("projects/p", parse_filter(""), after="", limit=7)
+    assert len(page) == 7 and cursor is None
+    assert names("done = true", limit=1) == ["op-1", "op-4"]
+    assert names("done = false AND error.code = 0") == ["build-1", "op-0", "op-2", "op-3", "op-5"]
+    assert names("error.code >= 9") == ["op-4"]
+    assert names('name = "projects/p/operations/op-*"', limit=4) == every[1:]
+    assert names('name != "projects/p/operations/op-*"') == ["build-1"]
+    assert names('name = "projects/p/operations/op-3"') == ["op-3"]
+    assert names('name = "projects/p/operations/op-3" AND done = true') == []
+    assert names('name = "projects/p/locations/l/operations/nested"') == []  # other parent
+    assert names("metadata.@type = type.googleapis.com/none") == []
+    waited = [
+        "projects/p/operations/op-0",
+        "projects/p/operations/op-1",
+        "projects/p/operations/gone",
+    ]
+    # op-1 ended and "gone" is not tracked: nothing will change for either any more.
+    assert store.settled(waited) == {"projects/p/operations/op-1", "projects/p/operations/gone"}
+
+
+def test_a_produced_operation_ends_once_and_its_name_is_unique(store: Store) -> None:
+    _produce(store, "operations/once")
+    with pytest.raises(AlreadyExists):
+        _produce(store, "operations/once")
+    message = PendingMessage(b"progress", {"outcome": "progress"}, "operations/once")
+    entry = store.update_produced_operation(
+        _snapshot("operations/once"), now=1.5, message=message, event_id="p1"
+    )
+    assert entry is not None and entry.message == message and store.outbox_size() == 1
+    done = store.complete_produced_operation(_completion("operations/once"), now=2.0)
+    assert done.operation == "operations/once" and done.watch_id is None
+    stored = store.get_operation("operations/once")
+    assert stored is not None and stored.done and stored.origin == "producer"
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        store.complete_produced_operation(_completion("operations/once"), now=3.0)
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        store.update_produced_operation(
+            _snapshot("operations/once"), now=3.0, message=None, event_id=""
+        )
+    with pytest.raises(NotFound):
+        store.complete_produced_operation(_completion("operations/never-made"), now=3.0)
+    _create(store, "operations/watched")
+    with pytest.raises(FailedPrecondition, match="watched, not produced"):
+        store.complete_produced_operation(_completion("operations/watched"), now=3.0)
+
+
+def test_a_cancel_request_is_kept_on_the_operation(store: Store) -> None:
+    _produce(store, "operations/c")
+    record = store.request_cancel("operations/c", now=5.0)
+    assert record is not None and record.cancel_requested and record.update_time == 5.0
+    stored = store.get_operation("operations/c")
+    assert stored is not None and stored.cancel_requested
+    assert store.request_cancel("operations/none", now=5.0) is None
+
+
+# -- push side -----------------------------------------------------------------------------
 
 
 def test_callback_claims_run_once_and_a_running_claim_blocks_a_second_runner(
-    tmp_path: pathlib.Path,
+    store: Store,
 ) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
     assert store.claim_callback("e", "cb", now=0.0, lease=10.0) == "run"
     assert store.claim_callback("e", "cb", now=1.0, lease=10.0) == "busy"
     assert store.claim_callback("e", "cb", now=11.0, lease=10.0) == "run"  # lease over
@@ -143,17 +396,122 @@ def test_callback_claims_run_once_and_a_running_claim_blocks_a_second_runner(
     store.finish_callback("e", "cb", ok=True, error="", now=14.0)
     assert store.claim_callback("e", "cb", now=15.0, lease=10.0) == "done"
     assert store.claim_callback("e", "other", now=15.0, lease=10.0) == "run"
-    store.close()
+    store.finish_callback("e", "never-claimed", ok=True, error="", now=16.0)  # harmless
 
 
-def test_quarantine_keeps_the_message_whole_with_its_reason(tmp_path: pathlib.Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
-    qid = store.quarantine(reason="not JSON", body=b"\xff\x00", headers={"a": "b"}, now=5.0)
-    [kept] = store.list_quarantine(limit=10)
+def test_quarantine_keeps_the_message_whole_with_its_reason_newest_first(store: Store) -> None:
+    first = store.quarantine(reason="not JSON", body=b"\xff\x00", headers={"a": "b"}, now=5.0)
+    second = store.quarantine(reason="no data", body=b"{}", headers={}, now=6.0)
+    [newest, kept] = store.list_quarantine(limit=10)
+    assert newest.id == second
     assert (kept.id, kept.reason, kept.body, kept.headers) == (
-        qid,
+        first,
         "not JSON",
         b"\xff\x00",
         {"a": "b"},
     )
-    store.close()
+
+
+# -- several store objects on the same data (processes, instances) ----------------------------
+
+
+def test_two_instances_claiming_the_same_due_watches_never_both_get_one(backend: Backend) -> None:
+    instances = [backend.open(), backend.open()]
+    ids = {_create(instances[0], f"operations/{i}") for i in range(20)}
+    got: list[list[str]] = [[], [], [], []]
+
+    def claim(i: int) -> None:
+        store = instances[i % 2]
+        for _ in range(100):  # until nothing is due; a round lost to the others comes back short
+            due = store.next_due_time()
+            if due is None or due > 1000.0:
+                return
+            got[i] += [w.id for w in store.claim_due_polls(now=1000.0, limit=3, lease=600.0)]
+
+    _in_threads(4, claim)
+    claimed = [watch_id for batch in got for watch_id in batch]
+    assert sorted(claimed) == sorted(set(claimed))  # nobody got a watch twice
+    assert set(claimed) == ids  # and every due watch went to someone
+
+
+def test_two_pushes_of_the_same_event_run_a_callback_once(backend: Backend) -> None:
+    instances = [backend.open(), backend.open()]
+    results: list[str] = [""] * 4
+
+    def claim(i: int) -> None:
+        results[i] = instances[i % 2].claim_callback("evt", "cb", now=50.0, lease=30.0)
+
+    _in_threads(4, claim)
+    assert sorted(results) == ["busy", "busy", "busy", "run"]
+
+
+def test_registering_one_watch_from_two_instances_at_once_makes_one_watch(
+    backend: Backend,
+) -> None:
+    instances = [backend.open(), backend.open()]
+    made: list[tuple[str, bool]] = [("", False)] * 2
+
+    def register(i: int) -> None:
+        record, created = instances[i].create_watch(
+            source=SRC,
+            operation="operations/raced",
+            expire_time=None,
+            backoff=Backoff(),
+            progress=False,
+            now=100.0,
+        )
+        made[i] = (record.id, created)
+
+    _in_threads(2, register)
+    assert made[0][0] == made[1][0]
+    assert sorted(created for _, created in made) == [False, True]
+
+
+def test_an_operation_tracked_without_a_watch_keeps_its_latest_then_its_final_state(
+    store: Store,
+) -> None:
+    name = "projects/p/operations/tracked"
+    store.track_operation(name, source=SRC, now=1.0)
+    store.track_operation(name, source=SRC, now=2.0)  # again: left as it is
+    record = store.get_operation(name)
+    assert record is not None and record.data is None and record.origin == "watch"
+    running = codec.snapshot_from_proto(operations_pb2.Operation(name=name))
+    store.record_observation(running, source=SRC, outcome="", now=3.0)
+    assert store.settled([name]) == set()
+    final = codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=True))
+    store.record_observation(final, source=SRC, outcome="succeeded", now=4.0)
+    store.record_observation(running, source=SRC, outcome="", now=5.0)  # late: ignored
+    record = store.get_operation(name)
+    assert record is not None and record.done and record.outcome == "succeeded"
+    assert record.snapshot().operation == final.operation
+    assert store.settled([name]) == {name}
+
+
+def test_an_entry_pubsub_can_never_take_moves_to_the_quarantine_and_fails_its_watch(
+    store: Store,
+) -> None:
+    watch_id = _create(store)
+    message = PendingMessage(data=b"\x00big", attributes={"outcome": "succeeded"}, ordering_key="k")
+    snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name="operations/1", done=True))
+    entry_id = store.record_completion(
+        watch_id, Completion("succeeded", "e1", snapshot, message), now=100.0
+    )
+    assert entry_id is not None
+    store.abandon_publish(entry_id, reason="message too large", now=101.0)
+    assert store.outbox_size() == 0
+    watch = store.get_watch(watch_id)
+    assert watch is not None and watch.state == WatchState.FAILED
+    assert "too large" in watch.last_error_message
+    [kept] = store.list_quarantine(limit=5)
+    assert kept.body == b"\x00big" and "not publishable" in kept.reason
+    assert kept.headers == {"outcome": "succeeded", "ordering_key": "k"}
+
+
+def test_succeeded_callback_runs_are_forgotten_after_the_retention(store: Store) -> None:
+    assert store.claim_callback("old", "cb", now=10.0, lease=5.0) == "run"
+    store.finish_callback("old", "cb", ok=True, error="", now=11.0)
+    assert store.claim_callback("new", "cb", now=500.0, lease=5.0) == "run"
+    store.finish_callback("new", "cb", ok=True, error="", now=501.0)
+    assert store.prune_callback_runs(older_than=100.0) == 1
+    assert store.claim_callback("old", "cb", now=600.0, lease=5.0) == "run"
+    assert store.claim_callback("new", "cb", now=600.0, lease=5.0) == "done"

@@ -17,7 +17,10 @@ import pytest
 
 from lrobridge import Bridge
 from lrobridge.config import ENVIRONMENT, Settings
+from lrobridge.store.firestore import COMPOSITE_INDEXES as STORE_INDEXES
+from lrobridge.store.firestore_db import DEFAULT_PREFIX
 from lrobridge.store.sqlite import SqliteStore
+from lrobridge.webhooks.firestore_store import COMPOSITE_INDEXES as WEBHOOK_INDEXES
 from tests.support.container import gunicorn_argv, parse_dockerfile
 from tests.support.terraform import EXAMPLE, MODULE, OPTIONS, ROOT, Config, load, one
 
@@ -158,6 +161,31 @@ def test_both_store_choices_give_a_store_url_and_sqlite_pins_one_instance() -> N
     database = TF.resource("google_firestore_database", "store")
     assert database["count"] == "${local.firestore ? 1 : 0}"
     assert database["name"] == "${var.firestore_database}"
+    default_url = f"firestore://{TF.variables['firestore_database']['default']}"
+    assert Settings.from_env({"LROBRIDGE_STORE": default_url}).store_url == default_url
+
+
+def test_the_firestore_indexes_are_the_composite_indexes_the_store_queries_need() -> None:
+    declared = {
+        (index["collection"], tuple((f["path"], f["order"]) for f in index["fields"]))
+        for index in TF.locals["firestore_indexes"].values()
+    }
+    needed = {
+        (DEFAULT_PREFIX + collection, fields)
+        for collection, fields in (*STORE_INDEXES, *WEBHOOK_INDEXES)
+    }
+    assert declared == needed
+    index = TF.resource("google_firestore_index", "store")
+    assert index["for_each"] == (
+        "${{for name, index in local.firestore_indexes : name => index if local.firestore}}"
+    )
+    assert index["database"] == "${google_firestore_database.store[0].name}"
+    fields = one(index["dynamic"])["fields"]
+    assert one(fields["content"]) == {
+        "field_path": "${fields.value.path}",
+        "order": "${fields.value.order}",
+    }
+    assert "${google_firestore_index.store}" in SERVICE["depends_on"]
 
 
 def test_poller_mode_keeps_one_instance_up_with_cpu_between_requests() -> None:

@@ -1,10 +1,12 @@
-"""The SQLite webhook store on a real file beside the main store (lrobridge.webhooks.store)."""
+"""The webhook store contract, run against every backend (SQLite here; Firestore on the
+emulator, as integration): deliveries written once per event, leased claims, the attempt log,
+disabling, replay, pruning and paging; plus SQLite's sharing of the main store's file."""
 
 from __future__ import annotations
 
 import pathlib
 import sqlite3
-from collections.abc import Iterator
+import threading
 
 import pytest
 
@@ -17,23 +19,18 @@ from lrobridge.webhooks.model import (
     NewDelivery,
     Webhook,
     WebhookState,
+    WebhookStore,
 )
 from lrobridge.webhooks.schedule import Plan
 from lrobridge.webhooks.store import SqliteWebhookStore
+from tests.support.stores import Backend
 
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def path(tmp_path: pathlib.Path) -> str:
-    return str(tmp_path / "bridge.db")
-
-
-@pytest.fixture
-def store(path: str) -> Iterator[SqliteWebhookStore]:
-    s = SqliteWebhookStore(path)
-    yield s
-    s.close()
+def store(backend: Backend) -> WebhookStore:
+    return backend.open_webhooks()
 
 
 def _webhook(webhook_id: str = "w1", state: WebhookState = WebhookState.ENABLED) -> Webhook:
@@ -66,7 +63,9 @@ def _attempt(status: int = 500) -> Attempt:
     )
 
 
-def test_it_shares_the_main_stores_file_in_wal_mode(path: str, store: SqliteWebhookStore) -> None:
+def test_sqlite_shares_the_main_stores_file_in_wal_mode(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "bridge.db")
+    store = SqliteWebhookStore(path)
     main = SqliteStore(path)
     try:
         store.create_webhook(_webhook())
@@ -76,13 +75,14 @@ def test_it_shares_the_main_stores_file_in_wal_mode(path: str, store: SqliteWebh
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         main.close()
+        store.close()
     reopened = SqliteWebhookStore(path)
     assert reopened.get_webhook("w1") == _webhook()
     reopened.close()
 
 
 def test_writing_the_same_event_twice_creates_its_deliveries_once(
-    store: SqliteWebhookStore,
+    store: WebhookStore,
 ) -> None:
     store.create_webhook(_webhook("w1"))
     store.create_webhook(_webhook("w2"))
@@ -90,12 +90,12 @@ def test_writing_the_same_event_twice_creates_its_deliveries_once(
     first = store.add_message(_message(), news, now=NOW)
     assert len(first) == 2
     assert store.add_message(_message(), news, now=NOW + 1) == []
-    deliveries, _ = store.list_deliveries(webhook_id=None, state=None, after=0, limit=10)
+    deliveries, _ = store.list_deliveries(webhook_id=None, state=None, after="", limit=10)
     assert sorted(d.webhook_id for d in deliveries) == ["w1", "w2"]
     assert {d.message_id for d in deliveries} == {"msg_e1"}
 
 
-def test_a_claimed_delivery_is_leased_and_not_handed_out_twice(store: SqliteWebhookStore) -> None:
+def test_a_claimed_delivery_is_leased_and_not_handed_out_twice(store: WebhookStore) -> None:
     store.create_webhook(_webhook())
     [delivery_id] = store.add_message(
         _message(), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
@@ -117,7 +117,7 @@ def test_a_claimed_delivery_is_leased_and_not_handed_out_twice(store: SqliteWebh
     assert [a.status_code for a in done.attempts] == [200, 200]
 
 
-def test_claims_can_be_limited_to_given_deliveries(store: SqliteWebhookStore) -> None:
+def test_claims_can_be_limited_to_given_deliveries(store: WebhookStore) -> None:
     store.create_webhook(_webhook())
     [a] = store.add_message(_message("a"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
     [b] = store.add_message(_message("b"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
@@ -126,7 +126,7 @@ def test_claims_can_be_limited_to_given_deliveries(store: SqliteWebhookStore) ->
 
 
 def test_disabling_dead_letters_pending_deliveries_and_stops_claims(
-    store: SqliteWebhookStore,
+    store: WebhookStore,
 ) -> None:
     store.create_webhook(_webhook())
     [delivery_id] = store.add_message(
@@ -148,7 +148,7 @@ def test_disabling_dead_letters_pending_deliveries_and_stops_claims(
 
 
 def test_a_failure_starts_the_endpoints_failing_streak_and_a_success_ends_it(
-    store: SqliteWebhookStore,
+    store: WebhookStore,
 ) -> None:
     store.create_webhook(_webhook())
     store.add_message(_message("a"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
@@ -163,7 +163,7 @@ def test_a_failure_starts_the_endpoints_failing_streak_and_a_success_ends_it(
 
 
 def test_replay_since_requeues_only_dead_deliveries_created_since(
-    store: SqliteWebhookStore,
+    store: WebhookStore,
 ) -> None:
     store.create_webhook(_webhook())
     dead = [NewDelivery("w1", DeliveryState.DEAD, "webhook disabled")]
@@ -174,7 +174,7 @@ def test_replay_since_requeues_only_dead_deliveries_created_since(
     assert claim.delivery.event_id == "new" and claim.delivery.round_attempts == 0
 
 
-def test_deleting_a_webhook_forgets_its_deliveries_and_log(store: SqliteWebhookStore) -> None:
+def test_deleting_a_webhook_forgets_its_deliveries_and_log(store: WebhookStore) -> None:
     store.create_webhook(_webhook())
     [delivery_id] = store.add_message(
         _message(), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
@@ -186,23 +186,97 @@ def test_deleting_a_webhook_forgets_its_deliveries_and_log(store: SqliteWebhookS
     assert store.delete_webhook("w1") is False
 
 
-def test_pruning_forgets_old_finished_deliveries_only(store: SqliteWebhookStore) -> None:
+def test_pruning_forgets_old_finished_deliveries_only(store: WebhookStore) -> None:
     store.create_webhook(_webhook())
     store.add_message(_message("old"), [NewDelivery("w1", DeliveryState.DEAD, "x")], now=NOW - 99)
     store.add_message(_message("new"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW - 99)
     assert store.prune(finished_before=NOW) == 1
-    deliveries, _ = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=10)
+    deliveries, _ = store.list_deliveries(webhook_id="w1", state=None, after="", limit=10)
     assert [d.event_id for d in deliveries] == ["new"]
 
 
-def test_listing_pages_newest_first_and_filters_by_state(store: SqliteWebhookStore) -> None:
+def test_listing_pages_newest_first_and_filters_by_state(store: WebhookStore) -> None:
     store.create_webhook(_webhook())
     for i in range(5):
         state = DeliveryState.DEAD if i % 2 else DeliveryState.PENDING
         store.add_message(_message(f"e{i}"), [NewDelivery("w1", state)], now=NOW + i)
-    page, cursor = store.list_deliveries(webhook_id="w1", state=None, after=0, limit=2)
+    page, cursor = store.list_deliveries(webhook_id="w1", state=None, after="", limit=2)
     assert [d.event_id for d in page] == ["e4", "e3"] and cursor is not None
     rest, end = store.list_deliveries(webhook_id="w1", state=None, after=cursor, limit=10)
     assert [d.event_id for d in rest] == ["e2", "e1", "e0"] and end is None
-    dead, _ = store.list_deliveries(webhook_id=None, state=DeliveryState.DEAD, after=0, limit=10)
+    dead, _ = store.list_deliveries(webhook_id=None, state=DeliveryState.DEAD, after="", limit=10)
     assert [d.event_id for d in dead] == ["e3", "e1"]
+
+
+def test_webhooks_page_in_creation_order_and_secrets_rotate_with_an_overlap(
+    store: WebhookStore,
+) -> None:
+    ids = [f"w{i}" for i in range(5)]
+    for webhook_id in ids:
+        store.create_webhook(_webhook(webhook_id))
+    page, cursor = store.list_webhooks(after="", limit=2)
+    seen = [w.id for w in page]
+    while cursor is not None:
+        page, cursor = store.list_webhooks(after=cursor, limit=2)
+        seen += [w.id for w in page]
+    assert seen == ids
+    assert sorted(w.id for w in store.all_webhooks()) == ids
+    assert store.get_webhook("nope") is None
+    rotated = store.rotate_secret("w1", secret="whsec_new", previous_expire_time=NOW + 60, now=NOW)
+    assert rotated is not None
+    assert rotated.signing_secrets(NOW) == ("whsec_new", "whsec_" + "A" * 44)
+    assert rotated.signing_secrets(NOW + 61) == ("whsec_new",)
+    assert store.rotate_secret("nope", secret="x", previous_expire_time=NOW, now=NOW) is None
+
+
+def test_pending_counts_and_the_next_due_time_leave_out_disabled_webhooks(
+    store: WebhookStore,
+) -> None:
+    store.create_webhook(_webhook("on"))
+    store.create_webhook(_webhook("off"))
+    assert store.next_due_time() is None
+    pending = [NewDelivery("on", DeliveryState.PENDING), NewDelivery("off", DeliveryState.PENDING)]
+    store.add_message(_message("a"), pending, now=NOW + 5)
+    store.add_message(_message("b"), pending, now=NOW)
+    disabled = store.disable("off", reason="operator", now=NOW)
+    assert disabled is not None and disabled.state is WebhookState.DISABLED
+    [dead], _ = store.list_deliveries(webhook_id="off", state=None, after="", limit=1)
+    assert dead.state is DeliveryState.DEAD and dead.last_error == "webhook disabled: operator"
+    requeued = store.requeue(dead.id, now=NOW - 10)  # due first, but its webhook is off
+    assert requeued is not None and requeued.state is DeliveryState.PENDING
+    assert store.count_pending() == 2
+    assert store.count_pending(due_by=NOW + 1) == 1
+    assert store.next_due_time() == NOW
+    assert store.disable("nope", reason="x", now=NOW) is None
+    assert store.set_enabled("nope", now=NOW) is None
+
+
+def test_two_workers_claiming_the_same_due_deliveries_never_both_get_one(
+    backend: Backend,
+) -> None:
+    workers = [backend.open_webhooks(), backend.open_webhooks()]
+    workers[0].create_webhook(_webhook())
+    made = set()
+    for i in range(8):
+        made.update(
+            workers[0].add_message(
+                _message(f"e{i}"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW
+            )
+        )
+    got: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def claim(i: int) -> None:
+        start.wait()
+        for _ in range(100):  # until nothing is due; a round lost to the other comes back short
+            if workers[i].count_pending(due_by=NOW) == 0:
+                return
+            got[i] += [c.delivery.id for c in workers[i].claim_due(now=NOW, limit=2, lease=60)]
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = got[0] + got[1]
+    assert sorted(claimed) == sorted(set(claimed)) and set(claimed) == made

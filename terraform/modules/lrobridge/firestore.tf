@@ -8,3 +8,59 @@ resource "google_firestore_database" "store" {
   delete_protection_state = var.deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
   deletion_policy         = var.deletion_protection ? "ABANDON" : "DELETE"
 }
+
+# The composite indexes the store's queries need: COMPOSITE_INDEXES in
+# lrobridge/store/firestore.py and lrobridge/webhooks/firestore_store.py (every other query is
+# served by Firestore's automatic single-field indexes). tests/unit/test_terraform.py holds this
+# list equal to the code's.
+locals {
+  firestore_indexes = {
+    watches_due = {
+      collection = "lrobridge_watches"
+      fields     = [{ path = "state", order = "ASCENDING" }, { path = "next_poll", order = "ASCENDING" }]
+    }
+    watches_by_state = {
+      collection = "lrobridge_watches"
+      fields     = [{ path = "state", order = "ASCENDING" }, { path = "seq", order = "ASCENDING" }]
+    }
+    operations_by_parent = {
+      collection = "lrobridge_operations"
+      fields     = [{ path = "parent", order = "ASCENDING" }, { path = "name", order = "ASCENDING" }]
+    }
+    deliveries_due = {
+      collection = "lrobridge_webhook_deliveries"
+      fields     = [{ path = "state", order = "ASCENDING" }, { path = "next_attempt", order = "ASCENDING" }]
+    }
+    deliveries_by_webhook = {
+      collection = "lrobridge_webhook_deliveries"
+      fields     = [{ path = "webhook_id", order = "ASCENDING" }, { path = "seq", order = "DESCENDING" }]
+    }
+    deliveries_by_state = {
+      collection = "lrobridge_webhook_deliveries"
+      fields     = [{ path = "state", order = "ASCENDING" }, { path = "seq", order = "DESCENDING" }]
+    }
+    deliveries_by_webhook_and_state = {
+      collection = "lrobridge_webhook_deliveries"
+      fields = [
+        { path = "webhook_id", order = "ASCENDING" },
+        { path = "state", order = "ASCENDING" },
+        { path = "seq", order = "DESCENDING" },
+      ]
+    }
+  }
+}
+
+resource "google_firestore_index" "store" {
+  for_each   = { for name, index in local.firestore_indexes : name => index if local.firestore }
+  project    = var.project_id
+  database   = google_firestore_database.store[0].name
+  collection = each.value.collection
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value.path
+      order      = fields.value.order
+    }
+  }
+}

@@ -74,6 +74,7 @@ resource "google_cloud_run_v2_service" "bridge" {
     google_secret_manager_secret_iam_member.bridge_reads_api_keys,
     google_project_iam_member.bridge_uses_firestore,
     google_firestore_database.store,
+    google_firestore_index.store, # list and claim queries fail until their indexes exist
   ]
 }
 

@@ -47,6 +47,10 @@ variable "firestore_database" {
   description = "Firestore database id created when store = firestore."
   type        = string
   default     = "lrobridge"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database))
+    error_message = "firestore_database is 4-63 of a-z, 0-9 and -, starting with a letter and ending with a letter or digit."
+  }
 }
 
 variable "firestore_location" {

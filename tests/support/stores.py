@@ -1,0 +1,57 @@
+"""The store backends the contract tests run against, each opened as many times as a test likes.
+
+A :class:`Backend` stands for one store's data (a SQLite file, or a Firestore project of its own
+on the session's emulator); :meth:`Backend.open` gives another store object over that data, as a
+second process or a second Cloud Run instance would have. Every object opened is closed when
+the test ends.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from typing import Any
+
+from lrobridge.store import Store
+from lrobridge.store.firestore import FirestoreStore
+from lrobridge.store.sqlite import SqliteStore
+from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
+from lrobridge.webhooks.model import WebhookStore
+from lrobridge.webhooks.store import SqliteWebhookStore
+
+BACKENDS = ("sqlite", "firestore")
+
+
+class Backend:
+    def __init__(self, kind: str, tmp_path: pathlib.Path) -> None:
+        self.kind = kind
+        self.path = str(tmp_path / "store.db")
+        self.project = f"test-{uuid.uuid4().hex[:10]}"  # Firestore: this test's own data
+        self._opened: list[Store | WebhookStore] = []
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.path}" if self.kind == "sqlite" else "firestore://"
+
+    def open(self, **options: Any) -> Store:
+        """A new store object over this backend's data (``options``: Firestore's only)."""
+        store: Store
+        if self.kind == "sqlite":
+            store = SqliteStore(self.path)
+        else:
+            store = FirestoreStore(project=self.project, **options)
+        self._opened.append(store)
+        return store
+
+    def open_webhooks(self) -> WebhookStore:
+        store: WebhookStore
+        if self.kind == "sqlite":
+            store = SqliteWebhookStore(self.path)
+        else:
+            store = FirestoreWebhookStore(project=self.project)
+        self._opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in reversed(self._opened):
+            store.close()
