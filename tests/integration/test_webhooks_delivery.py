@@ -287,6 +287,8 @@ def test_exhausted_deliveries_are_dead_lettered_listed_and_retried_one_by_one(
         env.clock.now = time.time()  # receivers check the signature's timestamp
         retried = env.client.post(f"/v1/{dead['name']}:retry", headers=AUTH)
         assert retried.status_code == 200
+        # The receiver records a request on its own thread, possibly after answering it.
+        wait_until(lambda: len(receiver.successes()) == 1, timeout=10)
         [got] = receiver.successes()
         assert got.verified and got.webhook_id == dead["webhookId"]  # stable across retries
         final = env.client.get(f"/v1/{dead['name']}", headers=AUTH).get_json()
