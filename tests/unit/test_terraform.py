@@ -26,8 +26,6 @@ from tests.support.terraform import EXAMPLE, MODULE, OPTIONS, ROOT, Config, load
 
 # Set by terraform, read by code that other branches add (webhooks: the drain endpoint's
 # OIDC callers). Once ENVIRONMENT has them they are checked like the rest.
-PENDING_ENVIRONMENT = {"LROBRIDGE_API_SERVICE_ACCOUNTS", "LROBRIDGE_API_AUDIENCE"}
-PENDING_ROUTES = {("POST", "/v1/deliveries:drain")}
 SERVICE_URI = "${google_cloud_run_v2_service.bridge.uri}"
 
 TF = load(MODULE)
@@ -87,7 +85,7 @@ def test_the_scheduler_posts_to_the_drain_route(routes: set[tuple[str, str]]) ->
     target = one(job["http_target"])
     assert target["http_method"] == "POST"
     path = target["uri"].removeprefix(SERVICE_URI)
-    assert ("POST", path) in routes | PENDING_ROUTES
+    assert ("POST", path) in routes
 
 
 def test_the_startup_and_liveness_probes_use_the_health_route(
@@ -100,7 +98,7 @@ def test_the_startup_and_liveness_probes_use_the_health_route(
 
 def test_every_variable_set_on_the_service_is_one_the_app_reads() -> None:
     names = service_env_names()
-    assert names - set(ENVIRONMENT) <= PENDING_ENVIRONMENT, names - set(ENVIRONMENT)
+    assert names <= set(ENVIRONMENT), names - set(ENVIRONMENT)
     assert "PORT" not in names  # Cloud Run sets it; it is reserved
 
 
