@@ -64,9 +64,9 @@ def pubsub_project(pubsub_emulator: str) -> str:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.integration)])
-def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Backend]:
+def store_backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Backend]:
     """One store backend's data for this test: a SQLite file, or a Firestore project of its own
-    on the session's emulator. ``backend.open()`` gives a store object over it."""
+    on the session's emulator. ``store_backend.open()`` gives a store object over it."""
     if request.param == "firestore":
         request.getfixturevalue("firestore_emulator")
     data = Backend(request.param, tmp_path)

@@ -26,8 +26,8 @@ from tests.support.stores import Backend
 
 
 @pytest.fixture
-def store(backend: Backend) -> Store:
-    return backend.open()
+def store(store_backend: Backend) -> Store:
+    return store_backend.open()
 
 
 def _no_sources(url: str) -> OperationsSource:

@@ -23,8 +23,8 @@ SRC = "grpc://127.0.0.1:1"
 
 
 @pytest.fixture
-def store(backend: Backend) -> Store:
-    return backend.open()
+def store(store_backend: Backend) -> Store:
+    return store_backend.open()
 
 
 def _create(store: Store, name: str = "operations/1", now: float = 100.0, src: str = SRC) -> str:
@@ -120,9 +120,9 @@ def test_claims_respect_the_limit_and_due_order(store: Store) -> None:
 
 
 def test_completion_message_survives_a_reopen_and_is_reclaimed_for_publishing(
-    backend: Backend,
+    store_backend: Backend,
 ) -> None:
-    store = backend.open()
+    store = store_backend.open()
     watch_id = _create(store)
     message = PendingMessage(data=b"\x00op", attributes={"outcome": "succeeded"}, ordering_key="k")
     snapshot = _snapshot("operations/1", done=True)
@@ -138,7 +138,7 @@ def test_completion_message_survives_a_reopen_and_is_reclaimed_for_publishing(
     )
     store.close()  # as if the process died before Pub/Sub acknowledged
 
-    reopened = backend.open()
+    reopened = store_backend.open()
     assert reopened.claim_due_publishes(now=100.0, limit=10, lease=30.0) == []  # leased
     assert reopened.outbox_size() == 1
     [due] = reopened.claim_due_publishes(now=200.0, limit=10, lease=30.0)
@@ -415,8 +415,10 @@ def test_quarantine_keeps_the_message_whole_with_its_reason_newest_first(store: 
 # -- several store objects on the same data (processes, instances) ----------------------------
 
 
-def test_two_instances_claiming_the_same_due_watches_never_both_get_one(backend: Backend) -> None:
-    instances = [backend.open(), backend.open()]
+def test_two_instances_claiming_the_same_due_watches_never_both_get_one(
+    store_backend: Backend,
+) -> None:
+    instances = [store_backend.open(), store_backend.open()]
     ids = {_create(instances[0], f"operations/{i}") for i in range(20)}
     got: list[list[str]] = [[], [], [], []]
 
@@ -434,8 +436,8 @@ def test_two_instances_claiming_the_same_due_watches_never_both_get_one(backend:
     assert set(claimed) == ids  # and every due watch went to someone
 
 
-def test_two_pushes_of_the_same_event_run_a_callback_once(backend: Backend) -> None:
-    instances = [backend.open(), backend.open()]
+def test_two_pushes_of_the_same_event_run_a_callback_once(store_backend: Backend) -> None:
+    instances = [store_backend.open(), store_backend.open()]
     results: list[str] = [""] * 4
 
     def claim(i: int) -> None:
@@ -446,9 +448,9 @@ def test_two_pushes_of_the_same_event_run_a_callback_once(backend: Backend) -> N
 
 
 def test_registering_one_watch_from_two_instances_at_once_makes_one_watch(
-    backend: Backend,
+    store_backend: Backend,
 ) -> None:
-    instances = [backend.open(), backend.open()]
+    instances = [store_backend.open(), store_backend.open()]
     made: list[tuple[str, bool]] = [("", False)] * 2
 
     def register(i: int) -> None:

@@ -29,8 +29,8 @@ NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(backend: Backend) -> WebhookStore:
-    return backend.open_webhooks()
+def store(store_backend: Backend) -> WebhookStore:
+    return store_backend.open_webhooks()
 
 
 def _webhook(webhook_id: str = "w1", state: WebhookState = WebhookState.ENABLED) -> Webhook:
@@ -252,9 +252,9 @@ def test_pending_counts_and_the_next_due_time_leave_out_disabled_webhooks(
 
 
 def test_two_workers_claiming_the_same_due_deliveries_never_both_get_one(
-    backend: Backend,
+    store_backend: Backend,
 ) -> None:
-    workers = [backend.open_webhooks(), backend.open_webhooks()]
+    workers = [store_backend.open_webhooks(), store_backend.open_webhooks()]
     workers[0].create_webhook(_webhook())
     made = set()
     for i in range(8):
