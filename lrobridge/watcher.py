@@ -160,7 +160,12 @@ class Watcher:
         finally:
             with self._lock:
                 self._in_flight -= 1
-            self._wake.set()
+                # Claim in batches: wake the loop once half the pool is free, not for every
+                # poll that ends (a claim is a store transaction; one per slot costs more than
+                # the poll). A saturated loop also looks again every IDLE_RECHECK / 10.
+                refill = self._in_flight <= self._settings.watcher_concurrency // 2
+            if refill:
+                self._wake.set()
 
     def poll(self, watch: WatchRecord) -> None:
         """Poll one watch once and record what was learned."""
