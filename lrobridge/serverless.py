@@ -279,6 +279,11 @@ def decide(
         snapshot = codec.not_found_snapshot(watch.operation)
         return Decision(Action.COMPLETE, "the source does not know it", "not_found", snapshot)
     if isinstance(observed, TransientError):
+        if watch.expire_time is not None and now >= watch.expire_time:
+            # The source is failing and time is up; the handler fills in the last state seen.
+            snapshot = codec.Snapshot(operation=codec.empty_operation(watch.operation))
+            reason = f"past its deadline while the source fails ({observed.message})"
+            return Decision(Action.COMPLETE, reason, "expired", snapshot, error=observed)
         return _retry(watch, attempt, now, policy, publish_time, observed.message, observed)
     if isinstance(observed, BridgeError):
         return Decision(Action.DROP, observed.message, error=observed)
@@ -353,9 +358,9 @@ class PubSubWatchScheduler:
             progress=progress,
         )
         data, attributes = encode_watch(watch)
-        _publish(self._publisher(), data, attributes, "", self._publish_timeout)
-        if self._operations is not None:  # served by the Operations facade from now on
+        if self._operations is not None:  # tracked first: a failed publish starts nothing
             self._operations.track_operation(operation, source=source, now=now)
+        _publish(self._publisher(), data, attributes, "", self._publish_timeout)
         log.info("watch %s published for %s on %s", watch.watch_id, operation, source)
         return watch.record()
 
@@ -460,6 +465,11 @@ class WatchHandler:
             policy=self._policy,
             publish_time=publish_time,
         )
+        if decision.action is Action.COMPLETE and isinstance(observed, BridgeError):
+            if decision.outcome == "expired" and self._operations is not None:
+                record = self._operations.get_operation(watch.operation)
+                if record is not None and record.data is not None:
+                    decision = dataclasses.replace(decision, snapshot=record.snapshot())
         fields = {
             "operation": watch.operation,
             "source": watch.source,

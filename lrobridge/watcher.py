@@ -34,10 +34,10 @@ from lrobridge.errors import (
 )
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.records import OutboxEntry, WatchRecord
-from lrobridge.store import Outbox, WatchStore
+from lrobridge.store import OperationStore, Outbox, WatchStore
 
 
-class _Store(WatchStore, Outbox, Protocol):
+class _Store(WatchStore, Outbox, OperationStore, Protocol):
     """What the watcher needs of the store."""
 
 
@@ -177,6 +177,16 @@ class Watcher:
             return
         except TransientError as exc:
             self.stats.transient_errors += 1
+            if self._past_deadline(watch):
+                # The source is failing and time is up: what was last seen is all there is.
+                log.warning(
+                    "%s on %s: %s, and the watch's deadline has passed",
+                    watch.operation,
+                    watch.source,
+                    exc.message,
+                )
+                self._complete(watch, self._last_seen(watch), "expired")
+                return
             self._reschedule(watch, error=exc)
             log.warning("%s on %s: %s (retrying)", watch.operation, watch.source, exc.message)
             return
@@ -198,7 +208,7 @@ class Watcher:
         outcome = snapshot.outcome()
         if outcome is not None:
             self._complete(watch, snapshot, outcome)
-        elif watch.expire_time is not None and self._clock() >= watch.expire_time:
+        elif self._past_deadline(watch):
             self._complete(watch, snapshot, "expired")
         elif held:
             # The long poll itself spaced the polls: go again at once, same backoff step.
@@ -214,6 +224,15 @@ class Watcher:
         else:
             changed = self._reschedule(watch, error=None, snapshot=snapshot)
             self._maybe_progress(watch, snapshot, changed)
+
+    def _past_deadline(self, watch: WatchRecord) -> bool:
+        return watch.expire_time is not None and self._clock() >= watch.expire_time
+
+    def _last_seen(self, watch: WatchRecord) -> codec.Snapshot:
+        record = self._store.get_operation(watch.operation)
+        if record is None or record.data is None:
+            return codec.Snapshot(operation=codec.empty_operation(watch.operation))
+        return record.snapshot()
 
     def _fetch(self, source: OperationsSource, watch: WatchRecord) -> tuple[codec.Snapshot, bool]:
         """The operation's state, and whether a long poll was held for most of its wait."""

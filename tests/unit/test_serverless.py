@@ -180,6 +180,16 @@ def test_a_pending_operation_is_retried_until_its_deadline_then_expires() -> Non
     assert after.action is Action.COMPLETE and after.outcome == "expired"
 
 
+def test_a_failing_source_past_the_deadline_expires_the_watch_instead_of_retrying() -> None:
+    before = decide(
+        watch(expire_time=NOW + 1), Unavailable("down"), attempt=2, now=NOW, policy=POLICY
+    )
+    assert before.action is Action.RETRY
+    after = decide(watch(expire_time=NOW), Unavailable("down"), attempt=2, now=NOW, policy=POLICY)
+    assert after.action is Action.COMPLETE and after.outcome == "expired"
+    assert after.snapshot is not None and after.snapshot.name == NAME
+
+
 def test_a_done_operation_past_its_deadline_completes_with_its_own_outcome() -> None:
     decision = decide(watch(expire_time=NOW - 10), done(), attempt=1, now=NOW, policy=POLICY)
     assert decision.outcome == "succeeded"

@@ -309,3 +309,21 @@ def test_a_completion_pubsub_can_never_take_is_quarantined_and_fails_the_watch(
     [kept] = store.list_quarantine(limit=5)
     assert "not publishable" in kept.reason and kept.headers["outcome"] == "succeeded"
     assert operations_pb2.Operation.FromString(kept.body) == done().operation
+
+
+def test_a_failing_source_past_the_deadline_ends_the_watch_as_expired_instead_of_looping(
+    store: SqliteStore,
+) -> None:
+    clock, publisher = Clock(), RecordingPublisher()
+    failures = [Unavailable("down")] * 50
+    watcher = make(store, ScriptedSource(pending(), *failures), publisher, clock)
+    record = add_watch(store, clock, expire_in=5.0)
+    poll_due(watcher, store, clock)  # seen pending once
+    clock.now += 5.0  # the deadline passes while the source is down
+    poll_due(watcher, store, clock)
+    final = store.get_watch(record.id)
+    assert final is not None and final.state == WatchState.COMPLETED and final.outcome == "expired"
+    [(data, attributes, _)] = publisher.published
+    assert attributes["outcome"] == "expired"
+    assert operations_pb2.Operation.FromString(data) == pending().operation  # the last seen
+    assert store.claim_due_polls(now=clock.now + 1e6, limit=10, lease=1.0) == []
