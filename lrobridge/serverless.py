@@ -465,11 +465,11 @@ class WatchHandler:
             policy=self._policy,
             publish_time=publish_time,
         )
-        if decision.action is Action.COMPLETE and isinstance(observed, BridgeError):
-            if decision.outcome == "expired" and self._operations is not None:
-                record = self._operations.get_operation(watch.operation)
-                if record is not None and record.data is not None:
-                    decision = dataclasses.replace(decision, snapshot=record.snapshot())
+        expired_unseen = decision.outcome == "expired" and isinstance(observed, BridgeError)
+        if expired_unseen and self._operations is not None:
+            record = self._operations.get_operation(watch.operation)
+            if record is not None and record.data is not None:
+                decision = dataclasses.replace(decision, snapshot=record.snapshot())
         fields = {
             "operation": watch.operation,
             "source": watch.source,

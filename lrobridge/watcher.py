@@ -27,6 +27,7 @@ from lrobridge import codec, relay
 from lrobridge.config import Settings
 from lrobridge.errors import (
     BridgeError,
+    InvalidArgument,
     NotFound,
     TransientError,
     Unimplemented,
@@ -336,7 +337,18 @@ class Watcher:
             payload_format=self._settings.payload_format,
             now=now,
         )
-        entry_id = self._store.record_completion(watch.id, done, now=now)
+        try:
+            entry_id = self._store.record_completion(watch.id, done, now=now)
+        except InvalidArgument as exc:  # the store can never hold it (too large, say)
+            self.stats.failed += 1
+            log.error("watch %s stopped: its %s cannot be stored: %s", watch.name, outcome, exc)
+            self._store.record_failure(
+                watch.id,
+                code=int(exc.code),
+                message=f"the {outcome} operation cannot be stored: {exc.message}",
+                now=now,
+            )
+            return
         if entry_id is None:
             return  # deleted meanwhile
         self._progress.forget(watch.id)

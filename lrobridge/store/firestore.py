@@ -95,6 +95,7 @@ COMPOSITE_INDEXES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("watches", (("state", ASC), ("next_poll", ASC))),  # claim_due_polls, next_due_time
     ("watches", (("state", ASC), ("seq", ASC))),  # list_watches(state=...)
     ("operations", (("parent", ASC), ("name", ASC))),  # list_operations
+    ("callback_runs", (("state", ASC), ("update_time", ASC))),  # prune_callback_runs
 )
 QUARANTINE_BODY_LIMIT = 900_000  # bytes; a document holds at most 1 MiB
 

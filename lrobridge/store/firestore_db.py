@@ -49,7 +49,7 @@ from google.cloud.firestore_v1.query import Query
 from google.cloud.firestore_v1.transaction import Transaction
 
 from lrobridge.config import DEFAULT_FIRESTORE_DATABASE
-from lrobridge.errors import BridgeError, ConfigError, Unavailable
+from lrobridge.errors import BridgeError, ConfigError, InvalidArgument, Unavailable
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -174,11 +174,15 @@ class FirestoreDatabase:
 
     @contextlib.contextmanager
     def errors(self, what: str) -> Iterator[None]:
-        """Translate any Firestore failure inside the block into Unavailable."""
+        """Translate any Firestore failure inside the block into Unavailable, except a write
+        Firestore refuses as such (a document over its 1 MiB limit): InvalidArgument, since
+        retrying cannot help."""
         try:
             yield
         except BridgeError:
             raise
+        except api_exceptions.InvalidArgument as exc:
+            raise InvalidArgument(f"Firestore refused to {what}: {_describe(exc)}") from exc
         except api_exceptions.GoogleAPIError as exc:
             raise Unavailable(f"Firestore could not {what}: {_describe(exc)}") from exc
         except auth_exceptions.GoogleAuthError as exc:

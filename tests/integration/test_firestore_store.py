@@ -232,3 +232,59 @@ def test_the_watcher_rides_out_a_firestore_outage_and_polls_once_it_is_back(
             watcher.stop()
             bridge.close()
     assert not thread.is_alive()
+
+
+def test_an_operation_too_large_for_a_firestore_document_fails_its_watch_saying_why(
+    project: str,
+) -> None:
+    from concurrent.futures import Future
+
+    from google.protobuf import any_pb2
+
+    from lrobridge.watcher import Watcher
+
+    store = FirestoreStore(project=project)
+    name = "projects/p/operations/huge"
+    huge = operations_pb2.Operation(
+        name=name, done=True, response=any_pb2.Any(type_url="t/x", value=b"x" * 1_100_000)
+    )
+
+    class Source:
+        url = "grpc://127.0.0.1:1"
+
+        def get_operation(self, name: str, *, timeout: float) -> codec.Snapshot:
+            return codec.snapshot_from_proto(huge)
+
+        def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
+            return codec.snapshot_from_proto(huge)
+
+    class Publisher:
+        def publish(self, data: bytes, attributes: dict[str, str], key: str) -> Future[str]:
+            raise AssertionError("nothing may be published for a completion never stored")
+
+        def close(self) -> None:
+            pass
+
+    try:
+        watch, _ = store.create_watch(
+            source=Source.url,
+            operation=name,
+            expire_time=None,
+            backoff=Backoff(),
+            progress=False,
+            now=time.time(),
+        )
+        watcher = Watcher(
+            store=store,
+            sources=lambda url: Source(),  # type: ignore[arg-type,return-value]
+            publisher=Publisher(),
+            settings=dataclasses.replace(Settings(), long_poll_slots=0),
+        )
+        [claimed] = store.claim_due_polls(now=time.time(), limit=5, lease=60.0)
+        watcher.poll(claimed)
+        failed = store.get_watch(watch.id)
+        assert failed is not None and failed.state == WatchState.FAILED
+        assert "cannot be stored" in failed.last_error_message
+        assert "longer than" in failed.last_error_message  # Firestore's own words: the limit
+    finally:
+        store.close()

@@ -27,6 +27,10 @@ locals {
       collection = "lrobridge_operations"
       fields     = [{ path = "parent", order = "ASCENDING" }, { path = "name", order = "ASCENDING" }]
     }
+    callback_runs_old = {
+      collection = "lrobridge_callback_runs"
+      fields     = [{ path = "state", order = "ASCENDING" }, { path = "update_time", order = "ASCENDING" }]
+    }
     deliveries_due = {
       collection = "lrobridge_webhook_deliveries"
       fields     = [{ path = "state", order = "ASCENDING" }, { path = "next_attempt", order = "ASCENDING" }]
