@@ -265,6 +265,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+def _port_arg(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1024")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrobridge",
@@ -274,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run the whole local stack (Pub/Sub emulator included)")
     dev.add_argument("--app", help="module:attribute of your Bridge (callbacks)")
-    dev.add_argument("--port", type=int, default=None, help="HTTP port (default $PORT or 8080)")
-    dev.add_argument("--emulator-port", type=int, default=8085, help="Pub/Sub emulator port")
+    dev.add_argument(
+        "--port", type=_port_arg, default=None, help="HTTP port (default $PORT or 8080)"
+    )
+    dev.add_argument("--emulator-port", type=_port_arg, default=8085, help="Pub/Sub emulator port")
     dev.add_argument(
         "--serverless",
         action="store_true",
@@ -286,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
     serve.add_argument("--app", help="module:attribute of your Bridge")
     serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--port", type=_port_arg, default=None)
+    serve.add_argument("--workers", type=_count_arg, default=1)
+    serve.add_argument("--threads", type=_count_arg, default=8)
     serve.add_argument(
         "--watcher",
         action="store_true",

@@ -101,6 +101,17 @@ def snapshot_from_proto(operation: operations_pb2.Operation) -> Snapshot:
     return Snapshot(operation=operation)
 
 
+def check_json_text(obj: object, what: str) -> None:
+    """Refuse decoded JSON holding unpaired surrogates (a ``\\ud800`` escape without its
+    pair): such strings cannot be stored or sent on as UTF-8."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff without its pair)"
+        ) from None
+
+
 def snapshot_from_json(obj: object) -> Snapshot:
     """A snapshot of an Operation in its JSON form (REST sources, JSON payloads).
 
@@ -109,6 +120,7 @@ def snapshot_from_json(obj: object) -> Snapshot:
     """
     if not isinstance(obj, Mapping):
         raise InvalidArgument(f"an Operation must be a JSON object, got {type(obj).__name__}")
+    check_json_text(obj, "the Operation's JSON")
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidArgument("Operation JSON has no string 'name'")

@@ -91,10 +91,13 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "WaitOperation long polls held open at once per source; other due watches use Get.",
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
-    "LROBRIDGE_RPC_TIMEOUT": ("30s", "Deadline of one GetOperation / REST GET to a source."),
+    "LROBRIDGE_RPC_TIMEOUT": (
+        "30s",
+        "Deadline of one GetOperation / REST GET to a source (at most 10m).",
+    ),
     "LROBRIDGE_WAIT_MAX": (
         "60s",
-        "Longest WaitOperation the facade holds, whatever timeout the caller asks for.",
+        "Longest WaitOperation the facade holds, whatever timeout the caller asks for (1s-1h).",
     ),
     "LROBRIDGE_PROGRESS_INTERVAL": (
         "5s",
@@ -266,7 +269,9 @@ class Settings:
                 ApiAuth, _choice(get("LROBRIDGE_API_AUTH"), "LROBRIDGE_API_AUTH", ("key", "none"))
             ),
             api_keys=frozenset(
-                k.strip() for k in get("LROBRIDGE_API_KEYS").split(",") if k.strip()
+                _header_safe(k.strip(), "LROBRIDGE_API_KEYS")
+                for k in get("LROBRIDGE_API_KEYS").split(",")
+                if k.strip()
             ),
             watcher_concurrency=_positive_int(
                 get("LROBRIDGE_WATCHER_CONCURRENCY"), "LROBRIDGE_WATCHER_CONCURRENCY"
@@ -277,10 +282,14 @@ class Settings:
             long_poll_timeout=_bounded_duration(
                 get("LROBRIDGE_LONG_POLL_TIMEOUT"), "LROBRIDGE_LONG_POLL_TIMEOUT", 1.0, 600.0
             ),
-            rpc_timeout=_positive_duration(get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT"),
-            wait_max=_positive_duration(get("LROBRIDGE_WAIT_MAX"), "LROBRIDGE_WAIT_MAX"),
-            progress_interval=parse_duration(
-                get("LROBRIDGE_PROGRESS_INTERVAL"), what="LROBRIDGE_PROGRESS_INTERVAL"
+            rpc_timeout=_bounded_duration(
+                get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT", 0.1, 600.0
+            ),
+            wait_max=_bounded_duration(
+                get("LROBRIDGE_WAIT_MAX"), "LROBRIDGE_WAIT_MAX", 1.0, 3600.0
+            ),
+            progress_interval=_bounded_duration(
+                get("LROBRIDGE_PROGRESS_INTERVAL"), "LROBRIDGE_PROGRESS_INTERVAL", 0.0, 86400.0
             ),
             log_format=cast(
                 LogFormat,
@@ -288,14 +297,14 @@ class Settings:
             ),
             log_level=_log_level(get("LROBRIDGE_LOG_LEVEL")),
             bridge_url=get("LROBRIDGE_URL").rstrip("/"),
-            api_key=get("LROBRIDGE_API_KEY"),
+            api_key=_header_safe(get("LROBRIDGE_API_KEY"), "LROBRIDGE_API_KEY"),
             **_watch_settings(get),
             api_service_accounts=_emails(
                 get("LROBRIDGE_API_SERVICE_ACCOUNTS"), "LROBRIDGE_API_SERVICE_ACCOUNTS"
             ),
             api_audience=get("LROBRIDGE_API_AUDIENCE"),
-            webhook_timeout=_positive_duration(
-                get("LROBRIDGE_WEBHOOK_TIMEOUT"), "LROBRIDGE_WEBHOOK_TIMEOUT"
+            webhook_timeout=_bounded_duration(
+                get("LROBRIDGE_WEBHOOK_TIMEOUT"), "LROBRIDGE_WEBHOOK_TIMEOUT", 0.1, 600.0
             ),
             webhook_concurrency=_positive_int(
                 get("LROBRIDGE_WEBHOOK_CONCURRENCY"), "LROBRIDGE_WEBHOOK_CONCURRENCY"
@@ -395,17 +404,17 @@ def _non_negative_int(value: str, name: str) -> int:
     return number
 
 
+def _header_safe(value: str, name: str) -> str:
+    """API keys travel in an HTTP header: printable ASCII without spaces only."""
+    if value and not all("!" <= ch <= "~" for ch in value):
+        raise ConfigError(f"{name}: an API key must be printable ASCII without spaces")
+    return value
+
+
 def _bounded_duration(value: str, name: str, low: float, high: float) -> float:
     seconds = parse_duration(value, what=name)
     if not low <= seconds <= high:
         raise ConfigError(f"{name}={value!r} must be between {low:g}s and {high:g}s")
-    return seconds
-
-
-def _positive_duration(value: str, name: str) -> float:
-    seconds = parse_duration(value, what=name)
-    if seconds <= 0:
-        raise ConfigError(f"{name}={value!r} must be longer than zero")
     return seconds
 
 

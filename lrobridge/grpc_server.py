@@ -34,7 +34,12 @@ from lrobridge.errors import BridgeError, FailedPrecondition, InvalidArgument, U
 from lrobridge.facade import OperationsFacade
 from lrobridge.proto.v1 import watch_pb2, watch_pb2_grpc
 from lrobridge.records import WatchState
-from lrobridge.watches import WatchService, create_args_from_proto, watch_to_proto
+from lrobridge.watches import (
+    WatchService,
+    create_args_from_proto,
+    duration_seconds,
+    watch_to_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +128,7 @@ class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignor
         async def call() -> operations_pb2.Operation:
             timeout = None
             if request.HasField("timeout"):
-                timeout = request.timeout.ToTimedelta().total_seconds()
+                timeout = duration_seconds(request.timeout)
             snapshot = await self._facade.wait_async(
                 request.name, timeout=timeout, deadline=context.time_remaining()
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Response, request
 
+from lrobridge.codec import check_json_text
 from lrobridge.errors import InvalidArgument
 
 
@@ -32,11 +33,13 @@ def json_body(*, required: bool = True) -> object:
             raise InvalidArgument("request body is empty; send a JSON object")
         return None
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(f"request body is not JSON: {exc}") from None
     except RecursionError:
         raise InvalidArgument("request body is JSON nested too deeply") from None
+    check_json_text(body, "request body")
+    return body
 
 
 def int_arg(name: str) -> int:

@@ -24,6 +24,7 @@ def validate_operation_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidArgument("operation name is empty")
+    check_text(name, "operation name")
     if len(name.encode()) > MAX_OPERATION_NAME_BYTES:
         raise InvalidArgument(
             f"operation name is {len(name.encode())} bytes; at most {MAX_OPERATION_NAME_BYTES}"
@@ -41,6 +42,19 @@ def validate_operation_name(name: str) -> str:
                 f"operation name {name!r} contains {bad!r}, which is not allowed in a resource name"
             )
     return name
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it can be written as UTF-8: refuses the unpaired surrogates that a JSON
+    ``\\ud800`` escape or an undecodable command-line byte leave in a Python string."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{what} contains {value[exc.start]!r}, which is not a character (an unpaired "
+            "surrogate: a JSON \\ud8xx escape without its pair, or bytes that are not UTF-8)"
+        ) from None
+    return value
 
 
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as api_exceptions
+from google.api_core import retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient, types
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -34,6 +35,7 @@ from lrobridge.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
+    Unavailable,
     classify_api_error,
 )
 
@@ -179,6 +181,8 @@ class PubSubPublisher:
 def _call(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
+    except api_exceptions.RetryError as exc:  # gave up within the admin timeout
+        raise Unavailable(f"{what}: Pub/Sub did not answer: {exc.cause or exc}") from exc
     except api_exceptions.GoogleAPICallError as exc:
         error = classify_api_error(exc)
         error.message = f"{what}: {error.message}"
@@ -202,6 +206,9 @@ class PubSubAdmin:
         timeout: float = 30.0,
     ) -> None:
         self.timeout = timeout
+        # The library retries UNAVAILABLE for minutes by default; an admin command should say
+        # within its timeout that Pub/Sub (or the emulator) cannot be reached.
+        self._retry = retry.Retry(timeout=timeout)
         try:
             self._publisher = publisher or PublisherClient()
             self._subscriber = subscriber or SubscriberClient()
@@ -213,7 +220,9 @@ class PubSubAdmin:
         try:
             _call(
                 f"create topic {topic_path}",
-                lambda: self._publisher.create_topic(name=topic_path, timeout=self.timeout),
+                lambda: self._publisher.create_topic(
+                    name=topic_path, timeout=self.timeout, retry=self._retry
+                ),
             )
         except AlreadyExists:
             return "unchanged"
@@ -222,7 +231,9 @@ class PubSubAdmin:
     def delete_topic(self, topic_path: str) -> None:
         _call(
             f"delete topic {topic_path}",
-            lambda: self._publisher.delete_topic(topic=topic_path, timeout=self.timeout),
+            lambda: self._publisher.delete_topic(
+                topic=topic_path, timeout=self.timeout, retry=self._retry
+            ),
         )
 
     def ensure_push_subscription(
@@ -290,7 +301,7 @@ class PubSubAdmin:
         _call(
             f"delete subscription {subscription_path}",
             lambda: self._subscriber.delete_subscription(
-                subscription=subscription_path, timeout=self.timeout
+                subscription=subscription_path, timeout=self.timeout, retry=self._retry
             ),
         )
 
@@ -299,7 +310,7 @@ class PubSubAdmin:
         return _call(
             f"get subscription {subscription_path}",
             lambda: self._subscriber.get_subscription(
-                subscription=subscription_path, timeout=self.timeout
+                subscription=subscription_path, timeout=self.timeout, retry=self._retry
             ),
         )
 
@@ -308,7 +319,9 @@ class PubSubAdmin:
         try:
             _call(
                 f"create subscription {name}",
-                lambda: self._subscriber.create_subscription(request=wanted, timeout=self.timeout),
+                lambda: self._subscriber.create_subscription(
+                    request=wanted, timeout=self.timeout, retry=self._retry
+                ),
             )
             return "created"
         except AlreadyExists:
@@ -335,6 +348,7 @@ class PubSubAdmin:
                     "update_mask": field_mask_pb2.FieldMask(paths=changed),
                 },
                 timeout=self.timeout,
+                retry=self._retry,
             ),
         )
         log.info("updated %s of subscription %s", ", ".join(changed), name)

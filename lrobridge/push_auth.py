@@ -67,6 +67,9 @@ FETCH_TIMEOUT_SECONDS = 10.0
 
 _MAX_AGE_RE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
+# What decoding a malformed or hostile token raises (deep JSON: RecursionError).
+_DECODE_ERRORS = (google.auth.exceptions.GoogleAuthError, ValueError, TypeError, RecursionError)
+
 # google.auth.jwt.decode is untyped; this is the signature it documents.
 _jwt_decode: Callable[..., Mapping[str, Any]] = google.auth.jwt.decode
 
@@ -124,7 +127,7 @@ class PushTokenVerifier:
             claims = _jwt_decode(
                 token, certs=certs, audience=None, clock_skew_in_seconds=self._clock_skew
             )
-        except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError) as exc:
+        except _DECODE_ERRORS as exc:
             raise Unauthenticated(f"push token rejected: {_describe(exc)}") from None
         self._check_claims(claims, request_url)
         return claims
@@ -140,7 +143,7 @@ class PushTokenVerifier:
             )
         try:
             claims = _jwt_decode(token, verify=False)
-        except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError) as exc:
+        except _DECODE_ERRORS as exc:
             raise Unauthenticated(f"push token rejected: {_describe(exc)}") from None
         now = self._wall_clock()
         issued, expires = claims.get("iat"), claims.get("exp")
@@ -265,7 +268,7 @@ def _key_id(token: str) -> str | None:
     try:
         encoded = segments[0] + "=" * (-len(segments[0]) % 4)
         header = json.loads(base64.urlsafe_b64decode(encoded))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise Unauthenticated("push token is malformed: its header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise Unauthenticated("push token is malformed: its header is not a JSON object")

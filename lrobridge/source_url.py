@@ -27,6 +27,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from lrobridge.errors import InvalidArgument
+from lrobridge.names import check_text
 
 Scheme = Literal["grpc", "grpcs", "http", "https"]
 SCHEMES: tuple[Scheme, ...] = ("grpc", "grpcs", "http", "https")
@@ -114,6 +115,7 @@ def split_source_url(url: str) -> SourceURL:
     """Like :func:`parse_source_url`, returning the parts."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidArgument(f"source URL is empty; use {_FORMS}")
+    check_text(url, "source URL")
     if len(url.encode()) > MAX_SOURCE_URL_BYTES:
         raise InvalidArgument(
             f"source URL is {len(url.encode())} bytes long; at most {MAX_SOURCE_URL_BYTES}"

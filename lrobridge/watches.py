@@ -177,10 +177,8 @@ def create_args_from_proto(request: watch_pb2.CreateWatchRequest) -> dict[str, A
     if request.HasField("backoff"):
         defaults = Backoff()
         b = request.backoff
-        initial = (
-            b.initial_delay.ToTimedelta().total_seconds() if b.HasField("initial_delay") else None
-        )
-        maximum = b.max_delay.ToTimedelta().total_seconds() if b.HasField("max_delay") else None
+        initial = duration_seconds(b.initial_delay) if b.HasField("initial_delay") else None
+        maximum = duration_seconds(b.max_delay) if b.HasField("max_delay") else None
         backoff = Backoff(
             initial_delay=initial if initial is not None else defaults.initial_delay,
             multiplier=b.multiplier or defaults.multiplier,
@@ -190,7 +188,7 @@ def create_args_from_proto(request: watch_pb2.CreateWatchRequest) -> dict[str, A
         )
     deadline = None
     if request.HasField("deadline"):
-        deadline = request.deadline.ToTimedelta().total_seconds()
+        deadline = duration_seconds(request.deadline)
     return {
         "operation": request.operation,
         "source": request.source,
@@ -230,21 +228,27 @@ def backoff_from_json(value: object) -> Backoff | None:
 
 
 def duration_field(value: object, field: str) -> float:
-    if isinstance(value, bool):
+    """Seconds from a request field: a number, proto JSON (``"3600s"``) or ``"1h30m"``; at
+    most :data:`MAX_DURATION_SECONDS`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
-    if isinstance(value, int | float):
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value, what=f"field {field!r}")
+        except ConfigError as exc:
+            raise InvalidArgument(exc.message) from None
+    else:
         seconds = float(value)
-        if not 0 <= seconds <= MAX_DURATION_SECONDS:  # also refuses NaN
-            raise InvalidArgument(
-                f"field {field!r} must be between 0 and {MAX_DURATION_SECONDS:.0f} seconds"
-            )
-        return seconds
-    if not isinstance(value, str):
-        raise InvalidArgument(f"field {field!r} must be a duration such as '1h' or '90s'")
-    try:
-        return parse_duration(value, what=f"field {field!r}")
-    except ConfigError as exc:
-        raise InvalidArgument(exc.message) from None
+    if not 0 <= seconds <= MAX_DURATION_SECONDS:  # also refuses NaN
+        raise InvalidArgument(
+            f"field {field!r} must be between 0 and {MAX_DURATION_SECONDS:.0f} seconds"
+        )
+    return seconds
+
+
+def duration_seconds(value: duration_pb2.Duration) -> float:
+    """Seconds of a protobuf Duration (``ToTimedelta`` overflows on huge values)."""
+    return value.seconds + value.nanos / 1e9
 
 
 # -- output forms --------------------------------------------------------------------------

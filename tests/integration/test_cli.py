@@ -127,6 +127,9 @@ def test_dev_then_watch_runs_the_users_callback_once_and_stops_on_ctrl_c(
         (["watcher"], {"LROBRIDGE_WATCHER_CONCURRENCY": "zero"}, "LROBRIDGE_WATCHER_CONCURRENCY"),
         (["serve", "--app", "nosuchmodule:bridge"], {}, "cannot import 'nosuchmodule'"),
         (["serve", "--app", "justamodule"], {}, "module:attribute"),
+        (["serve", "--port", "99999"], {}, "not a port number"),
+        (["serve", "--workers", "0"], {}, "from 1 to 1024"),
+        (["watch", "operations/\udcff", "--source", "grpc://h:1"], {}, "not a character"),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_no_traceback(
@@ -138,7 +141,8 @@ def test_bad_input_gets_one_clear_line_and_no_traceback(
 ) -> None:
     result = _cli(*args, env={**env, **extra_env}, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stderr.startswith("lrobridge: error: ") and message in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # argparse prints its usage line first
+    assert last.startswith("lrobridge") and "error: " in last and message in last
     assert "Traceback" not in result.stderr
 
 

@@ -266,3 +266,40 @@ def test_operators_read_the_quarantine_newest_first(client: FlaskClient) -> None
     assert [base64.b64decode(m["body"]) for m in listed] == [b'{"message": 5}', b"not json"]
     assert "not an object" in listed[0]["reason"] and listed[0]["receiveTime"].endswith("Z")
     assert client.get("/v1/quarantine", headers={}).status_code in (401, 403)
+
+
+def test_unpaired_surrogate_escapes_are_refused_by_name_not_crashed_on(
+    client: FlaskClient, bridge: Bridge
+) -> None:
+    lone = b'{"operation": "operations/\\ud800", "source": "grpc://h:1"}'
+    response = client.post(
+        "/v1/watches", data=lone, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and "surrogate" in _error(response)["message"]
+    payload = b'{"name": "operations/x\\udc00", "done": true}'
+    push = {
+        "message": {
+            "data": base64.b64encode(payload).decode(),
+            "attributes": {"payload_format": "json", "outcome": "succeeded"},
+            "messageId": "1",
+        }
+    }
+    pushed = client.post("/pubsub/push", json=push)
+    assert pushed.status_code == 200 and "surrogate" in pushed.get_json()["reason"]
+
+
+def test_a_token_nested_too_deeply_is_unauthenticated_not_a_crash(tmp_path: object) -> None:
+    settings = dataclasses.replace(
+        Settings(),
+        push_auth="oidc",
+        push_service_account="pusher@p.iam.gserviceaccount.com",
+        push_certs_url="http://127.0.0.1:1/certs",
+        project="p",
+    )
+    app = Bridge(settings, store=SqliteStore(":memory:")).create_app()
+    header = base64.urlsafe_b64encode(b"[" * 50_000).decode().rstrip("=")
+    response = app.test_client().post(
+        "/pubsub/push", data=b"{}", headers={"Authorization": f"Bearer {header}.e30.sig"}
+    )
+    assert response.status_code == 401
+    assert "malformed" in _error(response)["message"]
