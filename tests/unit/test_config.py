@@ -83,7 +83,7 @@ def test_topic_path_without_a_project_says_which_variable_to_set() -> None:
         ),
         ({"LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8,nope"}, "'nope' is not a CIDR"),
         ({"LROBRIDGE_WATCHER_CONCURRENCY": "0"}, "must be at least 1"),
-        ({"LROBRIDGE_RPC_TIMEOUT": "0s"}, "longer than zero"),
+        ({"LROBRIDGE_RPC_TIMEOUT": "0s"}, "must be between 0.1s and 600s"),
         ({"LROBRIDGE_LONG_POLL_TIMEOUT": "soon"}, "is not a duration"),
         ({"LROBRIDGE_LOG_LEVEL": "LOUD"}, "LROBRIDGE_LOG_LEVEL"),
     ],
