@@ -449,6 +449,13 @@ class WatchHandler:
         return self._run(received.content, received.message)
 
     def _run(self, watch: WatchMessage, message: PushMessage) -> PushResponse:
+        if self._operations is not None:
+            record = self._operations.get_operation(watch.operation)
+            if record is not None and record.outcome == "deleted":
+                # DeleteOperation stopped this watch: acknowledge and poll no more.
+                self.stats.dropped += 1
+                log.info("%s on %s: deleted, the watch stops", watch.operation, watch.source)
+                return PushResponse(STATUS_BY_ACTION[Action.DROP], None)
         observed = self._poll(watch)
         now = self._clock()
         publish_time = parse_publish_time(message.publish_time)

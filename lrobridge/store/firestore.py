@@ -97,6 +97,7 @@ COMPOSITE_INDEXES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("operations", (("parent", ASC), ("name", ASC))),  # list_operations
     ("callback_runs", (("state", ASC), ("update_time", ASC))),  # prune_callback_runs
 )
+DELETED = "deleted"  # the outcome of a tombstone left by delete_operation
 QUARANTINE_BODY_LIMIT = 900_000  # bytes; a document holds at most 1 MiB
 
 _WATCHES = "watches"
@@ -197,7 +198,7 @@ class FirestoreStore:
             tracked = op_ref.get(transaction=tx)
             tx.create(self._doc(_WATCHES, watch_id), created)
             tx.set(key_ref, {"watch_id": watch_id, "source": source, "operation": operation})
-            if not tracked.exists:
+            if not tracked.exists or tracked.get("outcome") == DELETED:  # (re)tracked
                 tx.set(op_ref, _new_operation(operation, source, "watch", now))
             return _watch(created), True
 
@@ -575,11 +576,14 @@ class FirestoreStore:
         return set(wanted) - running
 
     def track_operation(self, name: str, *, source: str, now: float) -> None:
-        with self.db.errors("track the operation"):
-            try:
-                self._operation_ref(name).create(_new_operation(name, source, "watch", now))
-            except api_exceptions.AlreadyExists:
-                return
+        op_ref = self._operation_ref(name)
+
+        def body(tx: Transaction) -> None:
+            tracked = op_ref.get(transaction=tx)
+            if not tracked.exists or tracked.get("outcome") == DELETED:
+                tx.set(op_ref, _new_operation(name, source, "watch", now))
+
+        self.db.transact("track the operation", body)
 
     def record_observation(
         self, snapshot: codec.Snapshot, *, source: str, outcome: str, now: float
@@ -654,12 +658,17 @@ class FirestoreStore:
         def body(tx: Transaction) -> bool:
             tracked = op_ref.get(transaction=tx)
             docs = list(watches.stream(transaction=tx))
-            if tracked.exists:
-                tx.delete(op_ref)
+            live = tracked.exists and tracked.get("outcome") != DELETED
+            if live:
+                # A tombstone, not a delete: a watch message still in flight (Pub/Sub-driven
+                # watching) learns from it that it must stop, and nothing recreates it.
+                tx.update(
+                    op_ref, {"outcome": DELETED, "done": False, "data": None, "error_code": None}
+                )
             for doc in docs:
                 tx.delete(doc.reference)
                 tx.delete(self._doc(_WATCH_KEYS, digest(doc.get("source"), name)))
-            return tracked.exists or bool(docs)
+            return live or bool(docs)
 
         return self.db.transact("delete the operation", body)
 
@@ -960,6 +969,8 @@ def _successor(prefix: str) -> str | None:
 
 
 def _matches(query: OperationFilter, record: OperationRecord) -> bool:
+    if record.outcome == DELETED:
+        return False
     return query.matches(
         name=record.name,
         done=record.done,

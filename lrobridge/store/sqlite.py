@@ -130,6 +130,15 @@ _OPERATION_COLUMNS = (
     "name, source, origin, done, outcome, error_code, metadata_type, response_type, data, "
     "data_format, create_time, update_time, cancel_requested"
 )
+# Track a watched operation: a new row, or a tombstone brought back; a live one is kept.
+_TRACK_OPERATION = (
+    "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
+    "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
+    "origin = 'watch', done = 0, outcome = '', error_code = NULL, metadata_type = '', "
+    "response_type = '', data = NULL, create_time = excluded.create_time, "
+    "update_time = excluded.update_time, cancel_requested = 0 "
+    "WHERE operations.outcome = 'deleted'"
+)
 _OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
 
 
@@ -194,8 +203,7 @@ class SqliteStore:
                 ),
             ).fetchone()
             conn.execute(
-                "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
-                "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO NOTHING",
+                _TRACK_OPERATION,
                 (operation, codec.operation_parent(operation), source, now, now),
             )
         return _watch(row), True
@@ -581,7 +589,7 @@ class SqliteStore:
     def list_operations(
         self, parent: str, query: OperationFilter, *, after: str, limit: int
     ) -> tuple[list[OperationRecord], str | None]:
-        where = ["parent = ?", "name > ?"]
+        where = ["parent = ?", "name > ?", "outcome != 'deleted'"]
         params: list[Any] = [parent, after]
         for condition in query.conditions:
             clause, values = _condition_sql(condition)
@@ -599,8 +607,7 @@ class SqliteStore:
     def track_operation(self, name: str, *, source: str, now: float) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
-                "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO NOTHING",
+                _TRACK_OPERATION,
                 (name, codec.operation_parent(name), source, now, now),
             )
 
@@ -636,7 +643,13 @@ class SqliteStore:
 
     def delete_operation(self, name: str) -> bool:
         with self._write() as conn:
-            deleted = conn.execute("DELETE FROM operations WHERE name = ?", (name,)).rowcount
+            # A tombstone, not a delete: a watch message still in flight (Pub/Sub-driven
+            # watching) learns from it that it must stop, and nothing recreates the operation.
+            deleted = conn.execute(
+                "UPDATE operations SET outcome = 'deleted', done = 0, data = NULL, "
+                "error_code = NULL WHERE name = ? AND outcome != 'deleted'",
+                (name,),
+            ).rowcount
             watches = conn.execute("DELETE FROM watches WHERE operation = ?", (name,)).rowcount
             return deleted + watches > 0
 

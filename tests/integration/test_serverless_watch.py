@@ -270,3 +270,18 @@ def test_pubsub_init_in_pubsub_mode_creates_the_watch_subscription_with_its_poli
     assert watches.dead_letter_policy.max_delivery_attempts == 20
     assert "lro-watch-push -> https://bridge.example/pubsub/watch: created" in first
     assert "lro-watch-push -> https://bridge.example/pubsub/watch: unchanged" in again
+
+
+def test_deleting_the_operation_stops_its_pubsub_driven_watch_for_good(stack: Stack) -> None:
+    stack.backend.add(OPERATION)  # never completes
+    register(stack)
+    wait_for(lambda: stack.backend.calls("GetOperation") >= 1, "the first poll")
+    deleted = requests.delete(f"{stack.base_url}/v1/{OPERATION}", timeout=30)
+    assert deleted.status_code == 200
+    dropped = stack.bridge.watch_endpoint().stats
+    wait_for(lambda: dropped.dropped >= 1, "the next delivery to stop the watch")
+    polls = stack.backend.calls("GetOperation")
+    time.sleep(3.0)  # a retry policy of 1-2 s would have redelivered by now
+    assert stack.backend.calls("GetOperation") == polls
+    gone = requests.get(f"{stack.base_url}/v1/{OPERATION}", timeout=30)
+    assert gone.status_code == 404

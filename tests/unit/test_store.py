@@ -517,3 +517,27 @@ def test_succeeded_callback_runs_are_forgotten_after_the_retention(store: Store)
     assert store.prune_callback_runs(older_than=100.0) == 1
     assert store.claim_callback("old", "cb", now=600.0, lease=5.0) == "run"
     assert store.claim_callback("new", "cb", now=600.0, lease=5.0) == "done"
+
+
+def test_a_deleted_operation_leaves_a_tombstone_that_nothing_but_a_new_watch_revives(
+    store: Store,
+) -> None:
+    name = "projects/p/operations/gone-for-good"
+    store.track_operation(name, source=SRC, now=1.0)
+    assert store.delete_operation(name) is True
+    assert store.delete_operation(name) is False  # already gone
+    running = codec.snapshot_from_proto(operations_pb2.Operation(name=name))
+    store.record_observation(running, source=SRC, outcome="", now=2.0)  # a late poll
+    store.track_operation(name, source=SRC, now=2.5)
+    record = store.get_operation(name)
+    assert record is not None and record.outcome == ""  # tracked again on purpose
+    store.delete_operation(name)
+    store.record_observation(running, source=SRC, outcome="", now=3.0)
+    record = store.get_operation(name)
+    assert record is not None and record.outcome == "deleted"
+    assert store.settled([name]) == {name}
+    page, _ = store.list_operations("projects/p", parse_filter(""), after="", limit=10)
+    assert name not in [r.name for r in page]
+    _create(store, name, now=4.0)  # watching it again brings it back
+    record = store.get_operation(name)
+    assert record is not None and record.outcome == "" and not record.done
