@@ -37,7 +37,10 @@ def test_service_accounts_are_a_lower_cased_comma_separated_list() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"LROBRIDGE_WEBHOOK_TIMEOUT": "0s"}, "LROBRIDGE_WEBHOOK_TIMEOUT='0s' must be between 0.1s and 600s"),
+        (
+            {"LROBRIDGE_WEBHOOK_TIMEOUT": "0s"},
+            "LROBRIDGE_WEBHOOK_TIMEOUT='0s' must be between 0.1s and 600s",
+        ),
         ({"LROBRIDGE_WEBHOOK_CONCURRENCY": "0"}, "LROBRIDGE_WEBHOOK_CONCURRENCY='0' must be"),
         ({"LROBRIDGE_WEBHOOK_DELIVERY": "later"}, "auto, background, request"),
         ({"LROBRIDGE_API_SERVICE_ACCOUNTS": "scheduler"}, "not a service account email"),
