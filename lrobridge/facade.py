@@ -25,10 +25,11 @@ Pure module.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from lrobridge import codec, paging
 from lrobridge.errors import InvalidArgument, NotFound, Unimplemented
@@ -187,14 +188,24 @@ class OperationsFacade:
         return self.get(name)
 
     async def wait_async(
-        self, name: str, *, timeout: float | None = None, deadline: float | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        executor: concurrent.futures.Executor | None = None,
     ) -> codec.Snapshot:
-        """WaitOperation for asyncio servers: a waiter is a future, not a thread."""
-        record = self._record(name)
+        """WaitOperation for asyncio servers: a waiter is a future, not a thread. Store reads
+        run on ``executor`` (the loop's default when None), never on the loop itself."""
+        loop = asyncio.get_running_loop()
+
+        async def read(fn: Callable[[str], Any]) -> Any:
+            return await loop.run_in_executor(executor, fn, name)
+
+        record = await read(self._record)
         if _settled(record):
             return self._snapshot(record)
         seconds = self.wait_seconds(timeout, deadline)
-        loop = asyncio.get_running_loop()
         woken = asyncio.Event()
 
         def wake() -> None:
@@ -204,7 +215,7 @@ class OperationsFacade:
         try:
             ends = loop.time() + seconds
             while True:
-                record = self._record(name)
+                record = await read(self._record)
                 if _settled(record):
                     break
                 left = ends - loop.time()
@@ -217,7 +228,8 @@ class OperationsFacade:
                 woken.clear()
         finally:
             self._hub.remove(token)
-        return self.get(name)
+        snapshot: codec.Snapshot = await read(self.get)
+        return snapshot
 
 
 def _settled(record: OperationRecord) -> bool:

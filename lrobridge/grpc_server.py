@@ -3,8 +3,9 @@
 
 It is an asyncio server (``grpc.aio``) running on a thread and event loop of its own, so a
 WaitOperation in progress is a coroutine waiting on a completion event, not a thread: thousands
-of waiters cost little. Store reads are quick local calls made on the loop; calls that reach a
-source (CancelOperation, DeleteOperation at the source) run on a thread pool.
+of waiters cost little. Everything that may block (store calls, which on Firestore are network
+calls; reaching a source; publishing a watch message; fetching token certificates) runs on a
+thread pool, so one slow call never holds up the others.
 
 Callers authenticate like the REST API (``authorization: Bearer <API key>`` metadata; see
 :mod:`lrobridge.api_auth`). Every failure is a gRPC status carrying the
@@ -48,59 +49,65 @@ DELETE_AT_SOURCE_HEADER = "x-lrobridge-delete-at-source"
 STOP_GRACE_SECONDS = 5.0
 
 
-async def _answer(
-    context: grpc.aio.ServicerContext[Any, Any],
-    auth: ApiAuth,
-    call: Callable[[], Awaitable[T]],
-) -> T:
-    try:
-        metadata = dict(context.invocation_metadata() or ())
-        auth.check(metadata.get("authorization"))
-        return await call()
-    except BridgeError as exc:
-        await context.abort(grpc.StatusCode[exc.code.name], exc.message)
-        raise  # abort raises; this line is never reached
+class _Servicer:
+    """What both servicers share: authentication, the thread pool, errors as statuses."""
 
-
-def _proto(snapshot: codec.Snapshot) -> operations_pb2.Operation:
-    return snapshot.operation
-
-
-class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
-    def __init__(
-        self, facade: OperationsFacade, auth: ApiAuth, pool: concurrent.futures.Executor
-    ) -> None:
-        self._facade = facade
+    def __init__(self, auth: ApiAuth, pool: concurrent.futures.Executor) -> None:
         self._auth = auth
         self._pool = pool
 
     async def _blocking(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
+    async def _answer(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+    ) -> T:
+        try:
+            metadata = dict(context.invocation_metadata() or ())
+            await self._blocking(lambda: self._auth.check(metadata.get("authorization")))
+            return await call()
+        except BridgeError as exc:
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+            raise  # abort raises; this line is never reached
+
+
+def _proto(snapshot: codec.Snapshot) -> operations_pb2.Operation:
+    return snapshot.operation
+
+
+class OperationsServicer(_Servicer, operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
+    def __init__(
+        self, facade: OperationsFacade, auth: ApiAuth, pool: concurrent.futures.Executor
+    ) -> None:
+        super().__init__(auth, pool)
+        self._facade = facade
+
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Any
     ) -> operations_pb2.Operation:
         async def call() -> operations_pb2.Operation:
-            return _proto(self._facade.get(request.name))
+            return _proto(await self._blocking(lambda: self._facade.get(request.name)))
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def ListOperations(
         self, request: operations_pb2.ListOperationsRequest, context: Any
     ) -> operations_pb2.ListOperationsResponse:
         async def call() -> operations_pb2.ListOperationsResponse:
-            snapshots, token = self._facade.list(
-                request.name,
-                filter=request.filter,
-                page_size=request.page_size,
-                page_token=request.page_token,
-                return_partial_success=request.return_partial_success,
+            snapshots, token = await self._blocking(
+                lambda: self._facade.list(
+                    request.name,
+                    filter=request.filter,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                    return_partial_success=request.return_partial_success,
+                )
             )
             return operations_pb2.ListOperationsResponse(
                 operations=[_proto(s) for s in snapshots], next_page_token=token
             )
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Any
@@ -109,7 +116,7 @@ class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignor
             await self._blocking(lambda: self._facade.cancel(request.name))
             return empty_pb2.Empty()
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def DeleteOperation(
         self, request: operations_pb2.DeleteOperationRequest, context: Any
@@ -120,7 +127,7 @@ class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignor
             await self._blocking(lambda: self._facade.delete(request.name, at_source=at_source))
             return empty_pb2.Empty()
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Any
@@ -130,32 +137,38 @@ class OperationsServicer(operations_grpc_pb2.OperationsServicer):  # type: ignor
             if request.HasField("timeout"):
                 timeout = duration_seconds(request.timeout)
             snapshot = await self._facade.wait_async(
-                request.name, timeout=timeout, deadline=context.time_remaining()
+                request.name,
+                timeout=timeout,
+                deadline=context.time_remaining(),
+                executor=self._pool,
             )
             return _proto(snapshot)
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
 
-class WatchServicer(watch_pb2_grpc.WatchServiceServicer):
-    def __init__(self, watches: WatchService, auth: ApiAuth) -> None:
+class WatchServicer(_Servicer, watch_pb2_grpc.WatchServiceServicer):
+    def __init__(
+        self, watches: WatchService, auth: ApiAuth, pool: concurrent.futures.Executor
+    ) -> None:
+        super().__init__(auth, pool)
         self._watches = watches
-        self._auth = auth
 
     async def CreateWatch(
         self, request: watch_pb2.CreateWatchRequest, context: Any
     ) -> watch_pb2.Watch:
         async def call() -> watch_pb2.Watch:
-            record, _ = self._watches.create(**create_args_from_proto(request))
+            args = create_args_from_proto(request)
+            record, _ = await self._blocking(lambda: self._watches.create(**args))
             return watch_to_proto(record)
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def GetWatch(self, request: watch_pb2.GetWatchRequest, context: Any) -> watch_pb2.Watch:
         async def call() -> watch_pb2.Watch:
-            return watch_to_proto(self._watches.get(request.name))
+            return watch_to_proto(await self._blocking(lambda: self._watches.get(request.name)))
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def ListWatches(
         self, request: watch_pb2.ListWatchesRequest, context: Any
@@ -165,23 +178,25 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):
                 state = WatchState(request.state) if request.state else None
             except ValueError:
                 raise InvalidArgument(f"state {request.state} is not a Watch.State") from None
-            records, token = self._watches.list(
-                page_size=request.page_size, page_token=request.page_token, state=state
+            records, token = await self._blocking(
+                lambda: self._watches.list(
+                    page_size=request.page_size, page_token=request.page_token, state=state
+                )
             )
             return watch_pb2.ListWatchesResponse(
                 watches=[watch_to_proto(r) for r in records], next_page_token=token
             )
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
     async def DeleteWatch(
         self, request: watch_pb2.DeleteWatchRequest, context: Any
     ) -> empty_pb2.Empty:
         async def call() -> empty_pb2.Empty:
-            self._watches.delete(request.name)
+            await self._blocking(lambda: self._watches.delete(request.name))
             return empty_pb2.Empty()
 
-        return await _answer(context, self._auth, call)
+        return await self._answer(context, call)
 
 
 class GrpcServer:
@@ -237,7 +252,7 @@ class GrpcServer:
                 OperationsServicer(self._facade, self._auth, self._pool), server
             )
             watch_pb2_grpc.add_WatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                WatchServicer(self._watches, self._auth), server
+                WatchServicer(self._watches, self._auth, self._pool), server
             )
             port = server.add_insecure_port(self._address)
             if port == 0:

@@ -441,3 +441,38 @@ def test_watch_service_over_grpc_creates_gets_lists_and_deletes_watches(
     with pytest.raises(grpc.RpcError) as info:
         stub.GetWatch(watch_pb2.GetWatchRequest(name=created.name))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_slow_store_calls_run_beside_each_other_not_one_after_another_on_the_event_loop(
+    tmp_path: pathlib.Path,
+) -> None:
+    import concurrent.futures
+    import dataclasses
+
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
+    from lrobridge.store.sqlite import SqliteStore
+
+    callers = 6
+    together = threading.Barrier(callers, timeout=20)
+
+    class SlowStore(SqliteStore):
+        def get_operation(self, name: str):  # type: ignore[no-untyped-def]
+            together.wait()  # returns only once every caller is inside at the same time
+            return super().get_operation(name)
+
+    settings = dataclasses.replace(Settings(), project="p", api_auth="none", push_auth="none")
+    bridge = Bridge(settings, store=SlowStore(str(tmp_path / "s.db")))
+    op = bridge.producer.create(operation_id="slow")
+    port = bridge.start_grpc(port=0, host="127.0.0.1")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = operations_grpc_pb2.OperationsStub(channel)
+            request = operations_pb2.GetOperationRequest(name=op.name)
+            with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+                got = list(
+                    pool.map(lambda _: stub.GetOperation(request, timeout=30), range(callers))
+                )
+        assert [g.name for g in got] == [op.name] * callers
+    finally:
+        bridge.close()
