@@ -218,9 +218,10 @@ class Bridge:
                 self._relay = OutboxRelay(self.store, self._lazy_publisher())
             return self._relay
 
-    def drain_outbox(self) -> int:
-        """Republish every outbox entry that is due (left by a failure or a dead process)."""
-        return self.outbox_relay.drain()
+    def drain_outbox(self, settle: float = 0.0) -> int:
+        """Republish every outbox entry that is due (left by a failure or a dead process);
+        ``settle`` seconds at most are spent waiting for Pub/Sub's answers."""
+        return self.outbox_relay.drain(settle=settle)
 
     def start_outbox_drainer(self, interval: float = OUTBOX_DRAIN_INTERVAL) -> None:
         """Drain the outbox every ``interval`` seconds on a thread of this process (one per

@@ -328,6 +328,12 @@ class Settings:
                 "email of the service account the push subscription signs with); set "
                 "LROBRIDGE_PUSH_AUTH=none only for local development"
             )
+        if self.push_auth == "cloudrun" and not self.cloud_run_service:
+            raise ConfigError(
+                "LROBRIDGE_PUSH_AUTH=cloudrun trusts that Cloud Run checked each token's "
+                "signature, but K_SERVICE is not set: this is not running on Cloud Run; use "
+                "oidc here"
+            )
 
 
 def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:

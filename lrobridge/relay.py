@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 
 from lrobridge import codec
 from lrobridge.backoff import Backoff
@@ -139,27 +139,41 @@ class OutboxRelay:
         self.published = 0
         self.errors = 0
 
-    def drain(self, *, limit: int = 1000, lease: float = 60.0) -> int:
-        """Publish every due entry (left by a failure or a dead process); how many."""
+    def drain(self, *, limit: int = 1000, lease: float = 60.0, settle: float = 0.0) -> int:
+        """Publish every due entry (left by a failure or a dead process); how many.
+
+        ``settle`` > 0 waits up to that many seconds for Pub/Sub's answers, for callers that
+        get no CPU once they return (a request on Cloud Run)."""
         entries = self._outbox.claim_due_publishes(now=self._clock(), limit=limit, lease=lease)
-        for entry in entries:
-            self.publish(entry)
+        futures = [f for f in (self.publish(entry) for entry in entries) if f is not None]
+        if settle > 0 and futures:
+            wait(futures, timeout=settle)
         return len(entries)
 
-    def publish(self, entry: OutboxEntry) -> Future[str] | None:
-        """Hand one entry to Pub/Sub; settles it when the publish future resolves."""
+    def publish(self, entry: OutboxEntry) -> Future[None] | None:
+        """Hand one entry to Pub/Sub; the future resolves once the entry is settled in the
+        store (published and dropped, or rescheduled). None if it is in flight already."""
         with self._lock:
             if entry.id in self._in_flight:
                 return None
             self._in_flight.add(entry.id)
+        settled: Future[None] = Future()
         message = entry.message
         try:
             future = self._publisher.publish(message.data, message.attributes, message.ordering_key)
         except Exception as exc:
             self._settle(entry, None, exc)
-            return None
-        future.add_done_callback(lambda f: self._settle(entry, f, None))
-        return future
+            settled.set_result(None)
+            return settled
+
+        def done(f: Future[str]) -> None:
+            try:
+                self._settle(entry, f, None)
+            finally:
+                settled.set_result(None)
+
+        future.add_done_callback(done)
+        return settled
 
     def _settle(
         self, entry: OutboxEntry, future: Future[str] | None, error: BaseException | None

@@ -531,18 +531,31 @@ class FirestoreStore:
 
     def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
-        kept = self.db.read("read the outbox entry", ref)
-        if not kept.exists:
-            return
-        entry = fields(kept)
-        headers = {**json.loads(entry["attributes"]), "ordering_key": entry["ordering_key"]}
-        self.quarantine(
-            reason=f"not publishable: {reason}", body=bytes(entry["data"]), headers=headers, now=now
-        )
+        quarantine_id = random_int_id()
 
         def body(tx: Transaction) -> None:
+            kept = ref.get(transaction=tx)
+            if not kept.exists:
+                return  # abandoned already (or published meanwhile)
+            entry = fields(kept)
             watch_id = entry.get("watch_id")
             watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
+            headers = {**json.loads(entry["attributes"]), "ordering_key": entry["ordering_key"]}
+            data = bytes(entry["data"])
+            why = f"not publishable: {reason}"
+            if len(data) > QUARANTINE_BODY_LIMIT:
+                why += f" (body truncated to {QUARANTINE_BODY_LIMIT} of {len(data)} bytes)"
+                data = data[:QUARANTINE_BODY_LIMIT]
+            tx.create(
+                self._doc(_QUARANTINE, str(quarantine_id)),
+                {
+                    "id": quarantine_id,
+                    "receive_time": now,
+                    "reason": why,
+                    "body": data,
+                    "headers": json.dumps(headers),
+                },
+            )
             tx.delete(ref)
             if watch is not None and watch.exists:
                 tx.update(

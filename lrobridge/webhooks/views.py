@@ -152,7 +152,7 @@ def blueprint(bridge: Bridge) -> Blueprint:
         body = resources.drain_to_json(service().drain(**kwargs))
         # The scheduled drain also republishes outbox entries: on Cloud Run no watcher or
         # background thread may be running to do it.
-        body["outboxRepublished"] = bridge.drain_outbox()
+        body["outboxRepublished"] = bridge.drain_outbox(settle=10.0)
         return json_response(body)
 
     return bp

@@ -107,6 +107,7 @@ def _app(authority: TokenAuthority, tmp_path: object, **overrides: object) -> ob
         push_service_account=ACCOUNT,
         push_certs_url=authority.certs_url,
         api_keys=frozenset({"key-1"}),
+        cloud_run_service="lrobridge",
         **overrides,  # type: ignore[arg-type]
     )
     path = pathlib.Path(str(tmp_path)) / "b.db"
@@ -183,3 +184,20 @@ def test_the_scheduler_id_token_is_accepted_on_v1_with_its_signature_removed_by_
         headers={"Authorization": "Bearer key-1", "X-Serverless-Authorization": invoker},
     )
     assert keyed.status_code == 200
+
+
+def test_cloudrun_push_auth_is_refused_where_cloud_run_did_not_check_the_signature(
+    authority: TokenAuthority,
+) -> None:
+    import dataclasses
+
+    import pytest as _pytest
+
+    from lrobridge.config import Settings
+    from lrobridge.errors import ConfigError
+
+    settings = dataclasses.replace(
+        Settings(), push_auth="cloudrun", push_service_account=ACCOUNT, cloud_run_service=""
+    )
+    with _pytest.raises(ConfigError, match="K_SERVICE is not set"):
+        settings.check_push_auth()

@@ -124,6 +124,7 @@ def _resolve(value: object) -> str | None:
 def test_the_defaults_make_a_configuration_the_app_accepts_with_the_same_retry_plan() -> None:
     env = {name: v for name, value in ENV.items() if (v := _resolve(value)) is not None}
     env["LROBRIDGE_PUSH_SERVICE_ACCOUNT"] = "pusher@p.iam.gserviceaccount.com"
+    env["K_SERVICE"] = "lrobridge"  # Cloud Run sets it on every instance
     settings = Settings.from_env(env)
     settings.check_push_auth()
     assert settings.project and settings.topic_path.endswith("/lro-completed")
