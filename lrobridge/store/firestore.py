@@ -84,6 +84,7 @@ from lrobridge.store.firestore_db import (
     CreationOrder,
     FirestoreDatabase,
     digest,
+    eq,
     fields,
     random_int_id,
     usable_id,
@@ -113,10 +114,6 @@ _PUBLISHING = int(WatchState.PUBLISHING)
 
 if TYPE_CHECKING:
     Doc = DocumentSnapshot[Any]
-
-
-def _eq(field: str, value: Any) -> firestore.FieldFilter:
-    return firestore.FieldFilter(field, "==", value)
 
 
 class FirestoreStore:
@@ -219,7 +216,7 @@ class FirestoreStore:
     ) -> tuple[list[WatchRecord], str | None]:
         query: Query | CollectionReference = self._col(_WATCHES)
         if state is not None:
-            query = query.where(filter=_eq("state", int(state)))
+            query = query.where(filter=eq("state", int(state)))
         query = query.order_by("seq")
         if after:
             query = query.start_after({"seq": after})
@@ -240,7 +237,7 @@ class FirestoreStore:
             watch = fields(snapshot)
             key_ref = self._doc(_WATCH_KEYS, digest(watch["source"], watch["operation"]))
             key = key_ref.get(transaction=tx)
-            siblings = self._col(_WATCHES).where(filter=_eq("operation", watch["operation"]))
+            siblings = self._col(_WATCHES).where(filter=eq("operation", watch["operation"]))
             others = [d for d in siblings.limit(2).stream(transaction=tx) if d.id != watch_id]
             op_ref = self._operation_ref(watch["operation"])
             tracked = op_ref.get(transaction=tx)
@@ -258,7 +255,7 @@ class FirestoreStore:
             return []
         query = (
             self._col(_WATCHES)
-            .where(filter=_eq("state", _ACTIVE))
+            .where(filter=eq("state", _ACTIVE))
             .where(filter=firestore.FieldFilter("next_poll", "<=", now))
             .order_by("next_poll")
             .limit(limit)
@@ -272,7 +269,7 @@ class FirestoreStore:
         return [_watch(fields(s)) for s in held]
 
     def next_due_time(self) -> float | None:
-        polls = self._col(_WATCHES).where(filter=_eq("state", _ACTIVE)).order_by("next_poll")
+        polls = self._col(_WATCHES).where(filter=eq("state", _ACTIVE)).order_by("next_poll")
         publishes = self._col(_OUTBOX).order_by("next_attempt")
         times = [
             float(d.get("next_poll"))
@@ -397,7 +394,7 @@ class FirestoreStore:
         self.db.transact("record the failure", body)
 
     def poll_soon(self, operation: str, *, now: float) -> int:
-        query = self._col(_WATCHES).where(filter=_eq("operation", operation))
+        query = self._col(_WATCHES).where(filter=eq("operation", operation))
 
         def body(tx: Transaction) -> int:
             made_due = 0
@@ -412,7 +409,7 @@ class FirestoreStore:
     def count_by_state(self) -> dict[WatchState, int]:
         return {
             state: self.db.count(
-                "count watches", self._col(_WATCHES).where(filter=_eq("state", int(state)))
+                "count watches", self._col(_WATCHES).where(filter=eq("state", int(state)))
             )
             for state in WatchState
         }
@@ -637,7 +634,7 @@ class FirestoreStore:
                 and _matches(query, record)
             )
             return ([record] if hit and record is not None and limit > 0 else []), None
-        base = self._col(_OPERATIONS).where(filter=_eq("parent", parent))
+        base = self._col(_OPERATIONS).where(filter=eq("parent", parent))
         lower, upper = _name_bounds(query)
         if lower is not None:
             base = base.where(filter=firestore.FieldFilter("name", ">=", lower))
@@ -666,7 +663,7 @@ class FirestoreStore:
 
     def delete_operation(self, name: str) -> bool:
         op_ref = self._operation_ref(name)
-        watches = self._col(_WATCHES).where(filter=_eq("operation", name))
+        watches = self._col(_WATCHES).where(filter=eq("operation", name))
 
         def body(tx: Transaction) -> bool:
             tracked = op_ref.get(transaction=tx)
@@ -840,7 +837,7 @@ class FirestoreStore:
     def prune_callback_runs(self, *, older_than: float) -> int:
         query = (
             self._col(_CALLBACK_RUNS)
-            .where(filter=_eq("state", "succeeded"))
+            .where(filter=eq("state", "succeeded"))
             .where(filter=firestore.FieldFilter("update_time", "<", older_than))
             .limit(PRUNE_BATCH)
         )

@@ -82,6 +82,11 @@ _RPCS: dict[str, tuple[type[Exception], ...]] = {
 }
 
 
+def eq(field: str, value: Any) -> firestore.FieldFilter:
+    """The filter ``field == value``."""
+    return firestore.FieldFilter(field, "==", value)
+
+
 def digest(*parts: str) -> str:
     """A document id standing for a tuple of strings (a unique key): SHA-256, hex."""
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -46,6 +46,7 @@ from lrobridge.store.firestore_db import (
     CreationOrder,
     FirestoreDatabase,
     digest,
+    eq,
     fields,
     usable_id,
 )
@@ -81,10 +82,6 @@ _DELIVERIES = "webhook_deliveries"
 _KEYS = "webhook_delivery_keys"
 _PENDING = DeliveryState.PENDING.value
 _ENABLED = WebhookState.ENABLED.value
-
-
-def _eq(field: str, value: Any) -> firestore.FieldFilter:
-    return firestore.FieldFilter(field, "==", value)
 
 
 class FirestoreWebhookStore:
@@ -164,7 +161,7 @@ class FirestoreWebhookStore:
         existed = self.db.read("read the webhook", ref).exists
         deliveries = self.db.query(
             "find the webhook's deliveries",
-            self._col(_DELIVERIES).where(filter=_eq("webhook_id", webhook_id)),
+            self._col(_DELIVERIES).where(filter=eq("webhook_id", webhook_id)),
         )
         self.db.write_batches(
             "delete the webhook's deliveries",
@@ -236,8 +233,8 @@ class FirestoreWebhookStore:
     def _pending_of(self, webhook_id: str) -> Query:
         return (
             self._col(_DELIVERIES)
-            .where(filter=_eq("webhook_id", webhook_id))
-            .where(filter=_eq("state", _PENDING))
+            .where(filter=eq("webhook_id", webhook_id))
+            .where(filter=eq("state", _PENDING))
         )
 
     # -- deliveries --------------------------------------------------------------------------
@@ -363,7 +360,7 @@ class FirestoreWebhookStore:
         """Due PENDING deliveries of enabled webhooks in due order (scanning past others)."""
         query = (
             self._col(_DELIVERIES)
-            .where(filter=_eq("state", _PENDING))
+            .where(filter=eq("state", _PENDING))
             .where(filter=firestore.FieldFilter("next_attempt", "<=", now))
             .order_by("next_attempt")
         )
@@ -454,9 +451,9 @@ class FirestoreWebhookStore:
     ) -> tuple[list[Delivery], str | None]:
         query: Query | CollectionReference = self._col(_DELIVERIES)
         if webhook_id is not None:
-            query = query.where(filter=_eq("webhook_id", webhook_id))
+            query = query.where(filter=eq("webhook_id", webhook_id))
         if state is not None:
-            query = query.where(filter=_eq("state", state.value))
+            query = query.where(filter=eq("state", state.value))
         query = query.order_by("seq", direction=firestore.Query.DESCENDING)
         if after:
             query = query.start_after({"seq": after})
@@ -478,8 +475,8 @@ class FirestoreWebhookStore:
     def requeue_dead_since(self, webhook_id: str, *, since: float, now: float) -> int:
         dead = (
             self._col(_DELIVERIES)
-            .where(filter=_eq("webhook_id", webhook_id))
-            .where(filter=_eq("state", DeliveryState.DEAD.value))
+            .where(filter=eq("webhook_id", webhook_id))
+            .where(filter=eq("state", DeliveryState.DEAD.value))
         )
 
         def body(tx: Transaction) -> int:
@@ -494,7 +491,7 @@ class FirestoreWebhookStore:
         enabled = {w.id for w in self.all_webhooks() if w.state is WebhookState.ENABLED}
         if not enabled:
             return None
-        query = self._col(_DELIVERIES).where(filter=_eq("state", _PENDING)).order_by("next_attempt")
+        query = self._col(_DELIVERIES).where(filter=eq("state", _PENDING)).order_by("next_attempt")
         last: Doc | None = None
         for _ in range(SCAN_BUDGET // 100):
             page = query.start_after(last) if last is not None else query
@@ -508,7 +505,7 @@ class FirestoreWebhookStore:
         return None
 
     def count_pending(self, *, due_by: float | None = None) -> int:
-        query = self._col(_DELIVERIES).where(filter=_eq("state", _PENDING))
+        query = self._col(_DELIVERIES).where(filter=eq("state", _PENDING))
         if due_by is not None:
             query = query.where(filter=firestore.FieldFilter("next_attempt", "<=", due_by))
         total = self.db.count("count pending deliveries", query)
@@ -543,7 +540,7 @@ class FirestoreWebhookStore:
             for m in stale
             if not self.db.query(
                 "find a message's deliveries",
-                self._col(_DELIVERIES).where(filter=_eq("message_id", m.get("id"))).limit(1),
+                self._col(_DELIVERIES).where(filter=eq("message_id", m.get("id"))).limit(1),
             )
         ]
         self.db.write_batches("prune messages", [_deletion(ref) for ref in orphans])
