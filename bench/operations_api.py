@@ -111,8 +111,9 @@ def _complete_over(bridge: object, names: list[str], window: float) -> dict[str,
 def _populate(store_path: pathlib.Path, ops: int, running: list[str]) -> None:
     from google.longrunning import operations_proto_pb2 as operations_pb2
 
-    from lrobridge import codec, relay
-    from lrobridge.store.sqlite import SqliteStore
+    from lrobridge.core import codec
+    from lrobridge.delivery import relay
+    from lrobridge.storage.sqlite.store import SqliteStore
 
     store = SqliteStore(str(store_path))
     now = time.time()
@@ -319,7 +320,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "lrobridge.cli",
+            "lrobridge.cli.main",
             "serve",
             "--host",
             "127.0.0.1",

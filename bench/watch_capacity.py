@@ -162,9 +162,9 @@ def _stop_server(process: subprocess.Popen[str]) -> dict[str, int]:
 
 
 def measure_bridge(ops: int, window: float, emulator_host: str) -> dict[str, float]:
-    from lrobridge.backoff import Backoff
-    from lrobridge.publisher import PubSubAdmin
-    from lrobridge.store.sqlite import SqliteStore
+    from lrobridge.adapters.pubsub import PubSubAdmin
+    from lrobridge.core.backoff import Backoff
+    from lrobridge.storage.sqlite.store import SqliteStore
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="lrobridge-bench-"))
     store_path = workdir / "bench.db"
@@ -192,7 +192,7 @@ def measure_bridge(ops: int, window: float, emulator_host: str) -> dict[str, flo
         admin.ensure_topic(f"projects/{project}/topics/lro-completed")
     began = time.time()
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True
+        [sys.executable, "-m", "lrobridge.cli.main", "watcher"], env=env, text=True
     )
     start = _start(server)
     deadline = time.time() + window + 300
@@ -284,7 +284,7 @@ def main() -> None:
     if args.role == "_baseline":
         return run_baseline(args)
 
-    from lrobridge.emulator import PubSubEmulator
+    from lrobridge.cli.emulator import PubSubEmulator
 
     print(f"watch_capacity: {args.ops} operations completing over {args.window:.0f}s", flush=True)
     with PubSubEmulator() as emulator:

@@ -51,12 +51,12 @@ from google.longrunning import operations_proto_pb2 as operations_pb2  # noqa: E
 from werkzeug.serving import make_server  # noqa: E402
 
 from lrobridge import Bridge, codec  # noqa: E402
+from lrobridge.adapters.webhook_sender import PinnedSender  # noqa: E402
 from lrobridge.config import Settings  # noqa: E402
-from lrobridge.webhooks.runtime import WebhookRuntime  # noqa: E402
-from lrobridge.webhooks.sender import PinnedSender  # noqa: E402
 from lrobridge.webhooks.signing import generate_secret, signed_headers  # noqa: E402
 from lrobridge.webhooks.ssrf import Guard  # noqa: E402
 from lrobridge.webhooks.worker import SendRequest  # noqa: E402
+from lrobridge.wiring.webhooks import WebhookRuntime  # noqa: E402
 
 SCENARIOS = {1: 400, 10: 60, 100: 12}  # endpoints -> events (deliveries = product)
 QUICK = {1: 60, 10: 10, 100: 3}

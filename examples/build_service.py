@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from google.protobuf import struct_pb2
 
 from lrobridge import Bridge, CompletionEvent
-from lrobridge.producer import ProducedOperation
+from lrobridge.operations.producer import ProducedOperation
 
 bridge = Bridge()
 builds = Blueprint("builds", __name__)

@@ -5,7 +5,7 @@ Public API: :class:`Bridge` (configuration, callbacks, app, watcher) and
 """
 
 from lrobridge.bridge import Bridge
-from lrobridge.dispatch import CompletionEvent
+from lrobridge.delivery.dispatch import CompletionEvent
 
 __all__ = ["Bridge", "CompletionEvent"]
 __version__ = "0.1.0"

@@ -26,28 +26,28 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
 
-from lrobridge.api_auth import ApiAuth
-from lrobridge.backoff import Backoff
 from lrobridge.config import Settings
-from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
-from lrobridge.facade import OperationsFacade
+from lrobridge.core.access import ApiAuth
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.records import WatchRecord
+from lrobridge.delivery.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
+from lrobridge.delivery.push import PushEndpoint, TokenVerifier
+from lrobridge.delivery.relay import OutboxRelay
+from lrobridge.operations.producer import Producer
+from lrobridge.operations.service import OperationsFacade
+from lrobridge.operations.waiters import CompletionHub
 from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.producer import Producer
-from lrobridge.push import PushEndpoint, TokenVerifier
-from lrobridge.records import WatchRecord
-from lrobridge.relay import OutboxRelay
-from lrobridge.serverless import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
-from lrobridge.store import Store, open_store
-from lrobridge.waiters import CompletionHub
-from lrobridge.watcher import Watcher
-from lrobridge.watches import WatchService
-from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.storage import Store, open_store
+from lrobridge.watching.poller import Watcher
+from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
+from lrobridge.watching.resource import WatchService
 from lrobridge.webhooks.service import WebhookService
+from lrobridge.wiring.webhooks import WebhookRuntime
 
 if TYPE_CHECKING:
     from flask import Blueprint, Flask
 
-    from lrobridge.grpc_server import GrpcServer
+    from lrobridge.adapters.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class Bridge:
     def api_auth(self) -> ApiAuth:
         if not self.settings.api_service_accounts:
             return ApiAuth(self.settings)
-        from lrobridge.id_tokens import ApiTokenVerifier
+        from lrobridge.adapters.id_tokens import ApiTokenVerifier
 
         verifier = ApiTokenVerifier(
             service_accounts=self.settings.api_service_accounts,
@@ -281,7 +281,7 @@ class Bridge:
     def publisher(self) -> Publisher:
         with self._lock:
             if self._publisher is None:
-                from lrobridge.publisher import PubSubPublisher
+                from lrobridge.adapters.pubsub import PubSubPublisher
 
                 self._publisher = PubSubPublisher(self.settings.topic_path)
             return self._publisher
@@ -291,7 +291,7 @@ class Bridge:
         """Publishes watch messages to LROBRIDGE_WATCH_TOPIC (serverless watch mode)."""
         with self._lock:
             if self._watch_publisher is None:
-                from lrobridge.publisher import PubSubPublisher
+                from lrobridge.adapters.pubsub import PubSubPublisher
 
                 self._watch_publisher = PubSubPublisher(self.settings.watch_topic_path)
             return self._watch_publisher
@@ -299,7 +299,7 @@ class Bridge:
     def source(self, url: str) -> OperationsSource:
         with self._lock:
             if self._sources is None:
-                from lrobridge.sources import SourceRegistry, open_source
+                from lrobridge.adapters.sources import SourceRegistry, open_source
 
                 hosts = self.settings.credential_hosts
                 registry = SourceRegistry(lambda url: open_source(url, credential_hosts=hosts))
@@ -311,7 +311,7 @@ class Bridge:
         if self.settings.push_auth == "none":
             return None
         self.settings.check_push_auth()
-        from lrobridge.push_auth import PushTokenVerifier
+        from lrobridge.adapters.push_auth import PushTokenVerifier
 
         return PushTokenVerifier(
             audience=self.settings.push_audience,
@@ -359,7 +359,7 @@ class Bridge:
     def create_app(self) -> Flask:
         """The Flask app: push endpoint, Watch API, Operations facade, webhooks, health and the
         added blueprints (the gunicorn target)."""
-        from lrobridge.app import create_app
+        from lrobridge.adapters.web.app import create_app
 
         return create_app(self)
 
@@ -378,7 +378,7 @@ class Bridge:
     def start_grpc(self, port: int | None = None, host: str = "0.0.0.0") -> int:
         """Serve Operations and WatchService over gRPC (``LROBRIDGE_GRPC_PORT`` by default);
         returns the bound port."""
-        from lrobridge.grpc_server import GrpcServer
+        from lrobridge.adapters.grpc_server import GrpcServer
 
         chosen = self.settings.grpc_port if port is None else port
         if chosen is None:

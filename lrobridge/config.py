@@ -337,7 +337,7 @@ class Settings:
 
 
 def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
-    """The serverless watch mode's settings (see lrobridge.serverless)."""
+    """The serverless watch mode's settings (see lrobridge.watching.pubsub_mode)."""
     min_backoff = parse_duration(
         get("LROBRIDGE_WATCH_MIN_BACKOFF"), what="LROBRIDGE_WATCH_MIN_BACKOFF"
     )

@@ -33,7 +33,7 @@ from lrobridge.logs import CloudLoggingFormatter, configure_logging
 
 log = logging.getLogger("lrobridge.gunicorn")
 
-BRIDGE_EXTENSION = "lrobridge.bridge"  # where lrobridge.app.create_app leaves the bridge
+BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge
 WATCHER_JOIN_TIMEOUT = 1.0
 
 accesslog = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Protocol
 
-from lrobridge.codec import Snapshot
+from lrobridge.core.codec import Snapshot
 
 
 class OperationsSource(Protocol):

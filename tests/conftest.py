@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lrobridge.emulator import (
+from lrobridge.cli.emulator import (
     Emulator,
     FirestoreEmulator,
     PubSubEmulator,

@@ -14,12 +14,12 @@ pure
     :mod:`~lrobridge.webhooks.worker`     attempts, leases, drains; the ``Sender`` protocol
     :mod:`~lrobridge.webhooks.service`    the API behind REST, CLI and ``bridge.webhooks``
     :mod:`~lrobridge.webhooks.resources`  REST JSON forms and request parsing
-    :mod:`~lrobridge.webhooks.runtime`    wiring, and how deliveries progress per process
+    :mod:`~lrobridge.wiring.webhooks`    wiring, and how deliveries progress per process
 adapters
-    :mod:`~lrobridge.webhooks.store`      SQLite (the main store's file, own connection)
-    :mod:`~lrobridge.webhooks.sender`     urllib3 connections pinned to the checked address
-    :mod:`~lrobridge.webhooks.views`      the Flask blueprint under /v1
-    :mod:`~lrobridge.webhooks.cli`        ``lrobridge webhooks ...``
+    :mod:`~lrobridge.storage.sqlite.webhooks`      SQLite (the main store's file, own connection)
+    :mod:`~lrobridge.adapters.webhook_sender`     urllib3 connections pinned to the checked address
+    :mod:`~lrobridge.adapters.web.webhooks`      the Flask blueprint under /v1
+    :mod:`~lrobridge.cli.webhooks`        ``lrobridge webhooks ...``
 
 User documentation: README.md, section "Webhooks", and docs/webhooks.md.
 """

@@ -4,7 +4,7 @@ A :class:`WebhookFilter` is validated when it is built (the same checks for REST
 callers) and matched against each event by :meth:`WebhookFilter.matches`. Every part is
 optional; an empty filter matches every completion. Progress events (outcome ``progress``) reach
 only webhooks whose outcomes name them, as with Python callbacks. The glob syntax is
-:mod:`lrobridge.globs` (``*`` one segment, ``**`` any number).
+:mod:`lrobridge.core.globs` (``*`` one segment, ``**`` any number).
 
 Pure module.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from lrobridge.dispatch import EVENT_TYPES
+from lrobridge.core.globs import compile_glob, glob_matches
+from lrobridge.delivery.dispatch import EVENT_TYPES
 from lrobridge.errors import InvalidArgument
-from lrobridge.globs import compile_glob, glob_matches
 
 MAX_GLOB_LENGTH = 1024
 MAX_TYPE_URL_LENGTH = 1024

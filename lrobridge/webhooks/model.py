@@ -4,8 +4,8 @@ Owns the plain dataclasses the rest of :mod:`lrobridge.webhooks` passes around (
 :class:`Webhook`, a :class:`Message` built once per completion event, one :class:`Delivery` of a
 message to one webhook, each :class:`Attempt` of a delivery) and :class:`WebhookStore`, the
 ``typing.Protocol`` every storage backend implements
-(:class:`lrobridge.webhooks.store.SqliteWebhookStore`,
-:class:`lrobridge.webhooks.firestore_store.FirestoreWebhookStore`).
+(:class:`lrobridge.storage.sqlite.webhooks.SqliteWebhookStore`,
+:class:`lrobridge.storage.firestore.webhooks.FirestoreWebhookStore`).
 
 Pure module: dataclasses and a Protocol only.
 """
@@ -140,7 +140,7 @@ class WebhookStore(Protocol):
 
     def list_webhooks(self, *, after: str, limit: int) -> tuple[list[Webhook], str | None]:
         """Webhooks in creation order after cursor ``after`` ('' for the first page); the cursor
-        of the next page (opaque ``[0-9a-z-]`` strings, as in lrobridge.store)."""
+        of the next page (opaque ``[0-9a-z-]`` strings, as in lrobridge.storage)."""
         ...
 
     def all_webhooks(self) -> list[Webhook]: ...

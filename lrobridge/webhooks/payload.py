@@ -24,8 +24,8 @@ import datetime
 import json
 from typing import Any
 
-from lrobridge import codec
-from lrobridge.dispatch import CompletionEvent
+from lrobridge.core import codec
+from lrobridge.delivery.dispatch import CompletionEvent
 from lrobridge.webhooks.model import Message
 
 TYPE_PREFIX = "operation."

@@ -23,9 +23,9 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 
-from lrobridge import paging
+from lrobridge.core import paging
+from lrobridge.core.names import validate_resource_id
 from lrobridge.errors import FailedPrecondition, InvalidArgument, NotFound, TransientError
-from lrobridge.names import validate_resource_id
 from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import Delivery, DeliveryState, Webhook, WebhookState, WebhookStore
 from lrobridge.webhooks.signing import generate_secret

@@ -1,7 +1,7 @@
 """The hand-off from the push endpoint: one delivery record per matching webhook, committed
 before the push is acknowledged.
 
-:class:`WebhookSink` is a :class:`lrobridge.dispatch.EventSink`. For each decoded event it
+:class:`WebhookSink` is a :class:`lrobridge.delivery.dispatch.EventSink`. For each decoded event it
 matches every webhook's filter and, in one transaction, stores the message (the body, built
 once) and a delivery per matching webhook: ``PENDING`` and due at once for an enabled webhook,
 ``DEAD`` with the reason for a disabled one (so a replay after re-enabling it can send what it
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from lrobridge.dispatch import CompletionEvent
+from lrobridge.delivery.dispatch import CompletionEvent
 from lrobridge.webhooks.model import DeliveryState, NewDelivery, WebhookState, WebhookStore
 from lrobridge.webhooks.payload import build_message
 

@@ -19,7 +19,7 @@ DNS answer that changes between the check and the connection (DNS rebinding) can
 the request. Redirects are never followed.
 
 Pure module: classification and URL parsing; name resolution goes through the
-:class:`Resolver` seam (the system resolver lives in :mod:`lrobridge.webhooks.sender`).
+:class:`Resolver` seam (the system resolver lives in :mod:`lrobridge.adapters.webhook_sender`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from lrobridge.emulator import free_port
+from lrobridge.cli.emulator import free_port
 from tests.support.operations_servers import FakeOperations
 from tests.support.stack import wait_until
 

@@ -20,8 +20,8 @@ import pytest
 import requests
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from lrobridge import codec
-from lrobridge.emulator import free_port
+from lrobridge.cli.emulator import free_port
+from lrobridge.core import codec
 from tests.support.container import ROOT, parse_dockerfile
 from tests.support.operations_servers import FakeOperations, grpc_operations_server
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lrobridge.records import WatchState
+from lrobridge.core.records import WatchState
 from tests.support.operations_servers import FakeOperations
 from tests.support.stack import EventLog, LocalStack, stack_settings, wait_until
 

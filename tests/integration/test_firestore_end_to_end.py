@@ -13,8 +13,8 @@ from google.protobuf import timestamp_pb2
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
-from lrobridge.records import WatchState
-from lrobridge.store.firestore import FirestoreStore
+from lrobridge.core.records import WatchState
+from lrobridge.storage.firestore.store import FirestoreStore
 from tests.support.operations_servers import FakeOperations, any_value, grpc_operations_server
 from tests.support.stack import EventLog, LocalStack, wait_until
 from tests.support.webhooks import Receiver

@@ -16,18 +16,20 @@ import uuid
 import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from lrobridge import Bridge, codec, relay
-from lrobridge.backoff import Backoff
+from lrobridge import Bridge
+from lrobridge.adapters.pubsub import PubSubAdmin
+from lrobridge.cli.emulator import FirestoreEmulator, free_port
 from lrobridge.config import Settings
-from lrobridge.emulator import FirestoreEmulator, free_port
+from lrobridge.core import codec
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.opfilter import parse_filter
+from lrobridge.core.records import WatchState
+from lrobridge.delivery import relay
 from lrobridge.errors import ConfigError, Unavailable
-from lrobridge.opfilter import parse_filter
-from lrobridge.publisher import PubSubAdmin
-from lrobridge.records import WatchState
-from lrobridge.store import open_store
-from lrobridge.store.firestore import FirestoreStore
-from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
-from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.storage import open_store
+from lrobridge.storage.firestore.store import FirestoreStore
+from lrobridge.storage.firestore.webhooks import FirestoreWebhookStore
+from lrobridge.wiring.webhooks import WebhookRuntime
 from tests.support.operations_servers import FakeOperations, grpc_operations_server
 from tests.support.stack import wait_until
 from tests.support.webhooks import push_body
@@ -241,7 +243,7 @@ def test_an_operation_too_large_for_a_firestore_document_fails_its_watch_saying_
 
     from google.protobuf import any_pb2
 
-    from lrobridge.watcher import Watcher
+    from lrobridge.watching.poller import Watcher
 
     store = FirestoreStore(project=project)
     name = "projects/p/operations/huge"

@@ -451,7 +451,7 @@ def test_slow_store_calls_run_beside_each_other_not_one_after_another_on_the_eve
 
     from lrobridge import Bridge
     from lrobridge.config import Settings
-    from lrobridge.store.sqlite import SqliteStore
+    from lrobridge.storage.sqlite.store import SqliteStore
 
     callers = 6
     together = threading.Barrier(callers, timeout=20)

@@ -12,9 +12,9 @@ import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud import pubsub_v1
 
-from lrobridge.emulator import PubSubEmulator, emulator_answers, port_is_free
+from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
+from lrobridge.cli.emulator import PubSubEmulator, emulator_answers, port_is_free
 from lrobridge.errors import FailedPrecondition, NotFound
-from lrobridge.publisher import PubSubAdmin, PubSubPublisher
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lrobridge.adapters.push_auth import MIN_REFETCH_INTERVAL, PushTokenVerifier
 from lrobridge.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
-from lrobridge.push_auth import MIN_REFETCH_INTERVAL, PushTokenVerifier
 from tests.support.oidc import TokenAuthority, claims
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lrobridge.adapters.push_auth import SIGNATURE_REMOVED, PushTokenVerifier
 from lrobridge.errors import PermissionDenied, Unauthenticated
-from lrobridge.push_auth import SIGNATURE_REMOVED, PushTokenVerifier
 from tests.support.oidc import TokenAuthority
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ def _app(authority: TokenAuthority, tmp_path: object, **overrides: object) -> ob
 
     from lrobridge import Bridge
     from lrobridge.config import Settings
-    from lrobridge.store.sqlite import SqliteStore
+    from lrobridge.storage.sqlite.store import SqliteStore
 
     settings = dataclasses.replace(
         Settings(),

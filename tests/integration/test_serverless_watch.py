@@ -19,12 +19,12 @@ from google.protobuf import duration_pb2
 from werkzeug.serving import make_server
 
 from lrobridge import Bridge, CompletionEvent
-from lrobridge.cli import build_parser
-from lrobridge.codec import event_id
+from lrobridge.adapters.pubsub import PubSubAdmin
+from lrobridge.cli.emulator import free_port
+from lrobridge.cli.main import build_parser
 from lrobridge.config import Settings
-from lrobridge.emulator import free_port
-from lrobridge.publisher import PubSubAdmin
-from lrobridge.serverless import WATCH_EVENT_TYPE
+from lrobridge.core.codec import event_id
+from lrobridge.watching.pubsub_mode import WATCH_EVENT_TYPE
 from tests.support.operations_servers import FakeOperations, grpc_operations_server
 
 pytestmark = pytest.mark.integration

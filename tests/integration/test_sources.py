@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 
+from lrobridge.adapters.sources import open_source
 from lrobridge.errors import (
     Code,
     FailedPrecondition,
@@ -22,7 +23,6 @@ from lrobridge.errors import (
     Unimplemented,
 )
 from lrobridge.ports import OperationsSource
-from lrobridge.sources import open_source
 from tests.support.operations_servers import (
     FakeOperations,
     grpc_operations_server,

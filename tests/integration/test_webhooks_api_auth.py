@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
-from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.wiring.webhooks import WebhookRuntime
 from tests.support.oidc import TokenAuthority
 from tests.support.webhooks import ManualClock, Received, Receiver, push_body
 

@@ -29,10 +29,10 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 
 from lrobridge import Bridge
+from lrobridge.adapters.webhook_sender import PinnedSender
 from lrobridge.config import Settings
-from lrobridge.webhooks.runtime import DeliveryMode, WebhookRuntime
 from lrobridge.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS
-from lrobridge.webhooks.sender import PinnedSender
+from lrobridge.wiring.webhooks import DeliveryMode, WebhookRuntime
 from tests.support.webhooks import (
     Answer,
     ManualClock,

@@ -21,8 +21,8 @@ import requests
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
+from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
 from lrobridge.webhooks.model import DeliveryState
-from lrobridge.webhooks.store import SqliteWebhookStore
 from tests.support.webhooks import (
     Answer,
     LiveServer,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 
 class Serve:
-    """``python -m lrobridge.cli serve`` in its own process group."""
+    """``python -m lrobridge.cli.main serve`` in its own process group."""
 
     def __init__(self, env: dict[str, str], port: int, log: pathlib.Path) -> None:
         self.url = f"http://127.0.0.1:{port}"

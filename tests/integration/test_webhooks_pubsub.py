@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from lrobridge import Bridge, codec
+from lrobridge import Bridge
+from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
 from lrobridge.config import Settings
-from lrobridge.publisher import PubSubAdmin, PubSubPublisher
-from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.core import codec
+from lrobridge.wiring.webhooks import WebhookRuntime
 from tests.support.webhooks import LiveServer, Receiver, completed, wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from lrobridge import Bridge, CompletionEvent
+from lrobridge.adapters.pubsub import PubSubAdmin
 from lrobridge.config import Settings
-from lrobridge.publisher import PubSubAdmin
 
 
 class EventLog:

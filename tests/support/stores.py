@@ -12,12 +12,12 @@ import pathlib
 import uuid
 from typing import Any
 
-from lrobridge.store import Store
-from lrobridge.store.firestore import FirestoreStore
-from lrobridge.store.sqlite import SqliteStore
-from lrobridge.webhooks.firestore_store import FirestoreWebhookStore
+from lrobridge.storage import Store
+from lrobridge.storage.firestore.store import FirestoreStore
+from lrobridge.storage.firestore.webhooks import FirestoreWebhookStore
+from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
 from lrobridge.webhooks.model import WebhookStore
-from lrobridge.webhooks.store import SqliteWebhookStore
 
 BACKENDS = ("sqlite", "firestore")
 

@@ -26,9 +26,9 @@ from typing import Any
 import standardwebhooks
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from lrobridge import codec
+from lrobridge.adapters.webhook_sender import SystemResolver
+from lrobridge.core import codec
 from lrobridge.errors import Unavailable
-from lrobridge.webhooks.sender import SystemResolver
 from lrobridge.webhooks.ssrf import IPAddress
 
 

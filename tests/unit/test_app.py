@@ -13,7 +13,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 
 from lrobridge import Bridge, CompletionEvent
 from lrobridge.config import Settings
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.storage.sqlite.store import SqliteStore
 
 KEY = "k-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -251,7 +251,7 @@ def test_poison_json_payloads_are_quarantined_not_crashed_on(
 
 
 def test_a_null_result_field_counts_as_absent_in_operation_json() -> None:
-    from lrobridge import codec
+    from lrobridge.core import codec
 
     snapshot = codec.snapshot_from_json(
         {"name": "operations/x", "done": True, "error": {"code": 5}, "response": None}

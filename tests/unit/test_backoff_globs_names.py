@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from lrobridge.backoff import Backoff
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.globs import glob_matches
+from lrobridge.core.names import validate_operation_name
 from lrobridge.errors import InvalidArgument
-from lrobridge.globs import glob_matches
-from lrobridge.names import validate_operation_name
 
 
 def test_default_backoff_starts_at_one_second_grows_by_half_and_caps_at_a_minute() -> None:

@@ -1,4 +1,4 @@
-"""Operation snapshots, payloads, attributes and event ids (lrobridge.codec)."""
+"""Operation snapshots, payloads, attributes and event ids (lrobridge.core.codec)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import status_pb2
 
-from lrobridge import codec
+from lrobridge.core import codec
 from lrobridge.errors import InvalidArgument
 
 UNKNOWN_ANY = any_pb2.Any(type_url="type.example.com/acme.Secret", value=b"\x08\x96\x01\xff")

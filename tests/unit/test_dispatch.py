@@ -8,11 +8,11 @@ import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.rpc import status_pb2
 
-from lrobridge import codec
-from lrobridge.dispatch import CompletionEvent, Dispatcher, Subscription, Verdict
-from lrobridge.envelope import PushMessage
+from lrobridge.core import codec
+from lrobridge.delivery.dispatch import CompletionEvent, Dispatcher, Subscription, Verdict
+from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import InvalidArgument
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.storage.sqlite.store import SqliteStore
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lrobridge.emulator import (
+from lrobridge.cli.emulator import (
     INSTALL_HINT,
     FirestoreEmulator,
     PubSubEmulator,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lrobridge.envelope import PushMessage, decode_push
+from lrobridge.delivery.envelope import PushMessage, decode_push
 from lrobridge.errors import InvalidArgument
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "push"

@@ -10,18 +10,19 @@ from collections.abc import Iterator
 import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from lrobridge import codec, relay
+from lrobridge.core import codec
+from lrobridge.delivery import relay
 from lrobridge.errors import InvalidArgument, NotFound
-from lrobridge.facade import (
+from lrobridge.operations.service import (
     DEADLINE_MARGIN_SECONDS,
     OperationsFacade,
     decode_page_token,
     encode_page_token,
     normalize_parent,
 )
+from lrobridge.operations.waiters import CompletionHub
 from lrobridge.ports import OperationsSource
-from lrobridge.store import Store
-from lrobridge.waiters import CompletionHub
+from lrobridge.storage import Store
 from tests.support.stores import Backend
 
 

@@ -13,7 +13,7 @@ import pytest
 from lrobridge import Bridge, logs
 from lrobridge.config import Settings
 from lrobridge.logs import CloudLoggingFormatter, TraceContext, parse_trace_headers
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.storage.sqlite.store import SqliteStore
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from lrobridge.core.opfilter import Condition, parse_filter
 from lrobridge.errors import InvalidArgument
-from lrobridge.opfilter import Condition, parse_filter
 
 
 def _matches(text: str, **fields: object) -> bool:

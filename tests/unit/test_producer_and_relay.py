@@ -11,11 +11,11 @@ import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import wrappers_pb2
 
+from lrobridge.delivery.relay import OutboxRelay, ProgressThrottle
 from lrobridge.errors import Code, InvalidArgument, Unimplemented
-from lrobridge.producer import Producer
-from lrobridge.relay import OutboxRelay, ProgressThrottle
-from lrobridge.store.sqlite import SqliteStore
-from lrobridge.waiters import CompletionHub
+from lrobridge.operations.producer import Producer
+from lrobridge.operations.waiters import CompletionHub
+from lrobridge.storage.sqlite.store import SqliteStore
 
 
 @dataclasses.dataclass

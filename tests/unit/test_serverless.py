@@ -17,11 +17,12 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import status_pb2
 
-from lrobridge import Bridge, codec
-from lrobridge.backoff import Backoff
-from lrobridge.cli import cmd_watcher
+from lrobridge import Bridge
+from lrobridge.cli.main import cmd_watcher
 from lrobridge.config import Settings
-from lrobridge.envelope import PushMessage
+from lrobridge.core import codec
+from lrobridge.core.backoff import Backoff
+from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import (
     ConfigError,
     InvalidArgument,
@@ -29,7 +30,8 @@ from lrobridge.errors import (
     PermissionDenied,
     Unavailable,
 )
-from lrobridge.serverless import (
+from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.watching.pubsub_mode import (
     WATCH_EVENT_TYPE,
     Action,
     RedeliveryPolicy,
@@ -38,7 +40,6 @@ from lrobridge.serverless import (
     decode_watch,
     encode_watch,
 )
-from lrobridge.store.sqlite import SqliteStore
 from tests.unit.test_watcher import RecordingPublisher, ScriptedSource
 
 NAME = "projects/p/operations/op1"

@@ -1,4 +1,4 @@
-"""Source URL validation and normalization (lrobridge.source_url), and that opening a source or
+"""Source URL validation and normalization (lrobridge.core.source_url), and that opening a source or
 caching it in a SourceRegistry needs neither network nor credentials."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from lrobridge.adapters.sources import GrpcSource, RestSource, SourceRegistry, open_source
+from lrobridge.core.source_url import parse_source_url, split_source_url
 from lrobridge.errors import InvalidArgument, Unavailable
-from lrobridge.source_url import parse_source_url, split_source_url
-from lrobridge.sources import GrpcSource, RestSource, SourceRegistry, open_source
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,13 @@ import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from lrobridge import codec, relay
-from lrobridge.backoff import Backoff
+from lrobridge.core import codec
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.opfilter import parse_filter
+from lrobridge.core.records import PendingMessage, WatchState
+from lrobridge.delivery import relay
 from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
-from lrobridge.opfilter import parse_filter
-from lrobridge.records import PendingMessage, WatchState
-from lrobridge.store import Completion, Store
+from lrobridge.storage import Completion, Store
 from tests.support.stores import Backend
 
 SRC = "grpc://127.0.0.1:1"

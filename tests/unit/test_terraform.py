@@ -17,10 +17,10 @@ import pytest
 
 from lrobridge import Bridge
 from lrobridge.config import ENVIRONMENT, Settings
-from lrobridge.store.firestore import COMPOSITE_INDEXES as STORE_INDEXES
-from lrobridge.store.firestore_db import DEFAULT_PREFIX
-from lrobridge.store.sqlite import SqliteStore
-from lrobridge.webhooks.firestore_store import COMPOSITE_INDEXES as WEBHOOK_INDEXES
+from lrobridge.storage.firestore.client import DEFAULT_PREFIX
+from lrobridge.storage.firestore.store import COMPOSITE_INDEXES as STORE_INDEXES
+from lrobridge.storage.firestore.webhooks import COMPOSITE_INDEXES as WEBHOOK_INDEXES
+from lrobridge.storage.sqlite.store import SqliteStore
 from tests.support.container import gunicorn_argv, parse_dockerfile
 from tests.support.terraform import EXAMPLE, MODULE, OPTIONS, ROOT, Config, load, one
 

@@ -10,13 +10,13 @@ import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.rpc import status_pb2
 
-from lrobridge import codec
-from lrobridge.backoff import Backoff
 from lrobridge.config import Settings
+from lrobridge.core import codec
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.records import WatchRecord, WatchState
 from lrobridge.errors import NotFound, PermissionDenied, Unavailable, Unimplemented
-from lrobridge.records import WatchRecord, WatchState
-from lrobridge.store.sqlite import SqliteStore
-from lrobridge.watcher import Watcher
+from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.watching.poller import Watcher
 
 NAME = "projects/p/operations/op1"
 

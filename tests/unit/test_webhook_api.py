@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
-from lrobridge.webhooks.runtime import WebhookRuntime
+from lrobridge.wiring.webhooks import WebhookRuntime
 from tests.support.webhooks import ManualClock, MapResolver, free_port, push_body
 
 KEY = "k-webhooks"

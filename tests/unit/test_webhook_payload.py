@@ -8,8 +8,8 @@ import json
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from lrobridge import codec
-from lrobridge.dispatch import CompletionEvent
+from lrobridge.core import codec
+from lrobridge.delivery.dispatch import CompletionEvent
 from lrobridge.webhooks.payload import build_message, event_time, message_id
 
 NOW = 1_800_000_000.5

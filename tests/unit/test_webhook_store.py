@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from lrobridge.store.sqlite import SqliteStore
+from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
 from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
@@ -22,7 +23,6 @@ from lrobridge.webhooks.model import (
     WebhookStore,
 )
 from lrobridge.webhooks.schedule import Plan
-from lrobridge.webhooks.store import SqliteWebhookStore
 from tests.support.stores import Backend
 
 NOW = 1_800_000_000.0

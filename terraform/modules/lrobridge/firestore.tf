@@ -10,7 +10,7 @@ resource "google_firestore_database" "store" {
 }
 
 # The composite indexes the store's queries need: COMPOSITE_INDEXES in
-# lrobridge/store/firestore.py and lrobridge/webhooks/firestore_store.py (every other query is
+# lrobridge/storage/firestore/store.py and lrobridge/storage/firestore/webhooks.py (every other query is
 # served by Firestore's automatic single-field indexes). tests/unit/test_terraform.py holds this
 # list equal to the code's.
 locals {

@@ -1,0 +1,238 @@
+"""The Flask app: thin views over the core (push endpoint, Watch API, Operations facade, health).
+
+Operations facade routes (OPERATIONS.md's HTTP mapping on every tracked name, one catch-all per
+method so any ``{name=**/operations/*}`` works): ``GET /v1/{name}`` (GetOperation),
+``GET /v1/{parent}/operations`` and ``GET /v1/operations`` (ListOperations: ``filter``,
+``pageSize``, ``pageToken``, ``returnPartialSuccess``), ``POST /v1/{name}:cancel``,
+``POST /v1/{name}:wait`` (body ``{"timeout": "30s"}``, optional), ``DELETE /v1/{name}``
+(``?atSource=true`` deletes it on its source too). Static routes (``/v1/watches``...) win over
+the catch-alls.
+
+Views read bytes and headers, call pure core code, and turn results or
+:class:`~lrobridge.errors.BridgeError` into responses; ``flask.Request`` never reaches the core.
+Every error, including unknown routes and unexpected exceptions, is answered in the
+google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response, request_url
+from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
+from lrobridge.core import codec
+from lrobridge.core.records import QuarantinedMessage, WatchState
+from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
+from lrobridge.logs import TraceContextMiddleware
+from lrobridge.watching.resource import create_args_from_json, duration_field, watch_to_json
+
+if TYPE_CHECKING:
+    from lrobridge.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+# Pub/Sub messages are at most 10 MB; base64 in a JSON envelope makes that about 13.4 MB.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+_HTTP_TO_CODE = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    409: Code.ALREADY_EXISTS,
+    413: Code.INVALID_ARGUMENT,
+    415: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+}
+
+
+def error_response(exc: BridgeError) -> Response:
+    return json_response(exc.to_status_json(), exc.code.http_status)
+
+
+def create_app(bridge: Bridge) -> Flask:
+    app = Flask("lrobridge")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
+    app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    push = bridge.push_endpoint()
+    watches = bridge.watches
+    api_auth = bridge.api_auth
+
+    @app.errorhandler(BridgeError)
+    def _bridge_error(exc: BridgeError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_TO_CODE.get(status, Code.UNKNOWN)
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif status == 405:
+            message = f"{request.method} is not supported on {request.path}"
+        body = {"error": {"code": status, "message": message, "status": code.name, "details": []}}
+        return json_response(body, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        body = {
+            "error": {
+                "code": 500,
+                "message": "internal error; the bridge's log has the details",
+                "status": "INTERNAL",
+                "details": [],
+            }
+        }
+        return json_response(body, 500)
+
+    @app.before_request
+    def _authenticate_api() -> None:
+        if request.path.startswith("/v1/"):
+            api_auth.check(
+                request.headers.get("Authorization"),
+                url=request_url(),
+                serverless_authorization=request.headers.get("X-Serverless-Authorization"),
+            )
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.post("/pubsub/push")
+    def pubsub_push() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = push.handle(body, headers, url=request_url())
+        return json_response(result.body, result.status)
+
+    @app.post("/pubsub/watch")
+    def pubsub_watch() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = bridge.watch_endpoint().handle(body, headers, url=request_url())
+        return json_response(result.body, result.status)
+
+    @app.post("/v1/watches")
+    def create_watch() -> Response:
+        args = create_args_from_json(json_body())
+        record, created = watches.create(**args)
+        return json_response(watch_to_json(record), 201 if created else 200)
+
+    @app.get("/v1/watches")
+    def list_watches() -> Response:
+        state_name = request.args.get("state", "")
+        state = None
+        if state_name:
+            try:
+                state = WatchState[state_name.upper()]
+            except KeyError:
+                raise InvalidArgument(
+                    f"state {state_name!r} is not one of {', '.join(s.name for s in WatchState)}"
+                ) from None
+        page_size = int_arg("pageSize")
+        records, token = watches.list(
+            page_size=page_size, page_token=request.args.get("pageToken", ""), state=state
+        )
+        body: dict[str, Any] = {"watches": [watch_to_json(r) for r in records]}
+        if token:
+            body["nextPageToken"] = token
+        return json_response(body)
+
+    @app.get("/v1/watches/<watch_id>")
+    def get_watch(watch_id: str) -> Response:
+        return json_response(watch_to_json(watches.get(watch_id)))
+
+    @app.delete("/v1/watches/<watch_id>")
+    def delete_watch(watch_id: str) -> Response:
+        watches.delete(watch_id)
+        return json_response({})
+
+    @app.get("/v1/quarantine")
+    def list_quarantine() -> Response:
+        limit = int_arg("pageSize") or 50
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument(f"pageSize {limit} is outside 1-1000")
+        kept = bridge.store.list_quarantine(limit=limit)
+        return json_response({"messages": [_quarantined_json(m) for m in kept]})
+
+    app.register_blueprint(webhooks_blueprint(bridge))
+    for blueprint in bridge.blueprints:
+        app.register_blueprint(blueprint)
+    facade = bridge.facade
+
+    @app.get("/v1/<path:target>")
+    def get_or_list_operations(target: str) -> Response:
+        _not_a_resource_route(target)
+        if target == "operations" or target.endswith("/operations"):
+            snapshots, token = facade.list(
+                target.removesuffix("operations").removesuffix("/"),
+                filter=request.args.get("filter", ""),
+                page_size=int_arg("pageSize"),
+                page_token=request.args.get("pageToken", ""),
+                return_partial_success=bool_arg("returnPartialSuccess"),
+            )
+            body: dict[str, Any] = {
+                "operations": [codec.operation_json_lenient(s) for s in snapshots]
+            }
+            if token:
+                body["nextPageToken"] = token
+            return json_response(body)
+        return json_response(codec.operation_json_lenient(facade.get(target)))
+
+    @app.post("/v1/<path:target>")
+    def operation_method(target: str) -> Response:
+        _not_a_resource_route(target)
+        name, _, method = target.rpartition(":")
+        if method == "cancel" and name:
+            facade.cancel(name)
+            return json_response({})
+        if method == "wait" and name:
+            body = json_body(required=False) or {}
+            if not isinstance(body, dict) or set(body) - {"name", "timeout"}:
+                raise InvalidArgument('a WaitOperation body is {"timeout": "30s"} (optional)')
+            timeout = body.get("timeout")
+            seconds = duration_field(timeout, "timeout") if timeout is not None else None
+            return json_response(codec.operation_json_lenient(facade.wait(name, timeout=seconds)))
+        raise NotFound(f"no such endpoint: POST {request.path} (operations take :cancel or :wait)")
+
+    @app.delete("/v1/<path:name>")
+    def delete_operation(name: str) -> Response:
+        _not_a_resource_route(name)
+        facade.delete(name, at_source=bool_arg("atSource"))
+        return json_response({})
+
+    return app
+
+
+def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "receiveTime": datetime.datetime.fromtimestamp(message.receive_time, datetime.UTC)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "reason": message.reason,
+        "headers": message.headers,
+        "body": base64.b64encode(message.body).decode(),
+    }
+
+
+# The bridge's own collections: a path under them that no route took is a wrong request for
+# them, never an operation name (say so, instead of "operation 'watches' is not tracked").
+_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries", "quarantine")
+
+
+def _not_a_resource_route(target: str) -> None:
+    collection = target.split("/", 1)[0].split(":", 1)[0]
+    if collection in _OWN_COLLECTIONS:
+        raise NotFound(
+            f"no such endpoint: {request.method} {request.path} ({collection} are served at "
+            f"/v1/{collection} and /v1/{collection}/{{id}}; see the README)"
+        )

@@ -1,0 +1,393 @@
+"""The ``lrobridge`` command line: dev, serve, watcher, watch, watches, webhooks, pubsub init.
+
+Every command answers bad input and failures with one line ``lrobridge: error: ...`` and exit
+status 2 (1 for a failure of the work itself), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from lrobridge.bridge import Bridge
+from lrobridge.config import Settings, parse_duration
+from lrobridge.core.names import validate_operation_name, validate_resource_id
+from lrobridge.core.source_url import parse_source_url
+from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
+from lrobridge.logs import configure_logging
+
+log = logging.getLogger("lrobridge")
+
+
+def load_bridge(spec: str | None) -> Bridge:
+    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None)."""
+    if spec is None:
+        return Bridge()
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--app {spec!r}: use module:attribute, e.g. myservice.hooks:bridge")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"--app {spec!r}: cannot import {exc.name!r}") from None
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}")
+    if not isinstance(target, Bridge):
+        raise ConfigError(
+            f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a lrobridge.Bridge"
+        )
+    return target
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    bridge = load_bridge(args.app)
+    from gunicorn.app.base import BaseApplication
+
+    from lrobridge import gunicorn_conf
+
+    flask_app = bridge.create_app()
+    port = args.port if args.port is not None else bridge.settings.port
+    gunicorn_conf.run_watcher = args.watcher
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 0)  # Cloud Run enforces request timeouts itself
+            self.cfg.set("graceful_timeout", 8)  # inside Cloud Run's 10 s SIGTERM grace
+            # The container's hooks: JSON logs, webhook worker, watcher (with --watcher),
+            # clean shutdown.
+            self.cfg.set("accesslog", None)
+            self.cfg.set("logger_class", gunicorn_conf.Logger)
+            for hook in ("post_fork", "post_worker_init", "worker_exit"):
+                self.cfg.set(hook, getattr(gunicorn_conf, hook))
+
+        def load(self) -> Any:
+            return flask_app
+
+    _Gunicorn().run()
+    return 0
+
+
+def cmd_watcher(args: argparse.Namespace) -> int:
+    bridge = load_bridge(args.app)
+    if bridge.settings.watch_mode == "pubsub":
+        raise ConfigError(
+            "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
+            "when its message is delivered (see `lrobridge pubsub init`)"
+        )
+    watcher = bridge.create_watcher()
+    stop = _wait_for_signal()
+    if bridge.settings.grpc_port is not None:
+        port = bridge.start_grpc()
+        log.info("Operations and WatchService over gRPC on port %d", port)
+    thread = threading.Thread(target=watcher.run, name="lrobridge-watcher", daemon=True)
+    thread.start()
+    stop.wait()
+    log.info("stopping watcher")
+    watcher.stop()
+    thread.join(timeout=60)
+    bridge.close()
+    return 0
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    base = (args.bridge or settings.bridge_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    key = args.api_key or settings.api_key
+    if not key and settings.api_keys:
+        key = sorted(settings.api_keys)[0]
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return base, headers
+
+
+def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
+    import requests
+
+    try:
+        response = requests.request(method, url, headers=headers, json=body, timeout=30)
+    except requests.RequestException as exc:
+        raise BridgeError(f"cannot reach the bridge at {url}: {exc}") from None
+    try:
+        payload = response.json() if response.content else {}
+    except ValueError:
+        payload = {"error": {"message": response.text[:500]}}
+    if response.status_code >= 400:
+        message = payload.get("error", {}).get("message", response.reason)
+        raise BridgeError(f"{response.status_code} from {url}: {message}")
+    return payload
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    validate_operation_name(args.operation)  # say what is wrong before calling the bridge
+    parse_source_url(args.source)
+    body: dict[str, Any] = {"operation": args.operation, "source": args.source}
+    if args.deadline:
+        body["deadline"] = f"{parse_duration(args.deadline, what='--deadline')}s"
+    base, headers = _api(settings, args)
+    watch = _call("POST", f"{base}/v1/watches", headers, body)
+    print(json.dumps(watch, indent=2))
+    return 0
+
+
+def cmd_watches(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    base, headers = _api(settings, args)
+    if args.watches_command == "list":
+        url = f"{base}/v1/watches" + (f"?state={args.state}" if args.state else "")
+        print(json.dumps(_call("GET", url, headers), indent=2))
+    elif args.watches_command == "get":
+        print(json.dumps(_call("GET", f"{base}/v1/{_watch_name(args.id)}", headers), indent=2))
+    else:
+        _call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
+        print(f"deleted {_watch_name(args.id)}")
+    return 0
+
+
+def _watch_name(value: str) -> str:
+    """``watches/{id}`` for an id given with or without its collection (checked here, so a
+    value like ``../x`` can never make the URL name something else)."""
+    return f"watches/{validate_resource_id(value.removeprefix('watches/'), 'watch')}"
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    base, headers = _api(settings, args)
+    print(
+        json.dumps(_call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2)
+    )
+    return 0
+
+
+def cmd_pubsub_init(args: argparse.Namespace) -> int:
+    from lrobridge.adapters.pubsub import PubSubAdmin
+
+    settings = Settings.from_env()
+    admin = PubSubAdmin()
+    topic = settings.topic_path
+    print(f"topic {topic}: {admin.ensure_topic(topic)}")
+    subscription = (
+        f"projects/{settings.project}/subscriptions/{args.subscription or settings.subscription}"
+    )
+    service_account = args.service_account or settings.push_service_account or None
+    if service_account is None and settings.push_auth != "none" and not settings.emulator_host:
+        raise ConfigError(
+            "pubsub init: a push subscription with OIDC needs --service-account (or "
+            "LROBRIDGE_PUSH_SERVICE_ACCOUNT); set LROBRIDGE_PUSH_AUTH=none for local use"
+        )
+    result = admin.ensure_push_subscription(
+        subscription,
+        topic,
+        args.push_endpoint,
+        oidc_service_account=service_account,
+        audience=args.audience or settings.push_audience or None,
+    )
+    print(f"subscription {subscription} -> {args.push_endpoint}: {result}")
+    if settings.watch_mode == "pubsub":
+        _init_watch_subscription(admin, settings, args, service_account)
+    admin.close()
+    return 0
+
+
+def _init_watch_subscription(
+    admin: Any, settings: Settings, args: argparse.Namespace, service_account: str | None
+) -> None:
+    """LROBRIDGE_WATCH_MODE=pubsub: the watch topic, its dead-letter topic and the push
+    subscription to /pubsub/watch whose retry policy spaces the polls."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    project = f"projects/{settings.project}"
+    endpoint = args.watch_push_endpoint or urlunsplit(
+        urlsplit(args.push_endpoint)._replace(path="/pubsub/watch", query="")
+    )
+    topic = settings.watch_topic_path
+    dead_letter = f"{project}/topics/{args.dead_letter_topic}"
+    subscription = f"{project}/subscriptions/{settings.watch_subscription}"
+    print(f"topic {topic}: {admin.ensure_topic(topic)}")
+    print(f"topic {dead_letter}: {admin.ensure_topic(dead_letter)}")
+    result = admin.ensure_push_subscription(
+        subscription,
+        topic,
+        endpoint,
+        oidc_service_account=service_account,
+        audience=args.audience or settings.push_audience or None,
+        enable_message_ordering=False,
+        dead_letter_topic=dead_letter,
+        max_delivery_attempts=settings.watch_max_deliveries,
+        min_backoff=settings.watch_min_backoff,
+        max_backoff=settings.watch_max_backoff,
+    )
+    print(f"subscription {subscription} -> {endpoint}: {result}")
+    print(
+        "note: dead-lettering needs the Pub/Sub service agent to hold roles/pubsub.publisher on "
+        f"{dead_letter} and roles/pubsub.subscriber on {subscription} (terraform/ grants both)"
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from lrobridge.cli.dev import run_dev
+
+    return run_dev(
+        app_spec=args.app,
+        port=args.port,
+        emulator_port=args.emulator_port,
+        serverless=args.serverless,
+    )
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _port_arg(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1024")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrobridge",
+        description="Pub/Sub notifications for google.longrunning Operations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run the whole local stack (Pub/Sub emulator included)")
+    dev.add_argument("--app", help="module:attribute of your Bridge (callbacks)")
+    dev.add_argument(
+        "--port", type=_port_arg, default=None, help="HTTP port (default $PORT or 8080)"
+    )
+    dev.add_argument("--emulator-port", type=_port_arg, default=8085, help="Pub/Sub emulator port")
+    dev.add_argument(
+        "--serverless",
+        action="store_true",
+        help="LROBRIDGE_WATCH_MODE=pubsub: watches are messages, polled by /pubsub/watch",
+    )
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
+    serve.add_argument("--app", help="module:attribute of your Bridge")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=_port_arg, default=None)
+    serve.add_argument("--workers", type=_count_arg, default=1)
+    serve.add_argument("--threads", type=_count_arg, default=8)
+    serve.add_argument(
+        "--watcher",
+        action="store_true",
+        help="also run the watcher in each worker (poller mode), as the container does",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    watcher = sub.add_parser("watcher", help="run the watcher until SIGTERM")
+    watcher.add_argument("--app", help="module:attribute of your Bridge")
+    watcher.set_defaults(func=cmd_watcher)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bridge", help="bridge base URL (default $LROBRIDGE_URL or localhost)")
+        p.add_argument("--api-key", help="API key (default $LROBRIDGE_API_KEY)")
+
+    watch = sub.add_parser("watch", help="register a watch with a running bridge")
+    watch.add_argument("operation", help="full operation name on its source")
+    watch.add_argument("--source", required=True, help="grpc://host:port or http(s)://host/v1")
+    watch.add_argument("--deadline", help="give up after this long (e.g. 1h): outcome expired")
+    client_flags(watch)
+    watch.set_defaults(func=cmd_watch)
+
+    watches = sub.add_parser("watches", help="list, show or delete watches")
+    watches_sub = watches.add_subparsers(dest="watches_command", required=True)
+    listing = watches_sub.add_parser("list")
+    listing.add_argument("--state", choices=["active", "publishing", "completed", "failed"])
+    client_flags(listing)
+    for verb in ("get", "rm"):
+        p = watches_sub.add_parser(verb)
+        p.add_argument("id", help="watch id or watches/{id}")
+        client_flags(p)
+    watches.set_defaults(func=cmd_watches)
+
+    from lrobridge.cli.webhooks import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub, client_flags)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="messages that could never be processed, newest first"
+    )
+    quarantine_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    listing = quarantine_sub.add_parser("list")
+    listing.add_argument("--limit", type=int, default=50)
+    client_flags(listing)
+    quarantine.set_defaults(func=cmd_quarantine)
+
+    pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")
+    pubsub_sub = pubsub.add_subparsers(dest="pubsub_command", required=True)
+    init = pubsub_sub.add_parser("init", help="create the topic and push subscription")
+    init.add_argument("--push-endpoint", required=True, help="https://.../pubsub/push")
+    init.add_argument("--service-account", help="email the push subscription signs tokens as")
+    init.add_argument("--audience", help="OIDC audience (default: the push endpoint)")
+    init.add_argument("--subscription", help="subscription id (default $LROBRIDGE_SUBSCRIPTION)")
+    init.add_argument(
+        "--watch-push-endpoint",
+        help="pubsub watch mode: https://.../pubsub/watch (default: beside --push-endpoint)",
+    )
+    init.add_argument(
+        "--dead-letter-topic",
+        default="lro-dead-letter",
+        help="pubsub watch mode: topic id for watch messages that exhaust their deliveries",
+    )
+    init.set_defaults(func=cmd_pubsub_init)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format, project=settings.project)
+        return int(args.func(args))
+    except InvalidArgument as exc:
+        print(f"lrobridge: error: {exc.message}", file=sys.stderr)
+        return 2
+    except BridgeError as exc:
+        print(f"lrobridge: error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port in use, a folder that cannot be written, ...
+        print(f"lrobridge: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

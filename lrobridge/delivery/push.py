@@ -1,0 +1,145 @@
+"""The push endpoint's logic, free of Flask: authenticate, decode, dispatch, choose a status.
+
+``PushEndpoint.handle(body, headers, url)`` returns the HTTP status and JSON body Pub/Sub gets.
+The one table that maps outcomes to status codes is :data:`STATUS_BY_VERDICT`: 2xx acks the
+message, anything else makes Pub/Sub redeliver it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
+
+from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_credential
+from lrobridge.delivery.dispatch import Dispatcher, DispatchResult, Verdict
+from lrobridge.delivery.envelope import PushMessage, decode_push
+from lrobridge.errors import BridgeError, InvalidArgument
+from lrobridge.storage import EventLedger
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATUS_BY_VERDICT = {
+    Verdict.ACK: 204,
+    Verdict.QUARANTINED: 200,  # acked: it can never succeed; kept in the quarantine
+    Verdict.RETRY: 503,  # nack: Pub/Sub redelivers with its retry policy
+}
+
+
+class TokenVerifier(Protocol):
+    def verify(self, authorization_header: str | None, *, request_url: str) -> Mapping[str, Any]:
+        """Claims of a valid push token; raises Unauthenticated / PermissionDenied."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResponse:
+    status: int
+    body: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Received(Generic[T]):
+    """A push that passed authentication and decoding."""
+
+    message: PushMessage
+    content: T  # what the route decoded from the message
+    headers: dict[str, str]  # the request's headers, lower case, without the credential
+
+
+def receive(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    url: str,
+    verifier: TokenVerifier | None,
+    ledger: EventLedger,
+    decode: Callable[[PushMessage], T],
+    clock: Callable[[], float] = time.time,
+    what: str = "push",
+) -> Received[T] | PushResponse:
+    """The first steps of every push route: verify the token (401/403 and nothing touched
+    when it fails), decode the envelope and, with ``decode``, what it carries; a request that
+    can never be processed is kept whole in the quarantine with its reason and acknowledged."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if verifier is not None:
+        try:
+            verifier.verify(platform_checked_credential(lowered), request_url=url)
+        except BridgeError as exc:
+            log.warning("%s refused: %s", what, exc.message)
+            return PushResponse(exc.code.http_status, exc.to_status_json())
+    kept_headers = {
+        k: v for k, v in lowered.items() if k not in ("authorization", SERVERLESS_AUTHORIZATION)
+    }
+    try:
+        message = decode_push(body, lowered)
+        content = decode(message)
+    except InvalidArgument as exc:
+        quarantine_id = ledger.quarantine(
+            reason=exc.message, body=body, headers=kept_headers, now=clock()
+        )
+        log.warning("quarantined %s (id %d): %s", what, quarantine_id, exc.message)
+        return PushResponse(
+            STATUS_BY_VERDICT[Verdict.QUARANTINED],
+            {"quarantined": quarantine_id, "reason": exc.message},
+        )
+    return Received(message, content, kept_headers)
+
+
+class PushEndpoint:
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        ledger: EventLedger,
+        verifier: TokenVerifier | None,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._ledger = ledger
+        self._verifier = verifier
+        self._clock = clock
+        self._on_event = on_event
+
+    def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
+        received = receive(
+            body,
+            headers,
+            url=url,
+            verifier=self._verifier,
+            ledger=self._ledger,
+            decode=lambda message: message,
+            clock=self._clock,
+        )
+        if isinstance(received, PushResponse):
+            return received
+        result = self._dispatcher.handle(received.message, raw_body=body, headers=received.headers)
+        if self._on_event is not None and result.operation:
+            self._on_event(result.operation)  # wake WaitOperation callers of this process
+        return PushResponse(STATUS_BY_VERDICT[result.verdict], _describe(result))
+
+
+def _describe(result: DispatchResult) -> dict[str, Any] | None:
+    if result.verdict is Verdict.ACK:
+        return None
+    if result.verdict is Verdict.QUARANTINED:
+        return {"quarantined": result.quarantine_id, "reason": result.reason}
+    return {
+        "error": {
+            "code": 503,
+            "status": "UNAVAILABLE",
+            "message": "some callbacks did not complete; Pub/Sub will redeliver",
+            "details": [
+                {
+                    "eventId": result.event_id,
+                    "failed": dict(result.failed),
+                    "running": list(result.busy),
+                    "succeeded": list(result.ran) + list(result.already_done),
+                }
+            ],
+        }
+    }

@@ -1,0 +1,5 @@
+"""The Operations interface the bridge serves: the service over every tracked operation,
+WaitOperation waiters and the producer kit for services that create their own operations.
+
+Transport-free: the gRPC servicer and the REST views in :mod:`lrobridge.adapters` call in.
+"""

@@ -1,0 +1,527 @@
+"""SQLite storage of webhooks, messages, deliveries and the attempt log.
+
+Opens the same SQLite file as the main store (``LROBRIDGE_STORE``) through a connection of its
+own, in WAL mode, with its own tables (``webhooks``, ``webhook_messages``,
+``webhook_deliveries``, ``webhook_attempts``). Every method is one transaction that is committed
+before it returns, so a delivery reported as written survives a killed process.
+
+Claims: :meth:`SqliteWebhookStore.claim_due` pushes each due delivery's ``next_attempt`` forward
+by a lease and stamps it with a random claim token inside one ``BEGIN IMMEDIATE`` transaction;
+several workers (threads, processes, a drain request) never send the same delivery at once,
+a worker that dies mid-attempt has its deliveries sent again when the lease ends, and a result
+recorded after the lease was lost is logged without changing the delivery.
+
+Connection rules (WAL, fork, errors) are
+:class:`lrobridge.storage.sqlite.database.SqliteDatabase`'s.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from lrobridge.storage.sqlite.database import SqliteDatabase
+from lrobridge.storage.sqlite.store import seq_cursor
+from lrobridge.webhooks.filters import WebhookFilter
+from lrobridge.webhooks.model import (
+    Attempt,
+    Claim,
+    Delivery,
+    DeliveryState,
+    Message,
+    NewDelivery,
+    Webhook,
+    WebhookState,
+)
+from lrobridge.webhooks.schedule import Plan
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhooks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    operation_glob TEXT NOT NULL DEFAULT '',
+    outcomes TEXT NOT NULL DEFAULT '',
+    metadata_type TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    disabled_reason TEXT NOT NULL DEFAULT '',
+    disable_time REAL,
+    secret TEXT NOT NULL,
+    previous_secret TEXT NOT NULL DEFAULT '',
+    previous_secret_expire_time REAL,
+    failing_since REAL,
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_messages (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    body BLOB NOT NULL,
+    create_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    webhook_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    round_attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL,
+    claim_token TEXT NOT NULL DEFAULT '',
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL,
+    last_status_code INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE (webhook_id, message_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries (state, next_attempt);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
+    ON webhook_deliveries (webhook_id, seq);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    time REAL NOT NULL,
+    status_code INTEGER NOT NULL,
+    latency REAL NOT NULL,
+    response_body TEXT NOT NULL,
+    error TEXT NOT NULL,
+    address TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_delivery ON webhook_attempts (delivery_id, seq);
+"""
+
+_WEBHOOK_COLUMNS = (
+    "seq, id, url, description, operation_glob, outcomes, metadata_type, state, "
+    "disabled_reason, disable_time, secret, previous_secret, previous_secret_expire_time, "
+    "failing_since, create_time, update_time"
+)
+_DELIVERY_COLUMNS = (
+    "d.seq, d.id, d.webhook_id, d.message_id, m.event_id, m.event_type, m.operation, d.state, "
+    "d.attempt_count, d.round_attempts, d.next_attempt, d.create_time, d.update_time, "
+    "d.last_status_code, d.last_error"
+)
+_DELIVERY_FROM = "webhook_deliveries d JOIN webhook_messages m ON m.id = d.message_id"
+
+
+class SqliteWebhookStore:
+    """:class:`~lrobridge.webhooks.model.WebhookStore` on a SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = SqliteDatabase(path, _SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.read(sql, params)
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def create_webhook(self, webhook: Webhook) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO webhooks (id, url, description, operation_glob, outcomes, "
+                "metadata_type, state, secret, create_time, update_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    webhook.id,
+                    webhook.url,
+                    webhook.description,
+                    webhook.filter.operation,
+                    ",".join(sorted(webhook.filter.outcomes)),
+                    webhook.filter.metadata_type,
+                    webhook.state.value,
+                    webhook.secret,
+                    webhook.create_time,
+                    webhook.update_time,
+                ),
+            )
+
+    def get_webhook(self, webhook_id: str) -> Webhook | None:
+        rows = self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,))
+        return _webhook(rows[0]) if rows else None
+
+    def list_webhooks(self, *, after: str, limit: int) -> tuple[list[Webhook], str | None]:
+        rows = self._read(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq_cursor(after), limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_webhook(r) for r in rows], (str(rows[-1][0]) if more else None)
+
+    def all_webhooks(self) -> list[Webhook]:
+        return [_webhook(r) for r in self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks")]
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN "
+                "(SELECT id FROM webhook_deliveries WHERE webhook_id = ?)",
+                (webhook_id,),
+            )
+            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+            return conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount > 0
+
+    def rotate_secret(
+        self, webhook_id: str, *, secret: str, previous_expire_time: float, now: float
+    ) -> Webhook | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhooks SET previous_secret = secret, secret = ?, "
+                "previous_secret_expire_time = ?, update_time = ? WHERE id = ?",
+                (secret, previous_expire_time, now, webhook_id),
+            )
+        return self.get_webhook(webhook_id)
+
+    def set_enabled(self, webhook_id: str, *, now: float) -> Webhook | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhooks SET state = ?, disabled_reason = '', disable_time = NULL, "
+                "failing_since = NULL, update_time = ? WHERE id = ?",
+                (WebhookState.ENABLED.value, now, webhook_id),
+            )
+        return self.get_webhook(webhook_id)
+
+    def disable(self, webhook_id: str, *, reason: str, now: float) -> Webhook | None:
+        with self._write() as conn:
+            _disable(conn, webhook_id, reason, now)
+        return self.get_webhook(webhook_id)
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    def add_message(
+        self, message: Message, deliveries: Sequence[NewDelivery], *, now: float
+    ) -> list[str]:
+        created: list[str] = []
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO webhook_messages (id, event_id, event_type, operation, body, "
+                "create_time) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    message.id,
+                    message.event_id,
+                    message.event_type,
+                    message.operation,
+                    message.body,
+                    message.create_time,
+                ),
+            )
+            for new in deliveries:
+                pending = new.state is DeliveryState.PENDING
+                row = conn.execute(
+                    "INSERT INTO webhook_deliveries (id, webhook_id, message_id, state, "
+                    "next_attempt, create_time, update_time, last_error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (webhook_id, message_id) DO NOTHING RETURNING id",
+                    (
+                        "d" + secrets.token_hex(10),
+                        new.webhook_id,
+                        message.id,
+                        new.state.value,
+                        now if pending else None,
+                        now,
+                        now,
+                        new.error,
+                    ),
+                ).fetchone()
+                if row is not None and pending:
+                    created.append(str(row[0]))
+        return created
+
+    def claim_due(
+        self, *, now: float, limit: int, lease: float, only: Sequence[str] | None = None
+    ) -> list[Claim]:
+        if limit <= 0 or (only is not None and not only):
+            return []
+        where = "d.state = 'PENDING' AND d.next_attempt <= ? AND w.state = 'ENABLED'"
+        params: list[Any] = [now]
+        if only is not None:
+            where += f" AND d.id IN ({', '.join('?' for _ in only)})"
+            params.extend(only)
+        params.append(limit)
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS}, m.body, w.url, w.secret, w.previous_secret, "
+                "w.previous_secret_expire_time, w.failing_since "
+                f"FROM {_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id "
+                f"WHERE {where} ORDER BY d.next_attempt LIMIT ?",
+                params,
+            ).fetchall()
+            claims = []
+            for row in rows:
+                token = secrets.token_hex(8)
+                conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt = ?, claim_token = ? WHERE seq = ?",
+                    (now + lease, token, row[0]),
+                )
+                body, url, secret, previous, previous_expires, failing_since = row[15:]
+                active = [secret]
+                if previous and previous_expires is not None and now < previous_expires:
+                    active.append(previous)
+                claims.append(
+                    Claim(
+                        delivery=_delivery(row[:15], ()),
+                        token=token,
+                        url=url,
+                        secrets=tuple(active),
+                        body=bytes(body),
+                        failing_since=failing_since,
+                    )
+                )
+        return claims
+
+    def record_attempt(self, claim: Claim, attempt: Attempt, plan: Plan, *, now: float) -> bool:
+        delivery = claim.delivery
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, number, time, status_code, latency, "
+                "response_body, error, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.id,
+                    attempt.number,
+                    attempt.time,
+                    attempt.status_code,
+                    attempt.latency,
+                    attempt.response_body,
+                    attempt.error,
+                    attempt.address,
+                ),
+            )
+            updated = conn.execute(
+                "UPDATE webhook_deliveries SET state = ?, next_attempt = ?, claim_token = '', "
+                "attempt_count = attempt_count + 1, round_attempts = round_attempts + 1, "
+                "last_status_code = ?, last_error = ?, update_time = ? "
+                "WHERE id = ? AND claim_token = ? AND state = 'PENDING'",
+                (
+                    plan.state,
+                    plan.next_attempt_time,
+                    attempt.status_code,
+                    plan.error or attempt.error,
+                    now,
+                    delivery.id,
+                    claim.token,
+                ),
+            ).rowcount
+            if not updated:
+                return False
+            if plan.state == DeliveryState.SUCCEEDED.value:
+                conn.execute(
+                    "UPDATE webhooks SET failing_since = NULL WHERE id = ?", (delivery.webhook_id,)
+                )
+            else:
+                conn.execute(
+                    "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+                    (plan.failing_since, delivery.webhook_id),
+                )
+            if plan.disable_reason:
+                _disable(conn, delivery.webhook_id, plan.disable_reason, now)
+        return True
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        rows = self._read(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.id = ?", (delivery_id,)
+        )
+        if not rows:
+            return None
+        return _delivery(rows[0], self._attempts([delivery_id]).get(delivery_id, ()))
+
+    def list_deliveries(
+        self,
+        *,
+        webhook_id: str | None,
+        state: DeliveryState | None,
+        after: str,
+        limit: int,
+    ) -> tuple[list[Delivery], str | None]:
+        """Newest first; ``after`` is the cursor of the previous page ('': from the newest)."""
+        seq = seq_cursor(after)
+        clauses = ["(? = 0 OR d.seq < ?)"]
+        params: list[Any] = [seq, seq]
+        if webhook_id is not None:
+            clauses.append("d.webhook_id = ?")
+            params.append(webhook_id)
+        if state is not None:
+            clauses.append("d.state = ?")
+            params.append(state.value)
+        params.append(limit + 1)
+        rows = self._read(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE {' AND '.join(clauses)} "
+            "ORDER BY d.seq DESC LIMIT ?",
+            params,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        attempts = self._attempts([r[1] for r in rows])
+        deliveries = [_delivery(r, attempts.get(r[1], ())) for r in rows]
+        return deliveries, (str(rows[-1][0]) if more else None)
+
+    def _attempts(self, delivery_ids: Sequence[str]) -> dict[str, tuple[Attempt, ...]]:
+        if not delivery_ids:
+            return {}
+        rows = self._read(
+            "SELECT delivery_id, number, time, status_code, latency, response_body, error, "
+            f"address FROM webhook_attempts WHERE delivery_id IN "
+            f"({', '.join('?' for _ in delivery_ids)}) ORDER BY seq",
+            delivery_ids,
+        )
+        out: dict[str, list[Attempt]] = {}
+        for delivery_id, *fields in rows:
+            out.setdefault(delivery_id, []).append(Attempt(*fields))
+        return {k: tuple(v) for k, v in out.items()}
+
+    def requeue(self, delivery_id: str, *, now: float) -> Delivery | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhook_deliveries SET state = 'PENDING', next_attempt = ?, "
+                "round_attempts = 0, claim_token = '', update_time = ? WHERE id = ?",
+                (now, now, delivery_id),
+            )
+        return self.get_delivery(delivery_id)
+
+    def requeue_dead_since(self, webhook_id: str, *, since: float, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE webhook_deliveries SET state = 'PENDING', next_attempt = ?, "
+                "round_attempts = 0, claim_token = '', update_time = ? "
+                "WHERE webhook_id = ? AND state = 'DEAD' AND create_time >= ?",
+                (now, now, webhook_id, since),
+            ).rowcount
+
+    def next_due_time(self) -> float | None:
+        rows = self._read(
+            "SELECT MIN(d.next_attempt) FROM webhook_deliveries d JOIN webhooks w "
+            "ON w.id = d.webhook_id WHERE d.state = 'PENDING' AND w.state = 'ENABLED'"
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    def count_pending(self, *, due_by: float | None = None) -> int:
+        sql = (
+            "SELECT COUNT(*) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id "
+            "WHERE d.state = 'PENDING' AND w.state = 'ENABLED'"
+        )
+        if due_by is None:
+            return int(self._read(sql)[0][0])
+        return int(self._read(sql + " AND d.next_attempt <= ?", (due_by,))[0][0])
+
+    def prune(self, *, finished_before: float) -> int:
+        with self._write() as conn:
+            removed = conn.execute(
+                "DELETE FROM webhook_deliveries WHERE state IN ('SUCCEEDED', 'DEAD') "
+                "AND update_time < ?",
+                (finished_before,),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id NOT IN "
+                "(SELECT id FROM webhook_deliveries)"
+            )
+            conn.execute(
+                "DELETE FROM webhook_messages WHERE id NOT IN "
+                "(SELECT message_id FROM webhook_deliveries)"
+            )
+        return int(removed)
+
+
+def _disable(conn: sqlite3.Connection, webhook_id: str, reason: str, now: float) -> None:
+    changed = conn.execute(
+        "UPDATE webhooks SET state = ?, disabled_reason = ?, disable_time = ?, update_time = ? "
+        "WHERE id = ? AND state = ?",
+        (WebhookState.DISABLED.value, reason, now, now, webhook_id, WebhookState.ENABLED.value),
+    ).rowcount
+    if changed:
+        conn.execute(
+            "UPDATE webhook_deliveries SET state = 'DEAD', next_attempt = NULL, claim_token = '', "
+            "last_error = ?, update_time = ? WHERE webhook_id = ? AND state = 'PENDING'",
+            (f"webhook disabled: {reason}", now, webhook_id),
+        )
+
+
+def _webhook(row: tuple[Any, ...]) -> Webhook:
+    (
+        _seq,
+        webhook_id,
+        url,
+        description,
+        operation_glob,
+        outcomes,
+        metadata_type,
+        state,
+        disabled_reason,
+        disable_time,
+        secret,
+        previous_secret,
+        previous_secret_expire_time,
+        failing_since,
+        create_time,
+        update_time,
+    ) = row
+    return Webhook(
+        id=webhook_id,
+        url=url,
+        description=description,
+        filter=WebhookFilter(
+            operation=operation_glob,
+            outcomes=frozenset(o for o in outcomes.split(",") if o),
+            metadata_type=metadata_type,
+        ),
+        state=WebhookState(state),
+        secret=secret,
+        create_time=create_time,
+        update_time=update_time,
+        disabled_reason=disabled_reason,
+        disable_time=disable_time,
+        previous_secret=previous_secret,
+        previous_secret_expire_time=previous_secret_expire_time,
+        failing_since=failing_since,
+    )
+
+
+def _delivery(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> Delivery:
+    (
+        _seq,
+        delivery_id,
+        webhook_id,
+        message_id,
+        event_id,
+        event_type,
+        operation,
+        state,
+        attempt_count,
+        round_attempts,
+        next_attempt,
+        create_time,
+        update_time,
+        last_status_code,
+        last_error,
+    ) = row
+    return Delivery(
+        id=delivery_id,
+        webhook_id=webhook_id,
+        message_id=message_id,
+        event_id=event_id,
+        event_type=event_type,
+        operation=operation,
+        state=DeliveryState(state),
+        attempt_count=attempt_count,
+        round_attempts=round_attempts,
+        next_attempt_time=next_attempt,
+        create_time=create_time,
+        update_time=update_time,
+        last_status_code=last_status_code,
+        last_error=last_error,
+        attempts=attempts,
+    )
