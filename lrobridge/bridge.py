@@ -361,9 +361,21 @@ class Bridge:
         added blueprints (the gunicorn target)."""
         from lrobridge.adapters.web.app import create_app
 
+        self.start_telemetry()
         return create_app(self)
 
+    def start_telemetry(self) -> bool:
+        """Turn OpenTelemetry on as the environment asks (once per process: see
+        :mod:`lrobridge.telemetry.setup`) and report this bridge's stores in the gauges."""
+        from lrobridge.telemetry import metrics, setup
+
+        on = setup.configure()
+        if metrics.enabled():
+            metrics.observe(store=self.store, webhooks=self.webhook_runtime.store)
+        return on
+
     def create_watcher(self) -> Watcher:
+        self.start_telemetry()
         with self._lock:
             if self._watcher is None:
                 self._watcher = Watcher(
@@ -439,6 +451,11 @@ class Bridge:
             if close_registry is not None:
                 close_registry()
             if self._store is not None:
+                from lrobridge.telemetry import metrics
+
+                metrics.forget(self._store)
+                if self._webhooks is not None:
+                    metrics.forget(self._webhooks.store)
                 self._store.close()
 
 

@@ -146,6 +146,36 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "`background` worker thread, or `request` (push + drain only); auto: request on Cloud Run.",
     ),
     "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
+    "LROBRIDGE_METRICS": (
+        "",
+        "`prometheus`: serve the metrics at `GET /metrics` (Prometheus text format); empty: "
+        "no endpoint.",
+    ),
+    "LROBRIDGE_METRICS_AUTH": (
+        "api",
+        "Who may read `/metrics`: `api` (the same credentials as /v1) or `none` (anyone who "
+        "can reach the port, e.g. a scraper inside a private network).",
+    ),
+    "OTEL_SDK_DISABLED": ("", "`true`: no traces and no metrics, whatever else is set."),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": (
+        "",
+        "OTLP collector base URL (e.g. `http://localhost:4318`): turns traces and metrics on, "
+        "exported over OTLP/HTTP. The other standard OTEL_EXPORTER_OTLP_* variables apply.",
+    ),
+    "OTEL_TRACES_EXPORTER": (
+        "",
+        "Trace exporters, comma-separated: `otlp`, `gcp` (Cloud Trace), `console`; empty or "
+        "`none`: no traces unless OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+    ),
+    "OTEL_METRICS_EXPORTER": (
+        "",
+        "Metric exporters: `otlp`, `gcp` (Cloud Monitoring), `console`, `prometheus`; empty or "
+        "`none`: no metrics unless OTEL_EXPORTER_OTLP_ENDPOINT or LROBRIDGE_METRICS is set.",
+    ),
+    "OTEL_SERVICE_NAME": (
+        "",
+        "service.name of the spans and metrics; default K_SERVICE or `lrobridge`.",
+    ),
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -216,6 +246,8 @@ class Settings:
     webhook_concurrency: int = 16
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
+    metrics: Literal["", "prometheus"] = ""
+    metrics_auth: Literal["api", "none"] = "api"
 
     @property
     def topic_path(self) -> str:
@@ -318,6 +350,14 @@ class Settings:
                 ),
             ),
             cloud_run_service=get("K_SERVICE"),
+            metrics=cast(
+                Literal["", "prometheus"],
+                _choice(get("LROBRIDGE_METRICS"), "LROBRIDGE_METRICS", ("", "prometheus")),
+            ),
+            metrics_auth=cast(
+                Literal["api", "none"],
+                _choice(get("LROBRIDGE_METRICS_AUTH"), "LROBRIDGE_METRICS_AUTH", ("api", "none")),
+            ),
         )
 
     def check_push_auth(self) -> None:

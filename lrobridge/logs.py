@@ -4,14 +4,16 @@ The JSON form uses the fields Cloud Logging reads from a container's output (``s
 ``message``, ``time``, ``logging.googleapis.com/sourceLocation``) and, inside a request, the
 request's trace: ``logging.googleapis.com/trace`` = ``projects/PROJECT/traces/TRACE_ID``,
 ``logging.googleapis.com/spanId`` and ``logging.googleapis.com/trace_sampled``, so Cloud Logging
-groups a request's lines under Cloud Run's request log entry. The trace comes from the W3C
-``traceparent`` header or, failing that, Google's ``X-Cloud-Trace-Context``
+groups a request's lines under Cloud Run's request log entry. With tracing on
+(:mod:`lrobridge.telemetry`) the trace is the current OpenTelemetry span's, so a poll's, a
+push's and a webhook attempt's lines join the completion's trace; otherwise it comes from the
+W3C ``traceparent`` header or, failing that, Google's ``X-Cloud-Trace-Context``
 (``TRACE_ID/SPAN_ID;o=OPTIONS``, the span id in decimal); :class:`TraceContextMiddleware` (plain
 WSGI) holds it in a context variable for the duration of each request. The trace field needs the
 project id (``GOOGLE_CLOUD_PROJECT`` or ``LROBRIDGE_PROJECT``); without one it is left out.
 
 ``logger.info(..., extra={"json_fields": {...}})`` adds fields to the JSON entry (the text form
-ignores them). Pure module: standard library only.
+ignores them). Pure module: standard library and the OpenTelemetry API.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from lrobridge.telemetry import tracing
 
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _CLOUD_TRACE_RE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=([0-9]+))?")
@@ -73,6 +77,10 @@ _current_trace: contextvars.ContextVar[TraceContext | None] = contextvars.Contex
 
 
 def current_trace() -> TraceContext | None:
+    """The current OpenTelemetry span's trace when there is one, else the request's."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        return TraceContext(*ids)
     return _current_trace.get()
 
 

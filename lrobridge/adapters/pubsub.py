@@ -38,6 +38,7 @@ from lrobridge.errors import (
     Unavailable,
     classify_api_error,
 )
+from lrobridge.telemetry import setup
 
 log = logging.getLogger("lrobridge.adapters.pubsub")
 
@@ -84,7 +85,12 @@ class PubSubPublisher:
             try:
                 client = PublisherClient(
                     batch_settings=batch_settings,
-                    publisher_options=types.PublisherOptions(enable_message_ordering=True),
+                    publisher_options=types.PublisherOptions(
+                        enable_message_ordering=True,
+                        # google-cloud-pubsub's own spans, and googclient_traceparent written
+                        # from them: on when the OpenTelemetry SDK is (lrobridge.telemetry).
+                        enable_open_telemetry_tracing=setup.pubsub_tracing(),
+                    ),
                 )
             except Exception as exc:
                 raise _client_error(exc) from exc

@@ -31,6 +31,7 @@ from lrobridge.core.globs import compile_glob, glob_matches
 from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import InvalidArgument
 from lrobridge.storage import EventLedger
+from lrobridge.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +260,14 @@ class Dispatcher:
             if claim == "busy":
                 busy.append(subscription.name)
                 continue
+            started = time.monotonic()
             try:
-                subscription.callback(event)
+                with tracing.span(
+                    "lrobridge.callback", attributes={"lrobridge.callback": subscription.name}
+                ):
+                    subscription.callback(event)
             except Exception as exc:
+                metrics.callback(subscription.name, time.monotonic() - started, ok=False)
                 error = f"{type(exc).__name__}: {exc}"
                 failed[subscription.name] = error
                 log.exception(
@@ -274,6 +280,7 @@ class Dispatcher:
                     event.event_id, subscription.name, ok=False, error=error, now=self._clock()
                 )
                 continue
+            metrics.callback(subscription.name, time.monotonic() - started, ok=True)
             self._ledger.finish_callback(
                 event.event_id, subscription.name, ok=True, error="", now=self._clock()
             )

@@ -18,6 +18,7 @@ from lrobridge.delivery.dispatch import Dispatcher, DispatchResult, Verdict
 from lrobridge.delivery.envelope import PushMessage, decode_push
 from lrobridge.errors import BridgeError, InvalidArgument
 from lrobridge.storage import EventLedger
+from lrobridge.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,6 +27,12 @@ STATUS_BY_VERDICT = {
     Verdict.ACK: 204,
     Verdict.QUARANTINED: 200,  # acked: it can never succeed; kept in the quarantine
     Verdict.RETRY: 503,  # nack: Pub/Sub redelivers with its retry policy
+}
+# The push outcome metrics count (lrobridge.push.outcomes).
+OUTCOME_BY_VERDICT = {
+    Verdict.ACK: "ack",
+    Verdict.QUARANTINED: "quarantine",
+    Verdict.RETRY: "retry",
 }
 
 
@@ -70,6 +77,7 @@ def receive(
             verifier.verify(platform_checked_credential(lowered), request_url=url)
         except BridgeError as exc:
             log.warning("%s refused: %s", what, exc.message)
+            metrics.push(what, "refused")
             return PushResponse(exc.code.http_status, exc.to_status_json())
     kept_headers = {
         k: v for k, v in lowered.items() if k not in ("authorization", SERVERLESS_AUTHORIZATION)
@@ -82,6 +90,7 @@ def receive(
             reason=exc.message, body=body, headers=kept_headers, now=clock()
         )
         log.warning("quarantined %s (id %d): %s", what, quarantine_id, exc.message)
+        metrics.push(what, "quarantine")
         return PushResponse(
             STATUS_BY_VERDICT[Verdict.QUARANTINED],
             {"quarantined": quarantine_id, "reason": exc.message},
@@ -117,7 +126,24 @@ class PushEndpoint:
         )
         if isinstance(received, PushResponse):
             return received
-        result = self._dispatcher.handle(received.message, raw_body=body, headers=received.headers)
+        message = received.message
+        with tracing.span(
+            "lrobridge.push",
+            parent=tracing.extract_message(message.attributes),  # the completion's trace
+            kind=tracing.SpanKind.CONSUMER,
+            attributes={
+                "lrobridge.operation": message.attributes.get("operation", ""),
+                "lrobridge.event_id": message.attributes.get("event_id", ""),
+                "messaging.message.id": message.message_id,
+            },
+            link_current=True,
+        ) as span:
+            result = self._dispatcher.handle(message, raw_body=body, headers=received.headers)
+            outcome = OUTCOME_BY_VERDICT[result.verdict]
+            tracing.set_attributes(span, {"lrobridge.push.outcome": outcome})
+            if result.verdict is Verdict.RETRY:
+                tracing.fail(span, "some callbacks did not complete; Pub/Sub will redeliver")
+        metrics.push("push", outcome)
         if self._on_event is not None and result.operation:
             self._on_event(result.operation)  # wake WaitOperation callers of this process
         return PushResponse(STATUS_BY_VERDICT[result.verdict], _describe(result))

@@ -26,6 +26,7 @@ from lrobridge.core.records import OutboxEntry, PendingMessage
 from lrobridge.errors import InvalidArgument
 from lrobridge.ports import Publisher
 from lrobridge.storage import Completion, Outbox
+from lrobridge.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def _message(
         payload_format=used_format,
         time=datetime.datetime.fromtimestamp(now, datetime.UTC),
     )
+    # The trace of the poll (or push) that observed it goes into the outbox with the message.
+    tracing.inject_message(attributes)
     return PendingMessage(data=data, attributes=attributes, ordering_key=snapshot.name)
 
 
@@ -159,33 +162,58 @@ class OutboxRelay:
             self._in_flight.add(entry.id)
         settled: Future[None] = Future()
         message = entry.message
+        attributes = message.attributes
+        span = tracing.start(
+            "lrobridge.publish",
+            parent=tracing.extract_message(attributes),
+            kind=tracing.SpanKind.PRODUCER,
+            attributes={
+                "lrobridge.operation": entry.operation,
+                "lrobridge.event_id": entry.event_id,
+            },
+        )
+        if span is not None:  # the message carries the publish span's context on
+            attributes = dict(attributes)
+            tracing.inject_message(attributes, span)
+        started = time.monotonic()
         try:
-            future = self._publisher.publish(message.data, message.attributes, message.ordering_key)
+            with tracing.activate(span):
+                future = self._publisher.publish(message.data, attributes, message.ordering_key)
         except Exception as exc:
-            self._settle(entry, None, exc)
+            self._settle(entry, None, exc, started=started)
+            tracing.end(span, exc)
             settled.set_result(None)
             return settled
 
         def done(f: Future[str]) -> None:
             try:
-                self._settle(entry, f, None)
+                self._settle(entry, f, None, started=started)
             finally:
+                tracing.end(span, f.exception())
                 settled.set_result(None)
 
         future.add_done_callback(done)
         return settled
 
     def _settle(
-        self, entry: OutboxEntry, future: Future[str] | None, error: BaseException | None
+        self,
+        entry: OutboxEntry,
+        future: Future[str] | None,
+        error: BaseException | None,
+        *,
+        started: float,
     ) -> None:
         if future is not None:
             error = future.exception()
         now = self._clock()
+        took = time.monotonic() - started
         try:
             if error is None:
+                metrics.published(took)
                 self._outbox.mark_published(entry.id, now=now)
                 self.published += 1
             elif isinstance(error, InvalidArgument):
+                metrics.publish_failed(took, next_step="quarantine")
                 # Pub/Sub can never take this message (too large, say): retrying would keep it
                 # forever. It goes to the quarantine whole, and its watch fails saying why.
                 self.errors += 1
@@ -197,6 +225,7 @@ class OutboxRelay:
                 )
                 self._outbox.abandon_publish(entry.id, reason=str(error), now=now)
             else:
+                metrics.publish_failed(took, next_step="retry")
                 self.errors += 1
                 delay = PUBLISH_BACKOFF.delay(entry.attempt)
                 log.warning(

@@ -151,6 +151,10 @@ class Outbox(Protocol):
 
     def outbox_size(self) -> int: ...
 
+    def outbox_oldest_time(self) -> float | None:
+        """When the oldest entry still waiting for Pub/Sub was written (None: empty)."""
+        ...
+
 
 class OperationStore(Protocol):
     def get_operation(self, name: str) -> OperationRecord | None: ...

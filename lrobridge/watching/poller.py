@@ -37,6 +37,7 @@ from lrobridge.errors import (
 )
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.storage import OperationStore, Outbox, WatchStore
+from lrobridge.telemetry import metrics, tracing
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):
@@ -147,7 +148,9 @@ class Watcher:
 
     def _poll_safely(self, watch: WatchRecord) -> None:
         try:
-            self.poll(watch)
+            # The root span of a completion's trace (lrobridge.telemetry.tracing).
+            with tracing.span("lrobridge.poll", attributes=_span_attributes(watch)):
+                self.poll(watch)
         except Exception:  # the loop must survive anything one poll does
             log.exception("poll of %s (%s) failed unexpectedly", watch.operation, watch.name)
             self._store.record_pending(
@@ -175,10 +178,12 @@ class Watcher:
             source = self._sources(watch.source)
             snapshot, held = self._fetch(source, watch)
         except NotFound:
+            metrics.poll(watch.source, "not_found")
             self._complete(watch, codec.not_found_snapshot(watch.operation), "not_found")
             return
         except TransientError as exc:
             self.stats.transient_errors += 1
+            metrics.poll(watch.source, "transient_error")
             if self._past_deadline(watch):
                 # The source is failing and time is up: what was last seen is all there is.
                 log.warning(
@@ -194,6 +199,8 @@ class Watcher:
             return
         except BridgeError as exc:
             self.stats.failed += 1
+            metrics.poll(watch.source, "failed")
+            metrics.watch_failed(watch.source)
             self._store.record_failure(
                 watch.id, code=int(exc.code), message=exc.message, now=self._clock()
             )
@@ -208,6 +215,7 @@ class Watcher:
             return
         self.stats.polls += 1
         outcome = snapshot.outcome()
+        metrics.poll(watch.source, "pending" if outcome is None else "done")
         if outcome is not None:
             self._complete(watch, snapshot, outcome)
         elif self._past_deadline(watch):
@@ -354,6 +362,8 @@ class Watcher:
             return  # deleted meanwhile
         self._progress.forget(watch.id)
         self.stats.completions += 1
+        # Seen done now; last seen pending when the watch was last updated.
+        metrics.detection_lag(now - watch.update_time, source=watch.source)
         log.info("%s on %s: %s (event %s)", watch.operation, watch.source, outcome, done.event_id)
         if self._on_completion is not None:
             self._on_completion(watch.operation)
@@ -361,6 +371,14 @@ class Watcher:
         self.relay.publish(
             OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
         )
+
+
+def _span_attributes(watch: WatchRecord) -> dict[str, str]:
+    return {
+        "lrobridge.watch": watch.name,
+        "lrobridge.operation": watch.operation,
+        "lrobridge.source": watch.source,
+    }
 
 
 class WatcherStats:

@@ -78,6 +78,7 @@ from lrobridge.errors import (
 from lrobridge.ports import OperationsSource, Publisher
 from lrobridge.proto.v1 import watch_pb2
 from lrobridge.storage import EventLedger, OperationStore
+from lrobridge.telemetry import metrics, tracing
 from lrobridge.watching.resource import watch_to_json
 
 log = logging.getLogger(__name__)
@@ -450,7 +451,20 @@ class WatchHandler:
             if received.body and "quarantined" in received.body:
                 self.stats.quarantined += 1
             return received
-        return self._run(received.content, received.message)
+        watch = received.content
+        # A poll driven by Pub/Sub: the root span of a completion's trace, like the poller's.
+        with tracing.span(
+            "lrobridge.poll",
+            attributes={
+                "lrobridge.watch": f"watches/{watch.watch_id}",
+                "lrobridge.operation": watch.operation,
+                "lrobridge.source": watch.source,
+            },
+            link_current=True,
+        ):
+            response = self._run(watch, received.message)
+        metrics.push("watch message", "ack" if response.status < 300 else "retry")
+        return response
 
     def _run(self, watch: WatchMessage, message: PushMessage) -> PushResponse:
         if self._operations is not None:
@@ -463,6 +477,7 @@ class WatchHandler:
         observed = self._poll(watch)
         now = self._clock()
         publish_time = parse_publish_time(message.publish_time)
+        metrics.poll(watch.source, _poll_result(observed))
         attempt = self._policy.delivery_attempt(
             message.delivery_attempt,
             publish_time=watch.publish_time if publish_time is None else publish_time,
@@ -489,6 +504,12 @@ class WatchHandler:
             "polls": watch.polls + attempt,
             "action": decision.action.value,
         }
+        if decision.action is Action.COMPLETE:
+            # Last seen pending when this watch message was published.
+            pending_seen = watch.publish_time if publish_time is None else publish_time
+            metrics.detection_lag(now - pending_seen, source=watch.source)
+        elif decision.action is Action.DROP and isinstance(observed, BridgeError):
+            metrics.watch_failed(watch.source)
         try:
             self._observe(watch, observed, decision, now)
             body = self._act(watch, decision, now)
@@ -590,3 +611,14 @@ class WatchHandler:
             "the subscription's retry backoff",
             code=Code.ABORTED,
         ).to_status_json()
+
+
+def _poll_result(observed: codec.Snapshot | BridgeError) -> str:
+    """The ``result`` label of lrobridge.polls for one observation."""
+    if isinstance(observed, NotFound):
+        return "not_found"
+    if isinstance(observed, TransientError):
+        return "transient_error"
+    if isinstance(observed, BridgeError):
+        return "failed"
+    return "pending" if observed.outcome() is None else "done"

@@ -74,6 +74,7 @@ class Message:
     operation: str
     body: bytes
     create_time: float
+    traceparent: str = ""  # the completion's trace (W3C), continued by each attempt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Claim:
     secrets: tuple[str, ...]
     body: bytes
     failing_since: float | None
+    traceparent: str = ""  # the message's: each attempt is a span of the completion's trace
 
 
 @dataclasses.dataclass(frozen=True)

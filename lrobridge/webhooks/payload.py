@@ -26,6 +26,7 @@ from typing import Any
 
 from lrobridge.core import codec
 from lrobridge.delivery.dispatch import CompletionEvent
+from lrobridge.telemetry import tracing
 from lrobridge.webhooks.model import Message
 
 TYPE_PREFIX = "operation."
@@ -56,6 +57,7 @@ def build_message(event: CompletionEvent, *, now: float) -> Message:
         operation=event.name,
         body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         create_time=now,
+        traceparent=tracing.current_traceparent(),  # the push's span, inside its trace
     )
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
 from lrobridge.errors import BridgeError, InvalidArgument
+from lrobridge.telemetry import metrics, tracing
 from lrobridge.webhooks.model import Attempt, Claim, WebhookStore
 from lrobridge.webhooks.schedule import Plan, is_success, parse_retry_after, plan_after_attempt
 from lrobridge.webhooks.signing import signed_headers
@@ -93,6 +94,13 @@ class DrainCounts:
                 self.webhooks_disabled += 1
 
 
+def _attempt_result(plan: Plan | None) -> str:
+    """The ``result`` label of lrobridge.webhook.attempts."""
+    if plan is None:
+        return "lost_lease"
+    return {"SUCCEEDED": "succeeded", "PENDING": "retrying"}.get(plan.state, "dead")
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -138,6 +146,35 @@ class DeliveryWorker:
 
     def attempt(self, claim: Claim) -> Plan | None:
         """Send one claimed delivery and record the attempt; None if the lease was lost."""
+        delivery = claim.delivery
+        with tracing.span(
+            "lrobridge.webhook_attempt",
+            parent=tracing.context_from_traceparent(claim.traceparent),
+            kind=tracing.SpanKind.CLIENT,
+            attributes={
+                "lrobridge.delivery": delivery.name,
+                "lrobridge.webhook": f"webhooks/{delivery.webhook_id}",
+                "lrobridge.event_id": delivery.event_id,
+                "lrobridge.attempt": delivery.attempt_count + 1,
+            },
+            link_current=True,
+        ) as span:
+            plan, status_code = self._attempt(claim)
+            result = _attempt_result(plan)
+            tracing.set_attributes(
+                span, {"http.response.status_code": status_code, "lrobridge.result": result}
+            )
+            if result != "succeeded":
+                why = plan.error if plan is not None else "the lease was lost meanwhile"
+                tracing.fail(span, why or f"the attempt failed (HTTP {status_code})")
+        metrics.webhook_attempt(result, status_code)
+        if plan is not None and plan.state == "SUCCEEDED":
+            metrics.delivered(self._clock() - delivery.create_time)
+        elif plan is not None and plan.state == "DEAD":
+            metrics.dead_lettered("disabled" if plan.disable_reason else "exhausted")
+        return plan
+
+    def _attempt(self, claim: Claim) -> tuple[Plan | None, int]:
         started = self._clock()
         address = ""
         try:
@@ -154,6 +191,7 @@ class DeliveryWorker:
                 timestamp=int(started),
                 body=claim.body,
             )
+            tracing.inject_headers(headers)  # traceparent: the receiver joins the trace
             try:
                 result = self._sender.send(SendRequest(pinned, headers, claim.body, self.timeout))
             except Exception as exc:  # a Sender must not raise; never lose the record if it does
@@ -188,7 +226,7 @@ class DeliveryWorker:
         recorded = self._store.record_attempt(claim, attempt, plan, now=finished)
         if plan.disable_reason and recorded:
             log.warning("webhook %s disabled: %s", claim.delivery.webhook_id, plan.disable_reason)
-        return plan if recorded else None
+        return (plan if recorded else None), result.status_code
 
     # -- draining ------------------------------------------------------------------------
 

@@ -570,6 +570,12 @@ class FirestoreStore:
     def outbox_size(self) -> int:
         return self.db.count("count the outbox", self._col(_OUTBOX))
 
+    def outbox_oldest_time(self) -> float | None:
+        oldest = self.db.query(
+            "read the oldest outbox entry", self._col(_OUTBOX).order_by("create_time").limit(1)
+        )
+        return float(oldest[0].get("create_time")) if oldest else None
+
     # -- tracked operations ------------------------------------------------------------------
 
     def get_operation(self, name: str) -> OperationRecord | None:

@@ -267,6 +267,7 @@ class FirestoreWebhookStore:
                         "operation": message.operation,
                         "body": message.body,
                         "create_time": message.create_time,
+                        "traceparent": message.traceparent,
                     },
                 )
             created = []
@@ -353,6 +354,7 @@ class FirestoreWebhookStore:
                     secrets=webhook.signing_secrets(now),
                     body=bytes(message.get("body")),
                     failing_since=webhook.failing_since,
+                    traceparent=str(fields(message).get("traceparent") or ""),
                 )
             )
         return claims

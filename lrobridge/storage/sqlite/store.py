@@ -564,6 +564,10 @@ class SqliteStore:
     def outbox_size(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])
 
+    def outbox_oldest_time(self) -> float | None:
+        oldest = self._read("SELECT MIN(create_time) FROM outbox")[0][0]
+        return None if oldest is None else float(oldest)
+
     # -- tracked operations ------------------------------------------------------------------
 
     def get_operation(self, name: str) -> OperationRecord | None:

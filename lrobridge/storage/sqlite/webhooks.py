@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     address TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_delivery ON webhook_attempts (delivery_id, seq);
+-- The trace a message belongs to (only when tracing is on); a table of its own so that files
+-- written before it existed need no migration.
+CREATE TABLE IF NOT EXISTS webhook_message_traces (
+    message_id TEXT PRIMARY KEY,
+    traceparent TEXT NOT NULL
+);
 """
 
 _WEBHOOK_COLUMNS = (
@@ -220,6 +226,12 @@ class SqliteWebhookStore:
                     message.create_time,
                 ),
             )
+            if message.traceparent:
+                conn.execute(
+                    "INSERT INTO webhook_message_traces (message_id, traceparent) VALUES (?, ?) "
+                    "ON CONFLICT (message_id) DO NOTHING",
+                    (message.id, message.traceparent),
+                )
             for new in deliveries:
                 pending = new.state is DeliveryState.PENDING
                 row = conn.execute(
@@ -256,8 +268,9 @@ class SqliteWebhookStore:
         with self._write() as conn:
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS}, m.body, w.url, w.secret, w.previous_secret, "
-                "w.previous_secret_expire_time, w.failing_since "
+                "w.previous_secret_expire_time, w.failing_since, t.traceparent "
                 f"FROM {_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id "
+                "LEFT JOIN webhook_message_traces t ON t.message_id = d.message_id "
                 f"WHERE {where} ORDER BY d.next_attempt LIMIT ?",
                 params,
             ).fetchall()
@@ -268,7 +281,7 @@ class SqliteWebhookStore:
                     "UPDATE webhook_deliveries SET next_attempt = ?, claim_token = ? WHERE seq = ?",
                     (now + lease, token, row[0]),
                 )
-                body, url, secret, previous, previous_expires, failing_since = row[15:]
+                body, url, secret, previous, previous_expires, failing_since, trace = row[15:]
                 active = [secret]
                 if previous and previous_expires is not None and now < previous_expires:
                     active.append(previous)
@@ -280,6 +293,7 @@ class SqliteWebhookStore:
                         secrets=tuple(active),
                         body=bytes(body),
                         failing_since=failing_since,
+                        traceparent=trace or "",
                     )
                 )
         return claims
@@ -432,6 +446,10 @@ class SqliteWebhookStore:
             conn.execute(
                 "DELETE FROM webhook_messages WHERE id NOT IN "
                 "(SELECT message_id FROM webhook_deliveries)"
+            )
+            conn.execute(
+                "DELETE FROM webhook_message_traces WHERE message_id NOT IN "
+                "(SELECT id FROM webhook_messages)"
             )
         return int(removed)
 
