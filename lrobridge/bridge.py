@@ -369,7 +369,8 @@ class Bridge:
         :mod:`lrobridge.telemetry.setup`) and report this bridge's stores in the gauges."""
         from lrobridge.telemetry import metrics, setup
 
-        on = setup.configure()
+        prometheus = {"LROBRIDGE_METRICS": self.settings.metrics} if self.settings.metrics else {}
+        on = setup.configure({**os.environ, **prometheus})
         if metrics.enabled():
             metrics.observe(store=self.store, webhooks=self.webhook_runtime.store)
         return on

@@ -114,6 +114,13 @@ def prometheus_enabled() -> bool:
     return bool(_configured.get("prometheus"))
 
 
+def prometheus_text() -> tuple[bytes, str]:
+    """The Prometheus exposition of every metric, and its content type."""
+    exposition = importlib.import_module("prometheus_client.exposition")
+    registry = importlib.import_module("prometheus_client.registry").REGISTRY
+    return exposition.generate_latest(registry), str(exposition.CONTENT_TYPE_LATEST)
+
+
 def pubsub_tracing() -> bool:
     """Whether google-cloud-pubsub's own OpenTelemetry tracing should be on (SDK configured)."""
     return bool(_configured.get("tracer_provider"))

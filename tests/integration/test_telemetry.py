@@ -7,10 +7,17 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+import requests
 from opentelemetry.sdk.trace import ReadableSpan
+from prometheus_client.parser import text_string_to_metric_families
 
 from lrobridge.config import parse_networks
 from lrobridge.telemetry import tracing
+from tests.integration.test_container_command import (  # noqa: F401  (fixture)
+    Container,
+    completion_envelope,
+    containers,
+)
 from tests.support.operations_servers import FakeOperations
 from tests.support.stack import EventLog, LocalStack, stack_settings, wait_until
 from tests.support.telemetry import Recorded, recorded  # noqa: F401  (fixture)
@@ -90,3 +97,59 @@ def test_one_trace_holds_the_poll_publish_push_callback_and_webhook_attempt_of_a
 def _wait_for_spans(telemetry: Recorded, name: str, count: int) -> list[ReadableSpan]:
     wait_until(lambda: len(telemetry.finished(name)) >= count, what=f"{count} {name} span(s)")
     return list(telemetry.finished(name))
+
+
+def test_the_container_serves_prometheus_metrics_behind_the_api_key_when_asked(
+    tmp_path: pathlib.Path,
+    containers: list[Container],  # noqa: F811
+) -> None:
+    container = Container(
+        tmp_path,
+        {
+            "LROBRIDGE_METRICS": "prometheus",
+            "LROBRIDGE_API_AUTH": "key",
+            "LROBRIDGE_API_KEYS": "scrape-key",
+            "LROBRIDGE_STORE": f"sqlite:///{tmp_path / 'bridge.db'}",
+            "LROBRIDGE_WATCH_MODE": "pubsub",
+        },
+        "lrobridge.wsgi:app",
+    )
+    containers.append(container)
+    _wait_healthy(container)
+    pushed = requests.post(
+        f"{container.url}/pubsub/push",
+        data=completion_envelope(),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert pushed.status_code == 204, pushed.text
+    assert requests.get(f"{container.url}/metrics", timeout=10).status_code == 401
+    scraped = requests.get(
+        f"{container.url}/metrics", headers={"Authorization": "Bearer scrape-key"}, timeout=10
+    )
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+    [ack] = [
+        s
+        for s in families["lrobridge_push_outcomes"].samples
+        if s.name.endswith("_total") and s.labels["outcome"] == "ack"
+    ]
+    assert ack.value == 1 and ack.labels["route"] == "push"
+    watch_states = {s.labels["state"] for s in families["lrobridge_watches"].samples}
+    assert watch_states == {"ACTIVE", "PUBLISHING", "COMPLETED", "FAILED"}
+    assert "lrobridge_outbox_oldest_age_seconds" in families
+
+
+def _wait_healthy(container: Container) -> None:
+    """Like Container.wait_healthy, but a worker still importing (a read timeout) is waited
+    for too: the SDK and the Prometheus client make the first import slower."""
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{container.url}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            assert container.process.poll() is None, container.stderr.read_text()[-3000:]
+            return False
+
+    wait_until(healthy, timeout=60, what="gunicorn to answer /healthz")

@@ -254,3 +254,14 @@ def test_every_metric_recorded_is_listed_with_its_unit_and_description(
     for name, (unit, description) in seen.items():
         assert metrics.METRICS[name] == (unit, description)
     assert {"lrobridge.polls", "lrobridge.webhook.attempts", "lrobridge.watches"} <= set(seen)
+
+
+def test_there_is_no_metrics_endpoint_unless_asked_for() -> None:
+    settings = dataclasses.replace(Settings(), push_auth="none", project="p")
+    bridge = Bridge(settings, store=SqliteStore(":memory:"))
+    try:
+        response = bridge.create_app().test_client().get("/metrics")
+    finally:
+        bridge.close()
+    assert response.status_code == 404
+    assert response.get_json()["error"]["status"] == "NOT_FOUND"

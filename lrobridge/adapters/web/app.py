@@ -30,6 +30,7 @@ from lrobridge.core import codec
 from lrobridge.core.records import QuarantinedMessage, WatchState
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.logs import TraceContextMiddleware
+from lrobridge.telemetry import setup as telemetry
 from lrobridge.watching.resource import create_args_from_json, duration_field, watch_to_json
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def create_app(bridge: Bridge) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    telemetry.instrument_app(app)  # server spans, when tracing is on
     push = bridge.push_endpoint()
     watches = bridge.watches
     api_auth = bridge.api_auth
@@ -107,6 +109,20 @@ def create_app(bridge: Bridge) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         return json_response({"status": "ok"})
+
+    if bridge.settings.metrics == "prometheus" or telemetry.prometheus_enabled():
+
+        @app.get("/metrics")
+        def prometheus_metrics() -> Response:
+            # The same credentials as /v1 unless LROBRIDGE_METRICS_AUTH=none.
+            if bridge.settings.metrics_auth == "api":
+                api_auth.check(
+                    request.headers.get("Authorization"),
+                    url=request_url(),
+                    serverless_authorization=request.headers.get("X-Serverless-Authorization"),
+                )
+            body, content_type = telemetry.prometheus_text()
+            return Response(body, status=200, content_type=content_type)
 
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
