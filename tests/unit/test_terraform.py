@@ -21,6 +21,7 @@ from lrobridge.storage.firestore.client import DEFAULT_PREFIX
 from lrobridge.storage.firestore.store import COMPOSITE_INDEXES as STORE_INDEXES
 from lrobridge.storage.firestore.webhooks import COMPOSITE_INDEXES as WEBHOOK_INDEXES
 from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.telemetry import metrics, setup
 from tests.support.container import gunicorn_argv, parse_dockerfile
 from tests.support.terraform import EXAMPLE, MODULE, OPTIONS, ROOT, Config, load, one
 
@@ -258,6 +259,8 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
         ("google_secret_manager_secret_iam_member", "${var.api_keys_secret}",
          "roles/secretmanager.secretAccessor", bridge),
         ("google_project_iam_member", "project", "roles/datastore.user", bridge),
+        ("google_project_iam_member", "project", "roles/cloudtrace.agent", bridge),
+        ("google_project_iam_member", "project", "roles/monitoring.metricWriter", bridge),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", pusher),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", scheduler),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker",
@@ -273,6 +276,12 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
     }  # fmt: skip
     assert TF.resource("google_project_iam_member", "bridge_uses_firestore")["count"] == (
         "${local.firestore ? 1 : 0}"
+    )
+    assert TF.resource("google_project_iam_member", "bridge_writes_traces")["count"] == (
+        '${var.trace_exporter == "gcp" ? 1 : 0}'
+    )
+    assert TF.resource("google_project_iam_member", "bridge_writes_metrics")["count"] == (
+        '${var.metrics_exporter == "gcp" ? 1 : 0}'
     )
     assert TF.locals["pubsub_agent"].endswith("@gcp-sa-pubsub.iam.gserviceaccount.com")
     assert TEMPLATE["service_account"] == "${google_service_account.bridge.email}"
@@ -317,3 +326,40 @@ def test_the_example_passes_every_required_module_variable_and_only_known_ones()
     for output in example.outputs.values():
         for name in re.findall(r"module\.lrobridge\.(\w+)", str(output["value"])):
             assert name in TF.outputs
+
+
+# The alert policies and the metric each one reads (monitoring.tf): a growing dead-letter
+# backlog, a disabled webhook, an old unacknowledged completion, watches failing at their source.
+ALERTS = {
+    "dead_letters_growing": "lrobridge.webhook.dead_letters",
+    "webhook_disabled": "lrobridge.webhook.disabled_endpoints",
+    "completion_unacknowledged": "lrobridge.outbox.oldest_age",
+    "watches_failing": "lrobridge.watch.failures",
+}
+_METRIC_TYPE_RE = re.compile(r'metric\.type = \\?"\$\{local\.metric_prefix\}/([\w.]+)\\?"')
+
+
+@pytest.mark.parametrize(("policy", "metric"), ALERTS.items())
+def test_each_alert_policy_reads_a_metric_the_code_exports_and_notifies_the_channels(
+    policy: str, metric: str
+) -> None:
+    body = TF.resource("google_monitoring_alert_policy", policy)
+    assert body["notification_channels"] == "${var.notification_channels}"
+    assert body["count"] == "${local.alerts}"
+    condition = one(body["conditions"])
+    threshold = one(condition["condition_threshold"])
+    named = _METRIC_TYPE_RE.findall(threshold["filter"])
+    assert named == [metric], threshold["filter"]
+    assert metric in metrics.METRICS
+    assert TF.locals["metric_prefix"] == "workload.googleapis.com"  # the GCP exporter's prefix
+
+
+def test_every_alert_policy_is_one_of_the_checked_ones() -> None:
+    assert set(TF.resources["google_monitoring_alert_policy"]) == set(ALERTS)
+
+
+def test_the_service_exports_to_cloud_trace_and_monitoring_by_default() -> None:
+    env = {name: v for name, value in ENV.items() if (v := _resolve(value)) is not None}
+    assert (env["OTEL_TRACES_EXPORTER"], env["OTEL_METRICS_EXPORTER"]) == ("gcp", "gcp")
+    assert setup.wanted(env) == (["gcp"], ["gcp"])
+    assert TF.locals["alerts"] == '${var.metrics_exporter == "gcp" ? 1 : 0}'

@@ -60,3 +60,18 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_forwards_watches"
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_agent
 }
+
+# The bridge writes its spans to Cloud Trace and its metrics to Cloud Monitoring.
+resource "google_project_iam_member" "bridge_writes_traces" {
+  count   = var.trace_exporter == "gcp" ? 1 : 0
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
+  member  = "serviceAccount:${google_service_account.bridge.email}"
+}
+
+resource "google_project_iam_member" "bridge_writes_metrics" {
+  count   = var.metrics_exporter == "gcp" ? 1 : 0
+  project = var.project_id
+  role    = "roles/monitoring.metricWriter"
+  member  = "serviceAccount:${google_service_account.bridge.email}"
+}

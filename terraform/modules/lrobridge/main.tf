@@ -52,6 +52,10 @@ locals {
     LROBRIDGE_API_AUTH             = "key"
     LROBRIDGE_API_SERVICE_ACCOUNTS = google_service_account.scheduler.email
     LROBRIDGE_API_AUDIENCE         = local.api_audience
+    # Traces to Cloud Trace and metrics to Cloud Monitoring by default (monitoring.tf alerts
+    # on the metrics); the image has the exporters (the [otel] extra).
+    OTEL_TRACES_EXPORTER  = var.trace_exporter
+    OTEL_METRICS_EXPORTER = var.metrics_exporter
   }
 }
 

@@ -201,3 +201,35 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "trace_exporter" {
+  description = "Where spans go (OTEL_TRACES_EXPORTER): gcp = Cloud Trace, otlp = a collector (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. a sidecar), none = no tracing."
+  type        = string
+  default     = "gcp"
+  validation {
+    condition     = contains(["gcp", "otlp", "none"], var.trace_exporter)
+    error_message = "trace_exporter is gcp, otlp or none."
+  }
+}
+
+variable "metrics_exporter" {
+  description = "Where metrics go (OTEL_METRICS_EXPORTER): gcp = Cloud Monitoring (the alert policies read them there), otlp, none."
+  type        = string
+  default     = "gcp"
+  validation {
+    condition     = contains(["gcp", "otlp", "none"], var.metrics_exporter)
+    error_message = "metrics_exporter is gcp, otlp or none."
+  }
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify; empty: the incidents are only shown in the console."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_unacknowledged_seconds" {
+  description = "Alert when a completion has waited this long for Pub/Sub's acknowledgement (the outbox's oldest entry)."
+  type        = number
+  default     = 600
+}
