@@ -32,6 +32,7 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchRecord
 from lrobridge.delivery.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
+from lrobridge.delivery.recent import RecentCompletions
 from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
@@ -91,6 +92,7 @@ class Bridge:
         self._drainer: threading.Thread | None = None
         self._drainer_pid = 0
         self._closing = threading.Event()
+        self.recent = RecentCompletions()  # what the status page shows as recent completions
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -326,6 +328,7 @@ class Bridge:
             ledger=self.store,
             verifier=self._push_verifier(),
             on_event=self.hub.notify,
+            recent=self.recent,
         )
 
     def watch_endpoint(self) -> WatchHandler:

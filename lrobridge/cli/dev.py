@@ -97,6 +97,7 @@ def run_dev(
         stack.callback(http_thread.join, 10)
         stack.callback(server.shutdown)
         print(f"• HTTP: http://127.0.0.1:{settings.port} (push endpoint, /v1 API, /healthz)")
+        print(f"• status page: http://127.0.0.1:{settings.port}/status")
 
         if settings.grpc_port is not None:
             grpc_port = bridge.start_grpc(host="127.0.0.1")

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_credential
 from lrobridge.delivery.dispatch import Dispatcher, DispatchResult, Verdict
 from lrobridge.delivery.envelope import PushMessage, decode_push
+from lrobridge.delivery.recent import RecentCompletion, RecentCompletions
 from lrobridge.errors import BridgeError, InvalidArgument
 from lrobridge.storage import EventLedger
 from lrobridge.telemetry import metrics, tracing
@@ -107,12 +108,14 @@ class PushEndpoint:
         verifier: TokenVerifier | None,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str], None] | None = None,
+        recent: RecentCompletions | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ledger = ledger
         self._verifier = verifier
         self._clock = clock
         self._on_event = on_event
+        self._recent = recent
 
     def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
         received = receive(
@@ -143,10 +146,30 @@ class PushEndpoint:
             tracing.set_attributes(span, {"lrobridge.push.outcome": outcome})
             if result.verdict is Verdict.RETRY:
                 tracing.fail(span, "some callbacks did not complete; Pub/Sub will redeliver")
+            trace_id = _trace_id(span, message.attributes)
         metrics.push("push", outcome)
+        if self._recent is not None and result.event_id:
+            self._recent.add(
+                RecentCompletion(
+                    time=self._clock(),
+                    operation=result.operation,
+                    outcome=message.attributes.get("outcome", ""),
+                    event_id=result.event_id,
+                    source=message.attributes.get("source", ""),
+                    verdict=outcome,
+                    trace_id=trace_id,
+                )
+            )
         if self._on_event is not None and result.operation:
             self._on_event(result.operation)  # wake WaitOperation callers of this process
         return PushResponse(STATUS_BY_VERDICT[result.verdict], _describe(result))
+
+
+def _trace_id(span: tracing.Span | None, attributes: Mapping[str, str]) -> str:
+    """The completion's trace id: the push span's, else the one the message carries."""
+    if span is not None:
+        return f"{span.get_span_context().trace_id:032x}"
+    return tracing.trace_id_of(attributes.get(tracing.PUBSUB_PREFIX + "traceparent", ""))
 
 
 def _describe(result: DispatchResult) -> dict[str, Any] | None:

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.trace import Span as Span
 from opentelemetry.trace import SpanKind as SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue

@@ -25,6 +25,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response, request_url
+from lrobridge.adapters.web.status import blueprint as status_blueprint
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.core import codec
 from lrobridge.core.records import QuarantinedMessage, WatchState
@@ -180,6 +181,7 @@ def create_app(bridge: Bridge) -> Flask:
         return json_response({"messages": [_quarantined_json(m) for m in kept]})
 
     app.register_blueprint(webhooks_blueprint(bridge))
+    app.register_blueprint(status_blueprint(bridge))
     for blueprint in bridge.blueprints:
         app.register_blueprint(blueprint)
     facade = bridge.facade
@@ -242,7 +244,7 @@ def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:
 
 # The bridge's own collections: a path under them that no route took is a wrong request for
 # them, never an operation name (say so, instead of "operation 'watches' is not tracked").
-_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries", "quarantine")
+_OWN_COLLECTIONS = ("watches", "webhooks", "deliveries", "quarantine", "status")
 
 
 def _not_a_resource_route(target: str) -> None:
