@@ -136,10 +136,8 @@ class PushEndpoint:
             kind=tracing.SpanKind.CONSUMER,
             attributes={
                 "lrobridge.operation": message.attributes.get("operation", ""),
-                "lrobridge.event_id": message.attributes.get("event_id", ""),
                 "messaging.message.id": message.message_id,
             },
-            link_current=True,
         ) as span:
             result = self._dispatcher.handle(message, raw_body=body, headers=received.headers)
             outcome = OUTCOME_BY_VERDICT[result.verdict]

@@ -259,8 +259,16 @@ def _instrument_clients(provider: TracerProvider) -> None:
             instrumentor.instrument(tracer_provider=provider)
 
 
+# Routes the Flask instrumentation leaves alone: the health probe, and the Pub/Sub push routes,
+# whose server span is the bridge's own (lrobridge.push / lrobridge.poll, parented by the
+# message's googclient_traceparent: Pub/Sub sends no HTTP trace context), so a push costs one
+# span, not two, and none of them lands in a trace of its own.
+UNINSTRUMENTED_ROUTES = "healthz,pubsub/push,pubsub/watch"
+
+
 def instrument_app(app: Flask) -> None:
-    """Server spans for every Flask request (when tracing is on)."""
+    """Server spans for every Flask request but :data:`UNINSTRUMENTED_ROUTES` (when tracing
+    is on)."""
     provider = tracing.provider()
     if provider is None:
         return
@@ -271,7 +279,20 @@ def instrument_app(app: Flask) -> None:
     except ConfigError as exc:
         log.warning("%s", exc)
         return
-    instrumentor().instrument_app(app, tracer_provider=provider, excluded_urls="healthz")
+    plain = app.wsgi_app
+    instrumentor().instrument_app(
+        app, tracer_provider=provider, excluded_urls=UNINSTRUMENTED_ROUTES
+    )
+    instrumented = app.wsgi_app
+    bypass = {"/pubsub/push", "/pubsub/watch", "/healthz"}
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+        # The excluded routes skip the instrumentation's WSGI wrapper altogether (it would
+        # parse the URL only to find them excluded): the push path stays cheap.
+        chosen = plain if environ.get("PATH_INFO") in bypass else instrumented
+        return chosen(environ, start_response)
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
 
 def shutdown() -> None:
