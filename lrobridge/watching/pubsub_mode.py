@@ -455,7 +455,7 @@ class WatchHandler:
     def _run(self, watch: WatchMessage, message: PushMessage) -> PushResponse:
         if self._operations is not None:
             record = self._operations.get_operation(watch.operation)
-            if record is not None and record.outcome == "deleted":
+            if record is not None and record.outcome == codec.DELETED:
                 # DeleteOperation stopped this watch: acknowledge and poll no more.
                 self.stats.dropped += 1
                 log.info("%s on %s: deleted, the watch stops", watch.operation, watch.source)
