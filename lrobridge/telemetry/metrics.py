@@ -23,7 +23,9 @@ from typing import Any, Protocol
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from lrobridge.core import codec
 from lrobridge.core.records import WatchState
+from lrobridge.errors import BridgeError, NotFound, TransientError
 
 METER_NAME = "lrobridge"
 
@@ -179,6 +181,17 @@ def _observe_disabled(options: CallbackOptions) -> Iterable[Observation]:
 
 
 # -- recording (each a no-op when off) -------------------------------------------------------
+
+
+def poll_result(observed: codec.Snapshot | BridgeError) -> str:
+    """The ``result`` label of lrobridge.polls for what one poll observed."""
+    if isinstance(observed, NotFound):
+        return "not_found"
+    if isinstance(observed, TransientError):
+        return "transient_error"
+    if isinstance(observed, BridgeError):
+        return "failed"
+    return "pending" if observed.outcome() is None else "done"
 
 
 def poll(source: str, result: str) -> None:
