@@ -175,6 +175,7 @@ def test_a_failed_publish_is_retried_later_and_noted_on_its_watch(store: Store) 
 def test_enqueued_messages_are_leased_to_their_writer_then_published_in_due_order(
     store: Store,
 ) -> None:
+    assert store.outbox_oldest_time() is None
     first = store.enqueue(
         PendingMessage(b"a", {"n": "1"}, "k"), event_id="e1", operation="operations/a", now=10.0
     )
@@ -182,6 +183,7 @@ def test_enqueued_messages_are_leased_to_their_writer_then_published_in_due_orde
         PendingMessage(b"b", {"n": "2"}, "k"), event_id="e2", operation="operations/b", now=20.0
     )
     assert first != second
+    assert store.outbox_oldest_time() == 10.0  # what the outbox.oldest_age gauge reports
     assert store.claim_due_publishes(now=20.0, limit=10, lease=5.0) == []
     due = store.claim_due_publishes(now=1000.0, limit=10, lease=5.0)
     assert [(e.id, e.event_id, e.watch_id) for e in due] == [
@@ -191,6 +193,7 @@ def test_enqueued_messages_are_leased_to_their_writer_then_published_in_due_orde
     store.mark_published(first, now=1001.0)
     store.mark_published(first, now=1002.0)  # settling twice is harmless
     assert store.outbox_size() == 1
+    assert store.outbox_oldest_time() == 20.0
 
 
 def test_pending_polls_count_and_transient_errors_are_recorded(store: Store) -> None:

@@ -4,6 +4,7 @@ disabling, replay, pruning and paging; plus SQLite's sharing of the main store's
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sqlite3
 import threading
@@ -280,3 +281,14 @@ def test_two_workers_claiming_the_same_due_deliveries_never_both_get_one(
         thread.join()
     claimed = got[0] + got[1]
     assert sorted(claimed) == sorted(set(claimed)) and set(claimed) == made
+
+
+def test_a_messages_trace_context_comes_back_with_each_claim(store: WebhookStore) -> None:
+    store.create_webhook(_webhook())
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = dataclasses.replace(_message("e1"), traceparent=traceparent)
+    store.add_message(traced, [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
+    store.add_message(_message("e2"), [NewDelivery("w1", DeliveryState.PENDING)], now=NOW)
+    claims = store.claim_due(now=NOW, limit=10, lease=20)
+    by_event = {c.delivery.event_id: c.traceparent for c in claims}
+    assert by_event == {"e1": traceparent, "e2": ""}  # untraced (tracing off): none
