@@ -396,6 +396,7 @@ class Bridge:
         returns the bound port."""
         from lrobridge.adapters.grpc_server import GrpcServer
 
+        self.start_telemetry()  # before the server exists: its instrumentation wraps creation
         chosen = self.settings.grpc_port if port is None else port
         if chosen is None:
             raise ValueError("no gRPC port: set LROBRIDGE_GRPC_PORT or pass port=")

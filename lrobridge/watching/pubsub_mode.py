@@ -371,12 +371,21 @@ def _publish(
     publisher: Publisher, data: bytes, attributes: dict[str, str], key: str, timeout: float
 ) -> str:
     """Publish and wait for Pub/Sub's confirmation; every failure leaves as a BridgeError."""
-    try:
-        return publisher.publish(data, attributes, key).result(timeout=timeout)
-    except BridgeError:
-        raise
-    except Exception as exc:  # a future's TimeoutError, or a library error let through
-        raise classify_api_error(exc) from exc
+    started = time.monotonic()
+    with tracing.span("lrobridge.publish", kind=tracing.SpanKind.PRODUCER) as span:
+        if span is not None:  # the message carries the publish span's context on
+            attributes = dict(attributes)
+            tracing.inject_message(attributes, span)
+        try:
+            message_id = publisher.publish(data, attributes, key).result(timeout=timeout)
+        except BridgeError:
+            metrics.publish_failed(time.monotonic() - started, next_step="retry")
+            raise
+        except Exception as exc:  # a future's TimeoutError, or a library error let through
+            metrics.publish_failed(time.monotonic() - started, next_step="retry")
+            raise classify_api_error(exc) from exc
+    metrics.published(time.monotonic() - started)
+    return message_id
 
 
 STATUS_BY_ACTION = {

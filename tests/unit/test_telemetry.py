@@ -265,3 +265,44 @@ def test_there_is_no_metrics_endpoint_unless_asked_for() -> None:
         bridge.close()
     assert response.status_code == 404
     assert response.get_json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_in_pubsub_mode_the_watch_push_is_the_root_and_the_completion_carries_its_publish_span(
+    recorded: Recorded,  # noqa: F811
+) -> None:
+    from tests.unit.test_serverless import SOURCE, push_watch
+    from tests.unit.test_serverless import Parts as ServerlessParts
+    from tests.unit.test_serverless import done as serverless_done
+
+    settings = dataclasses.replace(
+        Settings(), push_auth="none", api_auth="none", project="p", watch_mode="pubsub"
+    )
+    store = SqliteStore(":memory:")
+    source = ScriptedSource(serverless_done())
+    completions, watches = RecordingPublisher(), RecordingPublisher()
+    bridge = Bridge(
+        settings,
+        store=store,
+        publisher=completions,
+        watch_publisher=watches,
+        sources=lambda u: source,
+    )
+    parts = ServerlessParts(
+        bridge.create_app().test_client(), bridge, store, completions, watches, source
+    )
+    try:
+        assert push_watch(parts).status_code == 204  # type: ignore[attr-defined]
+        ((_, attributes, _),) = completions.published
+    finally:
+        bridge.close()
+    [poll] = recorded.finished("lrobridge.poll")
+    [publish] = recorded.finished("lrobridge.publish")
+    assert poll.parent is None and publish.parent is not None
+    assert publish.parent.span_id == poll.context.span_id
+    traceparent = attributes["googclient_traceparent"]
+    assert traceparent.split("-")[1:3] == [
+        f"{poll.context.trace_id:032x}",
+        f"{publish.context.span_id:016x}",
+    ]
+    assert recorded.total("lrobridge.polls", source=SOURCE, result="done") == 1
+    assert recorded.total("lrobridge.detection_lag") == 1
