@@ -93,6 +93,7 @@ class Bridge:
         self._drainer_pid = 0
         self._closing = threading.Event()
         self.recent = RecentCompletions()  # what the status page shows as recent completions
+        self._observed: list[object] = []  # stores the metrics' gauges read
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -374,7 +375,8 @@ class Bridge:
 
         prometheus = {"LROBRIDGE_METRICS": self.settings.metrics} if self.settings.metrics else {}
         on = setup.configure({**os.environ, **prometheus})
-        if metrics.enabled():
+        if metrics.enabled() and not self._observed:
+            self._observed = [self.store, self.webhook_runtime.store]
             metrics.observe(store=self.store, webhooks=self.webhook_runtime.store)
         return on
 
@@ -455,12 +457,12 @@ class Bridge:
             close_registry = getattr(self._registry, "close", None)
             if close_registry is not None:
                 close_registry()
-            if self._store is not None:
+            if self._observed:
                 from lrobridge.telemetry import metrics
 
-                metrics.forget(self._store)
-                if self._webhooks is not None:
-                    metrics.forget(self._webhooks.store)
+                for observed in self._observed:
+                    metrics.forget(observed)
+            if self._store is not None:
                 self._store.close()
 
 

@@ -142,6 +142,13 @@ def forget(store: object) -> None:
         _webhook_stores[:] = [w for w in _webhook_stores if w is not store]
 
 
+def forget_all() -> None:
+    """Read no store any more (tests, between runs)."""
+    with _lock:
+        _stores.clear()
+        _webhook_stores.clear()
+
+
 def _safe(read: Callable[[], Iterable[Observation]]) -> Iterable[Observation]:
     try:
         return list(read())

@@ -182,24 +182,27 @@ def fail(span: Span | None, error: BaseException | str) -> None:
         span.set_status(Status(StatusCode.ERROR, error))
 
 
-@contextlib.contextmanager
-def _active(
-    name: str,
-    parent: otel_context.Context | None,
-    kind: SpanKind,
-    attributes: Attributes | None,
-    link_current: bool,
-) -> Iterator[Span]:
-    assert _tracer is not None
-    links: list[Link] = []
-    if link_current and parent is not None:
-        here = trace.get_current_span().get_span_context()
-        if here.is_valid:
-            links.append(Link(here))  # e.g. the HTTP request's own span
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=kind, attributes=attributes, links=links
-    ) as span:
-        yield span
+class _Active:
+    """The span made current for a ``with`` block (lighter than the SDK's generator-based
+    ``start_as_current_span``: this runs for every poll, push and callback)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is not None:
+                fail(self._span, exc)
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+            self._span.end()
 
 
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
@@ -218,7 +221,15 @@ def span(
     was current (when a ``parent`` from a message replaces it)."""
     if _tracer is None:
         return _OFF
-    return _active(name, parent, kind, attributes, link_current)
+    links: list[Link] = []
+    if link_current and parent is not None:
+        here = trace.get_current_span().get_span_context()
+        if here.is_valid:
+            links.append(Link(here))  # e.g. the HTTP request's own span
+    started = _tracer.start_span(
+        name, context=parent, kind=kind, attributes=attributes, links=links
+    )
+    return _Active(started)
 
 
 @contextlib.contextmanager

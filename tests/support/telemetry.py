@@ -63,6 +63,6 @@ def recorded() -> Iterator[Recorded]:
         yield Recorded(spans, reader, tracer_provider)
     finally:
         setup.use_for_tests(None, None)
-        metrics.observe()  # nothing
+        metrics.forget_all()
         tracer_provider.shutdown()
         meter_provider.shutdown()
