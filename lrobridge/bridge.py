@@ -141,6 +141,9 @@ class Bridge:
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.store_url, project=self.settings.project)
+                path = getattr(self._store, "path", None)
+                where = f"SQLite file {path}" if isinstance(path, str) else "Firestore"
+                log.info("store: %s (LROBRIDGE_STORE=%s)", where, self.settings.store_url)
             return self._store
 
     @property

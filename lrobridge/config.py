@@ -43,10 +43,18 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "Push subscription id that `lrobridge pubsub init` creates.",
     ),
     "LROBRIDGE_STORE": (
-        "sqlite:///lrobridge.db",
-        "Where watches, deliveries and dedup state live: sqlite:///path (one machine) or "
+        "",
+        "Where watches, deliveries and dedup state live: sqlite:///path (one machine; a relative "
+        "path is made absolute against the working folder once, at start) or "
         "firestore://[DATABASE] (shared by every instance; empty or `(default)` is the default "
-        "database, in the Pub/Sub project).",
+        "database, in the Pub/Sub project). Unset: "
+        "sqlite:///$XDG_STATE_HOME/lrobridge/lrobridge.db, the same file for every process of "
+        "the user whatever folder it runs in; the path is logged at start.",
+    ),
+    "XDG_STATE_HOME": (
+        "",
+        "Base folder of per-user state (XDG Base Directory spec); the default store is "
+        "`lrobridge/lrobridge.db` in it. Unset or relative: `~/.local/state`.",
     ),
     "LROBRIDGE_PUSH_AUTH": (
         "oidc",
@@ -178,12 +186,19 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Every setting of a bridge process; :meth:`from_env` reads them from the environment.
+
+    Built in code (``Settings()``), the store is a private in-memory one unless ``store_url``
+    says otherwise: only :meth:`from_env` picks the per-user default file (see
+    :func:`default_store_url`).
+    """
+
     port: int = 8080
     project: str = ""
     emulator_host: str = ""
     topic: str = "lro-completed"
     subscription: str = "lro-completed-push"
-    store_url: str = "sqlite:///lrobridge.db"
+    store_url: str = "sqlite://:memory:"
     push_auth: PushAuth = "oidc"
     push_audience: str = ""
     push_service_account: str = ""
@@ -242,7 +257,7 @@ class Settings:
             emulator_host=get("PUBSUB_EMULATOR_HOST"),
             topic=_resource_id(get("LROBRIDGE_TOPIC"), "LROBRIDGE_TOPIC"),
             subscription=_resource_id(get("LROBRIDGE_SUBSCRIPTION"), "LROBRIDGE_SUBSCRIPTION"),
-            store_url=_store_url(get("LROBRIDGE_STORE")),
+            store_url=_store_url(get("LROBRIDGE_STORE") or default_store_url(source)),
             push_auth=cast(
                 PushAuth,
                 _choice(
@@ -436,9 +451,28 @@ def _resource_id(value: str, name: str) -> str:
     return value
 
 
+DEFAULT_STORE_FILE = "lrobridge/lrobridge.db"
+
+
+def default_store_url(env: Mapping[str, str]) -> str:
+    """The store of a process given no LROBRIDGE_STORE: ``$XDG_STATE_HOME/lrobridge/lrobridge.db``
+    (``~/.local/state`` when XDG_STATE_HOME is unset or relative, as the XDG spec says).
+
+    Per user, not per folder: a script calling ``Bridge()``, ``lrobridge watcher`` and
+    ``lrobridge dev`` started from different folders share one store, so a watch registered by
+    one is polled by the other (a store in the working folder silently split them).
+    """
+    base = env.get("XDG_STATE_HOME", "").strip()
+    if not os.path.isabs(base):
+        home = env.get("HOME", "").strip() or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "state")
+    return f"sqlite:///{os.path.join(base, DEFAULT_STORE_FILE)}"
+
+
 def _store_url(value: str) -> str:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return value
+        # Resolved once: a process that changes folder later keeps the same file.
+        return "sqlite:///" + os.path.abspath(value.removeprefix("sqlite:///"))
     if value == "sqlite://:memory:":
         return value
     if value.startswith("firestore://"):
@@ -446,7 +480,7 @@ def _store_url(value: str) -> str:
         return value
     raise ConfigError(
         f"LROBRIDGE_STORE={value!r} is not a store URL; use sqlite:///path/to/file.db "
-        "(a relative path is relative to the working folder) or firestore://[DATABASE]"
+        "(a relative path is relative to the working folder at start) or firestore://[DATABASE]"
     )
 
 

@@ -18,6 +18,7 @@ do not know which one they use.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Literal, Protocol
 
@@ -234,6 +235,8 @@ def open_store(url: str, *, project: str = "") -> Store:
         from lrobridge.storage.sqlite.store import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return SqliteStore(path)
     if url.startswith("firestore://"):
         from lrobridge.storage.firestore.store import FirestoreStore
