@@ -9,6 +9,9 @@ The push endpoint hands every decoded Pub/Sub message to :meth:`Dispatcher.handl
   already succeeded for this ``event_id``; a sink or callback that raises is recorded as failed
   and the message is nacked, so Pub/Sub redelivers it and only what failed runs again.
 
+A callback may be an ``async def`` (or return any awaitable): it is awaited to its end on the
+process's callback loop (:mod:`lrobridge.delivery.coroutines`) under the same rules.
+
 That is once per event as long as callbacks return; a callback whose process dies while it runs,
 or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +32,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 
 from lrobridge.core import codec
 from lrobridge.core.globs import compile_glob, glob_matches
+from lrobridge.delivery.coroutines import run_coroutine
 from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import InvalidArgument
 from lrobridge.storage import EventLedger
@@ -260,7 +265,9 @@ class Dispatcher:
                 busy.append(subscription.name)
                 continue
             try:
-                subscription.callback(event)
+                result = subscription.callback(event)
+                if inspect.isawaitable(result):  # an async def callback: await it to its end
+                    run_coroutine(result)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 failed[subscription.name] = error
