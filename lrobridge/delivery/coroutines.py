@@ -70,4 +70,3 @@ def run_coroutine(awaitable: Awaitable[T]) -> T:
         )
     future = asyncio.run_coroutine_threadsafe(_await(awaitable), loop)
     return future.result()
-

@@ -11,7 +11,7 @@ work picked up when the lease ends.
 
 Tables: ``watches`` (schedule), ``operations`` (latest state per tracked operation name, for the
 Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``callback_runs`` and
-``quarantine`` (push side).
+``quarantine`` (push side); their DDL and its migrations are :mod:`lrobridge.storage.sqlite.schema`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 import secrets
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -41,85 +41,7 @@ from lrobridge.core.records import (
 from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, InvalidArgument, NotFound
 from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 from lrobridge.storage.sqlite.database import SqliteDatabase
-
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS watches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    source TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    polls INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    next_poll REAL NOT NULL,
-    expire_time REAL,
-    initial_delay REAL NOT NULL,
-    multiplier REAL NOT NULL,
-    max_delay REAL NOT NULL,
-    progress INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL DEFAULT '',
-    event_id TEXT NOT NULL DEFAULT '',
-    last_error_code INTEGER NOT NULL DEFAULT 0,
-    last_error_message TEXT NOT NULL DEFAULT '',
-    lease_owner TEXT NOT NULL DEFAULT '',
-    UNIQUE (source, operation)
-);
-CREATE INDEX IF NOT EXISTS watches_due ON watches (state, next_poll);
-CREATE INDEX IF NOT EXISTS watches_operation ON watches (operation);
-CREATE TABLE IF NOT EXISTS operations (
-    name TEXT PRIMARY KEY,
-    parent TEXT NOT NULL,
-    source TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL DEFAULT '',
-    error_code INTEGER,
-    metadata_type TEXT NOT NULL DEFAULT '',
-    response_type TEXT NOT NULL DEFAULT '',
-    data BLOB,
-    data_format TEXT NOT NULL DEFAULT 'binary',
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS operations_parent ON operations (parent, name);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    watch_id TEXT,
-    data BLOB NOT NULL,
-    attributes TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT '',
-    lease_owner TEXT NOT NULL DEFAULT '',
-    create_time REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt);
-CREATE TABLE IF NOT EXISTS callback_runs (
-    event_id TEXT NOT NULL,
-    callback TEXT NOT NULL,
-    state TEXT NOT NULL,
-    lease_until REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    update_time REAL NOT NULL,
-    PRIMARY KEY (event_id, callback)
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receive_time REAL NOT NULL,
-    reason TEXT NOT NULL,
-    body BLOB NOT NULL,
-    headers TEXT NOT NULL
-);
-"""
+from lrobridge.storage.sqlite.schema import MIGRATIONS
 
 _WATCH_COLUMNS = (
     "seq, id, source, operation, state, create_time, update_time, polls, attempt, next_poll, "
@@ -147,7 +69,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = SqliteDatabase(path, _SCHEMA, on_open=_check_schema_version(path))
+        self._db = SqliteDatabase(path, MIGRATIONS)
 
     @property
     def owner(self) -> str:
@@ -818,19 +740,6 @@ class SqliteStore:
             )
             for r in rows
         ]
-
-
-def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
-    def check(conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise FailedPrecondition(
-                f"the store at {path!r} has schema version {version}; this lrobridge reads "
-                f"version {SCHEMA_VERSION}: use a new file (LROBRIDGE_STORE)"
-            )
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    return check
 
 
 def seq_cursor(after: str) -> int:
