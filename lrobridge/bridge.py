@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +33,7 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchRecord
 from lrobridge.delivery.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
+from lrobridge.errors import BridgeError
 from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
@@ -151,10 +153,23 @@ class Bridge:
     def dispatcher(self) -> Dispatcher:
         with self._lock:
             if self._dispatcher is None:
+                self._recover_leases()
                 self._dispatcher = Dispatcher(self.store)
                 self._dispatcher.subscriptions = self.subscriptions
                 self._dispatcher.sinks.append(self.webhook_runtime.sink)
             return self._dispatcher
+
+    def _recover_leases(self) -> None:
+        """At start-up of a serving process: take back the claims of processes that died
+        (SQLite: those of this machine; Firestore's simply expire), so the callbacks a killed
+        process was running run again at the next redelivery, not ten minutes later."""
+        try:
+            recovered = self.store.recover(now=time.time())
+        except BridgeError as exc:  # the store is down now: claims are checked again per push
+            log.warning("could not take back the leases of dead processes: %s", exc.message)
+            return
+        if recovered:
+            log.info("took back %d lease(s) of processes that died", recovered)
 
     @property
     def watches(self) -> WatchService:

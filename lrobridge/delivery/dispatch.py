@@ -13,7 +13,9 @@ A callback may be an ``async def`` (or return any awaitable): it is awaited to i
 process's callback loop (:mod:`lrobridge.delivery.coroutines`) under the same rules.
 
 That is once per event as long as callbacks return; a callback whose process dies while it runs,
-or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost).
+or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost). Each
+run claims the callback with a token of its own; a run that finishes after its claim was taken
+over has its result refused by the ledger, and the refusal is logged.
 
 Pure module: no Flask, no Pub/Sub client.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import secrets
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -235,6 +238,23 @@ class Dispatcher:
             )
         return self.dispatch(event)
 
+    def _finish(
+        self, event: CompletionEvent, callback: str, token: str, *, ok: bool, error: str
+    ) -> None:
+        recorded = self._ledger.finish_callback(
+            event.event_id, callback, ok=ok, error=error, now=self._clock(), token=token
+        )
+        if not recorded:
+            log.warning(
+                "callback %s %s for %s (event %s) after its claim was taken over (its lease "
+                "ended or its process was presumed dead); this result is not recorded, the run "
+                "that took over records its own",
+                callback,
+                "succeeded" if ok else "failed",
+                event.name,
+                event.event_id,
+            )
+
     def dispatch(self, event: CompletionEvent) -> DispatchResult:
         self._prune_now_and_then()
         ran: list[str] = []
@@ -255,8 +275,9 @@ class Dispatcher:
         for subscription in self.subscriptions:
             if not subscription.matches(event):
                 continue
+            token = secrets.token_hex(8)  # this run's claim: a late finish under another is refused
             claim = self._ledger.claim_callback(
-                event.event_id, subscription.name, now=self._clock(), lease=self._lease
+                event.event_id, subscription.name, now=self._clock(), lease=self._lease, token=token
             )
             if claim == "done":
                 done.append(subscription.name)
@@ -277,13 +298,9 @@ class Dispatcher:
                     event.name,
                     event.event_id,
                 )
-                self._ledger.finish_callback(
-                    event.event_id, subscription.name, ok=False, error=error, now=self._clock()
-                )
+                self._finish(event, subscription.name, token, ok=False, error=error)
                 continue
-            self._ledger.finish_callback(
-                event.event_id, subscription.name, ok=True, error="", now=self._clock()
-            )
+            self._finish(event, subscription.name, token, ok=True, error="")
             ran.append(subscription.name)
         verdict = Verdict.RETRY if failed or busy else Verdict.ACK
         return DispatchResult(

@@ -207,12 +207,20 @@ class EventLedger(Protocol):
     """Push-side memory: which callback already handled which completion event."""
 
     def claim_callback(
-        self, event_id: str, callback: str, *, now: float, lease: float
-    ) -> ClaimResult: ...
+        self, event_id: str, callback: str, *, now: float, lease: float, token: str = ""
+    ) -> ClaimResult:
+        """``run`` (claimed for ``lease`` s by this process, as ``token``), ``done`` (it
+        succeeded before) or ``busy`` (another claim runs it; a claim of a process known to be
+        dead is taken over instead)."""
+        ...
 
     def finish_callback(
-        self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None: ...
+        self, event_id: str, callback: str, *, ok: bool, error: str, now: float, token: str = ""
+    ) -> bool:
+        """Record how the run claimed as ``token`` by this process ended; False (nothing
+        written) when that claim was taken over meanwhile (its lease ended, or this process
+        was presumed dead): the run that took over records its own result."""
+        ...
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         """Forget succeeded runs last touched before ``older_than``; how many."""

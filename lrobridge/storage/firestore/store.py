@@ -781,10 +781,16 @@ class FirestoreStore:
     # -- callback runs and quarantine ------------------------------------------------------
 
     def claim_callback(
-        self, event_id: str, callback: str, *, now: float, lease: float
+        self, event_id: str, callback: str, *, now: float, lease: float, token: str = ""
     ) -> ClaimResult:
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
-        running = {"state": "running", "lease_until": now + lease, "update_time": now}
+        running = {
+            "state": "running",
+            "lease_until": now + lease,
+            "update_time": now,
+            "lease_owner": self.owner,
+            "claim_token": token,
+        }
         for _ in range(TRANSACTION_ATTEMPTS):
             current = self.db.read("read the callback run", ref)
             with self.db.errors("claim the callback run"):
@@ -818,21 +824,42 @@ class FirestoreStore:
         )
 
     def finish_callback(
-        self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None:
+        self, event_id: str, callback: str, *, ok: bool, error: str, now: float, token: str = ""
+    ) -> bool:
+        """Conditional on the claim still being this one (same owner and token, unchanged since
+        read): a finish after the lease ended and another instance claimed it is refused."""
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
-        with self.db.errors("record the callback run"):
-            try:
-                ref.update(
-                    {
-                        "state": "succeeded" if ok else "failed",
-                        "lease_until": 0.0,
-                        "last_error": error,
-                        "update_time": now,
-                    }
-                )
-            except api_exceptions.NotFound:
-                return
+        for _ in range(TRANSACTION_ATTEMPTS):
+            current = self.db.read("read the callback run", ref)
+            if not current.exists:
+                return False
+            held = current.to_dict() or {}
+            if (
+                held.get("state") != "running"
+                or held.get("lease_owner", "") != self.owner
+                or held.get("claim_token", "") != token
+            ):
+                return False
+            with self.db.errors("record the callback run"):
+                try:
+                    ref.update(
+                        {
+                            "state": "succeeded" if ok else "failed",
+                            "lease_until": 0.0,
+                            "last_error": error,
+                            "update_time": now,
+                            "lease_owner": "",
+                            "claim_token": "",
+                        },
+                        option=self.db.client.write_option(last_update_time=current.update_time),
+                    )
+                    return True
+                except (api_exceptions.NotFound, api_exceptions.FailedPrecondition):
+                    continue  # changed since it was read: look again
+        raise Unavailable(
+            f"Firestore could not record callback {callback!r} of event {event_id!r}: it kept "
+            f"changing under {TRANSACTION_ATTEMPTS} attempts"
+        )
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         query = (

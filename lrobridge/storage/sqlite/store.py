@@ -335,13 +335,16 @@ class SqliteStore:
 
     def recover(self, *, now: float) -> int:
         """Take back the leases of processes on this machine that no longer run (killed
-        mid-poll or mid-publish): their watches and outbox entries are due at once."""
+        mid-poll, mid-publish or mid-callback): their watches and outbox entries are due at
+        once, and their callback runs are failed, so a redelivery runs them at once."""
         host = socket.gethostname()
         owners = {
             row[0]
             for row in self._read(
                 "SELECT DISTINCT lease_owner FROM watches WHERE lease_owner != '' UNION "
-                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != ''"
+                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != '' UNION "
+                "SELECT DISTINCT lease_owner FROM callback_runs WHERE lease_owner != '' "
+                "AND state = 'running'"
             )
         }
         dead = [o for o in owners if o != self.owner and _dead_local_process(o, host)]
@@ -357,6 +360,12 @@ class SqliteStore:
                     "UPDATE outbox SET next_attempt = MIN(next_attempt, ?), lease_owner = '' "
                     "WHERE lease_owner = ?",
                     (now, owner),
+                ).rowcount
+                released += conn.execute(
+                    "UPDATE callback_runs SET state = 'failed', lease_until = 0, "
+                    "lease_owner = '', claim_token = '', update_time = ?, last_error = ? "
+                    "WHERE lease_owner = ? AND state = 'running'",
+                    (now, f"the process running it ({owner}) died", owner),
                 ).rowcount
         return released
 
@@ -678,37 +687,61 @@ class SqliteStore:
     # -- callback runs and quarantine ------------------------------------------------------
 
     def claim_callback(
-        self, event_id: str, callback: str, *, now: float, lease: float
+        self, event_id: str, callback: str, *, now: float, lease: float, token: str = ""
     ) -> ClaimResult:
         with self._write() as conn:
             row = conn.execute(
-                "SELECT state, lease_until FROM callback_runs WHERE event_id = ? AND callback = ?",
+                "SELECT state, lease_until, lease_owner FROM callback_runs "
+                "WHERE event_id = ? AND callback = ?",
                 (event_id, callback),
             ).fetchone()
             if row is not None:
-                state, lease_until = row
+                state, lease_until, holder = row
                 if state == "succeeded":
                     return "done"
-                if state == "running" and lease_until > now:
+                if state == "running" and lease_until > now and not self._gone(holder):
                     return "busy"
             conn.execute(
                 "INSERT INTO callback_runs (event_id, callback, state, lease_until, attempts, "
-                "update_time) VALUES (?, ?, 'running', ?, 1, ?) "
+                "update_time, lease_owner, claim_token) VALUES (?, ?, 'running', ?, 1, ?, ?, ?) "
                 "ON CONFLICT (event_id, callback) DO UPDATE SET state = 'running', "
                 "lease_until = excluded.lease_until, attempts = attempts + 1, "
-                "update_time = excluded.update_time",
-                (event_id, callback, now + lease, now),
+                "update_time = excluded.update_time, lease_owner = excluded.lease_owner, "
+                "claim_token = excluded.claim_token",
+                (event_id, callback, now + lease, now, self.owner, token),
             )
             return "run"
 
+    def _gone(self, holder: str) -> bool:
+        """Whether the process holding a claim was on this machine and no longer runs (it was
+        killed while its callback ran): its claim is taken back at once, not after the lease."""
+        return (
+            bool(holder)
+            and holder != self.owner
+            and _dead_local_process(holder, socket.gethostname())
+        )
+
     def finish_callback(
-        self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None:
+        self, event_id: str, callback: str, *, ok: bool, error: str, now: float, token: str = ""
+    ) -> bool:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE callback_runs SET state = ?, lease_until = 0, last_error = ?, "
-                "update_time = ? WHERE event_id = ? AND callback = ?",
-                ("succeeded" if ok else "failed", error, now, event_id, callback),
+            return (
+                conn.execute(
+                    "UPDATE callback_runs SET state = ?, lease_until = 0, last_error = ?, "
+                    "update_time = ?, lease_owner = '', claim_token = '' "
+                    "WHERE event_id = ? AND callback = ? AND state = 'running' "
+                    "AND lease_owner = ? AND claim_token = ?",
+                    (
+                        "succeeded" if ok else "failed",
+                        error,
+                        now,
+                        event_id,
+                        callback,
+                        self.owner,
+                        token,
+                    ),
+                ).rowcount
+                > 0
             )
 
     def prune_callback_runs(self, *, older_than: float) -> int:
