@@ -33,8 +33,8 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchRecord
 from lrobridge.delivery.dispatch import CompletionEvent, Dispatcher, Subscription, add_subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
-from lrobridge.errors import BridgeError
 from lrobridge.delivery.relay import OutboxRelay
+from lrobridge.errors import BridgeError
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub

@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
-import secrets
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol

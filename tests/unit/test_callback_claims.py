@@ -206,9 +206,7 @@ def test_the_dispatcher_logs_a_finish_that_the_ledger_refused(
     def taken_over_meanwhile(event: CompletionEvent) -> None:
         # What another process does when this one's lease ended: its own claim replaces ours.
         conn = sqlite3.connect(path)
-        conn.execute(
-            "UPDATE callback_runs SET lease_owner = 'elsewhere:1', claim_token = 'theirs'"
-        )
+        conn.execute("UPDATE callback_runs SET lease_owner = 'elsewhere:1', claim_token = 'theirs'")
         conn.commit()
         conn.close()
 
