@@ -177,6 +177,7 @@ class Bridge:
             if self._watch_service is None:
                 scheduler = None
                 if self.settings.watch_mode == "pubsub":
+                    self.settings.require_project("LROBRIDGE_WATCH_MODE=pubsub")
                     scheduler = PubSubWatchScheduler(
                         lambda: self.watch_publisher, operations=self.store
                     )
@@ -216,6 +217,7 @@ class Bridge:
         """The producer kit: operations this service creates and completes itself."""
         with self._lock:
             if self._producer is None:
+                self.settings.require_project("the producer")
                 self._producer = Producer(
                     self.store,
                     self.outbox_relay,
@@ -385,6 +387,7 @@ class Bridge:
     def create_watcher(self) -> Watcher:
         with self._lock:
             if self._watcher is None:
+                self.settings.require_project("the watcher")
                 self._watcher = Watcher(
                     store=self.store,
                     sources=self.source,

@@ -232,13 +232,19 @@ class Settings:
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
 
-    @property
-    def topic_path(self) -> str:
+    def require_project(self, what: str = "publishing") -> str:
+        """The project; ConfigError (one line naming the variables) when none is set, for
+        ``what`` publishes to Pub/Sub: a process that publishes refuses to start without one."""
         if not self.project:
             raise ConfigError(
-                "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or LROBRIDGE_PROJECT"
+                f"no Google Cloud project: {what} publishes to Pub/Sub; set GOOGLE_CLOUD_PROJECT "
+                "or LROBRIDGE_PROJECT"
             )
-        return f"projects/{self.project}/topics/{self.topic}"
+        return self.project
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.require_project()}/topics/{self.topic}"
 
     @property
     def watch_topic_path(self) -> str:
