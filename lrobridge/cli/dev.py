@@ -27,10 +27,9 @@ import time
 from typing import TYPE_CHECKING
 
 from lrobridge.cli.emulator import emulator_answers
+from lrobridge.config import Settings
 from lrobridge.core.records import WatchState
 from lrobridge.errors import FailedPrecondition
-
-from lrobridge.config import Settings
 
 if TYPE_CHECKING:
     from lrobridge.adapters.pubsub import PubSubAdmin

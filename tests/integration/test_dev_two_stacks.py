@@ -49,8 +49,16 @@ class DevStack:
         }
         with self.output.open("w") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lrobridge.cli", "dev", "--app", "hooks:bridge"]
-                + ["--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "lrobridge.cli",
+                    "dev",
+                    "--app",
+                    "hooks:bridge",
+                    "--port",
+                    str(self.port),
+                ],
                 env=env,
                 cwd=tmp_path,
                 stdout=out,
@@ -82,8 +90,17 @@ class DevStack:
 
 def _watch(stack: DevStack, name: str, source: str, env: dict[str, str], cwd: pathlib.Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "lrobridge.cli", "watch", name, "--source", source]
-        + ["--bridge", stack.url],
+        [
+            sys.executable,
+            "-m",
+            "lrobridge.cli",
+            "watch",
+            name,
+            "--source",
+            source,
+            "--bridge",
+            stack.url,
+        ],
         env=env,
         cwd=cwd,
         capture_output=True,
