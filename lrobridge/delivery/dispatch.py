@@ -13,9 +13,9 @@ A callback may be an ``async def`` (or return any awaitable): it is awaited to i
 process's callback loop (:mod:`lrobridge.delivery.coroutines`) under the same rules.
 
 That is once per event as long as callbacks return; a callback whose process dies while it runs,
-or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost). Each
-run claims the callback with a token of its own; a run that finishes after its claim was taken
-over has its result refused by the ledger, and the refusal is logged.
+or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost). A run
+that finishes after its claim was taken over has its result refused by the ledger (its fencing
+rule), and the refusal is logged here.
 
 Pure module: no Flask, no Pub/Sub client.
 """
@@ -26,7 +26,6 @@ import dataclasses
 import enum
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -238,11 +237,9 @@ class Dispatcher:
             )
         return self.dispatch(event)
 
-    def _finish(
-        self, event: CompletionEvent, callback: str, token: str, *, ok: bool, error: str
-    ) -> None:
+    def _finish(self, event: CompletionEvent, callback: str, *, ok: bool, error: str) -> None:
         recorded = self._ledger.finish_callback(
-            event.event_id, callback, ok=ok, error=error, now=self._clock(), token=token
+            event.event_id, callback, ok=ok, error=error, now=self._clock()
         )
         if not recorded:
             log.warning(
@@ -275,9 +272,8 @@ class Dispatcher:
         for subscription in self.subscriptions:
             if not subscription.matches(event):
                 continue
-            token = secrets.token_hex(8)  # this run's claim: a late finish under another is refused
             claim = self._ledger.claim_callback(
-                event.event_id, subscription.name, now=self._clock(), lease=self._lease, token=token
+                event.event_id, subscription.name, now=self._clock(), lease=self._lease
             )
             if claim == "done":
                 done.append(subscription.name)
@@ -298,9 +294,9 @@ class Dispatcher:
                     event.name,
                     event.event_id,
                 )
-                self._finish(event, subscription.name, token, ok=False, error=error)
+                self._finish(event, subscription.name, ok=False, error=error)
                 continue
-            self._finish(event, subscription.name, token, ok=True, error="")
+            self._finish(event, subscription.name, ok=True, error="")
             ran.append(subscription.name)
         verdict = Verdict.RETRY if failed or busy else Verdict.ACK
         return DispatchResult(

@@ -12,15 +12,16 @@ the embedded SQLite file (``sqlite:///path``, :mod:`lrobridge.storage.sqlite.sto
 and
 Firestore (``firestore://[DATABASE]``, :mod:`lrobridge.storage.firestore.store`, shared by every
 instance); both implement the same protocols, so the watcher, the facade and the push endpoint
-do not know which one they use.
+do not know which one they use. What each transition may do (guards, field changes, the one
+fencing rule for every lease) is written once, in :mod:`lrobridge.storage.rules`; the backends
+only execute it in their own transactions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Protocol
 
 from lrobridge.config import firestore_database
 from lrobridge.core.backoff import Backoff
@@ -35,20 +36,19 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import ConfigError
+from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 
-ClaimResult = Literal["run", "done", "busy"]
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: Snapshot
-    message: PendingMessage
+__all__ = [
+    "PUBLISH_LEASE_SECONDS",
+    "ClaimResult",
+    "Completion",
+    "EventLedger",
+    "OperationStore",
+    "Outbox",
+    "Store",
+    "WatchStore",
+    "open_store",
+]
 
 
 class WatchStore(Protocol):
@@ -207,19 +207,19 @@ class EventLedger(Protocol):
     """Push-side memory: which callback already handled which completion event."""
 
     def claim_callback(
-        self, event_id: str, callback: str, *, now: float, lease: float, token: str = ""
+        self, event_id: str, callback: str, *, now: float, lease: float
     ) -> ClaimResult:
-        """``run`` (claimed for ``lease`` s by this process, as ``token``), ``done`` (it
-        succeeded before) or ``busy`` (another claim runs it; a claim of a process known to be
-        dead is taken over instead)."""
+        """``run`` (claimed by this store object for ``lease`` s), ``done`` (it succeeded
+        before) or ``busy`` (another claim runs it; a claim of a process known to be dead is
+        taken over instead)."""
         ...
 
     def finish_callback(
-        self, event_id: str, callback: str, *, ok: bool, error: str, now: float, token: str = ""
+        self, event_id: str, callback: str, *, ok: bool, error: str, now: float
     ) -> bool:
-        """Record how the run claimed as ``token`` by this process ended; False (nothing
-        written) when that claim was taken over meanwhile (its lease ended, or this process
-        was presumed dead): the run that took over records its own result."""
+        """Record how this object's run ended; False (nothing written) when its claim was
+        taken over meanwhile (the lease ended, or its process was presumed dead): the run that
+        took over records its own result."""
         ...
 
     def prune_callback_runs(self, *, older_than: float) -> int:

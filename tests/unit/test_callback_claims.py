@@ -171,10 +171,9 @@ def test_a_late_finish_under_a_claim_that_was_taken_over_is_refused(path: str) -
         path,
         """
         now = float(sys.stdin.readline())
-        print(store.claim_callback("ev", "cb", now=now, lease=1.0, token="first"), flush=True)
+        print(store.claim_callback("ev", "cb", now=now, lease=1.0), flush=True)
         sys.stdin.readline()  # the claim has been taken over meanwhile
-        print(store.finish_callback("ev", "cb", ok=True, error="", now=now + 20, token="first"),
-              flush=True)
+        print(store.finish_callback("ev", "cb", ok=True, error="", now=now + 20), flush=True)
         """,
     )
     store = SqliteStore(path)
@@ -185,13 +184,13 @@ def test_a_late_finish_under_a_claim_that_was_taken_over_is_refused(path: str) -
         child.stdin.flush()
         assert _read_line(child) == "run"
         # The lease ended (the child is alive, merely late): another process takes over.
-        assert store.claim_callback("ev", "cb", now=now + 10, lease=600, token="second") == "run"
+        assert store.claim_callback("ev", "cb", now=now + 10, lease=600) == "run"
         child.stdin.write("finish\n")
         child.stdin.flush()
         assert _read_line(child) == "False"  # refused: the late result is not recorded
         assert child.wait(timeout=CHILD_TIMEOUT) == 0
         assert store.claim_callback("ev", "cb", now=now + 30, lease=600) == "busy"  # still ours
-        assert store.finish_callback("ev", "cb", ok=True, error="", now=now + 40, token="second")
+        assert store.finish_callback("ev", "cb", ok=True, error="", now=now + 40)
         assert store.claim_callback("ev", "cb", now=now + 50, lease=600) == "done"
     finally:
         _kill(child)
@@ -206,7 +205,9 @@ def test_the_dispatcher_logs_a_finish_that_the_ledger_refused(
     def taken_over_meanwhile(event: CompletionEvent) -> None:
         # What another process does when this one's lease ended: its own claim replaces ours.
         conn = sqlite3.connect(path)
-        conn.execute("UPDATE callback_runs SET lease_owner = 'elsewhere:1', claim_token = 'theirs'")
+        conn.execute(
+            "UPDATE callback_runs SET lease_owner = 'elsewhere:1', attempts = attempts + 1"
+        )
         conn.commit()
         conn.close()
 
@@ -228,12 +229,12 @@ def test_on_both_backends_a_finish_under_a_claim_taken_over_after_its_lease_is_r
     store_backend: Backend,
 ) -> None:
     late, other = store_backend.open(), store_backend.open()
-    assert late.claim_callback("e", "cb", now=0.0, lease=10.0, token="late") == "run"
-    assert other.claim_callback("e", "cb", now=11.0, lease=10.0, token="other") == "run"
-    assert late.finish_callback("e", "cb", ok=True, error="", now=12.0, token="late") is False
+    assert late.claim_callback("e", "cb", now=0.0, lease=10.0) == "run"
+    assert other.claim_callback("e", "cb", now=11.0, lease=10.0) == "run"
+    assert late.finish_callback("e", "cb", ok=True, error="", now=12.0) is False
     assert late.claim_callback("e", "cb", now=13.0, lease=10.0) == "busy"  # still other's
-    assert other.finish_callback("e", "cb", ok=False, error="x", now=14.0, token="other")
-    assert late.claim_callback("e", "cb", now=15.0, lease=10.0, token="again") == "run"
-    assert late.finish_callback("e", "cb", ok=True, error="", now=16.0, token="again")
+    assert other.finish_callback("e", "cb", ok=False, error="x", now=14.0)
+    assert late.claim_callback("e", "cb", now=15.0, lease=10.0) == "run"
+    assert late.finish_callback("e", "cb", ok=True, error="", now=16.0)
     assert other.claim_callback("e", "cb", now=17.0, lease=10.0) == "done"
     assert other.finish_callback("e", "never-claimed", ok=True, error="", now=18.0) is False

@@ -16,8 +16,8 @@ Changing the schema: never edit a released step; append one (``ALTER TABLE ... A
 Versions: 0 a new file, or one from before versions were written (its tables are created if
 missing); 1 never existed; 2 the first versioned layout (the main store's tables; the webhook
 tables were created when the webhook store first opened the file); 3 the webhook tables in every
-file, and ``callback_runs.lease_owner`` / ``claim_token`` (the process running a callback and
-its claim, so a dead process's claims can be taken back and a finish under a lost claim refused).
+file, and ``callback_runs.lease_owner`` (the ``host:pid`` running a callback, so the claims of a
+process that died can be taken back at once).
 
 Pure data (no sqlite3 import).
 """
@@ -209,11 +209,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         3,
-        "webhook tables in every file; callback_runs.lease_owner and claim_token",
+        "webhook tables in every file; callback_runs.lease_owner",
         (
             *_WEBHOOK_TABLES,
             "ALTER TABLE callback_runs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT ''",
-            "ALTER TABLE callback_runs ADD COLUMN claim_token TEXT NOT NULL DEFAULT ''",
         ),
     ),
 )
