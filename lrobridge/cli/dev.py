@@ -113,9 +113,13 @@ def run_dev(
             grpc_port = bridge.start_grpc(host="127.0.0.1")
             print(f"• gRPC: 127.0.0.1:{grpc_port} (google.longrunning.Operations, WatchService)")
 
+        from lrobridge.cli.preflight import check_publishing
+
         if serverless:
             _serverless_watching(admin, settings)
+            check_publishing(settings, "lrobridge dev")  # what every publishing process checks
             return _wait_serverless(bridge)
+        check_publishing(settings, "lrobridge dev")
         watcher = bridge.create_watcher()
         watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")
         watcher_thread.start()

@@ -23,6 +23,8 @@ import logging
 from collections.abc import Sequence
 
 import requests
+import requests.adapters
+from urllib3.util.retry import Retry
 
 from lrobridge.cli.emulator import emulator_answers
 from lrobridge.config import Settings
@@ -77,6 +79,11 @@ def _authorized_session(what: str) -> requests.Session:
 def _check_topics(
     session: requests.Session, base: str, topics: Sequence[str], what: str, timeout: float
 ) -> None:
+    # A GET is safe to repeat: a connection dropped once (an emulator that has just started
+    # does that) is retried twice before Pub/Sub counts as not answering.
+    retry = Retry(total=2, connect=2, read=2, status=0, backoff_factor=0.3)
+    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+    session.mount("https://", requests.adapters.HTTPAdapter(max_retries=retry))
     with session:
         for topic in topics:
             url = f"{base}/{topic}"
