@@ -111,7 +111,7 @@ def run_dev(
         stack.callback(watcher_thread.join, 60)
         stack.callback(watcher.stop)
         print(f"• watcher: store {settings.store_url}, callbacks: {len(bridge.subscriptions)}")
-        if bridge.webhook_runtime.start_worker():
+        if bridge.start_webhook_worker():
             print("• webhooks: delivery worker running (lrobridge webhooks add URL)")
         print(
             "\nReady. In another terminal:\n"

@@ -14,7 +14,7 @@ pure
     :mod:`~lrobridge.webhooks.worker`     attempts, leases, drains; the ``Sender`` protocol
     :mod:`~lrobridge.webhooks.service`    the API behind REST, CLI and ``bridge.webhooks``
     :mod:`~lrobridge.webhooks.resources`  REST JSON forms and request parsing
-    :mod:`~lrobridge.wiring.webhooks`    wiring, and how deliveries progress per process
+    :mod:`~lrobridge.wiring.parts`    wiring, and how deliveries progress per process
 adapters
     :mod:`~lrobridge.storage.sqlite.webhooks`      SQLite (the main store's file, own connection)
     :mod:`~lrobridge.adapters.webhook_sender`     urllib3 connections pinned to the checked address

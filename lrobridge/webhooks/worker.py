@@ -3,7 +3,7 @@
 :class:`DeliveryWorker` claims due deliveries from the store (leased, so several workers never
 send one delivery at once), runs up to ``concurrency`` attempts at a time through the
 :class:`Sender` seam, and records each attempt with the plan :mod:`~lrobridge.webhooks.schedule`
-makes of it. It is driven three ways (see :mod:`lrobridge.wiring.webhooks`):
+makes of it. It is driven three ways (see :mod:`lrobridge.wiring.parts`):
 
 * :meth:`DeliveryWorker.run_due` for a bounded time: the drain endpoint, and the first attempt
   made inside the push request on Cloud Run;
