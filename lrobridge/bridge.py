@@ -31,8 +31,7 @@ from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.storage import Store
+from lrobridge.ports import OperationsSource, Publisher, Store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import WatchHandler
 from lrobridge.watching.resource import WatchService

@@ -32,11 +32,13 @@ import json
 import secrets
 import threading
 from collections.abc import Hashable, Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
@@ -47,7 +49,6 @@ from lrobridge.core.records import (
 )
 from lrobridge.errors import Code, FailedPrecondition, NotFound
 
-ClaimResult = Literal["run", "done", "busy"]
 # Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
 PUBLISH_LEASE_SECONDS = 60.0
 # The code a watch shows while its completion waits for Pub/Sub (UNAVAILABLE).
@@ -117,16 +118,6 @@ CALLBACK_RUN_FIELDS = (
     "last_error",
     "update_time",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: codec.Snapshot
-    message: PendingMessage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,11 +22,15 @@ from lrobridge.webhooks.schedule import Plan
 
 
 class WebhookState(enum.Enum):
+    """Whether a webhook receives deliveries."""
+
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"  # by a 410 answer, continuous failure, or nobody: see disabled_reason
 
 
 class DeliveryState(enum.Enum):
+    """Where one delivery of one event to one webhook is."""
+
     PENDING = "PENDING"  # an attempt is due at next_attempt_time (or one is running)
     SUCCEEDED = "SUCCEEDED"  # an attempt got a 2xx answer
     DEAD = "DEAD"  # dead-lettered: retries exhausted or the webhook is disabled; replayable
@@ -34,6 +38,8 @@ class DeliveryState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Webhook:
+    """A registered endpoint: URL, filter, signing secrets and health."""
+
     id: str
     url: str
     description: str
@@ -91,6 +97,8 @@ class Attempt:
 
 @dataclasses.dataclass(frozen=True)
 class Delivery:
+    """One event on its way to one webhook, with its attempts."""
+
     id: str
     webhook_id: str
     message_id: str
@@ -126,6 +134,8 @@ class Claim:
 
 @dataclasses.dataclass(frozen=True)
 class NewDelivery:
+    """A delivery to create for an event (PENDING, or DEAD at once for a disabled webhook)."""
+
     webhook_id: str
     state: DeliveryState  # PENDING, or DEAD at once for a disabled webhook
     error: str = ""

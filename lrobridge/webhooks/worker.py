@@ -46,6 +46,8 @@ PRUNE_EVERY = 3600.0
 
 @dataclasses.dataclass(frozen=True)
 class SendRequest:
+    """One signed webhook request, pinned to the address the guard checked."""
+
     pinned: PinnedTarget
     headers: dict[str, str]
     body: bytes
@@ -54,6 +56,8 @@ class SendRequest:
 
 @dataclasses.dataclass(frozen=True)
 class SendResult:
+    """What the endpoint answered (or that it did not)."""
+
     status_code: int  # 0: no HTTP answer
     latency: float
     body: str = ""  # the start of the response body
@@ -72,6 +76,8 @@ class Sender(Protocol):
 
 @dataclasses.dataclass
 class DrainCounts:
+    """How many attempts a drain made, and how they ended."""
+
     attempted: int = 0
     succeeded: int = 0
     retrying: int = 0  # failed, another attempt is scheduled
@@ -94,6 +100,9 @@ class DrainCounts:
 
 
 class DeliveryWorker:
+    """Makes delivery attempts: claims due deliveries, signs and sends them, records each result and
+    plans the next."""
+
     def __init__(
         self,
         store: WebhookStore,

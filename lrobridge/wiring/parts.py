@@ -47,8 +47,8 @@ from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.storage import Store, open_store
+from lrobridge.ports import OperationsSource, Publisher, Store
+from lrobridge.storage import open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.watching.resource import WatchService

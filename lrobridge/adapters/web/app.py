@@ -70,6 +70,8 @@ def error_response(exc: BridgeError) -> Response:
 
 
 class QuarantineLedger(Protocol):
+    """What the quarantine view reads: the newest quarantined pushes."""
+
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
 
 
