@@ -59,15 +59,10 @@ class Webhook:
         return f"webhooks/{self.id}"
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
-        """The secrets each request is signed with: the current one, and during a rotation's
-        overlap the previous one too (receivers accept either signature)."""
-        if (
-            self.previous_secret
-            and self.previous_secret_expire_time is not None
-            and now < self.previous_secret_expire_time
-        ):
-            return (self.secret, self.previous_secret)
-        return (self.secret,)
+        """The secrets each request is signed with (:func:`signing_secrets`)."""
+        return signing_secrets(
+            self.secret, self.previous_secret, self.previous_secret_expire_time, now=now
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,3 +209,14 @@ class WebhookStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def signing_secrets(
+    secret: str, previous_secret: str, previous_secret_expire_time: float | None, *, now: float
+) -> tuple[str, ...]:
+    """The secrets each request is signed with: the current one, and during a rotation's
+    overlap the previous one too (receivers accept either signature)."""
+    expires = previous_secret_expire_time
+    if previous_secret and expires is not None and now < expires:
+        return (secret, previous_secret)
+    return (secret,)
