@@ -186,7 +186,8 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of a bridge process; :meth:`from_env` reads them from the environment.
+    """Every setting of the bridge, read once from the environment (``ENVIRONMENT`` documents each
+    variable) by :meth:`from_env`.
 
     Built in code (``Settings()``), the store is a private in-memory one unless ``store_url``
     says otherwise: only :meth:`from_env` picks the per-user default file (see
