@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
 
 from lrobridge.config import Settings
+from lrobridge.core import paging
 from lrobridge.core.access import ApiAuth
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchRecord
@@ -166,8 +167,16 @@ class Bridge:
                     on_created=self._wake_watcher,
                     scheduler=scheduler,
                     credential_hosts=self.settings.credential_hosts,
+                    page_tokens=self.page_tokens,
                 )
             return self._watch_service
+
+    @property
+    def page_tokens(self) -> paging.PageTokens:
+        """Signs and checks the page tokens of every listing (``LROBRIDGE_PAGE_TOKEN_KEY``)."""
+        return paging.tokens_for(
+            self.settings.page_token_key, lifetime=self.settings.page_token_lifetime
+        )
 
     @property
     def hub(self) -> CompletionHub:
@@ -189,6 +198,7 @@ class Bridge:
                     produced_cancel=lambda name: self.producer.request_cancel(name),
                     on_poll_soon=self._wake_watcher,
                     max_wait=self.settings.wait_max,
+                    page_tokens=self.page_tokens,
                 )
             return self._facade
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from lrobridge.config import Settings, firestore_database
+from lrobridge.core import paging
 from lrobridge.webhooks.model import WebhookStore
 from lrobridge.webhooks.service import WebhookService
 from lrobridge.webhooks.sink import WebhookSink
@@ -162,6 +163,9 @@ class WebhookRuntime:
                     worker=self.worker,
                     clock=self._clock,
                     on_requeued=self._pending,
+                    page_tokens=paging.tokens_for(
+                        self.settings.page_token_key, lifetime=self.settings.page_token_lifetime
+                    ),
                 )
             return self._service
 
