@@ -458,8 +458,7 @@ class FirestoreStore:
         self._enqueue(
             batch, entry_id, message, event_id=event_id, operation=operation, watch_id=None, now=now
         )
-        with self.db.errors("put the message in the outbox"):
-            batch.commit()
+        self.db.commit("put the message in the outbox", batch)
         return entry_id
 
     def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
@@ -847,7 +846,7 @@ class FirestoreStore:
             for doc in old:
                 batch.delete(doc.reference)
             if old:
-                batch.commit()
+                batch.commit(retry=self.db.retries.write, timeout=self.db.timeout)
         return len(old)
 
     def quarantine(self, *, reason: str, body: bytes, headers: dict[str, str], now: float) -> int:
