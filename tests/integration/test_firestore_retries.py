@@ -29,7 +29,7 @@ def proxy(firestore_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield proxy
 
 
-def _database(retried: list[Exception], deadline: float = 10.0) -> FirestoreDatabase:
+def _database(retried: list[Exception], deadline: float = 30.0) -> FirestoreDatabase:
     return FirestoreDatabase(
         project=f"test-{uuid.uuid4().hex[:10]}",
         retries=Retries.bounded(deadline, on_error=retried.append),
