@@ -76,16 +76,18 @@ def test_every_kind_of_call_rides_out_transient_errors_with_the_configured_retry
         db.close()
 
 
-def test_a_transaction_without_a_retry_argument_gets_the_configured_policy_as_its_default(
+def test_a_transaction_gets_the_configured_policy_for_begin_and_commit_and_its_reads(
     proxy: FaultyProxy,
 ) -> None:
+    """BeginTransaction and Commit of a transaction take no retry argument: the policy is the
+    transport's default there; the read inside passes it per call, as the stores' reads do."""
     retried: list[Exception] = []
     db = _database(retried)
     try:
         ref = db.collection("retry").document("t")
 
         def body(tx: Any) -> int:
-            current = ref.get(transaction=tx)  # no retry argument: the transport's default
+            current = ref.get(transaction=tx, **db.reads)
             n = int(current.get("n")) + 1 if current.exists else 1
             tx.set(ref, {"n": n})
             return n
@@ -95,7 +97,7 @@ def test_a_transaction_without_a_retry_argument_gets_the_configured_policy_as_it
         proxy.fail("BatchGetDocuments", times=1, code=UNAVAILABLE)
         proxy.fail("Commit", times=1, code=UNAVAILABLE)
         assert db.transact("count up", body) == 2
-        assert proxy.failed["BeginTransaction"] == 1 and proxy.failed["Commit"] == 1
+        assert proxy.failed == {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1}
         assert len(retried) == 3
     finally:
         db.close()

@@ -12,11 +12,12 @@ decided by the stores themselves.
 Bounded retries. google-cloud-firestore retries UNAVAILABLE for 60 s (commits, transactions)
 to 300 s (queries) by default, which would hold a push request for minutes during an outage.
 :class:`Retries` holds google-api-core ``Retry`` values with the library's own predicates but a
-total deadline of ``timeout`` seconds (10 s by default), and every call this module makes passes
+total deadline of ``timeout`` seconds (10 s by default), and every call the stores make passes
 them with the client's public per-call ``retry=`` and ``timeout=`` (``DocumentReference.get``,
 ``Client.get_all``, ``Query.stream``, ``AggregationQuery.get``, ``WriteBatch.commit``,
-``BulkWriteBatch.commit``). Where the library has no such argument, :func:`_bound_retries`
-patches the transport's default policies (private internals; see there for which and why).
+``BulkWriteBatch.commit``; reads inside a transaction pass :attr:`FirestoreDatabase.reads`).
+Only a transaction's BeginTransaction, Commit and Rollback have no such argument:
+:func:`_bound_retries` sets their default policy in the transport (private internals).
 
 Claims. A lease is taken by a *conditional write* whose precondition is the document's update
 time as the query that found it due read it: the single-document form of a read-modify-write
@@ -175,6 +176,8 @@ class FirestoreDatabase:
         self.prefix = prefix
         self.timeout = timeout
         self.retries = retries or Retries.bounded(timeout)
+        # The per-call options of a read: ``ref.get(transaction=tx, **db.reads)``.
+        self.reads: dict[str, Any] = {"retry": self.retries.read, "timeout": timeout}
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._client = self._connect()
@@ -350,17 +353,14 @@ def _describe(exc: api_exceptions.GoogleAPIError) -> str:
     return text
 
 
-# The RPCs made without a public per-call retry, and their policy. Transactions
-# (``Client.transaction`` / ``firestore.transactional``) call BeginTransaction, Commit and
-# Rollback with no ``retry`` argument at all; and the stores read inside a transaction with
-# ``ref.get(transaction=tx)`` / ``query.stream(transaction=tx)``, whose default is the
-# transport's (BatchGetDocuments, RunQuery). Everything else passes ``Retries`` per call.
+# The RPCs made without a public per-call retry, and their policy: a transaction
+# (``Client.transaction`` / ``firestore.transactional``) calls BeginTransaction, Commit and
+# Rollback with no ``retry`` argument at all. Everything else passes ``Retries`` per call
+# (reads inside a transaction too: ``ref.get(transaction=tx, **db.reads)``).
 _DEFAULT_POLICY_RPCS: dict[str, Callable[[Retries], api_retry.Retry]] = {
     "begin_transaction": lambda r: r.read,
     "rollback": lambda r: r.read,
     "commit": lambda r: r.write,
-    "batch_get_documents": lambda r: r.read,
-    "run_query": lambda r: r.read,
 }
 
 
