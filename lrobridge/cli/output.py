@@ -9,9 +9,10 @@ they read alike.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from lrobridge.cli.common import print_json
 
 FORMATS = ("table", "json")
 
@@ -28,10 +29,6 @@ def add_format_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
 def print_listing(
     response: Mapping[str, Any],
     key: str,
@@ -43,7 +40,7 @@ def print_listing(
     """Print the items under ``response[key]`` as ``fmt``; in a table, ``details`` adds
     indented lines under an item's row (a delivery's attempts)."""
     if fmt == "json":
-        print_json(response)
+        print_json(response, ensure_ascii=False)
         return
     items: list[Item] = list(response.get(key, []))
     if not items:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from lrobridge.cli.output import Column, Item, add_format_flag, print_json, print_listing
+from lrobridge.cli.common import api_endpoint, print_json, verbs_of
+from lrobridge.cli.common import call as call_api
+from lrobridge.cli.output import Column, Item, add_format_flag, print_listing
 from lrobridge.core.names import validate_resource_id
 from lrobridge.delivery.dispatch import EVENT_TYPES
 
@@ -27,8 +29,6 @@ def add_parser(
     sub: Any, client_flags: Callable[[argparse.ArgumentParser], None]
 ) -> argparse.ArgumentParser:
     """Add ``webhooks`` to the top-level subparsers ``sub``."""
-    from lrobridge.cli.main import verbs_of
-
     webhooks = sub.add_parser("webhooks", help="register webhooks and read their delivery log")
     verbs = verbs_of(webhooks, "webhooks_command")
 
@@ -97,15 +97,14 @@ def _delivery(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lrobridge.cli.main import _api, _call
     from lrobridge.config import Settings
 
-    base, headers = _api(Settings.from_env(), args)
+    base, headers = api_endpoint(Settings.from_env(), args)
     api = f"{base}/v1"
     verb = args.webhooks_command
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        return _call(method, f"{api}/{path}", headers, body)
+        return call_api(method, f"{api}/{path}", headers, body)
 
     if verb == "add":
         body: dict[str, Any] = {"url": args.url, "description": args.description}
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             body["outcomes"] = args.outcome
         if args.metadata_type:
             body["metadataType"] = args.metadata_type
-        print_json(call("POST", "webhooks", body))
+        _print(call("POST", "webhooks", body))
         print(
             "The secret is shown only now: store it where the receiver can read it.",
             file=sys.stderr,
@@ -125,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
             call("GET", "webhooks?pageSize=1000"), "webhooks", WEBHOOK_COLUMNS, args.format
         )
     elif verb == "get":
-        print_json(call("GET", f"webhooks/{_webhook(args.id)}"))
+        _print(call("GET", f"webhooks/{_webhook(args.id)}"))
     elif verb == "rm":
         call("DELETE", f"webhooks/{_webhook(args.id)}")
         print(f"deleted webhooks/{args.id.removeprefix('webhooks/')}")
     elif verb == "enable":
-        print_json(call("POST", f"webhooks/{_webhook(args.id)}:enable", {}))
+        _print(call("POST", f"webhooks/{_webhook(args.id)}:enable", {}))
     elif verb == "deliveries":
         query: dict[str, Any] = {"pageSize": args.limit}
         if args.state:
@@ -139,17 +138,21 @@ def run(args: argparse.Namespace) -> int:
         listing = call("GET", f"{path}?{urlencode(query)}")
         print_listing(listing, "deliveries", DELIVERY_COLUMNS, args.format, details=attempt_lines)
     elif verb == "retry":
-        print_json(call("POST", f"deliveries/{_delivery(args.delivery)}:retry", {}))
+        _print(call("POST", f"deliveries/{_delivery(args.delivery)}:retry", {}))
     elif verb == "replay":
-        print_json(call("POST", f"webhooks/{_webhook(args.id)}:replay", {"since": args.since}))
+        _print(call("POST", f"webhooks/{_webhook(args.id)}:replay", {"since": args.since}))
     elif verb == "rotate-secret":
         rotate: dict[str, Any] = {} if not args.overlap else {"overlap": args.overlap}
-        print_json(call("POST", f"webhooks/{_webhook(args.id)}:rotateSecret", rotate))
+        _print(call("POST", f"webhooks/{_webhook(args.id)}:rotateSecret", rotate))
     else:  # drain
-        print_json(
+        _print(
             call("POST", "deliveries:drain", {"maxTime": args.max_time} if args.max_time else {})
         )
     return 0
+
+
+def _print(value: Any) -> None:
+    print_json(value, ensure_ascii=False)
 
 
 WEBHOOK_COLUMNS: list[Column] = [
