@@ -93,6 +93,18 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "How /v1 authenticates callers: `key` (API key or allowed Google ID token) or `none`.",
     ),
     "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
+    "LROBRIDGE_PAGE_TOKEN_KEY": (
+        "",
+        "Secret (at least 16 characters) that page tokens are signed with; every instance "
+        "serving /v1 and gRPC lists must share it. Empty: a random key per process, so a next "
+        "page must be asked of the process that served the first (one process, e.g. `lrobridge "
+        "dev`, is fine; with several workers or instances set it).",
+    ),
+    "LROBRIDGE_PAGE_TOKEN_LIFETIME": (
+        "1h",
+        "How long a page token is honoured (1m-7d); an expired one is refused with "
+        "INVALID_ARGUMENT and the listing starts again from the first page.",
+    ),
     "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
     "LROBRIDGE_LONG_POLL_SLOTS": (
         "32",
@@ -210,6 +222,8 @@ class Settings:
     webhook_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_auth: Literal["key", "none"] = "key"
     api_keys: frozenset[str] = frozenset()
+    page_token_key: str = dataclasses.field(default="", repr=False)
+    page_token_lifetime: float = 3600.0
     watcher_concurrency: int = 64
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
@@ -294,6 +308,13 @@ class Settings:
                 _header_safe(k.strip(), "LROBRIDGE_API_KEYS")
                 for k in get("LROBRIDGE_API_KEYS").split(",")
                 if k.strip()
+            ),
+            page_token_key=_page_token_key(get("LROBRIDGE_PAGE_TOKEN_KEY")),
+            page_token_lifetime=_bounded_duration(
+                get("LROBRIDGE_PAGE_TOKEN_LIFETIME"),
+                "LROBRIDGE_PAGE_TOKEN_LIFETIME",
+                60.0,
+                604800.0,
             ),
             watcher_concurrency=_positive_int(
                 get("LROBRIDGE_WATCHER_CONCURRENCY"), "LROBRIDGE_WATCHER_CONCURRENCY"
@@ -430,6 +451,15 @@ def _non_negative_int(value: str, name: str) -> int:
     if number < 0:
         raise ConfigError(f"{name}={value!r} must not be negative")
     return number
+
+
+def _page_token_key(value: str) -> str:
+    if value and len(value) < 16:
+        raise ConfigError(
+            f"LROBRIDGE_PAGE_TOKEN_KEY has {len(value)} characters; use a random secret of at "
+            "least 16 (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return value
 
 
 def _header_safe(value: str, name: str) -> str:

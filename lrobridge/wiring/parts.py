@@ -41,6 +41,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Literal
 
 from lrobridge.config import Settings, firestore_database
+from lrobridge.core import paging
 from lrobridge.core.access import ApiAuth
 from lrobridge.delivery.dispatch import Dispatcher, Subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
@@ -68,6 +69,11 @@ if TYPE_CHECKING:
     from lrobridge.adapters.web.app import AppParts
 
 DeliveryMode = Literal["background", "request"]
+
+
+def page_tokens(settings: Settings) -> paging.PageTokens:
+    """Signs and checks the page tokens of every listing (``LROBRIDGE_PAGE_TOKEN_KEY``)."""
+    return paging.tokens_for(settings.page_token_key, lifetime=settings.page_token_lifetime)
 
 
 def delivery_mode(settings: Settings) -> DeliveryMode:
@@ -184,6 +190,7 @@ class WebhookParts:
                     worker=self.worker,
                     clock=self._clock,
                     on_requeued=self._pending,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._service
 
@@ -334,6 +341,7 @@ class Parts:
                     on_created=self.wake_watcher,
                     scheduler=scheduler,
                     credential_hosts=self.settings.credential_hosts,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._watch_service
 
@@ -356,6 +364,7 @@ class Parts:
                     produced_cancel=lambda name: self.producer.request_cancel(name),
                     on_poll_soon=self.wake_watcher,
                     max_wait=self.settings.wait_max,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._facade
 

@@ -259,6 +259,8 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
          "roles/pubsub.publisher", bridge),
         ("google_secret_manager_secret_iam_member", "${var.api_keys_secret}",
          "roles/secretmanager.secretAccessor", bridge),
+        ("google_secret_manager_secret_iam_member", "${var.page_token_key_secret}",
+         "roles/secretmanager.secretAccessor", bridge),
         ("google_project_iam_member", "project", "roles/datastore.user", bridge),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", pusher),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", scheduler),
