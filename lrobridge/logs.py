@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lrobridge.telemetry import tracing
+from opentelemetry import trace
 
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _CLOUD_TRACE_RE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=([0-9]+))?")
@@ -78,9 +78,13 @@ _current_trace: contextvars.ContextVar[TraceContext | None] = contextvars.Contex
 
 def current_trace() -> TraceContext | None:
     """The current OpenTelemetry span's trace when there is one, else the request's."""
-    ids = tracing.current_ids()
-    if ids is not None:
-        return TraceContext(*ids)
+    span = trace.get_current_span().get_span_context()  # the OpenTelemetry API: no-op when off
+    if span.is_valid:
+        return TraceContext(
+            trace.format_trace_id(span.trace_id),
+            trace.format_span_id(span.span_id),
+            span.trace_flags.sampled,
+        )
     return _current_trace.get()
 
 

@@ -14,8 +14,8 @@ import datetime
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from lrobridge.core.recent import RecentCompletion
 from lrobridge.core.records import WatchRecord, WatchState
-from lrobridge.delivery.recent import RecentCompletion
 
 SHOWN = 10  # watches per list
 

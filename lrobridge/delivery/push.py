@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_credential
+from lrobridge.core.recent import RecentCompletion, RecentCompletions
 from lrobridge.delivery.dispatch import Dispatcher, DispatchResult, Verdict
 from lrobridge.delivery.envelope import PushMessage, decode_push
-from lrobridge.delivery.recent import RecentCompletion, RecentCompletions
 from lrobridge.errors import BridgeError, InvalidArgument
-from lrobridge.storage import EventLedger
+from lrobridge.ports import EventLedger
 from lrobridge.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ OUTCOME_BY_VERDICT = {
 
 
 class TokenVerifier(Protocol):
+    """Checks the OIDC token of a Pub/Sub push (the adapter is lrobridge.adapters.push_auth)."""
+
     def verify(self, authorization_header: str | None, *, request_url: str) -> Mapping[str, Any]:
         """Claims of a valid push token; raises Unauthenticated / PermissionDenied."""
         ...
@@ -45,6 +47,8 @@ class TokenVerifier(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class PushResponse:
+    """The HTTP answer to a push: status code and JSON body."""
+
     status: int
     body: dict[str, Any] | None
 
@@ -100,6 +104,9 @@ def receive(
 
 
 class PushEndpoint:
+    """POST /pubsub/push without HTTP: authenticate, decode the envelope, dispatch, and say which
+    status Pub/Sub gets."""
+
     def __init__(
         self,
         *,

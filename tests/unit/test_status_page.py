@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from lrobridge import Bridge
 from lrobridge.config import Settings
 from lrobridge.core.backoff import Backoff
+from lrobridge.core.recent import RecentCompletion, RecentCompletions
 from lrobridge.core.status import summary
-from lrobridge.delivery.recent import RecentCompletion, RecentCompletions
 from lrobridge.storage.sqlite.store import SqliteStore
 from tests.support.webhooks import push_body
 

@@ -12,17 +12,13 @@ dead letters' Replay button calls ``POST /v1/deliveries/{id}:retry``. Adapter mo
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import Any
 
 from flask import Blueprint, Response
 
 from lrobridge.adapters.web.http import json_response
-from lrobridge.core.status import summary
-
-if TYPE_CHECKING:
-    from lrobridge.bridge import Bridge
 
 _FILES = {
     "status.html": "text/html; charset=utf-8",
@@ -46,7 +42,8 @@ def _static(name: str) -> Response:
     return response
 
 
-def blueprint(bridge: Bridge) -> Blueprint:
+def blueprint(status: Callable[[], dict[str, Any]]) -> Blueprint:
+    """The page's routes; ``status`` gives the summary (:func:`lrobridge.core.status.summary`)."""
     bp = Blueprint("lrobridge_status", __name__)
 
     @bp.get("/status")
@@ -59,6 +56,6 @@ def blueprint(bridge: Bridge) -> Blueprint:
 
     @bp.get("/v1/status")
     def status_summary() -> Response:  # behind the /v1 credentials (the app's before_request)
-        return json_response(summary(bridge.store, bridge.recent.latest(), now=time.time()))
+        return json_response(status())
 
     return bp
