@@ -18,6 +18,8 @@ KEEP = 50
 
 @dataclasses.dataclass(frozen=True)
 class RecentCompletion:
+    """One completion a push brought, as the status page lists it."""
+
     time: float
     operation: str
     outcome: str

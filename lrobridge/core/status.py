@@ -21,6 +21,8 @@ SHOWN = 10  # watches per list
 
 
 class StatusStore(Protocol):
+    """What the summary reads of the store (counts, first pages, the outbox)."""
+
     def count_by_state(self) -> dict[WatchState, int]: ...
 
     def list_watches(

@@ -8,7 +8,8 @@ Whether anything is recorded, and where it goes, is decided once at start-up by
 from the standard ``OTEL_*`` variables and ``LROBRIDGE_METRICS``. Until then every call is a
 single flag test (tracing and metrics off cost nothing measurable; see ``bench/telemetry.py``).
 
-Import rule (ruff's banned-api in ``pyproject.toml``): ``opentelemetry.sdk``,
+What it may import: ``core``, ``errors`` and the OpenTelemetry API (its layer sits between
+``delivery`` and ``ports`` in the import-linter contracts); ``opentelemetry.sdk``,
 ``opentelemetry.exporter`` and ``opentelemetry.instrumentation`` only in
-``lrobridge/telemetry/setup.py``, the wiring and tests.
+``lrobridge/telemetry/setup.py`` (ruff's banned-api in ``pyproject.toml``).
 """

@@ -62,6 +62,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class WatchCounts(Protocol):
+    """What the watch and outbox gauges read of the main store."""
+
     def count_by_state(self) -> dict[WatchState, int]: ...
 
     def outbox_size(self) -> int: ...
@@ -70,6 +72,8 @@ class WatchCounts(Protocol):
 
 
 class DisabledWebhooks(Protocol):
+    """What the disabled-endpoints gauge reads of the webhook store."""
+
     def all_webhooks(self) -> Sequence[Any]: ...
 
 
