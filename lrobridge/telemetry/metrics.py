@@ -18,14 +18,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
-
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lrobridge.core import codec
 from lrobridge.core.records import WatchState
 from lrobridge.errors import BridgeError, NotFound, TransientError
+
+if TYPE_CHECKING:  # the metrics API is imported when metrics are turned on, not before
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
 
 METER_NAME = "lrobridge"
 
@@ -161,6 +162,8 @@ def _safe(read: Callable[[], Iterable[Observation]]) -> Iterable[Observation]:
 
 
 def _observe_watches(options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
     def read() -> Iterable[Observation]:
         for store in list(_stores):
             for state, count in store.count_by_state().items():
@@ -170,10 +173,14 @@ def _observe_watches(options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _observe_backlog(options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
     return _safe(lambda: [Observation(s.outbox_size()) for s in list(_stores)])
 
 
 def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
     def read() -> Iterable[Observation]:
         for store in list(_stores):
             oldest = store.outbox_oldest_time()
@@ -183,6 +190,8 @@ def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _observe_disabled(options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
     def read() -> Iterable[Observation]:
         for store in list(_webhook_stores):
             hooks = store.all_webhooks()

@@ -56,7 +56,7 @@ def stack(
     stack = LocalStack(settings)
     stack.bridge.on_complete(name="record")(events)
     with stack:
-        stack.bridge.webhook_runtime.start_worker()
+        stack.bridge.start_webhook_worker()
         yield stack
 
 
