@@ -287,12 +287,36 @@ def instrument_app(app: Flask) -> None:
     bypass = {"/pubsub/push", "/pubsub/watch", "/healthz"}
 
     def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-        # The excluded routes skip the instrumentation's WSGI wrapper altogether (it would
-        # parse the URL only to find them excluded): the push path stays cheap.
+        # The excluded routes skip the instrumentation's WSGI wrapper and request hooks
+        # altogether (each would rebuild the URL only to find it excluded, three times a
+        # request): the push path stays cheap.
         chosen = plain if environ.get("PATH_INFO") in bypass else instrumented
         return chosen(environ, start_response)
 
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    _skip_hooks_on(app, bypass)
+
+
+def _skip_hooks_on(app: Flask, paths: set[str]) -> None:
+    """Wrap the instrumentation's before/teardown request hooks (kept where it keeps them, so
+    ``uninstrument_app`` still finds them) to return at once on ``paths``."""
+    from flask import request
+
+    for attribute, funcs in (
+        ("_before_request", app.before_request_funcs.setdefault(None, [])),
+        ("_teardown_request", app.teardown_request_funcs.setdefault(None, [])),
+    ):
+        hook = getattr(app, attribute, None)
+        if hook is None or hook not in funcs:
+            continue
+
+        def skipping(*args: Any, _hook: Any = hook) -> Any:
+            if request.path in paths:
+                return None
+            return _hook(*args)
+
+        funcs[funcs.index(hook)] = skipping
+        setattr(app, attribute, skipping)
 
 
 def shutdown() -> None:
