@@ -37,6 +37,12 @@ log = logging.getLogger("lrobridge")
 
 def cmd_serve(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
+    if (args.watcher and bridge.settings.watch_mode == "poller") or (
+        bridge.settings.watch_mode == "pubsub"
+    ):
+        from lrobridge.cli.preflight import check_publishing
+
+        check_publishing(bridge.settings, "lrobridge serve")
     from gunicorn.app.base import BaseApplication
 
     from lrobridge import gunicorn_conf
@@ -73,6 +79,9 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
+    from lrobridge.cli.preflight import check_publishing
+
+    check_publishing(bridge.settings, "lrobridge watcher")
     watcher = bridge.create_watcher()
     stop = wait_for_signal()
     if bridge.settings.grpc_port is not None:

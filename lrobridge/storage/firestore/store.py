@@ -774,7 +774,7 @@ class FirestoreStore:
         for _ in range(TRANSACTION_ATTEMPTS):
             current = self.db.read("read the callback run", ref)
             result, put = rules.claim_callback(
-                _row(current), event_id, callback, now=now, lease=lease
+                _row(current), event_id, callback, now=now, lease=lease, owner=self.owner
             )
             if put is None:
                 return result
@@ -800,19 +800,20 @@ class FirestoreStore:
 
     def finish_callback(
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None:
+    ) -> bool:
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
         held = self._leases.held(_RUN, (event_id, callback))
 
-        def body(tx: Transaction) -> bool:
+        def body(tx: Transaction) -> tuple[bool, bool]:
             run = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.finish_callback(run, held, ok=ok, error=error, now=now)
             if changes is not None:
                 tx.update(ref, changes)
-            return run is None or changes is not None
+            return run is None or changes is not None, changes is not None
 
-        wrote = self.db.transact("record the callback run", body)
+        wrote, recorded = self.db.transact("record the callback run", body)
         self._leases.settled(_RUN, (event_id, callback), wrote=wrote)
+        return recorded
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         query = (
