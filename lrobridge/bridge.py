@@ -36,11 +36,13 @@ from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.ports import OperationsSource, Publisher, TaskQueue
 from lrobridge.storage import Store, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.watching.resource import WatchService
+from lrobridge.watching.tasks_mode import TaskTimer, TaskWatchHandler
+from lrobridge.webhooks.retry_tasks import RetryTaskHandler, RetryTasks
 from lrobridge.webhooks.service import WebhookService
 from lrobridge.wiring.webhooks import WebhookRuntime
 
@@ -67,8 +69,13 @@ class Bridge:
         sources: Callable[[str], OperationsSource] | None = None,
         watch_publisher: Publisher | None = None,
         webhooks: WebhookRuntime | None = None,
+        task_queue: TaskQueue | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
+        self._task_queue = task_queue
+        self._task_timer: TaskTimer | None = None
+        self._task_handler: TaskWatchHandler | None = None
+        self._retry_task_handler: RetryTaskHandler | None = None
         self._store = store
         self._publisher = publisher
         self._watch_publisher = watch_publisher
@@ -166,6 +173,7 @@ class Bridge:
                     on_created=self._wake_watcher,
                     scheduler=scheduler,
                     credential_hosts=self.settings.credential_hosts,
+                    timer=self.task_timer if self.settings.watch_mode == "tasks" else None,
                 )
             return self._watch_service
 
@@ -188,6 +196,7 @@ class Bridge:
                     rpc_timeout=self.settings.rpc_timeout,
                     produced_cancel=lambda name: self.producer.request_cancel(name),
                     on_poll_soon=self._wake_watcher,
+                    watch_hooks=self.task_timer if self.settings.watch_mode == "tasks" else None,
                     max_wait=self.settings.wait_max,
                 )
             return self._facade
@@ -243,6 +252,94 @@ class Bridge:
             except Exception:  # Pub/Sub or the store is down: the next round tries again
                 log.warning("draining the outbox failed", exc_info=True)
 
+    # -- Cloud Tasks (lrobridge.watching.tasks_mode, lrobridge.webhooks.retry_tasks) ----------
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        """Cloud Tasks (or its emulator, LROBRIDGE_TASKS_EMULATOR_HOST); no client until used."""
+        with self._lock:
+            if self._task_queue is None:
+                self.settings.check_tasks()
+                from lrobridge.adapters.cloud_tasks import CloudTasksQueue
+
+                self._task_queue = CloudTasksQueue(self.settings)
+            return self._task_queue
+
+    @property
+    def task_timer(self) -> TaskTimer:
+        """One Cloud Task per ACTIVE watch (LROBRIDGE_WATCH_MODE=tasks)."""
+        with self._lock:
+            if self._task_timer is None:
+                settings = self.settings
+                self._task_timer = TaskTimer(
+                    _LazyTaskQueue(lambda: self.task_queue),
+                    self.store,
+                    base_url=settings.tasks_url,
+                    queue=settings.tasks_queue,
+                    source_queues=dict(settings.tasks_source_queues),
+                    sweep_after=settings.tasks_sweep_after,
+                )
+            return self._task_timer
+
+    def _tasks_verifier(self) -> TokenVerifier | None:
+        """Verifies the OIDC token of task requests against the configured service account
+        and audience (never the request URL)."""
+        settings = self.settings
+        if settings.push_auth == "none":
+            return None
+        settings.check_tasks()
+        from lrobridge.adapters.push_auth import PushTokenVerifier
+
+        return PushTokenVerifier(
+            audience=settings.tasks_token_audience,
+            service_account=settings.tasks_service_account,
+            certs_url=settings.push_certs_url,
+            platform_verified=settings.push_auth == "cloudrun",
+        )
+
+    def task_watch_endpoint(self) -> TaskWatchHandler:
+        """The handler of POST /tasks/watch."""
+        with self._lock:
+            if self._task_handler is None:
+                if self.settings.watch_mode != "tasks":
+                    from lrobridge.errors import FailedPrecondition
+
+                    raise FailedPrecondition(
+                        "POST /tasks/watch serves LROBRIDGE_WATCH_MODE=tasks; this bridge runs "
+                        f"{self.settings.watch_mode!r}"
+                    )
+                self._task_handler = TaskWatchHandler(
+                    store=self.store,
+                    timer=self.task_timer,
+                    sources=self.source,
+                    relay=self.outbox_relay,
+                    verifier=self._tasks_verifier(),
+                    audience=self.settings.tasks_token_audience,
+                    payload_format=self.settings.payload_format,
+                    rpc_timeout=self.settings.rpc_timeout,
+                    on_completion=self.hub.notify,
+                )
+            return self._task_handler
+
+    def webhook_task_endpoint(self) -> RetryTaskHandler:
+        """The handler of POST /tasks/webhook (one planned webhook retry)."""
+        with self._lock:
+            if self._retry_task_handler is None:
+                runtime = self.webhook_runtime
+                self._retry_task_handler = RetryTaskHandler(
+                    store=runtime.store,
+                    worker=runtime.worker,
+                    verifier=self._tasks_verifier(),
+                    audience=self.settings.tasks_token_audience,
+                )
+            return self._retry_task_handler
+
+    def sweep_watch_tasks(self) -> int:
+        """Reschedule watches whose task was lost (tasks mode; run by the scheduled drain)."""
+        if self.settings.watch_mode != "tasks":
+            return 0
+        return self.task_timer.sweep()
+
     def _lazy_publisher(self) -> Publisher:
         return _LazyPublisher(lambda: self.publisher)
 
@@ -270,6 +367,12 @@ class Bridge:
                 self._webhooks = WebhookRuntime(
                     self.settings, path=path if isinstance(path, str) else None
                 )
+            if self.settings.tasks_webhook_queue and self._webhooks.on_retry is None:
+                self._webhooks.on_retry = RetryTasks(
+                    _LazyTaskQueue(lambda: self.task_queue),
+                    base_url=self.settings.tasks_url,
+                    queue=self.settings.tasks_webhook_queue,
+                ).planned
             return self._webhooks
 
     @property
@@ -435,6 +538,8 @@ class Bridge:
             for publisher in (self._publisher, self._watch_publisher):
                 if publisher is not None:
                     publisher.close()
+            if self._task_queue is not None:
+                self._task_queue.close()
             close_registry = getattr(self._registry, "close", None)
             if close_registry is not None:
                 close_registry()
@@ -453,3 +558,19 @@ class _LazyPublisher:
 
     def close(self) -> None:
         """The Bridge closes the real publisher."""
+
+
+class _LazyTaskQueue:
+    """A TaskQueue that creates the Cloud Tasks client on first use (after authentication)."""
+
+    def __init__(self, factory: Callable[[], TaskQueue]) -> None:
+        self._factory = factory
+
+    def create(self, queue: str, name: str, *, url: str, body: bytes, schedule_time: float) -> bool:
+        return self._factory().create(queue, name, url=url, body=body, schedule_time=schedule_time)
+
+    def delete(self, queue: str, name: str) -> bool:
+        return self._factory().delete(queue, name)
+
+    def close(self) -> None:
+        """The Bridge closes the real queue."""

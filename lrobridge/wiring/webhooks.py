@@ -86,8 +86,11 @@ class WebhookRuntime:
         mode: DeliveryMode | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_retry: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Hears each planned retry (Cloud Tasks at its exact time; lrobridge.webhooks.retry_tasks).
+        self._on_retry = on_retry
         self.mode: DeliveryMode = mode or delivery_mode(settings)
         self._path = path
         self._store = store
@@ -149,8 +152,20 @@ class WebhookRuntime:
                     concurrency=self.settings.webhook_concurrency,
                     clock=self._clock,
                     rng=self._rng,
+                    on_retry=self._on_retry,
                 )
             return self._worker
+
+    @property
+    def on_retry(self) -> Callable[[str, int, float], None] | None:
+        return self._on_retry
+
+    @on_retry.setter
+    def on_retry(self, hook: Callable[[str, int, float], None] | None) -> None:
+        with self._lock:
+            self._on_retry = hook
+            if self._worker is not None:
+                self._worker.on_retry = hook
 
     @property
     def service(self) -> WebhookService:

@@ -120,6 +120,18 @@ def create_app(bridge: Bridge) -> Flask:
         result = bridge.watch_endpoint().handle(body, headers, url=request_url())
         return json_response(result.body, result.status)
 
+    @app.post("/tasks/watch")
+    def tasks_watch() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = bridge.task_watch_endpoint().handle(body, headers)
+        return json_response(result.body, result.status)
+
+    @app.post("/tasks/webhook")
+    def tasks_webhook() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = bridge.webhook_task_endpoint().handle(body, headers)
+        return json_response(result.body, result.status)
+
     @app.post("/v1/watches")
     def create_watch() -> Response:
         args = create_args_from_json(json_body())

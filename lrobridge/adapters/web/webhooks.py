@@ -153,6 +153,9 @@ def blueprint(bridge: Bridge) -> Blueprint:
         # The scheduled drain also republishes outbox entries: on Cloud Run no watcher or
         # background thread may be running to do it.
         body["outboxRepublished"] = bridge.drain_outbox(settle=10.0)
+        if bridge.settings.watch_mode == "tasks":
+            # Cloud Tasks has no dead-letter queue: watches whose task was lost run again.
+            body["watchTasksRescheduled"] = bridge.sweep_watch_tasks()
         return json_response(body)
 
     return bp
