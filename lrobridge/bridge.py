@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
@@ -308,6 +309,9 @@ class Bridge:
                         "POST /tasks/watch serves LROBRIDGE_WATCH_MODE=tasks; this bridge runs "
                         f"{self.settings.watch_mode!r}"
                     )
+                # A killed process's completions are taken back (SQLite knows its dead local
+                # processes; Firestore's leases expire): the retried task publishes them.
+                self.store.recover(now=time.time())
                 self._task_handler = TaskWatchHandler(
                     store=self.store,
                     timer=self.task_timer,
@@ -331,6 +335,7 @@ class Bridge:
                     worker=runtime.worker,
                     verifier=self._tasks_verifier(),
                     audience=self.settings.tasks_token_audience,
+                    clock=runtime.clock,
                 )
             return self._retry_task_handler
 
