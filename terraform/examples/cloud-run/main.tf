@@ -64,6 +64,7 @@ module "lrobridge" {
   region              = var.region
   image               = var.image
   watch_mode          = var.watch_mode
+  tasks_source_queues = var.tasks_source_queues
   store               = var.store
   api_keys_secret     = google_secret_manager_secret.api_keys.secret_id
   api_invokers        = var.api_invokers
