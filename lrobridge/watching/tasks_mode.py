@@ -254,7 +254,8 @@ class TaskHandlerStats:
     rescheduled: int = 0
     stale: int = 0
     quarantined: int = 0
-    lateness: list[float] = dataclasses.field(default_factory=list)  # poll time - due
+    # (watch id, poll start - the time its task was scheduled for), when keep_lateness is on
+    lateness: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
 class TaskWatchHandler:
@@ -285,7 +286,7 @@ class TaskWatchHandler:
         self._rpc_timeout = rpc_timeout
         self._on_completion = on_completion
         self._clock = clock
-        self._keep_lateness = keep_lateness
+        self.keep_lateness = keep_lateness  # the bench and the dev stack read stats.lateness
         self.stats = TaskHandlerStats()
 
     def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
@@ -326,8 +327,8 @@ class TaskWatchHandler:
             self._timer.ensure(watch)
             return PushResponse(200, {"watch": watch.id, "step": "stale", "task": task.name})
         started = self._clock()
-        if self._keep_lateness:
-            self.stats.lateness.append(started - task.due)
+        if self.keep_lateness:
+            self.stats.lateness.append((task.watch_id, started - task.due))
         record = self._store.get_operation(watch.operation)
         deleted = record is not None and record.outcome == "deleted"
         observed = None if deleted else self._poll(watch)
