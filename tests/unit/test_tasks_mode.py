@@ -1,4 +1,5 @@
-"""The Cloud Tasks watch mode through its seams: a real SQLite store, a Cloud Tasks double with
+"""The Cloud Tasks watch mode through its seams: a real store (SQLite, and Firestore on its
+emulator as integration), a Cloud Tasks double with
 the real naming rules (tests/support/tasks.py), a scripted source and a recording publisher.
 Tasks are delivered by the test, so no time passes and no request leaves the process."""
 
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -18,7 +18,7 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchState
 from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.errors import FailedPrecondition, PermissionDenied, Unavailable
-from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.storage import Store
 from lrobridge.watching.resource import WatchService
 from lrobridge.watching.tasks_mode import (
     LOST_TASK_MESSAGE,
@@ -30,6 +30,7 @@ from lrobridge.watching.tasks_mode import (
     encode_watch_task,
     queue_for,
 )
+from tests.support.stores import Backend
 from tests.support.tasks import FakeTask, FakeTaskQueue
 from tests.support.webhooks import ManualClock
 
@@ -89,7 +90,7 @@ class Publisher:
 
 @dataclasses.dataclass
 class Parts:
-    store: SqliteStore
+    store: Store
     queue: FakeTaskQueue
     source: Source
     publisher: Publisher
@@ -107,8 +108,8 @@ class Parts:
 
 
 @pytest.fixture
-def parts(tmp_path: pathlib.Path) -> Iterator[Parts]:
-    store = SqliteStore(str(tmp_path / "bridge.db"))
+def parts(store_backend: Backend) -> Iterator[Parts]:
+    store = store_backend.open()
     queue = FakeTaskQueue()
     source = Source()
     publisher = Publisher()
@@ -133,7 +134,6 @@ def parts(tmp_path: pathlib.Path) -> Iterator[Parts]:
         clock=clock,
     )
     yield Parts(store, queue, source, publisher, clock, timer, watches, handler)
-    store.close()
 
 
 def test_registering_stores_the_watch_and_creates_the_named_task_of_its_first_poll(
