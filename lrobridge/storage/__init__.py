@@ -12,14 +12,15 @@ the embedded SQLite file (``sqlite:///path``, :mod:`lrobridge.storage.sqlite.sto
 and
 Firestore (``firestore://[DATABASE]``, :mod:`lrobridge.storage.firestore.store`, shared by every
 instance); both implement the same protocols, so the watcher, the facade and the push endpoint
-do not know which one they use.
+do not know which one they use. What each transition may do (guards, field changes, the one
+fencing rule for every lease) is written once, in :mod:`lrobridge.storage.rules`; the backends
+only execute it in their own transactions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Protocol
 
 from lrobridge.config import firestore_database
 from lrobridge.core.backoff import Backoff
@@ -34,20 +35,19 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import ConfigError
+from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 
-ClaimResult = Literal["run", "done", "busy"]
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: Snapshot
-    message: PendingMessage
+__all__ = [
+    "PUBLISH_LEASE_SECONDS",
+    "ClaimResult",
+    "Completion",
+    "EventLedger",
+    "OperationStore",
+    "Outbox",
+    "Store",
+    "WatchStore",
+    "open_store",
+]
 
 
 class WatchStore(Protocol):
