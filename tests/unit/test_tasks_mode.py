@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -285,15 +286,34 @@ def test_deleting_a_watch_deletes_its_pending_task(parts: Parts) -> None:
     assert parts.source.calls == 0
 
 
-def test_delete_operation_deletes_the_task_of_its_watch(parts: Parts) -> None:
-    record, _ = parts.watches.create(operation=NAME, source=SOURCE)
-    (task,) = parts.queue.pending.values()
+def test_delete_operation_deletes_the_task_of_its_watch(tmp_path: pathlib.Path) -> None:
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
 
-    parts.timer.deleting(NAME, SOURCE)
-    assert parts.store.delete_operation(NAME)
+    settings = Settings(
+        push_auth="none",
+        api_auth="none",
+        project="p",
+        store_url=f"sqlite:///{tmp_path}/b.db",
+        watch_mode="tasks",
+        tasks_location="l",
+        tasks_url=BASE,
+        credential_hosts=("*",),
+    )
+    queue = FakeTaskQueue()
+    bridge = Bridge(settings, task_queue=queue, sources=lambda url: Source())
+    try:
+        client = bridge.create_app().test_client()
+        created = client.post("/v1/watches", json={"operation": NAME, "source": SOURCE})
+        assert created.status_code == 201
+        (task,) = queue.pending.values()
 
-    assert parts.queue.deleted == [task.name]
-    assert parts.store.get_watch(record.id) is None
+        assert client.delete(f"/v1/{NAME}").status_code == 200  # DeleteOperation
+
+        assert queue.deleted == [task.name] and not queue.pending
+        assert bridge.store.find_watch(SOURCE, NAME) is None
+    finally:
+        bridge.close()
 
 
 def test_a_cancel_schedules_a_task_for_now_and_the_older_one_turns_stale(parts: Parts) -> None:
@@ -397,3 +417,21 @@ def test_the_task_body_round_trips() -> None:
         "attempt": 4,
         "due": 1_800_000_000_123,
     }
+
+
+def test_the_watch_task_route_says_which_mode_serves_it_when_the_bridge_runs_another(
+    tmp_path: pathlib.Path,
+) -> None:
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
+
+    settings = Settings(push_auth="none", project="p", store_url=f"sqlite:///{tmp_path}/b.db")
+    bridge = Bridge(settings)
+    try:
+        answer = bridge.create_app().test_client().post("/tasks/watch", data=b"{}")
+        assert answer.status_code == 400
+        error = answer.get_json()["error"]
+        assert error["status"] == "FAILED_PRECONDITION"
+        assert "LROBRIDGE_WATCH_MODE=tasks" in error["message"]
+    finally:
+        bridge.close()
