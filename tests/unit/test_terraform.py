@@ -333,6 +333,9 @@ def test_the_task_queues_are_the_ones_the_app_enqueues_on_with_rate_limits_and_r
         assert retry["max_attempts"] == "${var.tasks_max_attempts}" and retry["min_backoff"]
         assert queue["location"] == "${var.region}" == ENV["LROBRIDGE_TASKS_LOCATION"]
     assert TF.variables["tasks_max_dispatches_per_second"]["default"] <= 500
+    # The example turns the API on before the module makes queues.
+    apis = load(EXAMPLE).resource("google_project_service", "apis")["for_each"]
+    assert "cloudtasks.googleapis.com" in str(apis)
 
 
 def test_tasks_call_the_service_with_a_token_the_handler_checks() -> None:
