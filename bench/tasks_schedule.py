@@ -57,7 +57,7 @@ from lrobridge import Bridge  # noqa: E402
 from lrobridge.cli.emulator import free_port  # noqa: E402
 from lrobridge.cli.tasks_emulator import TasksEmulator  # noqa: E402
 from lrobridge.config import Settings  # noqa: E402
-from lrobridge.wiring.webhooks import WebhookRuntime  # noqa: E402
+from lrobridge.wiring.parts import WebhookParts  # noqa: E402
 from tests.support.operations_servers import FakeOperations, grpc_operations_server  # noqa: E402
 from tests.support.webhooks import Received, Receiver, push_body  # noqa: E402
 
@@ -157,7 +157,7 @@ def main() -> None:
         bridge = Bridge(
             settings,
             publisher=_NullPublisher(),
-            webhooks=WebhookRuntime(settings, mode="request"),
+            webhooks=WebhookParts(settings, mode="request"),
         )
         handler = bridge.task_watch_endpoint()
         handler.keep_lateness = True

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from lrobridge.cli.common import load_bridge, wait_for_signal
 from lrobridge.cli.emulator import emulator_answers
 from lrobridge.core.records import WatchState
 from lrobridge.errors import FailedPrecondition
@@ -92,7 +93,6 @@ def run_dev(
             )
 
         from lrobridge.adapters.pubsub import PubSubAdmin
-        from lrobridge.cli.main import load_bridge
 
         bridge = load_bridge(app_spec)
         stack.callback(bridge.close)
@@ -136,7 +136,7 @@ def run_dev(
         stack.callback(watcher_thread.join, 60)
         stack.callback(watcher.stop)
         print(f"• watcher: store {settings.store_url}, callbacks: {len(bridge.subscriptions)}")
-        if bridge.webhook_runtime.start_worker():
+        if bridge.start_webhook_worker():
             print("• webhooks: delivery worker running (lrobridge webhooks add URL)")
         print(
             "\nReady. In another terminal:\n"
@@ -144,9 +144,8 @@ def run_dev(
             "Ctrl-C stops everything this command started.\n",
             flush=True,
         )
-        from lrobridge.cli.main import _wait_for_signal
 
-        stop = _wait_for_signal()
+        stop = wait_for_signal()
         last = ""
         while not stop.wait(1.0):
             counts = bridge.store.count_by_state()
@@ -194,7 +193,6 @@ def _serverless_watching(admin: PubSubAdmin, settings: Settings) -> None:
 
 
 def _wait_serverless(bridge: Bridge) -> int:
-    from lrobridge.cli.main import _wait_for_signal
 
     print(
         "\nReady. In another terminal:\n"
@@ -202,7 +200,7 @@ def _wait_serverless(bridge: Bridge) -> int:
         "Ctrl-C stops everything this command started.\n",
         flush=True,
     )
-    stop = _wait_for_signal()
+    stop = wait_for_signal()
     last = ""
     while not stop.wait(1.0):
         stats = bridge.watch_endpoint().stats
@@ -242,15 +240,13 @@ def _start_tasks_emulator(stack: contextlib.ExitStack, tasks_port: int) -> None:
 
 
 def _wait_tasks(bridge: Bridge) -> int:
-    from lrobridge.cli.main import _wait_for_signal
-
     print(
         "\nReady. In another terminal:\n"
         "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
         "Ctrl-C stops everything this command started.\n",
         flush=True,
     )
-    stop = _wait_for_signal()
+    stop = wait_for_signal()
     last = ""
     while not stop.wait(1.0):
         counts = bridge.store.count_by_state()

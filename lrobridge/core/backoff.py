@@ -22,6 +22,8 @@ MAX_DELAY_SECONDS = 30 * 86400.0
 
 @dataclasses.dataclass(frozen=True)
 class Backoff:
+    """How long to wait before the next poll of a pending operation: exponential, capped."""
+
     initial_delay: float = DEFAULT_INITIAL_DELAY
     multiplier: float = DEFAULT_MULTIPLIER
     max_delay: float = DEFAULT_MAX_DELAY

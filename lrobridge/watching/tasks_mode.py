@@ -63,8 +63,14 @@ from lrobridge.errors import (
     InvalidArgument,
     classify_api_error,
 )
-from lrobridge.ports import OperationsSource, TaskQueue
-from lrobridge.storage import EventLedger, OperationStore, Outbox, WatchStore
+from lrobridge.ports import (
+    EventLedger,
+    OperationsSource,
+    OperationStore,
+    Outbox,
+    TaskQueue,
+    WatchStore,
+)
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from lrobridge.config import Settings
 from lrobridge.core.codec import event_id
 from lrobridge.core.records import WatchState
 from lrobridge.storage.sqlite.store import SqliteStore
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.oidc import TokenAuthority
 from tests.support.operations_servers import FakeOperations
 from tests.support.stack import EventLog, stack_settings, wait_until
@@ -97,7 +97,7 @@ def stack(
 ) -> Iterator[Stack]:
     port = free_port()
     settings = tasks_settings(pubsub_project, tmp_path / "bridge.db", port, tasks_emulator)
-    bridge = Bridge(settings, webhooks=WebhookRuntime(settings, mode="request"))
+    bridge = Bridge(settings, webhooks=WebhookParts(settings, mode="request"))
     events = EventLog()
     bridge.on_complete(name="record")(events)
     base_url = f"http://127.0.0.1:{port}"
@@ -225,7 +225,7 @@ def test_the_task_routes_accept_only_the_configured_service_accounts_tokens_for_
             tasks_url=audience,
             tasks_service_account=SERVICE_ACCOUNT,
         )
-        bridge = Bridge(settings, webhooks=WebhookRuntime(settings, mode="request"))
+        bridge = Bridge(settings, webhooks=WebhookParts(settings, mode="request"))
         try:
             with LiveServer(bridge.create_app()) as live:
                 body = json.dumps({"watch": "abc123", "attempt": 0, "due": 1}).encode()

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from lrobridge import Bridge
 from lrobridge.config import Settings
 from lrobridge.webhooks.retry_tasks import decode_retry_task, task_name
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.tasks import FakeTaskQueue
 from tests.support.webhooks import ManualClock, MapResolver, free_port, push_body
 
@@ -47,7 +47,7 @@ def parts(tmp_path: pathlib.Path) -> Iterator[Parts]:
         tasks_webhook_queue="lro-webhook-retry",
     )
     clock = ManualClock()
-    runtime = WebhookRuntime(settings, mode="request", resolver=MapResolver(), clock=clock)
+    runtime = WebhookParts(settings, mode="request", resolver=MapResolver(), clock=clock)
     queue = FakeTaskQueue()
     bridge = Bridge(settings, webhooks=runtime, task_queue=queue)
     yield Parts(bridge, bridge.create_app().test_client(), queue, clock)

@@ -68,6 +68,8 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     OutboxEntry,
     PendingMessage,
@@ -90,7 +92,6 @@ from lrobridge.storage.firestore.client import (
     random_int_id,
     usable_id,
 )
-from lrobridge.storage.rules import ClaimResult, Completion
 
 ASC = "ASCENDING"
 # (collection without prefix, ((field, order), ...)): what the queries below need.

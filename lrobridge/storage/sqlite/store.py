@@ -32,6 +32,8 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import Condition, OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
@@ -42,7 +44,6 @@ from lrobridge.core.records import (
 )
 from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from lrobridge.storage import rules
-from lrobridge.storage.rules import ClaimResult, Completion
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,
