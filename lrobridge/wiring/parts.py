@@ -615,6 +615,8 @@ class Parts:
         from lrobridge.adapters.web.app import AppParts
         from lrobridge.adapters.web.webhooks import WebhookViews
 
+        if self.settings.watch_mode == "tasks" or self.settings.tasks_webhook_queue:
+            self.settings.check_tasks()  # fail at start-up, not at the first watch
         drain = self._drain_outbox or (lambda settle: self.outbox_relay.drain(settle=settle))
         return AppParts(
             push=self.push_endpoint(),

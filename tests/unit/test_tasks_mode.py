@@ -435,3 +435,21 @@ def test_the_watch_task_route_says_which_mode_serves_it_when_the_bridge_runs_ano
         assert "LROBRIDGE_WATCH_MODE=tasks" in error["message"]
     finally:
         bridge.close()
+
+
+def test_an_app_in_tasks_mode_without_its_tasks_settings_refuses_to_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    from lrobridge import Bridge
+    from lrobridge.config import Settings
+    from lrobridge.errors import ConfigError
+
+    settings = Settings(
+        push_auth="none", project="p", store_url=f"sqlite:///{tmp_path}/b.db", watch_mode="tasks"
+    )
+    bridge = Bridge(settings)
+    try:
+        with pytest.raises(ConfigError, match="LROBRIDGE_TASKS_LOCATION"):
+            bridge.create_app()
+    finally:
+        bridge.close()
