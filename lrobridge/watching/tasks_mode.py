@@ -52,6 +52,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from lrobridge.core import codec
+from lrobridge.core.names import validate_resource_id
 from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import OutboxEntry, WatchRecord, WatchState
 from lrobridge.delivery import relay
@@ -138,8 +139,9 @@ def decode_watch_task(body: bytes) -> WatchTask:
     if not isinstance(value, dict) or set(value) != {"watch", "attempt", "due"}:
         raise InvalidArgument('a watch task body is {"watch": ID, "attempt": N, "due": MS}')
     watch_id, attempt, due = value["watch"], value["attempt"], value["due"]
-    if not isinstance(watch_id, str) or not watch_id.isalnum() or len(watch_id) > 64:
+    if not isinstance(watch_id, str):
         raise InvalidArgument("watch task 'watch' must be a watch id")
+    validate_resource_id(watch_id, "watch")
     for field, number in (("attempt", attempt), ("due", due)):
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise InvalidArgument(f"watch task {field!r} must be a non-negative integer")

@@ -388,6 +388,7 @@ def test_progress_is_refused_before_anything_is_stored(parts: Parts) -> None:
         b"[]",
         b'{"watch": "a1"}',
         b'{"watch": "a/1", "attempt": 0, "due": 1}',
+        b'{"watch": "\\u00e91", "attempt": 0, "due": 1}',  # not a task-name character
         b'{"watch": "a1", "attempt": -1, "due": 1}',
         b'{"watch": "a1", "attempt": true, "due": 1}',
     ],
