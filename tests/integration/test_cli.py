@@ -113,6 +113,7 @@ def test_dev_then_watch_runs_the_users_callback_once_and_stops_on_ctrl_c(
 
 
 def test_dev_tasks_polls_by_cloud_tasks_on_the_emulator_and_runs_the_callback(
+    tasks_emulator_installed: None,
     pubsub_emulator: str,
     pubsub_project: str,
     tmp_path: pathlib.Path,

@@ -48,7 +48,7 @@ SERVICE_ACCOUNT = "tasks-invoker@p.iam.gserviceaccount.com"
 
 
 @pytest.fixture
-def tasks_emulator(pubsub_project: str) -> Iterator[TasksEmulator]:
+def tasks_emulator(pubsub_project: str, tasks_emulator_installed: None) -> Iterator[TasksEmulator]:
     parent = f"projects/{pubsub_project}/locations/{LOCATION}/queues"
     with TasksEmulator(port=free_port(), queues=[f"{parent}/{q}" for q in QUEUES]) as emulator:
         yield emulator
