@@ -237,6 +237,8 @@ variable "alert_unacknowledged_seconds" {
   description = "Alert when a completion has waited this long for Pub/Sub's acknowledgement (the outbox's oldest entry)."
   type        = number
   default     = 600
+}
+
 variable "tasks_max_dispatches_per_second" {
   description = "Cloud Tasks: dispatch rate limit of the default watch queue and the webhook retry queue (at most 500)."
   type        = number
