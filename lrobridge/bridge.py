@@ -250,11 +250,13 @@ class Bridge:
     def api_auth(self) -> ApiAuth:
         if not self.settings.api_service_accounts:
             return ApiAuth(self.settings)
+        self.settings.check_api_auth()
         from lrobridge.adapters.id_tokens import ApiTokenVerifier
 
         verifier = ApiTokenVerifier(
             service_accounts=self.settings.api_service_accounts,
             audience=self.settings.api_audience,
+            public_url=self.settings.public_url,
             certs_url=self.settings.push_certs_url,
             # Behind Cloud Run's IAM check, ID tokens arrive with their signature removed.
             platform_verified=self.settings.push_auth == "cloudrun",
@@ -314,7 +316,7 @@ class Bridge:
         from lrobridge.adapters.push_auth import PushTokenVerifier
 
         return PushTokenVerifier(
-            audience=self.settings.push_audience,
+            audience=self.settings.push_audiences,
             service_account=self.settings.push_service_account,
             certs_url=self.settings.push_certs_url,
             platform_verified=self.settings.push_auth == "cloudrun",

@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
@@ -56,7 +57,19 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_PUSH_AUDIENCE": (
         "",
-        "Expected `aud` of push tokens; empty means the URL the push was sent to.",
+        "Expected `aud` of push tokens; empty means LROBRIDGE_PUBLIC_URL + `/pubsub/push` (or "
+        "`/pubsub/watch`). With push auth on and neither set, the bridge refuses to start.",
+    ),
+    "LROBRIDGE_PUBLIC_URL": (
+        "",
+        "The bridge's public base URL (`https://SERVICE-HASH.REGION.run.app`), the trusted "
+        "source of token audiences when LROBRIDGE_PUSH_AUDIENCE / LROBRIDGE_API_AUDIENCE are "
+        "empty; never taken from the request (Cloud Run does not tell a service its URL).",
+    ),
+    "LROBRIDGE_TRUSTED_PROXIES": (
+        "0",
+        "How many proxies in front set X-Forwarded-For/-Proto/-Host (werkzeug ProxyFix); 0 "
+        "trusts none. Cloud Run's front end is one. Only logs and request URLs use them.",
     ),
     "LROBRIDGE_PUSH_SERVICE_ACCOUNT": (
         "",
@@ -137,7 +150,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_API_AUDIENCE": (
         "",
-        "Expected `aud` of Google ID tokens on /v1; empty means the request URL or its origin.",
+        "Expected `aud` of Google ID tokens on /v1; empty means LROBRIDGE_PUBLIC_URL or a URL "
+        "under it. With LROBRIDGE_API_SERVICE_ACCOUNTS and neither set, the bridge won't start.",
     ),
     "LROBRIDGE_WEBHOOK_TIMEOUT": ("15s", "Timeout of one webhook request (connect + response)."),
     "LROBRIDGE_WEBHOOK_CONCURRENCY": ("16", "Webhook requests in flight at once per process."),
@@ -186,6 +200,8 @@ class Settings:
     store_url: str = "sqlite:///lrobridge.db"
     push_auth: PushAuth = "oidc"
     push_audience: str = ""
+    public_url: str = ""
+    trusted_proxies: int = 0
     push_service_account: str = ""
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     payload_format: PayloadFormat = "binary"
@@ -250,6 +266,10 @@ class Settings:
                 ),
             ),
             push_audience=get("LROBRIDGE_PUSH_AUDIENCE"),
+            public_url=_public_url(get("LROBRIDGE_PUBLIC_URL")),
+            trusted_proxies=_non_negative_int(
+                get("LROBRIDGE_TRUSTED_PROXIES"), "LROBRIDGE_TRUSTED_PROXIES"
+            ),
             push_service_account=get("LROBRIDGE_PUSH_SERVICE_ACCOUNT"),
             push_certs_url=get("LROBRIDGE_PUSH_CERTS_URL"),
             payload_format=cast(
@@ -334,6 +354,34 @@ class Settings:
                 "signature, but K_SERVICE is not set: this is not running on Cloud Run; use "
                 "oidc here"
             )
+        if self.push_auth != "none" and not self.push_audiences:
+            raise ConfigError(
+                f"LROBRIDGE_PUSH_AUTH={self.push_auth} needs the audience push tokens must carry, "
+                "from configuration (never from the request's Host): set LROBRIDGE_PUSH_AUDIENCE "
+                "(the push subscription's OIDC audience) or LROBRIDGE_PUBLIC_URL (the bridge's "
+                "public base URL, e.g. https://SERVICE-HASH.REGION.run.app; the audience is then "
+                "LROBRIDGE_PUBLIC_URL/pubsub/push)"
+            )
+
+    @property
+    def push_audiences(self) -> frozenset[str]:
+        """The audiences a push token may carry: LROBRIDGE_PUSH_AUDIENCE, else the push routes
+        under LROBRIDGE_PUBLIC_URL (Pub/Sub's default audience is the push endpoint's URL)."""
+        if self.push_audience:
+            return frozenset({self.push_audience})
+        if self.public_url:
+            return frozenset({f"{self.public_url}/pubsub/push", f"{self.public_url}/pubsub/watch"})
+        return frozenset()
+
+    def check_api_auth(self) -> None:
+        """Fail early when /v1 accepts ID tokens but no trusted audience is configured."""
+        if self.api_service_accounts and not (self.api_audience or self.public_url):
+            raise ConfigError(
+                "LROBRIDGE_API_SERVICE_ACCOUNTS needs the audience their ID tokens must carry, "
+                "from configuration (never from the request's Host): set LROBRIDGE_API_AUDIENCE "
+                "or LROBRIDGE_PUBLIC_URL (the bridge's public base URL; tokens for it or any URL "
+                "under it are accepted)"
+            )
 
 
 def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
@@ -373,6 +421,19 @@ def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
         "watch_max_backoff": max_backoff,
         "watch_max_deliveries": max_deliveries,
     }
+
+
+def _public_url(value: str) -> str:
+    """LROBRIDGE_PUBLIC_URL: ``http(s)://host[:port][/path]``, no query or fragment, no final /."""
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"LROBRIDGE_PUBLIC_URL={value!r} is not a base URL such as "
+            "https://SERVICE-HASH.REGION.run.app (http or https, a host, no query or fragment)"
+        )
+    return value.rstrip("/")
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:

@@ -35,12 +35,14 @@ def platform_checked_credential(headers: Mapping[str, str]) -> str | None:
 
 
 class IdTokenVerifier(Protocol):
-    def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:
+    def verify_token(self, token: str) -> Mapping[str, Any]:
         """Claims of a valid ID token; raises Unauthenticated / PermissionDenied."""
         ...
 
 
 class ApiAuth:
+    """Decides whether a /v1 caller may use the API (API key, or an ID token via the verifier)."""
+
     def __init__(self, settings: Settings, *, id_tokens: IdTokenVerifier | None = None) -> None:
         self._mode = settings.api_auth
         self._keys = tuple(k.encode() for k in settings.api_keys)
@@ -50,7 +52,6 @@ class ApiAuth:
         self,
         authorization: str | None,
         *,
-        url: str = "",
         serverless_authorization: str | None = None,
     ) -> None:
         """Raise Unauthenticated / PermissionDenied unless the caller may use the API.
@@ -79,7 +80,7 @@ class ApiAuth:
         if self._id_tokens is not None:
             id_token = _bearer(serverless_authorization) if serverless_authorization else token
             if id_token.strip().count(".") == 2:
-                self._id_tokens.verify_token(id_token.strip(), request_url=url)
+                self._id_tokens.verify_token(id_token.strip())
                 return
         raise Unauthenticated("API key not recognised")
 

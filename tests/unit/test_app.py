@@ -292,6 +292,7 @@ def test_a_token_nested_too_deeply_is_unauthenticated_not_a_crash(tmp_path: obje
     settings = dataclasses.replace(
         Settings(),
         push_auth="oidc",
+        push_audience="https://bridge.example/pubsub/push",
         push_service_account="pusher@p.iam.gserviceaccount.com",
         push_certs_url="http://127.0.0.1:1/certs",
         project="p",

@@ -125,6 +125,7 @@ def test_the_defaults_make_a_configuration_the_app_accepts_with_the_same_retry_p
     env = {name: v for name, value in ENV.items() if (v := _resolve(value)) is not None}
     env["LROBRIDGE_PUSH_SERVICE_ACCOUNT"] = "pusher@p.iam.gserviceaccount.com"
     env["K_SERVICE"] = "lrobridge"  # Cloud Run sets it on every instance
+    env["LROBRIDGE_PUSH_AUDIENCE"] = "https://lrobridge.p.lrobridge/pubsub"  # local.push_audience
     settings = Settings.from_env(env)
     settings.check_push_auth()
     assert settings.project and settings.topic_path.endswith("/lro-completed")

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response, request_url
+from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.core import codec
 from lrobridge.core.records import QuarantinedMessage, WatchState
@@ -62,6 +63,13 @@ def create_app(bridge: Bridge) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    proxies = bridge.settings.trusted_proxies
+    if proxies:
+        # X-Forwarded-* are believed only from the configured proxies (the rightmost values);
+        # token audiences never depend on them (they come from configuration).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
+        )
     push = bridge.push_endpoint()
     watches = bridge.watches
     api_auth = bridge.api_auth
@@ -100,7 +108,6 @@ def create_app(bridge: Bridge) -> Flask:
         if request.path.startswith("/v1/"):
             api_auth.check(
                 request.headers.get("Authorization"),
-                url=request_url(),
                 serverless_authorization=request.headers.get("X-Serverless-Authorization"),
             )
 
@@ -111,13 +118,13 @@ def create_app(bridge: Bridge) -> Flask:
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
-        result = push.handle(body, headers, url=request_url())
+        result = push.handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
-        result = bridge.watch_endpoint().handle(body, headers, url=request_url())
+        result = bridge.watch_endpoint().handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")

@@ -1,8 +1,7 @@
 """Request and response helpers shared by the Flask views (the app and its blueprints).
 
 JSON responses, JSON request bodies and query arguments, each refusing bad input with an
-:class:`~lrobridge.errors.InvalidArgument` that names it; and the URL a client used behind
-Cloud Run's TLS-terminating front end. Adapter module (Flask).
+:class:`~lrobridge.errors.InvalidArgument` that names it. Adapter module (Flask).
 """
 
 from __future__ import annotations
@@ -59,11 +58,3 @@ def bool_arg(name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise InvalidArgument(f"{name}={value!r} is not true or false")
     return value in ("true", "1")
-
-
-def request_url() -> str:
-    """The URL the client used (Cloud Run terminates TLS and forwards plain HTTP)."""
-    url = request.url
-    if request.headers.get("X-Forwarded-Proto") == "https":
-        url = "https://" + url.split("://", 1)[1]
-    return url
