@@ -360,7 +360,7 @@ class Bridge:
 
     def create_app(self) -> Flask:
         """The Flask app: push endpoint, Watch API, Operations facade, webhooks, health and the
-        added blueprints (the gunicorn target)."""
+        added blueprints (what `lrobridge serve` or any WSGI server serves)."""
         from lrobridge.adapters.web.app import create_app
 
         return create_app(self)

@@ -162,6 +162,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
 }
 
+# The largest request body the HTTP server reads and the app accepts: Pub/Sub messages are at
+# most 10 MB, and base64 in a JSON envelope makes that about 13.4 MB. One definition: the server
+# (lrobridge.adapters.web.server) and Flask's MAX_CONTENT_LENGTH both use it.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 

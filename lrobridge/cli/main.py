@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from lrobridge.bridge import Bridge
 from lrobridge.config import Settings, parse_duration
@@ -24,11 +24,21 @@ from lrobridge.core.source_url import parse_source_url
 from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 log = logging.getLogger("lrobridge")
 
 
-def load_bridge(spec: str | None) -> Bridge:
-    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None)."""
+@overload
+def load_bridge(spec: str | None) -> Bridge: ...
+@overload
+def load_bridge(spec: str | None, *, allow_app: Literal[True]) -> Bridge | Flask: ...
+
+
+def load_bridge(spec: str | None, *, allow_app: bool = False) -> Bridge | Flask:
+    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None); with
+    ``allow_app``, also the Flask app a Bridge's ``create_app()`` made (``lrobridge.wsgi:app``)."""
     if spec is None:
         return Bridge()
     module_name, _, attribute = spec.partition(":")
@@ -42,9 +52,14 @@ def load_bridge(spec: str | None) -> Bridge:
     target = getattr(module, attribute, None)
     if target is None:
         raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}")
+    from lrobridge.adapters.web.app import BRIDGE_EXTENSION
+
+    if allow_app and isinstance(getattr(target, "extensions", {}).get(BRIDGE_EXTENSION), Bridge):
+        return target  # type: ignore[no-any-return]
     if not isinstance(target, Bridge):
         raise ConfigError(
             f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a lrobridge.Bridge"
+            + (" or the app its create_app() made" if allow_app else "")
         )
     return target
 
@@ -64,33 +79,33 @@ def _wait_for_signal() -> threading.Event:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    bridge = load_bridge(args.app)
-    from gunicorn.app.base import BaseApplication
+    from flask import Flask
 
-    from lrobridge import gunicorn_conf
+    from lrobridge.adapters.web.app import BRIDGE_EXTENSION
+    from lrobridge.adapters.web.server import Server, ServerOptions
 
-    flask_app = bridge.create_app()
-    port = args.port if args.port is not None else bridge.settings.port
-    gunicorn_conf.run_watcher = args.watcher
+    target = load_bridge(args.app, allow_app=True)
+    if isinstance(target, Flask):
+        app, bridge = target, target.extensions[BRIDGE_EXTENSION]
+    else:
+        bridge = target
+        app = bridge.create_app()
+    options = ServerOptions(
+        host=args.host,
+        port=args.port if args.port is not None else bridge.settings.port,
+        threads=args.threads,
+        connection_limit=args.connection_limit,
+        channel_timeout=args.channel_timeout,
+        graceful_timeout=args.graceful_timeout,
+    )
+    server = Server(bridge, app, options, run_watcher=args.watcher)
 
-    class _Gunicorn(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", 0)  # Cloud Run enforces request timeouts itself
-            self.cfg.set("graceful_timeout", 8)  # inside Cloud Run's 10 s SIGTERM grace
-            # The container's hooks: JSON logs, webhook worker, watcher (with --watcher),
-            # clean shutdown.
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logger_class", gunicorn_conf.Logger)
-            for hook in ("post_fork", "post_worker_init", "worker_exit"):
-                self.cfg.set(hook, getattr(gunicorn_conf, hook))
+    def handler(signum: int, frame: object) -> None:
+        server.stop()
 
-        def load(self) -> Any:
-            return flask_app
-
-    _Gunicorn().run()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    server.serve()
     return 0
 
 
@@ -277,6 +292,30 @@ def _count_arg(text: str) -> int:
     return int(text)
 
 
+def _connections_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 100000")
+    return int(text)
+
+
+def _duration_arg(text: str, low: float, high: float, bounds: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if not low <= seconds <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between {bounds}")
+    return seconds
+
+
+def _seconds_arg(text: str) -> float:
+    return _duration_arg(text, 1.0, 3600.0, "1s and 1h")
+
+
+def _grace_arg(text: str) -> float:
+    return _duration_arg(text, 0.0, 3600.0, "0s and 1h")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrobridge",
@@ -297,16 +336,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(func=cmd_dev)
 
-    serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
-    serve.add_argument("--app", help="module:attribute of your Bridge")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=_port_arg, default=None)
-    serve.add_argument("--workers", type=_count_arg, default=1)
-    serve.add_argument("--threads", type=_count_arg, default=8)
+    serve = sub.add_parser(
+        "serve",
+        help="serve the push endpoint and API (waitress: requests are read whole before a "
+        "thread runs them)",
+    )
+    serve.add_argument(
+        "--app", help="module:attribute of your Bridge, or of the app its create_app() made"
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=_port_arg, default=None, help="port (default: $PORT)")
+    serve.add_argument(
+        "--threads", type=_count_arg, default=8, help="threads that run requests (default 8)"
+    )
+    serve.add_argument(
+        "--connection-limit",
+        type=_connections_arg,
+        default=1000,
+        help="open connections at most, slow ones included (default 1000)",
+    )
+    serve.add_argument(
+        "--channel-timeout",
+        type=_seconds_arg,
+        default=60.0,
+        help="close a connection silent for this long, e.g. 60s (default 60s)",
+    )
+    serve.add_argument(
+        "--graceful-timeout",
+        type=_grace_arg,
+        default=8.0,
+        help="on SIGTERM, how long requests in flight may finish (default 8s, inside Cloud "
+        "Run's 10 s)",
+    )
     serve.add_argument(
         "--watcher",
         action="store_true",
-        help="also run the watcher in each worker (poller mode), as the container does",
+        help="also run the watcher in this process (poller mode), as the container does",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -12,7 +12,7 @@ chooses how deliveries progress:
 ``background`` (``auto`` outside Cloud Run: ``lrobridge dev``, ``lrobridge serve`` on a VM):
     a worker thread per process drains continuously; a push that writes deliveries wakes it,
     so the first attempt starts at once. It starts with :meth:`WebhookRuntime.start_worker`
-    (``lrobridge dev`` and each gunicorn worker of ``lrobridge serve`` call it) or, in any
+    (``lrobridge dev`` and ``lrobridge serve`` call it) or, in any
     other WSGI server, with the first request the process serves.
 ``request`` (``auto`` on Cloud Run, where ``K_SERVICE`` is set):
     no thread. The push request that wrote deliveries makes their first attempt itself, after

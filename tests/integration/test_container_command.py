@@ -1,7 +1,7 @@
-"""The Dockerfile's command line, run for real (Docker has no engine here): gunicorn bound to
-$PORT with the lrobridge hooks. /healthz answers the startup probe, SIGTERM lets a push in
-flight finish and gunicorn exit inside Cloud Run's 10 s grace, logs are JSON lines carrying the
-request's trace, and in poller mode the watcher runs inside the worker."""
+"""The Dockerfile's command line, run for real (Docker has no engine here): ``lrobridge serve``
+on $PORT. /healthz answers the startup probe, SIGTERM lets a push in flight finish and the
+server exit inside Cloud Run's 10 s grace, logs are JSON lines carrying the request's trace, and
+in poller mode the watcher runs in the same process."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.stderr.read_text()[-3000:]}")
+                raise AssertionError(f"the server exited: {self.stderr.read_text()[-3000:]}")
             try:
                 response = requests.get(f"{self.url}/healthz", timeout=1)
                 if response.status_code == 200:
@@ -119,7 +119,7 @@ def completion_envelope() -> bytes:
     return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
 
 
-def test_sigterm_lets_a_push_in_flight_finish_and_gunicorn_exit_within_the_grace(
+def test_sigterm_lets_a_push_in_flight_finish_and_the_server_exit_within_the_grace(
     tmp_path: pathlib.Path, containers: list[Container]
 ) -> None:
     container = Container(
@@ -161,10 +161,10 @@ def test_sigterm_lets_a_push_in_flight_finish_and_gunicorn_exit_within_the_grace
     assert callback_line["severity"] == "INFO"
     assert callback_line["logging.googleapis.com/trace"] == f"projects/p/traces/{TRACE}"
     assert callback_line["logging.googleapis.com/spanId"] == "b7ad6b7169203331"
-    assert any(e.get("logger") == "gunicorn.error" for e in entries)
+    assert any(e.get("logger") == "lrobridge.adapters.web.server" for e in entries)
 
 
-def test_in_poller_mode_the_watcher_runs_in_the_worker_and_stops_on_sigterm(
+def test_in_poller_mode_the_watcher_runs_in_the_server_process_and_stops_on_sigterm(
     tmp_path: pathlib.Path, containers: list[Container]
 ) -> None:
     backend = FakeOperations()

@@ -8,11 +8,9 @@ import ipaddress
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +21,7 @@ from lrobridge import Bridge
 from lrobridge.config import Settings
 from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
 from lrobridge.webhooks.model import DeliveryState
+from tests.support.serve import Serve
 from tests.support.webhooks import (
     Answer,
     LiveServer,
@@ -34,50 +33,6 @@ from tests.support.webhooks import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-class Serve:
-    """``python -m lrobridge.cli.main serve`` in its own process group."""
-
-    def __init__(self, env: dict[str, str], port: int, log: pathlib.Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "lrobridge.cli", "serve", "--host", "127.0.0.1"),
-                *("--port", str(port), "--workers", "1", "--threads", "8"),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"lrobridge serve did not start; see {log}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
 
 
 def test_a_bridge_killed_during_delivery_loses_nothing_after_a_restart(

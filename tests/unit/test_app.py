@@ -304,3 +304,45 @@ def test_a_token_nested_too_deeply_is_unauthenticated_not_a_crash(tmp_path: obje
     )
     assert response.status_code == 401
     assert "malformed" in _error(response)["message"]
+
+
+# -- bodies: a body cut short is refused, never processed or quarantined ---------------------
+
+
+@pytest.mark.parametrize("path", ["/pubsub/push", "/pubsub/watch", "/v1/watches"])
+@pytest.mark.parametrize("terminated", [True, False])  # gunicorn says the input is terminated
+def test_a_body_shorter_than_its_content_length_is_a_400_and_not_quarantined(
+    bridge: Bridge, client: FlaskClient, path: str, terminated: bool
+) -> None:
+    import io
+
+    from tests.support.webhooks import push_bytes
+
+    data = push_bytes("projects/p/operations/cut")
+    response = client.post(
+        path,
+        input_stream=io.BytesIO(data),
+        headers={**AUTH, "Content-Type": "application/json"},
+        environ_overrides={
+            "CONTENT_LENGTH": str(len(data) + 9),
+            **({"wsgi.input_terminated": True} if terminated else {}),
+        },
+    )
+    assert response.status_code == 400
+    assert "Content-Length" in str(_error(response)["message"])
+    assert bridge.store.list_quarantine(limit=10) == []
+
+
+def test_a_body_over_the_limit_is_a_413_status_error_and_not_quarantined(
+    bridge: Bridge, client: FlaskClient
+) -> None:
+    from lrobridge.config import MAX_REQUEST_BYTES
+
+    response = client.post(
+        "/pubsub/push",
+        data=b"{" + b" " * MAX_REQUEST_BYTES + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert _error(response)["code"] == 413
+    assert bridge.store.list_quarantine(limit=10) == []

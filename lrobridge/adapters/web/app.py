@@ -25,8 +25,15 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response
+from lrobridge.adapters.web.http import (
+    bool_arg,
+    int_arg,
+    json_body,
+    json_response,
+    request_body,
+)
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
+from lrobridge.config import MAX_REQUEST_BYTES
 from lrobridge.core import codec
 from lrobridge.core.records import QuarantinedMessage, WatchState
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
@@ -38,8 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pub/Sub messages are at most 10 MB; base64 in a JSON envelope makes that about 13.4 MB.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+BRIDGE_EXTENSION = "lrobridge.bridge"  # where the app keeps the bridge that made it
 
 _HTTP_TO_CODE = {
     400: Code.INVALID_ARGUMENT,
@@ -61,7 +68,7 @@ def error_response(exc: BridgeError) -> Response:
 def create_app(bridge: Bridge) -> Flask:
     app = Flask("lrobridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
+    app.extensions[BRIDGE_EXTENSION] = bridge  # `lrobridge serve --app module:app` finds it
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     proxies = bridge.settings.trusted_proxies
     if proxies:
@@ -117,13 +124,13 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
-        body, headers = request.get_data(cache=False), dict(request.headers)
+        body, headers = request_body(), dict(request.headers)
         result = push.handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
-        body, headers = request.get_data(cache=False), dict(request.headers)
+        body, headers = request_body(), dict(request.headers)
         result = bridge.watch_endpoint().handle(body, headers)
         return json_response(result.body, result.status)
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from flask import Response, request
+from werkzeug.exceptions import ClientDisconnected
 
 from lrobridge.core.codec import check_json_text
 from lrobridge.errors import InvalidArgument
@@ -24,9 +25,26 @@ def json_response(body: Any, status: int = 200) -> Response:
     )
 
 
+def request_body() -> bytes:
+    """The request's whole body; InvalidArgument (400) when it is shorter than its
+    ``Content-Length`` (the client stopped sending: never treat half a body as the message).
+    Bodies over MAX_CONTENT_LENGTH are refused by Flask with 413 before they are read."""
+    expected = request.content_length
+    try:
+        data = request.get_data(cache=False)
+    except ClientDisconnected:  # werkzeug's own length check, when the server leaves it on
+        data = b""
+    if expected is not None and len(data) < expected:
+        raise InvalidArgument(
+            f"the request body ended before the {expected} bytes its Content-Length "
+            f"announced ({len(data)} read)"
+        )
+    return data
+
+
 def json_body(*, required: bool = True) -> object:
     """The request's JSON body; ``None`` when it is empty and not ``required``."""
-    data = request.get_data(cache=False)
+    data = request_body()
     if not data.strip():
         if required:
             raise InvalidArgument("request body is empty; send a JSON object")
