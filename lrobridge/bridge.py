@@ -37,7 +37,7 @@ from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
 from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.storage import Store, open_store
+from lrobridge.storage import QuarantineLimits, Store, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.watching.resource import WatchService
@@ -140,7 +140,14 @@ class Bridge:
     def store(self) -> Store:
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.settings.store_url, project=self.settings.project)
+                self._store = open_store(
+                    self.settings.store_url,
+                    project=self.settings.project,
+                    quarantine_limits=QuarantineLimits(
+                        max_age=self.settings.quarantine_max_age,
+                        max_bytes=self.settings.quarantine_max_bytes,
+                    ),
+                )
             return self._store
 
     @property

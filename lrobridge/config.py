@@ -160,12 +160,24 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "`background` worker thread, or `request` (push + drain only); auto: request on Cloud Run.",
     ),
     "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
+    "LROBRIDGE_QUARANTINE_MAX_AGE": (
+        "7d",
+        "Quarantined messages older than this are dropped (1m-365d).",
+    ),
+    "LROBRIDGE_QUARANTINE_MAX_BYTES": (
+        "64MiB",
+        "Most body bytes the quarantine keeps (e.g. 64MiB, 1GiB; at least 1MiB); the oldest "
+        "entries are dropped first, the newest is always kept.",
+    ),
 }
 
 # The largest request body the HTTP server reads and the app accepts: Pub/Sub messages are at
 # most 10 MB, and base64 in a JSON envelope makes that about 13.4 MB. One definition: the server
 # (lrobridge.adapters.web.server) and Flask's MAX_CONTENT_LENGTH both use it.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The quarantine's bounds by default (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES).
+QUARANTINE_MAX_AGE = 7 * 86400.0
+QUARANTINE_MAX_BYTES = 64 * 1024 * 1024
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -237,6 +249,8 @@ class Settings:
     webhook_concurrency: int = 16
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
+    quarantine_max_age: float = QUARANTINE_MAX_AGE
+    quarantine_max_bytes: int = QUARANTINE_MAX_BYTES
 
     @property
     def topic_path(self) -> str:
@@ -343,6 +357,15 @@ class Settings:
                 ),
             ),
             cloud_run_service=get("K_SERVICE"),
+            quarantine_max_age=_bounded_duration(
+                get("LROBRIDGE_QUARANTINE_MAX_AGE"),
+                "LROBRIDGE_QUARANTINE_MAX_AGE",
+                60.0,
+                365 * 86400.0,
+            ),
+            quarantine_max_bytes=_byte_size(
+                get("LROBRIDGE_QUARANTINE_MAX_BYTES"), "LROBRIDGE_QUARANTINE_MAX_BYTES", 1 << 20
+            ),
         )
 
     def check_push_auth(self) -> None:
@@ -426,6 +449,21 @@ def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
         "watch_max_backoff": max_backoff,
         "watch_max_deliveries": max_deliveries,
     }
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_BYTE_SIZE_RE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def _byte_size(value: str, name: str, low: int) -> int:
+    """A size in bytes: ``67108864``, ``64MiB``, ``512KiB``, ``1GiB``; at least ``low``."""
+    match = _BYTE_SIZE_RE.fullmatch(value.strip().lower())
+    if match is None or match.group(2) not in _BYTE_UNITS:
+        raise ConfigError(f"{name}={value!r} is not a size; use e.g. 64MiB, 512KiB, 1GiB")
+    size = int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+    if size < low:
+        raise ConfigError(f"{name}={value!r} must be at least {low} bytes")
+    return size
 
 
 def _public_url(value: str) -> str:

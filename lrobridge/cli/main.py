@@ -195,9 +195,12 @@ def _watch_name(value: str) -> str:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     base, headers = _api(settings, args)
-    print(
-        json.dumps(_call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2)
-    )
+    if args.quarantine_command == "get":
+        url = f"{base}/v1/quarantine/{args.id}"
+    else:
+        limit = args.limit or (10 if args.view == "FULL" else 50)
+        url = f"{base}/v1/quarantine?pageSize={limit}&view={args.view}"
+    print(json.dumps(_call("GET", url, headers), indent=2))
     return 0
 
 
@@ -290,6 +293,12 @@ def _count_arg(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1024:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1024")
     return int(text)
+
+
+def _quarantine_id(text: str) -> str:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a quarantine id (a number)")
+    return text
 
 
 def _connections_arg(text: str) -> int:
@@ -409,9 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", help="messages that could never be processed, newest first"
     )
     quarantine_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
-    listing = quarantine_sub.add_parser("list")
-    listing.add_argument("--limit", type=int, default=50)
+    listing = quarantine_sub.add_parser(
+        "list", help="the newest entries, without their bodies unless --view FULL"
+    )
+    listing.add_argument(
+        "--limit", type=int, default=0, help="entries at most (default 50; 10 with --view FULL)"
+    )
+    listing.add_argument(
+        "--view",
+        type=str.upper,
+        choices=("BASIC", "FULL"),
+        default="BASIC",
+        help="BASIC: no bodies (default); FULL: with bodies (at most 10 entries)",
+    )
     client_flags(listing)
+    getting = quarantine_sub.add_parser("get", help="one entry with its body (base64)")
+    getting.add_argument("id", type=_quarantine_id, help="the entry's id, from list")
+    client_flags(getting)
     quarantine.set_defaults(func=cmd_quarantine)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from lrobridge.config import firestore_database
+from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES, firestore_database
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.codec import Snapshot
 from lrobridge.core.opfilter import OperationFilter
@@ -36,6 +36,18 @@ from lrobridge.core.records import (
 from lrobridge.errors import ConfigError
 
 ClaimResult = Literal["run", "done", "busy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuarantineLimits:
+    """How much the quarantine keeps (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES): entries older
+    than ``max_age`` seconds go, and the oldest go while the kept bodies total more than
+    ``max_bytes`` (the newest entry is always kept). Applied on every write to the quarantine."""
+
+    max_age: float = QUARANTINE_MAX_AGE
+    max_bytes: int = QUARANTINE_MAX_BYTES
+
+
 # Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
 PUBLISH_LEASE_SECONDS = 60.0
 
@@ -221,24 +233,39 @@ class EventLedger(Protocol):
         self, *, reason: str, body: bytes, headers: dict[str, str], now: float
     ) -> int: ...
 
-    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries, bodies included."""
+        ...
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries without their bodies (``body`` is b"", ``size`` set)."""
+        ...
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        """One entry with its body; NotFound when there is none (or it was dropped)."""
+        ...
 
 
 class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str, *, project: str = "") -> Store:
+def open_store(
+    url: str, *, project: str = "", quarantine_limits: QuarantineLimits | None = None
+) -> Store:
     """The store an ``LROBRIDGE_STORE`` URL names; ``project`` is Firestore's (Settings.project)."""
+    limits = quarantine_limits or QuarantineLimits()
     if url.startswith("sqlite://"):
         from lrobridge.storage.sqlite.store import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
-        return SqliteStore(path)
+        return SqliteStore(path, quarantine_limits=limits)
     if url.startswith("firestore://"):
         from lrobridge.storage.firestore.store import FirestoreStore
 
-        return FirestoreStore(project=project, database=firestore_database(url))
+        return FirestoreStore(
+            project=project, database=firestore_database(url), quarantine_limits=limits
+        )
     raise ConfigError(
         f"LROBRIDGE_STORE={url!r}: unsupported store; use sqlite:///path or firestore://[DATABASE]"
     )

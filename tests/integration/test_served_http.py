@@ -154,3 +154,36 @@ def test_a_body_shorter_than_its_content_length_is_a_400_and_not_quarantined(
     assert "Content-Length" in str(_status_error(body, 400)["message"])
     time.sleep(0.2)
     assert _quarantined(served) == []
+
+
+def test_the_quarantine_cli_lists_without_bodies_and_gets_one_with_its_body(
+    served: Serve,
+) -> None:
+    import base64
+    import subprocess
+    import sys
+
+    assert (
+        requests.post(f"{served.url}/pubsub/push", data=b"not json", timeout=30).status_code == 200
+    )
+    env = {**os.environ, "LROBRIDGE_URL": served.url}
+
+    def cli(*args: str) -> object:
+        done = subprocess.run(
+            [sys.executable, "-m", "lrobridge.cli", "quarantine", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    listed = cli("list")
+    assert isinstance(listed, dict)
+    [entry] = listed["messages"]
+    assert "body" not in entry and entry["bodySize"] == len(b"not json")
+    one = cli("get", entry["id"])
+    assert isinstance(one, dict) and base64.b64decode(one["body"]) == b"not json"
+    full = cli("list", "--view", "full")
+    assert isinstance(full, dict) and base64.b64decode(full["messages"][0]["body"]) == b"not json"

@@ -171,11 +171,27 @@ def create_app(bridge: Bridge) -> Flask:
 
     @app.get("/v1/quarantine")
     def list_quarantine() -> Response:
-        limit = int_arg("pageSize") or 50
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument(f"pageSize {limit} is outside 1-1000")
-        kept = bridge.store.list_quarantine(limit=limit)
-        return json_response({"messages": [_quarantined_json(m) for m in kept]})
+        full = _quarantine_view()
+        most = MAX_FULL_QUARANTINE_PAGE if full else 1000
+        limit = int_arg("pageSize") or min(50, most)
+        if not 1 <= limit <= most:
+            raise InvalidArgument(
+                f"pageSize {limit} is outside 1-{most}"
+                + (" with view=FULL (bodies are up to 16 MiB each)" if full else "")
+            )
+        store = bridge.store
+        kept = (
+            store.list_quarantine(limit=limit) if full else store.quarantine_summaries(limit=limit)
+        )
+        return json_response({"messages": [_quarantined_json(m, full=full) for m in kept]})
+
+    @app.get("/v1/quarantine/<entry_id>")
+    def get_quarantined(entry_id: str) -> Response:
+        if not entry_id.isdigit():
+            raise InvalidArgument(f"quarantine id {entry_id!r} is not a number")
+        full = _quarantine_view(default="FULL")
+        message = bridge.store.get_quarantined(int(entry_id))
+        return json_response(_quarantined_json(message, full=full))
 
     app.register_blueprint(webhooks_blueprint(bridge))
     for blueprint in bridge.blueprints:
@@ -226,16 +242,32 @@ def create_app(bridge: Bridge) -> Flask:
     return app
 
 
-def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:
-    return {
+# Largest page of quarantined messages with their bodies (each up to MAX_REQUEST_BYTES).
+MAX_FULL_QUARANTINE_PAGE = 10
+_QUARANTINE_VIEWS = ("BASIC", "FULL")
+
+
+def _quarantine_view(default: str = "BASIC") -> bool:
+    """Whether ``?view=`` asks for bodies (AIP-157 partial responses: BASIC, FULL)."""
+    view = request.args.get("view", default).upper()
+    if view not in _QUARANTINE_VIEWS:
+        raise InvalidArgument(f"view={view!r} is not one of {', '.join(_QUARANTINE_VIEWS)}")
+    return view == "FULL"
+
+
+def _quarantined_json(message: QuarantinedMessage, *, full: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "id": str(message.id),
         "receiveTime": datetime.datetime.fromtimestamp(message.receive_time, datetime.UTC)
         .isoformat()
         .replace("+00:00", "Z"),
         "reason": message.reason,
         "headers": message.headers,
-        "body": base64.b64encode(message.body).decode(),
+        "bodySize": message.size,
     }
+    if full:
+        entry["body"] = base64.b64encode(message.body).decode()
+    return entry
 
 
 # The bridge's own collections: a path under them that no route took is a wrong request for

@@ -75,7 +75,7 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, NotFound, Unavailable
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
+from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, QuarantineLimits
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -127,7 +127,9 @@ class FirestoreStore:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         scan_budget: int = SCAN_BUDGET,
+        quarantine_limits: QuarantineLimits | None = None,
     ) -> None:
+        self._quarantine_limits = quarantine_limits or QuarantineLimits()
         self.db = FirestoreDatabase(
             project=project, database=database, prefix=prefix, timeout=timeout
         )
@@ -550,6 +552,7 @@ class FirestoreStore:
                     "receive_time": now,
                     "reason": why,
                     "body": data,
+                    "size": len(data),
                     "headers": json.dumps(headers),
                 },
             )
@@ -566,6 +569,7 @@ class FirestoreStore:
                 )
 
         self.db.transact("abandon the publish", body)
+        self._bound_quarantine(quarantine_id, now)
 
     def outbox_size(self) -> int:
         return self.db.count("count the outbox", self._col(_OUTBOX))
@@ -865,10 +869,46 @@ class FirestoreStore:
                     "receive_time": now,
                     "reason": reason,
                     "body": body,
+                    "size": len(body),
                     "headers": json.dumps(headers),
                 }
             )
+        self._bound_quarantine(quarantine_id, now)
         return quarantine_id
+
+    def _bound_quarantine(self, newest: int, now: float) -> None:
+        """Drop what QuarantineLimits says goes, never the entry just written (``newest``).
+
+        Age: the entries received before the cut-off. Size: Firestore sums the ``size`` fields
+        (one aggregation, no body is read); while over the bound, the oldest entries go (read
+        by projection, without their bodies). Two instances bounding at once may drop a little
+        more than needed, never less. Entries written before ``size`` existed count as 0 and
+        leave by age."""
+        limits = self._quarantine_limits
+        col = self._col(_QUARANTINE)
+        doomed: list[Doc] = []
+        aged = col.where(filter=firestore.FieldFilter("receive_time", "<", now - limits.max_age))
+        for doc in self.db.query("bound the quarantine", aged.select(["id"]).limit(500)):
+            if doc.get("id") != newest:
+                doomed.append(doc)
+        with self.db.errors("bound the quarantine"):
+            aggregation: Any = col.sum("size", alias="total")
+            total = int(aggregation.get()[0][0].value or 0)
+        if total > limits.max_bytes:
+            oldest = col.order_by("receive_time").select(["id", "size"]).limit(500)
+            for doc in self.db.query("bound the quarantine", oldest):
+                if total <= limits.max_bytes:
+                    break
+                if doc.get("id") == newest:
+                    continue
+                total -= int((doc.to_dict() or {}).get("size") or 0)
+                doomed.append(doc)
+        if doomed:
+            with self.db.errors("bound the quarantine"):
+                batch = self.db.client.batch()
+                for doc in {d.reference.path: d for d in doomed}.values():
+                    batch.delete(doc.reference)
+                batch.commit()
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         query = (
@@ -877,15 +917,37 @@ class FirestoreStore:
             .limit(limit)
         )
         return [
-            QuarantinedMessage(
-                id=d.get("id"),
-                receive_time=d.get("receive_time"),
-                reason=d.get("reason"),
-                body=bytes(d.get("body")),
-                headers=json.loads(d.get("headers")),
-            )
-            for d in self.db.query("list the quarantine", query)
+            _quarantined(d, with_body=True) for d in self.db.query("list the quarantine", query)
         ]
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        query = (
+            self._col(_QUARANTINE)
+            .order_by("receive_time", direction=firestore.Query.DESCENDING)
+            .select(["id", "receive_time", "reason", "headers", "size"])
+            .limit(limit)
+        )
+        found = self.db.query("list the quarantine", query)
+        return [_quarantined(d, with_body=False) for d in found]
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        doc = self.db.read("read the quarantine", self._doc(_QUARANTINE, str(entry_id)))
+        if not doc.exists:
+            raise NotFound(f"quarantined message {entry_id} does not exist (or was dropped)")
+        return _quarantined(doc, with_body=True)
+
+
+def _quarantined(doc: Doc, *, with_body: bool) -> QuarantinedMessage:
+    data = doc.to_dict() or {}
+    body = bytes(data["body"]) if with_body else b""
+    return QuarantinedMessage(
+        id=data["id"],
+        receive_time=data["receive_time"],
+        reason=data["reason"],
+        body=body,
+        headers=json.loads(data["headers"]),
+        size=int(data.get("size", len(body))),
+    )
 
 
 def _new_operation(name: str, source: str, origin: Origin, now: float) -> dict[str, Any]:

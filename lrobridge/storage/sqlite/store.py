@@ -39,7 +39,7 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, InvalidArgument, NotFound
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
+from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, QuarantineLimits
 from lrobridge.storage.sqlite.database import SqliteDatabase
 
 SCHEMA_VERSION = 2
@@ -145,8 +145,9 @@ _OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering
 class SqliteStore:
     """All store protocols on one SQLite file (``:memory:`` for a private in-memory one)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, quarantine_limits: QuarantineLimits | None = None) -> None:
         self.path = path
+        self._quarantine_limits = quarantine_limits or QuarantineLimits()
         self._db = SqliteDatabase(path, _SCHEMA, on_open=_check_schema_version(path))
 
     @property
@@ -548,6 +549,7 @@ class SqliteStore:
                 "INSERT INTO quarantine (receive_time, reason, body, headers) VALUES (?, ?, ?, ?)",
                 (now, f"not publishable: {reason}", data, json.dumps(headers)),
             )
+            self._bound_quarantine(conn, now)
             if watch_id is not None:
                 conn.execute(
                     "UPDATE watches SET state = ?, update_time = ?, last_error_code = ?, "
@@ -804,7 +806,23 @@ class SqliteStore:
                 "RETURNING id",
                 (now, reason, body, json.dumps(headers)),
             ).fetchone()
+            self._bound_quarantine(conn, now)
         return int(row[0])
+
+    def _bound_quarantine(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop what QuarantineLimits says goes (in the transaction that added an entry)."""
+        limits = self._quarantine_limits
+        newest = "(SELECT MAX(id) FROM quarantine)"
+        conn.execute(
+            f"DELETE FROM quarantine WHERE receive_time < ? AND id < {newest}",
+            (now - limits.max_age,),
+        )
+        conn.execute(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM (SELECT id, SUM(length(body)) "
+            "OVER (ORDER BY id DESC) AS kept FROM quarantine) WHERE kept > ?) "
+            f"AND id < {newest}",
+            (limits.max_bytes,),
+        )
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         rows = self._read(
@@ -812,12 +830,38 @@ class SqliteStore:
             "ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [
-            QuarantinedMessage(
-                id=r[0], receive_time=r[1], reason=r[2], body=bytes(r[3]), headers=json.loads(r[4])
-            )
-            for r in rows
-        ]
+        return [_quarantined(r[0], r[1], r[2], bytes(r[3]), r[4], len(r[3])) for r in rows]
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        rows = self._read(
+            "SELECT id, receive_time, reason, headers, length(body) FROM quarantine "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [_quarantined(r[0], r[1], r[2], b"", r[3], r[4]) for r in rows]
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        rows = self._read(
+            "SELECT id, receive_time, reason, body, headers FROM quarantine WHERE id = ?",
+            (entry_id,),
+        )
+        if not rows:
+            raise NotFound(f"quarantined message {entry_id} does not exist (or was dropped)")
+        r = rows[0]
+        return _quarantined(r[0], r[1], r[2], bytes(r[3]), r[4], len(r[3]))
+
+
+def _quarantined(
+    entry_id: int, receive_time: float, reason: str, body: bytes, headers: str, size: int
+) -> QuarantinedMessage:
+    return QuarantinedMessage(
+        id=entry_id,
+        receive_time=receive_time,
+        reason=reason,
+        body=body,
+        headers=json.loads(headers),
+        size=size,
+    )
 
 
 def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
