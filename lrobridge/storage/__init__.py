@@ -12,14 +12,16 @@ the embedded SQLite file (``sqlite:///path``, :mod:`lrobridge.storage.sqlite.sto
 and
 Firestore (``firestore://[DATABASE]``, :mod:`lrobridge.storage.firestore.store`, shared by every
 instance); both implement the same protocols, so the watcher, the facade and the push endpoint
-do not know which one they use.
+do not know which one they use. What each transition may do (guards, field changes, the one
+fencing rule for every lease) is written once, in :mod:`lrobridge.storage.rules`; the backends
+only execute it in their own transactions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Protocol
 
 from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES, firestore_database
 from lrobridge.core.backoff import Backoff
@@ -34,8 +36,20 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import ConfigError
+from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
 
-ClaimResult = Literal["run", "done", "busy"]
+__all__ = [
+    "PUBLISH_LEASE_SECONDS",
+    "ClaimResult",
+    "Completion",
+    "EventLedger",
+    "OperationStore",
+    "Outbox",
+    "QuarantineLimits",
+    "Store",
+    "WatchStore",
+    "open_store",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +60,6 @@ class QuarantineLimits:
 
     max_age: float = QUARANTINE_MAX_AGE
     max_bytes: int = QUARANTINE_MAX_BYTES
-
-
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: Snapshot
-    message: PendingMessage
 
 
 class WatchStore(Protocol):

@@ -25,12 +25,14 @@ from typing import Protocol
 
 from lrobridge.config import Settings
 from lrobridge.core import codec
+from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import OutboxEntry, WatchRecord
 from lrobridge.delivery import relay
 from lrobridge.errors import (
     BridgeError,
+    Code,
     InvalidArgument,
-    NotFound,
+    OtherTransientError,
     TransientError,
     Unimplemented,
     classify_api_error,
@@ -150,15 +152,13 @@ class Watcher:
             self.poll(watch)
         except Exception:  # the loop must survive anything one poll does
             log.exception("poll of %s (%s) failed unexpectedly", watch.operation, watch.name)
-            self._store.record_pending(
-                watch.id,
-                now=self._clock(),
-                next_poll=self._clock() + watch.backoff.delay(watch.attempt),
-                attempt=watch.attempt + 1,
-                polled=False,
-                error_code=13,
-                error_message="internal error while polling; see the watcher's log",
+            internal = OtherTransientError(
+                "internal error while polling; see the watcher's log", code=Code.INTERNAL
             )
+            try:
+                self._apply(watch, decide(watch, internal, now=self._clock()))
+            except Exception:
+                log.exception("could not record the failed poll of %s", watch.name)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -170,29 +170,36 @@ class Watcher:
                 self._wake.set()
 
     def poll(self, watch: WatchRecord) -> None:
-        """Poll one watch once and record what was learned."""
+        """Poll one watch once and record what was learned (:func:`lrobridge.core.poll.decide`
+        says what it means)."""
+        held = False
+        observed: codec.Snapshot | BridgeError
         try:
             source = self._sources(watch.source)
-            snapshot, held = self._fetch(source, watch)
-        except NotFound:
-            self._complete(watch, codec.not_found_snapshot(watch.operation), "not_found")
-            return
-        except TransientError as exc:
-            self.stats.transient_errors += 1
-            if self._past_deadline(watch):
+            observed, held = self._fetch(source, watch)
+            self.stats.polls += 1
+        except BridgeError as exc:
+            observed = exc
+        self._apply(watch, decide(watch, observed, now=self._clock(), held=held))
+
+    def _apply(self, watch: WatchRecord, decision: PollDecision) -> None:
+        """Execute one poll decision against the store (and the outbox)."""
+        if decision.step is Step.COMPLETE:
+            assert decision.outcome is not None
+            if decision.error is not None:
                 # The source is failing and time is up: what was last seen is all there is.
+                self.stats.transient_errors += 1
                 log.warning(
                     "%s on %s: %s, and the watch's deadline has passed",
                     watch.operation,
                     watch.source,
-                    exc.message,
+                    decision.error.message,
                 )
-                self._complete(watch, self._last_seen(watch), "expired")
-                return
-            self._reschedule(watch, error=exc)
-            log.warning("%s on %s: %s (retrying)", watch.operation, watch.source, exc.message)
-            return
-        except BridgeError as exc:
+            snapshot = decision.snapshot or self._last_seen(watch)
+            self._complete(watch, snapshot, decision.outcome)
+        elif decision.step is Step.FAIL:
+            assert decision.error is not None
+            exc = decision.error
             self.stats.failed += 1
             self._store.record_failure(
                 watch.id, code=int(exc.code), message=exc.message, now=self._clock()
@@ -205,30 +212,26 @@ class Watcher:
                 watch.source,
                 exc.message,
             )
-            return
-        self.stats.polls += 1
-        outcome = snapshot.outcome()
-        if outcome is not None:
-            self._complete(watch, snapshot, outcome)
-        elif self._past_deadline(watch):
-            self._complete(watch, snapshot, "expired")
-        elif held:
-            # The long poll itself spaced the polls: go again at once, same backoff step.
+        elif decision.step is Step.PENDING:
+            assert decision.next_poll is not None
+            error = decision.error
+            if error is not None:
+                self.stats.transient_errors += 1
             changed = self._store.record_pending(
                 watch.id,
                 now=self._clock(),
-                next_poll=self._clock(),
-                attempt=watch.attempt,
-                polled=True,
-                snapshot=snapshot,
+                next_poll=decision.next_poll,
+                attempt=decision.attempt,
+                polled=decision.polled,
+                snapshot=decision.snapshot,
+                error_code=int(error.code) if error else 0,
+                error_message=error.message if error else "",
             )
-            self._maybe_progress(watch, snapshot, changed)
-        else:
-            changed = self._reschedule(watch, error=None, snapshot=snapshot)
-            self._maybe_progress(watch, snapshot, changed)
-
-    def _past_deadline(self, watch: WatchRecord) -> bool:
-        return watch.expire_time is not None and self._clock() >= watch.expire_time
+            if error is not None:
+                log.warning("%s on %s: %s (retrying)", watch.operation, watch.source, error.message)
+            elif decision.snapshot is not None:
+                self._maybe_progress(watch, decision.snapshot, changed)
+        # Step.STOP: the operation was deleted; record_completion already refuses to revive it.
 
     def _last_seen(self, watch: WatchRecord) -> codec.Snapshot:
         record = self._store.get_operation(watch.operation)
@@ -287,28 +290,6 @@ class Watcher:
                 slot = threading.Semaphore(self._settings.long_poll_slots)
                 self._long_poll_slots[url] = slot
             return slot
-
-    def _reschedule(
-        self,
-        watch: WatchRecord,
-        *,
-        error: BridgeError | None,
-        snapshot: codec.Snapshot | None = None,
-    ) -> bool:
-        now = self._clock()
-        next_poll = now + watch.backoff.delay(watch.attempt)
-        if watch.expire_time is not None:
-            next_poll = min(next_poll, max(now, watch.expire_time))
-        return self._store.record_pending(
-            watch.id,
-            now=now,
-            next_poll=next_poll,
-            attempt=watch.attempt + 1,
-            polled=error is None,
-            snapshot=snapshot,
-            error_code=int(error.code) if error else 0,
-            error_message=error.message if error else "",
-        )
 
     def _maybe_progress(self, watch: WatchRecord, snapshot: codec.Snapshot, changed: bool) -> None:
         if not watch.progress:

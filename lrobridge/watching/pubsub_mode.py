@@ -57,7 +57,7 @@ from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
-from lrobridge.core import codec
+from lrobridge.core import codec, poll
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.names import validate_operation_name
 from lrobridge.core.records import WatchRecord, WatchState
@@ -70,7 +70,6 @@ from lrobridge.errors import (
     Code,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     OtherTransientError,
     TransientError,
     classify_api_error,
@@ -265,37 +264,35 @@ class Decision:
 
 def decide(
     watch: WatchMessage,
-    observed: codec.Snapshot | BridgeError,
+    observed: codec.Snapshot | BridgeError | None,
     *,
     attempt: int,
     now: float,
     policy: RedeliveryPolicy,
     publish_time: float | None = None,
+    deleted: bool = False,
 ) -> Decision:
     """What to do with one delivery of ``watch`` after one poll that ``observed`` this.
 
-    Mirrors :meth:`lrobridge.watching.poller.Watcher.poll`: a done operation completes even past its
-    deadline; NOT_FOUND completes as ``not_found``; a pending one past its deadline completes
-    as ``expired``; transient errors retry; other errors stop the watch without publishing.
+    :func:`lrobridge.core.poll.decide` says what the poll means, as for every watch mode; this
+    only maps its answer to Pub/Sub's terms: complete -> publish then ack, fail or stop -> ack,
+    poll again -> nack (or republish, near the delivery limit or the retention).
     """
-    if isinstance(observed, NotFound):
-        snapshot = codec.not_found_snapshot(watch.operation)
-        return Decision(Action.COMPLETE, "the source does not know it", "not_found", snapshot)
-    if isinstance(observed, TransientError):
-        if watch.expire_time is not None and now >= watch.expire_time:
-            # The source is failing and time is up; the handler fills in the last state seen.
-            snapshot = codec.Snapshot(operation=codec.empty_operation(watch.operation))
-            reason = f"past its deadline while the source fails ({observed.message})"
-            return Decision(Action.COMPLETE, reason, "expired", snapshot, error=observed)
-        return _retry(watch, attempt, now, policy, publish_time, observed.message, observed)
-    if isinstance(observed, BridgeError):
-        return Decision(Action.DROP, observed.message, error=observed)
-    outcome = observed.outcome()
-    if outcome is not None:
-        return Decision(Action.COMPLETE, "done", outcome, observed)
-    if watch.expire_time is not None and now >= watch.expire_time:
-        return Decision(Action.COMPLETE, "past its deadline", "expired", observed)
-    return _retry(watch, attempt, now, policy, publish_time, "not done", None)
+    verdict = poll.decide(watch.record(), observed, now=now, deleted=deleted)
+    if verdict.step is poll.Step.COMPLETE:
+        # An expiry while the source fails has no state of its own; the handler fills in the
+        # last state seen.
+        snapshot = verdict.snapshot or codec.Snapshot(
+            operation=codec.empty_operation(watch.operation)
+        )
+        return Decision(
+            Action.COMPLETE, verdict.reason, verdict.outcome, snapshot, error=verdict.error
+        )
+    if verdict.step is poll.Step.FAIL:
+        return Decision(Action.DROP, verdict.reason, error=verdict.error)
+    if verdict.step is poll.Step.STOP:
+        return Decision(Action.DROP, verdict.reason)
+    return _retry(watch, attempt, now, policy, publish_time, verdict.reason, verdict.error)
 
 
 def _retry(
@@ -452,14 +449,12 @@ class WatchHandler:
         return self._run(received.content, received.message)
 
     def _run(self, watch: WatchMessage, message: PushMessage) -> PushResponse:
+        deleted = False
         if self._operations is not None:
             record = self._operations.get_operation(watch.operation)
-            if record is not None and record.outcome == "deleted":
-                # DeleteOperation stopped this watch: acknowledge and poll no more.
-                self.stats.dropped += 1
-                log.info("%s on %s: deleted, the watch stops", watch.operation, watch.source)
-                return PushResponse(STATUS_BY_ACTION[Action.DROP], None)
-        observed = self._poll(watch)
+            # DeleteOperation stopped this watch: no poll, acknowledge.
+            deleted = record is not None and record.outcome == codec.DELETED
+        observed = None if deleted else self._poll(watch)
         now = self._clock()
         publish_time = parse_publish_time(message.publish_time)
         attempt = self._policy.delivery_attempt(
@@ -474,6 +469,7 @@ class WatchHandler:
             now=now,
             policy=self._policy,
             publish_time=publish_time,
+            deleted=deleted,
         )
         expired_unseen = decision.outcome == "expired" and isinstance(observed, BridgeError)
         if expired_unseen and self._operations is not None:
@@ -504,7 +500,8 @@ class WatchHandler:
         status = STATUS_BY_ACTION[decision.action]
         if decision.action is Action.RETRY and isinstance(decision.error, TransientError):
             status = UNAVAILABLE_STATUS
-        level = logging.ERROR if decision.action is Action.DROP else logging.INFO
+        failed = decision.action is Action.DROP and decision.error is not None
+        level = logging.ERROR if failed else logging.INFO
         if decision.action is Action.RETRY:
             level = logging.DEBUG
         log.log(
@@ -532,7 +529,7 @@ class WatchHandler:
     def _observe(
         self,
         watch: WatchMessage,
-        observed: codec.Snapshot | BridgeError,
+        observed: codec.Snapshot | BridgeError | None,
         decision: Decision,
         now: float,
     ) -> None:
@@ -575,8 +572,9 @@ class WatchHandler:
             self.stats.republished += 1
             return None
         if decision.action is Action.DROP:
-            assert decision.error is not None
             self.stats.dropped += 1
+            if decision.error is None:  # deleted: nothing went wrong
+                return None
             return {
                 "dropped": watch.watch_id,
                 "error": decision.error.to_status_json()["error"],
