@@ -173,7 +173,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
 
 # The largest request body the HTTP server reads and the app accepts: Pub/Sub messages are at
 # most 10 MB, and base64 in a JSON envelope makes that about 13.4 MB. One definition: the server
-# (lrobridge.adapters.web.server) and Flask's MAX_CONTENT_LENGTH both use it.
+# (lrobridge.server) and Flask's MAX_CONTENT_LENGTH both use it.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # The quarantine's bounds by default (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES).
 QUARANTINE_MAX_AGE = 7 * 86400.0
@@ -209,6 +209,9 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Every setting of the bridge, read once from the environment (``ENVIRONMENT`` documents each
+    variable)."""
+
     port: int = 8080
     project: str = ""
     emulator_host: str = ""

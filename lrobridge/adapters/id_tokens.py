@@ -26,7 +26,8 @@ from lrobridge.errors import ConfigError, PermissionDenied, Unauthenticated, Una
 
 
 class ApiTokenVerifier(PushTokenVerifier):
-    """Verifies the Google ID tokens presented to /v1: a push verifier with the API's claims."""
+    """Checks the Google ID tokens API callers present: signed by Google, for the API audience, from
+    one of the allowed service accounts."""
 
     def __init__(
         self,

@@ -7,72 +7,22 @@ status 2 (1 for a failure of the work itself), never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any
 
-from lrobridge.bridge import Bridge
+from lrobridge.cli.common import api_endpoint, call, load_bridge, print_json, wait_for_signal
 from lrobridge.config import Settings, parse_duration
 from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.source_url import parse_source_url
 from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
 
-if TYPE_CHECKING:
-    from flask import Flask
-
 log = logging.getLogger("lrobridge")
-
-
-@overload
-def load_bridge(spec: str | None) -> Bridge: ...
-@overload
-def load_bridge(spec: str | None, *, allow_app: Literal[True]) -> Bridge | Flask: ...
-
-
-def load_bridge(spec: str | None, *, allow_app: bool = False) -> Bridge | Flask:
-    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None); with
-    ``allow_app``, also the Flask app a Bridge's ``create_app()`` made (``lrobridge.wsgi:app``)."""
-    if spec is None:
-        return Bridge()
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"--app {spec!r}: use module:attribute, e.g. myservice.hooks:bridge")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"--app {spec!r}: cannot import {exc.name!r}") from None
-    target = getattr(module, attribute, None)
-    if target is None:
-        raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}")
-    from lrobridge.adapters.web.app import BRIDGE_EXTENSION
-
-    if allow_app and isinstance(getattr(target, "extensions", {}).get(BRIDGE_EXTENSION), Bridge):
-        return target  # type: ignore[no-any-return]
-    if not isinstance(target, Bridge):
-        raise ConfigError(
-            f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a lrobridge.Bridge"
-            + (" or the app its create_app() made" if allow_app else "")
-        )
-    return target
-
-
-def _wait_for_signal() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -81,8 +31,8 @@ def _wait_for_signal() -> threading.Event:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flask import Flask
 
-    from lrobridge.adapters.web.app import BRIDGE_EXTENSION
-    from lrobridge.adapters.web.server import Server, ServerOptions
+    from lrobridge.bridge import BRIDGE_EXTENSION
+    from lrobridge.server import Server, ServerOptions
 
     target = load_bridge(args.app, allow_app=True)
     if isinstance(target, Flask):
@@ -117,7 +67,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
     watcher = bridge.create_watcher()
-    stop = _wait_for_signal()
+    stop = wait_for_signal()
     if bridge.settings.grpc_port is not None:
         port = bridge.start_grpc()
         log.info("Operations and WatchService over gRPC on port %d", port)
@@ -131,34 +81,6 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(settings: Settings, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    base = (args.bridge or settings.bridge_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
-    key = args.api_key or settings.api_key
-    if not key and settings.api_keys:
-        key = sorted(settings.api_keys)[0]
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return base, headers
-
-
-def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
-    import requests
-
-    try:
-        response = requests.request(method, url, headers=headers, json=body, timeout=30)
-    except requests.RequestException as exc:
-        raise BridgeError(f"cannot reach the bridge at {url}: {exc}") from None
-    try:
-        payload = response.json() if response.content else {}
-    except ValueError:
-        payload = {"error": {"message": response.text[:500]}}
-    if response.status_code >= 400:
-        message = payload.get("error", {}).get("message", response.reason)
-        raise BridgeError(f"{response.status_code} from {url}: {message}")
-    return payload
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     validate_operation_name(args.operation)  # say what is wrong before calling the bridge
@@ -166,22 +88,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"operation": args.operation, "source": args.source}
     if args.deadline:
         body["deadline"] = f"{parse_duration(args.deadline, what='--deadline')}s"
-    base, headers = _api(settings, args)
-    watch = _call("POST", f"{base}/v1/watches", headers, body)
-    print(json.dumps(watch, indent=2))
+    base, headers = api_endpoint(settings, args)
+    watch = call("POST", f"{base}/v1/watches", headers, body)
+    print_json(watch)
     return 0
 
 
 def cmd_watches(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    base, headers = _api(settings, args)
+    base, headers = api_endpoint(settings, args)
     if args.watches_command == "list":
         url = f"{base}/v1/watches" + (f"?state={args.state}" if args.state else "")
-        print(json.dumps(_call("GET", url, headers), indent=2))
+        print_json(call("GET", url, headers))
     elif args.watches_command == "get":
-        print(json.dumps(_call("GET", f"{base}/v1/{_watch_name(args.id)}", headers), indent=2))
+        print_json(call("GET", f"{base}/v1/{_watch_name(args.id)}", headers))
     else:
-        _call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
+        call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
         print(f"deleted {_watch_name(args.id)}")
     return 0
 
@@ -194,13 +116,13 @@ def _watch_name(value: str) -> str:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    base, headers = _api(settings, args)
+    base, headers = api_endpoint(settings, args)
     if args.quarantine_command == "get":
         url = f"{base}/v1/quarantine/{args.id}"
     else:
         limit = args.limit or (10 if args.view == "FULL" else 50)
         url = f"{base}/v1/quarantine?pageSize={limit}&view={args.view}"
-    print(json.dumps(_call("GET", url, headers), indent=2))
+    print(json.dumps(call("GET", url, headers), indent=2))
     return 0
 
 

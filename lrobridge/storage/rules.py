@@ -31,12 +31,15 @@ import dataclasses
 import json
 import secrets
 import threading
-from collections.abc import Hashable, Mapping
-from typing import Any, Literal, cast
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, cast
 
+from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
@@ -46,8 +49,9 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import Code, FailedPrecondition, NotFound
+from lrobridge.webhooks.filters import WebhookFilter
+from lrobridge.webhooks.model import Attempt, Delivery, DeliveryState, Webhook, WebhookState
 
-ClaimResult = Literal["run", "done", "busy"]
 # Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
 PUBLISH_LEASE_SECONDS = 60.0
 # The code a watch shows while its completion waits for Pub/Sub (UNAVAILABLE).
@@ -117,16 +121,6 @@ CALLBACK_RUN_FIELDS = (
     "last_error",
     "update_time",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: codec.Snapshot
-    message: PendingMessage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -666,6 +660,16 @@ def outbox_entry(row: Row) -> OutboxEntry:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class QuarantineLimits:
+    """How much the quarantine keeps (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES): entries older
+    than ``max_age`` seconds go, and the oldest go while the kept bodies total more than
+    ``max_bytes`` (the newest entry is always kept). Applied on every write to the quarantine."""
+
+    max_age: float = QUARANTINE_MAX_AGE
+    max_bytes: int = QUARANTINE_MAX_BYTES
+
+
 def quarantined_message(row: Row) -> QuarantinedMessage:
     """A quarantine row; one read without ``body`` is a summary (``body`` b"", ``size`` from the
     row: the body's length, which the listing shows instead of the body)."""
@@ -687,6 +691,17 @@ def new_quarantined(*, reason: str, body: bytes, headers: Mapping[str, str], now
 
 
 # -- webhook deliveries (the webhook stores) -----------------------------------------------
+
+
+def delivery_due(delivery: Row, now: float) -> bool:
+    """Whether a delivery is due for an attempt (the guard of a delivery claim; the claim also
+    skips deliveries of webhooks that are not ENABLED)."""
+    return bool(delivery["state"] == "PENDING" and delivery["next_attempt"] <= now)
+
+
+def claim_delivery(now: float, lease: float, token: str) -> Fields:
+    """A due delivery leased to ``token`` (one per delivery) until ``now + lease``."""
+    return {"next_attempt": now + lease, "claim_token": token}
 
 
 def record_delivery_attempt(
@@ -726,3 +741,59 @@ def endpoint_health(webhook: Row, *, succeeded: bool, failing_since: float | Non
     if webhook["failing_since"] is None:
         return {"failing_since": failing_since}
     return {}
+
+
+def webhook_record(row: Row, *, outcomes: Iterable[str]) -> Webhook:
+    """A webhook as both backends keep it (``outcomes``: the stored list, decoded)."""
+    return Webhook(
+        id=row["id"],
+        url=row["url"],
+        description=row["description"],
+        filter=WebhookFilter(
+            operation=row["operation_glob"],
+            outcomes=frozenset(o for o in outcomes if o),
+            metadata_type=row["metadata_type"],
+        ),
+        state=WebhookState(row["state"]),
+        secret=row["secret"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        disabled_reason=row["disabled_reason"],
+        disable_time=row["disable_time"],
+        previous_secret=row["previous_secret"],
+        previous_secret_expire_time=row["previous_secret_expire_time"],
+        failing_since=row["failing_since"],
+    )
+
+
+def attempt_record(row: Row) -> Attempt:
+    return Attempt(
+        number=row["number"],
+        time=row["time"],
+        status_code=row["status_code"],
+        latency=row["latency"],
+        response_body=row["response_body"],
+        error=row["error"],
+        address=row["address"],
+    )
+
+
+def delivery_record(row: Row, attempts: tuple[Attempt, ...]) -> Delivery:
+    """A delivery as both backends keep it, with its attempt log."""
+    return Delivery(
+        id=row["id"],
+        webhook_id=row["webhook_id"],
+        message_id=row["message_id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        operation=row["operation"],
+        state=DeliveryState(row["state"]),
+        attempt_count=row["attempt_count"],
+        round_attempts=row["round_attempts"],
+        next_attempt_time=row["next_attempt"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        attempts=attempts,
+    )

@@ -61,6 +61,8 @@ _LOOPBACK_AND_UNSPECIFIED = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address(
 
 
 class Resolver(Protocol):
+    """Resolves a host name for the SSRF guard (adapter: lrobridge.adapters.webhook_sender)."""
+
     def resolve(self, host: str, port: int) -> list[IPAddress]:
         """Every address ``host`` resolves to; raises a BridgeError when it resolves to none."""
         ...

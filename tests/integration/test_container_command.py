@@ -161,7 +161,7 @@ def test_sigterm_lets_a_push_in_flight_finish_and_the_server_exit_within_the_gra
     assert callback_line["severity"] == "INFO"
     assert callback_line["logging.googleapis.com/trace"] == f"projects/p/traces/{TRACE}"
     assert callback_line["logging.googleapis.com/spanId"] == "b7ad6b7169203331"
-    assert any(e.get("logger") == "lrobridge.adapters.web.server" for e in entries)
+    assert any(e.get("logger") == "lrobridge.server" for e in entries)
 
 
 def test_in_poller_mode_the_watcher_runs_in_the_server_process_and_stops_on_sigterm(

@@ -17,9 +17,11 @@ google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -32,21 +34,29 @@ from lrobridge.adapters.web.http import (
     json_response,
     request_body,
 )
+from lrobridge.adapters.web.webhooks import WebhookViews
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.config import MAX_REQUEST_BYTES
 from lrobridge.core import codec
+from lrobridge.core.access import ApiAuth
 from lrobridge.core.records import QuarantinedMessage, WatchState
+from lrobridge.delivery.push import PushEndpoint
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.logs import TraceContextMiddleware
-from lrobridge.watching.resource import create_args_from_json, duration_field, watch_to_json
+from lrobridge.operations.service import OperationsFacade
+from lrobridge.watching.pubsub_mode import WatchHandler
+from lrobridge.watching.resource import (
+    WatchService,
+    create_args_from_json,
+    duration_field,
+    watch_to_json,
+)
 
 if TYPE_CHECKING:
-    from lrobridge.bridge import Bridge
+    from flask import Blueprint
 
 log = logging.getLogger(__name__)
 
-
-BRIDGE_EXTENSION = "lrobridge.bridge"  # where the app keeps the bridge that made it
 
 _HTTP_TO_CODE = {
     400: Code.INVALID_ARGUMENT,
@@ -65,21 +75,48 @@ def error_response(exc: BridgeError) -> Response:
     return json_response(exc.to_status_json(), exc.code.http_status)
 
 
-def create_app(bridge: Bridge) -> Flask:
+class QuarantineLedger(Protocol):
+    """What the quarantine views read: the newest quarantined pushes, with or without their
+    bodies, and one by id."""
+
+    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]: ...
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AppParts:
+    """What the app's views use, and nothing more: the push endpoint, the Watch resource, API
+    authentication, the Pub/Sub watch handler (made on first use), the quarantine, the
+    Operations facade, the webhook views' parts and the user's blueprints."""
+
+    push: PushEndpoint
+    watches: WatchService
+    api_auth: ApiAuth
+    watch_endpoint: Callable[[], WatchHandler]
+    ledger: QuarantineLedger
+    facade: OperationsFacade
+    webhooks: WebhookViews
+    blueprints: Sequence[Blueprint] = ()
+    trusted_proxies: int = 0  # LROBRIDGE_TRUSTED_PROXIES: proxies whose X-Forwarded-* count
+
+
+def create_app(parts: AppParts) -> Flask:
     app = Flask("lrobridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.extensions[BRIDGE_EXTENSION] = bridge  # `lrobridge serve --app module:app` finds it
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    proxies = bridge.settings.trusted_proxies
+    proxies = parts.trusted_proxies
     if proxies:
         # X-Forwarded-* are believed only from the configured proxies (the rightmost values);
         # token audiences never depend on them (they come from configuration).
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
         )
-    push = bridge.push_endpoint()
-    watches = bridge.watches
-    api_auth = bridge.api_auth
+    push = parts.push
+    watches = parts.watches
+    api_auth = parts.api_auth
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
@@ -131,7 +168,7 @@ def create_app(bridge: Bridge) -> Flask:
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
         body, headers = request_body(), dict(request.headers)
-        result = bridge.watch_endpoint().handle(body, headers)
+        result = parts.watch_endpoint().handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")
@@ -179,7 +216,7 @@ def create_app(bridge: Bridge) -> Flask:
                 f"pageSize {limit} is outside 1-{most}"
                 + (" with view=FULL (bodies are up to 16 MiB each)" if full else "")
             )
-        store = bridge.store
+        store = parts.ledger
         kept = (
             store.list_quarantine(limit=limit) if full else store.quarantine_summaries(limit=limit)
         )
@@ -190,13 +227,13 @@ def create_app(bridge: Bridge) -> Flask:
         if not entry_id.isdigit():
             raise InvalidArgument(f"quarantine id {entry_id!r} is not a number")
         full = _quarantine_view(default="FULL")
-        message = bridge.store.get_quarantined(int(entry_id))
+        message = parts.ledger.get_quarantined(int(entry_id))
         return json_response(_quarantined_json(message, full=full))
 
-    app.register_blueprint(webhooks_blueprint(bridge))
-    for blueprint in bridge.blueprints:
+    app.register_blueprint(webhooks_blueprint(parts.webhooks))
+    for blueprint in parts.blueprints:
         app.register_blueprint(blueprint)
-    facade = bridge.facade
+    facade = parts.facade
 
     @app.get("/v1/<path:target>")
     def get_or_list_operations(target: str) -> Response:

@@ -68,6 +68,8 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     OutboxEntry,
     PendingMessage,
@@ -76,7 +78,7 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, NotFound, Unavailable
-from lrobridge.storage import QuarantineLimits, rules
+from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -90,7 +92,7 @@ from lrobridge.storage.firestore.client import (
     random_int_id,
     usable_id,
 )
-from lrobridge.storage.rules import ClaimResult, Completion
+from lrobridge.storage.rules import QuarantineLimits
 
 ASC = "ASCENDING"
 # (collection without prefix, ((field, order), ...)): what the queries below need.

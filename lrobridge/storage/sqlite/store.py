@@ -32,6 +32,8 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import Condition, OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
@@ -41,8 +43,8 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from lrobridge.storage import QuarantineLimits, rules
-from lrobridge.storage.rules import ClaimResult, Completion
+from lrobridge.storage import rules
+from lrobridge.storage.rules import QuarantineLimits
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,

@@ -24,7 +24,7 @@ Stopping closes the listening socket at once, lets the requests in flight finish
 its publishers. Forwarded headers are left to the app (``LROBRIDGE_TRUSTED_PROXIES``, werkzeug's
 ProxyFix), so waitress's own proxy-header handling is off.
 
-Adapter module (it imports waitress).
+An entry point beside :mod:`lrobridge.wsgi` (it imports waitress and the bridge).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class Server:
 
     def _start_background(self) -> None:
         bridge = self._bridge
-        bridge.webhook_runtime.start_worker()
+        bridge.start_webhook_worker()
         poller = bridge.settings.watch_mode == "poller"
         if not (self._run_watcher and poller):
             bridge.start_outbox_drainer()  # without a watcher, something must republish
