@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[[CompletionEvent], object])
 C = TypeVar("C", bound=Callable[[str], None])
-BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge (gunicorn hooks)
+BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge (lrobridge serve)
 
 
 class Bridge:

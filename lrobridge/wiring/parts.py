@@ -16,8 +16,8 @@ after an HTTP response has been sent):
 ``background`` (``auto`` outside Cloud Run: ``lrobridge dev``, ``lrobridge serve`` on a VM):
     a worker thread per process drains continuously; a push that writes deliveries wakes it,
     so the first attempt starts at once. It starts with
-    :meth:`lrobridge.wiring.runtime.Runtime.start_webhook_worker` (``lrobridge dev`` and each
-    gunicorn worker of ``lrobridge serve`` call it) or, in any other WSGI server, with the
+    :meth:`lrobridge.wiring.runtime.Runtime.start_webhook_worker` (``lrobridge dev`` and
+    ``lrobridge serve`` call it) or, in any other WSGI server, with the
     first request the process serves.
 ``request`` (``auto`` on Cloud Run, where ``K_SERVICE`` is set):
     no thread. The push request that wrote deliveries makes their first attempt itself, after
