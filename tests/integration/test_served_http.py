@@ -70,6 +70,11 @@ def test_healthz_and_a_valid_push_are_answered_while_200_clients_stall_their_bod
                 b"POST /pubsub/push HTTP/1.1\r\nHost: bridge\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
             )
+        # Some have not even finished their headers.
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+            stalled.append(sock)
+            sock.sendall(b"POST /pubsub/push HTTP/1.1\r\nHost: bridge\r\nContent-Le")
         # Half of them trickle one more byte; the rest stall.
         for sock in stalled[::2]:
             sock.sendall(b" ")
