@@ -7,7 +7,7 @@ status 2 (1 for a failure of the work itself), never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -15,7 +15,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from lrobridge.cli.common import api_endpoint, call, load_bridge, print_json, wait_for_signal
+from lrobridge.cli.common import (
+    api_endpoint,
+    call,
+    load_bridge,
+    print_json,
+    verbs_of,
+    wait_for_signal,
+)
+from lrobridge.cli.output import Column, add_format_flag, print_listing
 from lrobridge.config import Settings, parse_duration
 from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.source_url import parse_source_url
@@ -35,11 +43,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lrobridge.server import Server, ServerOptions
 
     target = load_bridge(args.app, allow_app=True)
-    if isinstance(target, Flask):
-        app, bridge = target, target.extensions[BRIDGE_EXTENSION]
-    else:
-        bridge = target
-        app = bridge.create_app()
+    bridge = target.extensions[BRIDGE_EXTENSION] if isinstance(target, Flask) else target
+    if (args.watcher and bridge.settings.watch_mode == "poller") or (
+        bridge.settings.watch_mode == "pubsub"
+    ):
+        from lrobridge.cli.preflight import check_publishing
+
+        check_publishing(bridge.settings, "lrobridge serve")
+    app = target if isinstance(target, Flask) else bridge.create_app()
     options = ServerOptions(
         host=args.host,
         port=args.port if args.port is not None else bridge.settings.port,
@@ -66,6 +77,9 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
+    from lrobridge.cli.preflight import check_publishing
+
+    check_publishing(bridge.settings, "lrobridge watcher")
     watcher = bridge.create_watcher()
     stop = wait_for_signal()
     if bridge.settings.grpc_port is not None:
@@ -99,13 +113,29 @@ def cmd_watches(args: argparse.Namespace) -> int:
     base, headers = api_endpoint(settings, args)
     if args.watches_command == "list":
         url = f"{base}/v1/watches" + (f"?state={args.state}" if args.state else "")
-        print_json(call("GET", url, headers))
+        print_listing(call("GET", url, headers), "watches", WATCH_COLUMNS, args.format)
     elif args.watches_command == "get":
         print_json(call("GET", f"{base}/v1/{_watch_name(args.id)}", headers))
     else:
         call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
         print(f"deleted {_watch_name(args.id)}")
     return 0
+
+
+WATCH_COLUMNS: list[Column] = [
+    ("NAME", lambda w: w.get("name")),
+    ("STATE", lambda w: w.get("state")),
+    ("POLLS", lambda w: w.get("polls", "0")),
+    ("OPERATION", lambda w: w.get("operation")),
+    ("SOURCE", lambda w: w.get("source")),
+    ("LAST ERROR", lambda w: (w.get("lastError") or {}).get("message")),
+]
+QUARANTINE_COLUMNS: list[Column] = [
+    ("ID", lambda m: m.get("id")),
+    ("RECEIVED", lambda m: m.get("receiveTime")),
+    ("REASON", lambda m: m.get("reason")),
+    ("BYTES", lambda m: m.get("bodySize")),
+]
 
 
 def _watch_name(value: str) -> str:
@@ -118,11 +148,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     base, headers = api_endpoint(settings, args)
     if args.quarantine_command == "get":
-        url = f"{base}/v1/quarantine/{args.id}"
-    else:
-        limit = args.limit or (10 if args.view == "FULL" else 50)
-        url = f"{base}/v1/quarantine?pageSize={limit}&view={args.view}"
-    print(json.dumps(call("GET", url, headers), indent=2))
+        print_json(call("GET", f"{base}/v1/quarantine/{args.id}", headers))
+        return 0
+    limit = args.limit or (10 if args.view == "FULL" else 50)
+    listing = call("GET", f"{base}/v1/quarantine?pageSize={limit}&view={args.view}", headers)
+    print_listing(listing, "messages", QUARANTINE_COLUMNS, args.format)
     return 0
 
 
@@ -252,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrobridge",
         description="Pub/Sub notifications for google.longrunning Operations.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version", action="version", version=f"lrobridge {version()}", help="print the version"
+    )
+    sub = verbs_of(parser, "command", metavar="COMMAND")
 
     dev = sub.add_parser("dev", help="run the whole local stack (Pub/Sub emulator included)")
     dev.add_argument("--app", help="module:attribute of your Bridge (callbacks)")
@@ -322,12 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=cmd_watch)
 
     watches = sub.add_parser("watches", help="list, show or delete watches")
-    watches_sub = watches.add_subparsers(dest="watches_command", required=True)
-    listing = watches_sub.add_parser("list")
-    listing.add_argument("--state", choices=["active", "publishing", "completed", "failed"])
+    watches_sub = verbs_of(watches, "watches_command")
+    listing = watches_sub.add_parser("list", help="list watches (the first page)")
+    listing.add_argument(
+        "--state",
+        choices=["active", "publishing", "completed", "failed"],
+        help="only watches in this state",
+    )
+    add_format_flag(listing)
     client_flags(listing)
-    for verb in ("get", "rm"):
-        p = watches_sub.add_parser(verb)
+    for verb, text in (("get", "show one watch"), ("rm", "delete a watch")):
+        p = watches_sub.add_parser(verb, help=text)
         p.add_argument("id", help="watch id or watches/{id}")
         client_flags(p)
     watches.set_defaults(func=cmd_watches)
@@ -339,12 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = sub.add_parser(
         "quarantine", help="messages that could never be processed, newest first"
     )
-    quarantine_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    quarantine_sub = verbs_of(quarantine, "quarantine_command")
     listing = quarantine_sub.add_parser(
-        "list", help="the newest entries, without their bodies unless --view FULL"
+        "list", help="quarantined messages, newest first, without their bodies unless --view FULL"
     )
     listing.add_argument(
-        "--limit", type=int, default=0, help="entries at most (default 50; 10 with --view FULL)"
+        "--limit",
+        type=int,
+        default=0,
+        help="messages to show (default 50, at most 1000; 10 with --view FULL)",
     )
     listing.add_argument(
         "--view",
@@ -353,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="BASIC",
         help="BASIC: no bodies (default); FULL: with bodies (at most 10 entries)",
     )
+    add_format_flag(listing)
     client_flags(listing)
     getting = quarantine_sub.add_parser("get", help="one entry with its body (base64)")
     getting.add_argument("id", type=_quarantine_id, help="the entry's id, from list")
@@ -360,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.set_defaults(func=cmd_quarantine)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")
-    pubsub_sub = pubsub.add_subparsers(dest="pubsub_command", required=True)
+    pubsub_sub = verbs_of(pubsub, "pubsub_command")
     init = pubsub_sub.add_parser("init", help="create the topic and push subscription")
     init.add_argument("--push-endpoint", required=True, help="https://.../pubsub/push")
     init.add_argument("--service-account", help="email the push subscription signs tokens as")
@@ -379,9 +421,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version."""
+    try:
+        return importlib.metadata.version("lrobridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _missing_verb(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 with the list of verbs when a command group was given without one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen is None:
+                parser.print_help(sys.stderr)
+                word = "command" if parser.prog == "lrobridge" else "verb"
+                verbs = ", ".join(action.choices)
+                parser.exit(2, f"{parser.prog}: error: name a {word}: {verbs}\n")
+            _missing_verb(action.choices[chosen], args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _missing_verb(parser, args)
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format, project=settings.project)

@@ -119,12 +119,27 @@ def completion_envelope() -> bytes:
     return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
 
 
+def _publishing_env(project: str, emulator: str) -> dict[str, str]:
+    """A project on the session's emulator with the topics: a process that publishes checks at
+    start that Pub/Sub answers and has them (lrobridge.cli.preflight)."""
+    from lrobridge.adapters.pubsub import PubSubAdmin
+
+    with PubSubAdmin() as admin:
+        for topic in ("lro-completed", "lro-watch"):
+            admin.ensure_topic(f"projects/{project}/topics/{topic}")
+    return {"GOOGLE_CLOUD_PROJECT": project, "PUBSUB_EMULATOR_HOST": emulator}
+
+
 def test_sigterm_lets_a_push_in_flight_finish_and_the_server_exit_within_the_grace(
-    tmp_path: pathlib.Path, containers: list[Container]
+    tmp_path: pathlib.Path, containers: list[Container], pubsub_project: str, pubsub_emulator: str
 ) -> None:
     container = Container(
         tmp_path,
-        {"LROBRIDGE_WATCH_MODE": "pubsub", "LROBRIDGE_TEST_MARKERS": str(tmp_path)},
+        {
+            "LROBRIDGE_WATCH_MODE": "pubsub",
+            "LROBRIDGE_TEST_MARKERS": str(tmp_path),
+            **_publishing_env(pubsub_project, pubsub_emulator),
+        },
         "tests.support.container_app:app",
     )
     containers.append(container)
@@ -159,21 +174,21 @@ def test_sigterm_lets_a_push_in_flight_finish_and_the_server_exit_within_the_gra
     assert entries and all("severity" in e and "message" in e for e in entries)
     (callback_line,) = [e for e in entries if e["message"] == f"callback for {NAME}"]
     assert callback_line["severity"] == "INFO"
-    assert callback_line["logging.googleapis.com/trace"] == f"projects/p/traces/{TRACE}"
+    trace = f"projects/{pubsub_project}/traces/{TRACE}"
+    assert callback_line["logging.googleapis.com/trace"] == trace
     assert callback_line["logging.googleapis.com/spanId"] == "b7ad6b7169203331"
     assert any(e.get("logger") == "lrobridge.server" for e in entries)
 
 
 def test_in_poller_mode_the_watcher_runs_in_the_server_process_and_stops_on_sigterm(
-    tmp_path: pathlib.Path, containers: list[Container]
+    tmp_path: pathlib.Path, containers: list[Container], pubsub_project: str, pubsub_emulator: str
 ) -> None:
     backend = FakeOperations()
     backend.add(NAME)  # stays pending: the watcher holds a long poll when SIGTERM comes
     with grpc_operations_server(backend) as source:
         container = Container(
             tmp_path,
-            # The watcher publishes only completions; nothing completes, so no emulator.
-            {"LROBRIDGE_WATCH_MODE": "poller", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"},
+            {"LROBRIDGE_WATCH_MODE": "poller", **_publishing_env(pubsub_project, pubsub_emulator)},
             "lrobridge.wsgi:app",
         )
         containers.append(container)
@@ -188,3 +203,16 @@ def test_in_poller_mode_the_watcher_runs_in_the_server_process_and_stops_on_sigt
             assert time.monotonic() < deadline, "the watcher never polled"
             time.sleep(0.05)
         assert container.terminate() == 0
+
+
+def test_a_publishing_container_without_a_project_refuses_to_start_saying_what_to_set(
+    tmp_path: pathlib.Path, containers: list[Container]
+) -> None:
+    container = Container(
+        tmp_path,
+        {"LROBRIDGE_WATCH_MODE": "poller", "GOOGLE_CLOUD_PROJECT": ""},
+        "lrobridge.wsgi:app",
+    )
+    containers.append(container)
+    assert container.process.wait(timeout=30) == 2
+    assert "GOOGLE_CLOUD_PROJECT" in container.stderr.read_text()
