@@ -184,11 +184,11 @@ def test_the_quarantine_cli_lists_without_bodies_and_gets_one_with_its_body(
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    listed = cli("list")
+    listed = cli("list", "--format", "json")
     assert isinstance(listed, dict)
     [entry] = listed["messages"]
     assert "body" not in entry and entry["bodySize"] == len(b"not json")
     one = cli("get", entry["id"])
     assert isinstance(one, dict) and base64.b64decode(one["body"]) == b"not json"
-    full = cli("list", "--view", "full")
+    full = cli("list", "--view", "full", "--format", "json")
     assert isinstance(full, dict) and base64.b64decode(full["messages"][0]["body"]) == b"not json"

@@ -215,12 +215,12 @@ def test_every_list_command_prints_a_table_by_default_and_the_apis_json_on_reque
         headers=auth,
         timeout=10,
     ).json()
-    assert main(["webhooks", "add", "http://127.0.0.1:9/hook"]) == 0
+    assert main(["webhooks", "add", "http://127.0.0.1:9999/hook"]) == 0
     assert requests.post(f"{url}/pubsub/push", data=b"not json", timeout=10).status_code == 200
     commands = {
         ("watches", "list"): ("watches", ["NAME", "STATE", "POLLS"], watch["name"]),
         ("quarantine", "list"): ("messages", ["ID", "RECEIVED", "REASON"], "not JSON"),
-        ("webhooks", "list"): ("webhooks", ["NAME", "STATE", "URL"], "http://127.0.0.1:9/hook"),
+        ("webhooks", "list"): ("webhooks", ["NAME", "STATE", "URL"], "http://127.0.0.1:9999/hook"),
         ("webhooks", "deliveries"): ("deliveries", ["NAME", "STATE", "EVENT"], None),
     }
     capsys.readouterr()

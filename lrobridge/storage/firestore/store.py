@@ -868,7 +868,8 @@ class FirestoreStore:
                 doomed.append(doc)
         with self.db.errors("bound the quarantine"):
             aggregation: Any = col.sum("size", alias="total")
-            total = int(aggregation.get()[0][0].value or 0)
+            result: Any = aggregation.get(retry=self.db.retries.read, timeout=self.db.timeout)
+            total = int(result[0][0].value or 0)
         if total > limits.max_bytes:
             oldest = col.order_by("receive_time").select(["id", "size"]).limit(500)
             for doc in self.db.query("bound the quarantine", oldest):
@@ -879,11 +880,10 @@ class FirestoreStore:
                 total -= int((doc.to_dict() or {}).get("size") or 0)
                 doomed.append(doc)
         if doomed:
-            with self.db.errors("bound the quarantine"):
-                batch = self.db.client.batch()
-                for doc in {d.reference.path: d for d in doomed}.values():
-                    batch.delete(doc.reference)
-                batch.commit()
+            batch = self.db.client.batch()
+            for doc in {d.reference.path: d for d in doomed}.values():
+                batch.delete(doc.reference)
+            self.db.commit("bound the quarantine", batch)
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         query = (
