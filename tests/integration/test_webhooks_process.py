@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -198,10 +199,21 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         assert _cli("list", env=env).stdout == "no webhooks\n"
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The root logger's handlers and level as they were (the CLI's main() sets its own)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def test_every_list_command_prints_a_table_by_default_and_the_apis_json_on_request(
     live_bridge: tuple[str, Bridge],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    root_logging: None,
 ) -> None:
     from lrobridge.cli.main import main
 
