@@ -15,6 +15,7 @@ from lrobridge.config import parse_networks
 from lrobridge.telemetry import tracing
 from tests.integration.test_container_command import (  # noqa: F401  (fixture)
     Container,
+    _publishing_env,
     completion_envelope,
     containers,
 )
@@ -102,10 +103,13 @@ def _wait_for_spans(telemetry: Recorded, name: str, count: int) -> list[Readable
 def test_the_container_serves_prometheus_metrics_behind_the_api_key_when_asked(
     tmp_path: pathlib.Path,
     containers: list[Container],  # noqa: F811
+    pubsub_project: str,
+    pubsub_emulator: str,
 ) -> None:
     container = Container(
         tmp_path,
         {
+            **_publishing_env(pubsub_project, pubsub_emulator),
             "LROBRIDGE_METRICS": "prometheus",
             "LROBRIDGE_API_AUTH": "key",
             "LROBRIDGE_API_KEYS": "scrape-key",
@@ -152,4 +156,4 @@ def _wait_healthy(container: Container) -> None:
             assert container.process.poll() is None, container.stderr.read_text()[-3000:]
             return False
 
-    wait_until(healthy, timeout=60, what="gunicorn to answer /healthz")
+    wait_until(healthy, timeout=60, what="the server to answer /healthz")
