@@ -435,6 +435,12 @@ class Bridge:
             for publisher in (self._publisher, self._watch_publisher):
                 if publisher is not None:
                     publisher.close()
+            # Closing the publisher waited for Pub/Sub's answers; settle them before the store
+            # closes (what is not settled is published again after its lease, never lost).
+            relays = [self._relay, self._watcher.relay if self._watcher is not None else None]
+            for relay_ in relays:
+                if relay_ is not None:
+                    relay_.flush()
             close_registry = getattr(self._registry, "close", None)
             if close_registry is not None:
                 close_registry()

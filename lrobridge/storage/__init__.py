@@ -18,7 +18,7 @@ do not know which one they use.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 from lrobridge.config import firestore_database
@@ -138,6 +138,11 @@ class Outbox(Protocol):
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
         """Drop the entry; a watch waiting on it becomes COMPLETED."""
+        ...
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        """:meth:`mark_published` for each of ``entry_ids``, in one transaction (or a few:
+        Firestore's hold at most 500 writes)."""
         ...
 
     def retry_publish(

@@ -50,7 +50,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from google.api_core import exceptions as api_exceptions
@@ -111,6 +111,7 @@ _QUARANTINE = "quarantine"
 PRUNE_BATCH = 400
 _ACTIVE = int(WatchState.ACTIVE)
 _PUBLISHING = int(WatchState.PUBLISHING)
+_SETTLE_CHUNK = 200  # outbox entries settled per transaction (Firestore: 500 writes at most)
 
 if TYPE_CHECKING:
     Doc = DocumentSnapshot[Any]
@@ -480,19 +481,29 @@ class FirestoreStore:
         return [_outbox(fields(s)) for s in held]
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
-        ref = self._doc(_OUTBOX, str(entry_id))
+        self.mark_published_many([entry_id], now=now)
 
-        def body(tx: Transaction) -> None:
-            entry = ref.get(transaction=tx)
-            if not entry.exists:
-                return
-            watch_id = entry.get("watch_id")
-            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
-            tx.delete(ref)
-            if watch is not None and watch.exists and watch.get("state") == _PUBLISHING:
-                tx.update(watch.reference, {"state": int(WatchState.COMPLETED), "update_time": now})
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        # Two writes per entry (drop it, complete its watch): 200 fit one transaction.
+        for start in range(0, len(entry_ids), _SETTLE_CHUNK):
+            refs = [self._doc(_OUTBOX, str(i)) for i in entry_ids[start : start + _SETTLE_CHUNK]]
 
-        self.db.transact("settle the published message", body)
+            def body(tx: Transaction, refs: list[DocumentReference] = refs) -> None:
+                entries = [e for e in tx.get_all(refs) if e.exists]
+                watch_refs = [
+                    self._doc(_WATCHES, e.get("watch_id")) for e in entries if e.get("watch_id")
+                ]
+                watches = list(tx.get_all(watch_refs)) if watch_refs else []
+                for entry in entries:
+                    tx.delete(entry.reference)
+                for watch in watches:
+                    if watch.exists and watch.get("state") == _PUBLISHING:
+                        tx.update(
+                            watch.reference,
+                            {"state": int(WatchState.COMPLETED), "update_time": now},
+                        )
+
+            self.db.transact("settle the published messages", body)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float

@@ -22,7 +22,7 @@ import re
 import secrets
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -140,6 +140,8 @@ _TRACK_OPERATION = (
     "WHERE operations.outcome = 'deleted'"
 )
 _OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
+# Outbox entries dropped per statement when settling in bulk (SQLite allows 32,766 parameters).
+_SETTLE_CHUNK = 500
 
 
 class SqliteStore:
@@ -506,15 +508,26 @@ class SqliteStore:
         return [_outbox(r) for r in rows]
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
+        self.mark_published_many([entry_id], now=now)
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
         with self._write() as conn:
-            row = conn.execute(
-                "DELETE FROM outbox WHERE id = ? RETURNING watch_id", (entry_id,)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                conn.execute(
-                    "UPDATE watches SET state = ?, update_time = ? WHERE id = ? AND state = ?",
-                    (int(WatchState.COMPLETED), now, row[0], int(WatchState.PUBLISHING)),
-                )
+            for start in range(0, len(entry_ids), _SETTLE_CHUNK):
+                chunk = entry_ids[start : start + _SETTLE_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                watch_ids = [
+                    row[0]
+                    for row in conn.execute(
+                        f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING watch_id", chunk
+                    )
+                    if row[0] is not None
+                ]
+                if watch_ids:
+                    conn.execute(
+                        "UPDATE watches SET state = ?, update_time = ? WHERE state = ? AND id IN "
+                        f"({', '.join('?' * len(watch_ids))})",
+                        (int(WatchState.COMPLETED), now, int(WatchState.PUBLISHING), *watch_ids),
+                    )
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
