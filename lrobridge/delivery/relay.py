@@ -1,12 +1,13 @@
 """Event messages and the outbox relay: from "the bridge knows" to "Pub/Sub acknowledged".
 
 :func:`completion` and :func:`progress_message` build the Pub/Sub message for an observation
-(payload and attributes per ARCHITECTURE.md, via :mod:`lrobridge.core.codec`); the store commits
-it to the outbox in the same transaction as the state change. :class:`OutboxRelay` hands outbox
-entries to the publisher and settles them: acknowledged -> dropped (a watch waiting on it becomes
-COMPLETED), failed -> retried with backoff. Entries of a process that died are leased out again
-by :meth:`OutboxRelay.drain`, so nothing accepted is lost; republishing keeps its ``event_id``,
-so subscribers deduplicate.
+(payload and attributes per ARCHITECTURE.md, via :mod:`lrobridge.core.codec`; the ordering key,
+the operation name, only on operations that publish progress: :func:`ordering_key`); the store
+commits it to the outbox in the same transaction as the state change. :class:`OutboxRelay` hands
+outbox entries to the publisher and settles them: acknowledged -> dropped (a watch waiting on it
+becomes COMPLETED; a transaction per batch of acknowledgements), failed -> retried with backoff.
+Entries of a process that died are leased out again by :meth:`OutboxRelay.drain`, so nothing
+accepted is lost; republishing keeps its ``event_id``, so subscribers deduplicate.
 
 Pure module: publisher and store come in through their protocols.
 """
