@@ -22,7 +22,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, json_format
@@ -37,9 +37,20 @@ OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "cancelled", "expired", 
 # What an event message announces: an outcome, or `progress` (metadata of a running operation).
 EventType = Literal["succeeded", "failed", "cancelled", "expired", "not_found", "progress"]
 EVENT_TYPES: tuple[EventType, ...] = (*OUTCOMES, "progress")
+# The stored outcome of an operation deleted through the Operations API: a tombstone, never an
+# event (see lrobridge.storage.rules).
+DELETED: Final = "deleted"
 PayloadFormat = Literal["binary", "json"]
 
 CE_TYPE_PREFIX = "lrobridge.operation.v1."
+# The CloudEvents Pub/Sub binding, binary content mode: the message attribute `content-type`
+# is the event's `datacontenttype` (the media type of `data`).
+CONTENT_TYPE_ATTRIBUTE = "content-type"
+JSON_CONTENT_TYPE = "application/json"
+CONTENT_TYPES: dict[PayloadFormat, str] = {
+    "binary": "application/protobuf",
+    "json": JSON_CONTENT_TYPE,
+}
 CANCELLED_CODE = 1
 
 
@@ -292,6 +303,7 @@ def completion_attributes(
         "ce-id": event_id,
         "ce-subject": snapshot.name,
         "ce-time": time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        CONTENT_TYPE_ATTRIBUTE: CONTENT_TYPES[payload_format],
     }
     if outcome in ("failed", "cancelled") and snapshot.error_code is not None:
         attributes["error_code"] = str(snapshot.error_code)

@@ -4,7 +4,8 @@
 * :class:`OperationRecord`: the latest known state of a tracked operation (watched or produced),
   which the Operations facade serves;
 * :class:`OutboxEntry`: a message committed to the store before it is handed to Pub/Sub;
-* :class:`QuarantinedMessage`: a push that can never be processed, kept whole with its reason.
+* :class:`QuarantinedMessage`: a push that can never be processed, kept whole with its reason;
+* :class:`Completion`: how an operation ended, with the message announcing it.
 
 Pure module: dataclasses only. ``WatchState`` mirrors ``lrobridge.v1.Watch.State`` numbers.
 """
@@ -19,9 +20,14 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 
 Origin = Literal["watch", "producer"]
+# What claiming a callback run for an event answers (run it, it already ran, another runs it).
+ClaimResult = Literal["run", "done", "busy"]
 
 
 class WatchState(enum.IntEnum):
+    """Where a watch is: polled (ACTIVE), its completion waiting for Pub/Sub (PUBLISHING), done
+    (COMPLETED, FAILED)."""
+
     ACTIVE = 1
     PUBLISHING = 2
     COMPLETED = 3
@@ -51,6 +57,8 @@ class OutboxEntry:
 
 @dataclasses.dataclass(frozen=True)
 class WatchRecord:
+    """One operation on one source that the watcher polls, with its schedule and last result."""
+
     id: str
     source: str
     operation: str
@@ -100,8 +108,20 @@ class OperationRecord:
 
 @dataclasses.dataclass(frozen=True)
 class QuarantinedMessage:
+    """A push that can never be processed, kept whole with the reason why."""
+
     id: int
     receive_time: float
     reason: str
     body: bytes
     headers: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """How an operation ended, with the message announcing it (written in one transaction)."""
+
+    outcome: str
+    event_id: str
+    snapshot: codec.Snapshot
+    message: PendingMessage

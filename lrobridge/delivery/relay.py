@@ -9,6 +9,14 @@ becomes COMPLETED; a transaction per batch of acknowledgements), failed -> retri
 Entries of a process that died are leased out again by :meth:`OutboxRelay.drain`, so nothing
 accepted is lost; republishing keeps its ``event_id``, so subscribers deduplicate.
 
+Stuck publishing is never silent and never noisy: a failed publish, or one Pub/Sub has not
+answered by the time its lease ended (the client library retries transient errors without a
+deadline), is written to the watch waiting on it (``lastError``: ``publishing: ...``), and the log
+says why once, when publishing starts failing (again at WARNING only when the kind of failure
+changes), then at DEBUG per retry, and at INFO when a publish goes through again. A
+:class:`~lrobridge.errors.ConfigError` (no project) is retried like a transient failure, never
+quarantined: fixing the configuration and restarting publishes what is waiting.
+
 Pure module: publisher and store come in through their protocols.
 """
 
@@ -23,10 +31,9 @@ from concurrent.futures import Future, wait
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
-from lrobridge.core.records import OutboxEntry, PendingMessage
-from lrobridge.errors import InvalidArgument
-from lrobridge.ports import Publisher
-from lrobridge.storage import Completion, Outbox
+from lrobridge.core.records import Completion, OutboxEntry, PendingMessage
+from lrobridge.errors import ConfigError, InvalidArgument
+from lrobridge.ports import Outbox, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +177,10 @@ class OutboxRelay:
         self._clock = clock
         self._on_settled = on_settled
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, float] = {}  # entry id -> when it was handed to Pub/Sub
+        self._silence_noted: set[int] = set()
+        self._failing = ""  # the kind of failure last logged at WARNING; '' while healthy
+        self._failures = 0
         self._acked: list[tuple[OutboxEntry, Future[None] | None]] = []
         self._queued = threading.Condition(self._lock)  # the settling thread waits on it
         self._settled = threading.Condition(self._lock)  # flush() waits on it
@@ -203,23 +213,6 @@ class OutboxRelay:
         rescheduled) once Pub/Sub answers. False if it is in flight already."""
         return self._publish(entry, None)
 
-    def _publish(self, entry: OutboxEntry, settled: Future[None] | None) -> bool:
-        with self._lock:
-            if entry.id in self._in_flight:
-                return False
-            self._in_flight.add(entry.id)
-        message = entry.message
-        try:
-            future = self._publisher.publish(message.data, message.attributes, message.ordering_key)
-        except Exception as exc:
-            self._settle_failure(entry, exc, settled)
-            return True
-        if future.done():  # answered already (a publisher that failed fast, a test double)
-            self._answered(entry, future, settled, inline=True)
-        else:
-            future.add_done_callback(lambda f: self._answered(entry, f, settled, inline=False))
-        return True
-
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every entry handed over is settled in the store (call it once the
         publisher has had its answers, before the store closes); False if some were not
@@ -231,6 +224,32 @@ class OutboxRelay:
                 if left <= 0:
                     return False
                 self._settled.wait(left)
+        return True
+
+    def _publish(self, entry: OutboxEntry, settled: Future[None] | None) -> bool:
+        now = self._clock()
+        with self._lock:
+            handed = self._in_flight.get(entry.id)
+            if handed is None:
+                self._in_flight[entry.id] = now
+            elif entry.id in self._silence_noted:
+                return False
+            else:
+                self._silence_noted.add(entry.id)
+        if handed is not None:
+            # Claimed again while its publish is still unanswered: its lease ended first.
+            self._note_silence(entry, waited=now - handed, now=now)
+            return False
+        message = entry.message
+        try:
+            future = self._publisher.publish(message.data, message.attributes, message.ordering_key)
+        except Exception as exc:
+            self._settle_failure(entry, exc, settled)
+            return True
+        if future.done():  # answered already (a publisher that failed fast, a test double)
+            self._answered(entry, future, settled, inline=True)
+        else:
+            future.add_done_callback(lambda f: self._answered(entry, f, settled, inline=False))
         return True
 
     def _answered(
@@ -284,20 +303,64 @@ class OutboxRelay:
         finally:
             with self._settled:
                 self.published += done
-                self._in_flight.difference_update(entry.id for entry, _ in batch)
+                for entry, _ in batch:
+                    self._in_flight.pop(entry.id, None)
+                    self._silence_noted.discard(entry.id)
                 self._settled.notify_all()
+            if done:
+                self._report_success()
             if self._on_settled is not None:
                 self._on_settled()
             for _, settled in batch:
                 if settled is not None:
                     settled.set_result(None)
 
+    def _note_silence(self, entry: OutboxEntry, *, waited: float, now: float) -> None:
+        message = f"no answer from Pub/Sub for {waited:.0f}s (still trying)"
+        self._report_failure(entry, "no answer", message)
+        try:
+            self._outbox.retry_publish(
+                entry.id,
+                next_attempt=now + PUBLISH_BACKOFF.delay(entry.attempt),
+                error_message=message,
+                now=now,
+            )
+        except Exception:  # the store is closing; the next drain looks again
+            log.exception("could not record the unanswered publish of entry %d", entry.id)
+
+    def _report_failure(self, entry: OutboxEntry, kind: str, reason: str) -> None:
+        """Log why publishing fails: at WARNING when it starts failing (or fails differently),
+        at DEBUG for every further retry."""
+        with self._lock:
+            self._failures += 1
+            first = self._failing != kind
+            self._failing = kind
+        if first:
+            log.warning(
+                "publishing %s (event %s) failed: %s; retrying with backoff (further failures "
+                "are logged at DEBUG until a publish goes through; the watch shows lastError)",
+                entry.operation,
+                entry.event_id,
+                reason,
+            )
+        else:
+            log.debug(
+                "publishing %s (event %s) failed: %s", entry.operation, entry.event_id, reason
+            )
+
+    def _report_success(self) -> None:
+        with self._lock:
+            failures, self._failures = self._failures, 0
+            was_failing, self._failing = self._failing, ""
+        if was_failing:
+            log.info("publishing works again (after %d failed attempts)", failures)
+
     def _settle_failure(
         self, entry: OutboxEntry, error: BaseException, settled: Future[None] | None
     ) -> None:
         now = self._clock()
         try:
-            if isinstance(error, InvalidArgument):
+            if isinstance(error, InvalidArgument) and not isinstance(error, ConfigError):
                 # Pub/Sub can never take this message (too large, say): retrying would keep it
                 # forever. It goes to the quarantine whole, and its watch fails saying why.
                 self.errors += 1
@@ -311,12 +374,8 @@ class OutboxRelay:
             else:
                 self.errors += 1
                 delay = PUBLISH_BACKOFF.delay(entry.attempt)
-                log.warning(
-                    "publishing %s (event %s) failed (%s); retrying in %.1fs",
-                    entry.operation,
-                    entry.event_id,
-                    error,
-                    delay,
+                self._report_failure(
+                    entry, type(error).__name__, f"{error} (next attempt in {delay:.1f}s)"
                 )
                 self._outbox.retry_publish(
                     entry.id, next_attempt=now + delay, error_message=str(error), now=now
@@ -325,7 +384,8 @@ class OutboxRelay:
             log.exception("could not settle outbox entry %d", entry.id)
         finally:
             with self._settled:
-                self._in_flight.discard(entry.id)
+                self._in_flight.pop(entry.id, None)
+                self._silence_noted.discard(entry.id)
                 self._settled.notify_all()
             if self._on_settled is not None:
                 self._on_settled()

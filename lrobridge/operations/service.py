@@ -37,15 +37,12 @@ from lrobridge.core.opfilter import parse_filter
 from lrobridge.core.records import OperationRecord
 from lrobridge.errors import InvalidArgument, NotFound, Unimplemented
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource
-from lrobridge.storage import OperationStore, WatchStore
+from lrobridge.ports import OperationsSource, OperationStore, WatchStore
 
 # Longest WaitOperation the bridge holds, whatever timeout is asked for.
 MAX_WAIT_SECONDS = 60.0
 # Answer this much before the caller's deadline, so the answer arrives before it gives up.
 DEADLINE_MARGIN_SECONDS = 0.5
-# The outcome of an operation DeleteOperation removed (the store keeps a tombstone).
-DELETED = "deleted"
 
 
 class FacadeStore(OperationStore, WatchStore, Protocol):
@@ -56,6 +53,9 @@ CancelHook = Callable[[str], None]
 
 
 class OperationsFacade:
+    """The Operations interface over every tracked operation (watched or produced): Get, List,
+    Cancel, Delete, Wait."""
+
     def __init__(
         self,
         store: FacadeStore,
@@ -67,8 +67,10 @@ class OperationsFacade:
         on_poll_soon: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_wait: float = MAX_WAIT_SECONDS,
+        page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens or paging.process_tokens()
         self._sources = sources
         self._hub = hub
         self._rpc_timeout = rpc_timeout
@@ -85,7 +87,7 @@ class OperationsFacade:
     def _record(self, name: str) -> OperationRecord:
         validate_operation_name(name)
         record = self._store.get_operation(name)
-        if record is None or record.outcome == DELETED:
+        if record is None or record.outcome == codec.DELETED:
             raise NotFound(f"operation {name!r} is not tracked by this bridge")
         return record
 
@@ -112,10 +114,14 @@ class OperationsFacade:
         parent = normalize_parent(parent)
         query = parse_filter(filter)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, parent=parent, filter=filter)
+        after = decode_page_token(self._tokens, page_token, parent=parent, filter=filter)
         records, last = self._store.list_operations(parent, query, after=after, limit=size)
         snapshots = [r.snapshot() for r in records if r.outcome != "not_found"]
-        token = encode_page_token(parent=parent, filter=filter, after=last) if last else ""
+        token = (
+            encode_page_token(self._tokens, parent=parent, filter=filter, after=last)
+            if last
+            else ""
+        )
         del return_partial_success  # nothing is ever unreachable: one store holds everything
         return snapshots, token
 
@@ -247,14 +253,14 @@ def normalize_parent(parent: str) -> str:
     return parent
 
 
-def encode_page_token(*, parent: str, filter: str, after: str) -> str:
-    return paging.encode_token("operations", p=parent, f=filter, a=after)
+def encode_page_token(tokens: paging.PageTokens, *, parent: str, filter: str, after: str) -> str:
+    return tokens.encode("operations", p=parent, f=filter, a=after)
 
 
-def decode_page_token(token: str, *, parent: str, filter: str) -> str:
+def decode_page_token(tokens: paging.PageTokens, token: str, *, parent: str, filter: str) -> str:
     """The name to continue after; InvalidArgument for a token issued for another parent or
-    filter, or not issued by this API at all."""
-    fields = paging.decode_token(token, "operations")
+    filter, expired, or not issued by this API at all."""
+    fields = tokens.decode(token, "operations")
     if fields is None:
         return ""
     token_parent, token_filter, after = fields.get("p"), fields.get("f"), fields.get("a")

@@ -37,8 +37,7 @@ from lrobridge.errors import (
     Unimplemented,
     classify_api_error,
 )
-from lrobridge.ports import OperationsSource, Publisher
-from lrobridge.storage import OperationStore, Outbox, WatchStore
+from lrobridge.ports import OperationsSource, OperationStore, Outbox, Publisher, WatchStore
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):
@@ -58,6 +57,9 @@ MIN_HELD_SECONDS = 0.5
 
 
 class Watcher:
+    """The in-process poller: claims due watches, polls their sources on a thread pool, records what
+    it learned and publishes completions."""
+
     def __init__(
         self,
         *,

@@ -74,9 +74,8 @@ from lrobridge.errors import (
     TransientError,
     classify_api_error,
 )
-from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.ports import EventLedger, OperationsSource, OperationStore, Publisher
 from lrobridge.proto.v1 import watch_pb2
-from lrobridge.storage import EventLedger, OperationStore
 from lrobridge.watching.resource import watch_to_json
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,7 @@ def encode_watch(watch: WatchMessage) -> tuple[bytes, dict[str, str]]:
         "ce-id": f"{watch.watch_id}-{watch.polls}",
         "ce-subject": watch.operation,
         "ce-time": _rfc3339(watch.publish_time),
+        codec.CONTENT_TYPE_ATTRIBUTE: codec.JSON_CONTENT_TYPE,
         "operation": watch.operation,
         "source": watch.source,
         "polls": str(watch.polls),
@@ -246,6 +246,8 @@ class RedeliveryPolicy:
 
 
 class Action(enum.Enum):
+    """What the Pub/Sub-driven mode does with one watch message after polling."""
+
     COMPLETE = "complete"  # publish the completion, then ack
     RETRY = "retry"  # nack: Pub/Sub redelivers after the retry policy's backoff
     REPUBLISH = "republish"  # publish the next watch message, then ack
@@ -254,6 +256,8 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """The action for one watch message, with why, and what to publish or record."""
+
     action: Action
     reason: str
     outcome: codec.Outcome | None = None
@@ -454,7 +458,7 @@ class WatchHandler:
         if self._operations is not None:
             record = self._operations.get_operation(watch.operation)
             # DeleteOperation stopped this watch: no poll, acknowledge.
-            deleted = record is not None and record.outcome == "deleted"
+            deleted = record is not None and record.outcome == codec.DELETED
         observed = None if deleted else self._poll(watch)
         now = self._clock()
         publish_time = parse_publish_time(message.publish_time)

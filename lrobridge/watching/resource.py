@@ -19,8 +19,8 @@ from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.records import WatchRecord, WatchState
 from lrobridge.core.source_url import DEFAULT_CREDENTIAL_HOSTS, parse_source_url
 from lrobridge.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
+from lrobridge.ports import WatchStore
 from lrobridge.proto.v1 import watch_pb2
-from lrobridge.storage import WatchStore
 
 MAX_DEADLINE_SECONDS = 30 * 86400.0
 # Longest duration any request field may give (a year): beyond it is a mistake, not a wish.
@@ -45,6 +45,9 @@ class WatchScheduler(Protocol):
 
 
 class WatchService:
+    """The Watch resource (REST, gRPC, Python): create, get, list and delete watches, with their
+    checks."""
+
     def __init__(
         self,
         store: WatchStore,
@@ -53,8 +56,10 @@ class WatchService:
         on_created: Callable[[], None] | None = None,
         scheduler: WatchScheduler | None = None,
         credential_hosts: tuple[str, ...] = DEFAULT_CREDENTIAL_HOSTS,
+        page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens or paging.process_tokens()
         self._clock = clock
         self._credential_hosts = credential_hosts
         self._on_created = on_created
@@ -118,9 +123,9 @@ class WatchService:
     ) -> tuple[list[WatchRecord], str]:
         self._stored_only()
         size = paging.page_size(page_size)
-        after = paging.cursor(paging.decode_token(page_token, "watches"))
+        after = paging.cursor(self._tokens.decode(page_token, "watches"))
         records, cursor = self._store.list_watches(after=after, limit=size, state=state)
-        return records, paging.encode_token("watches", after=cursor) if cursor is not None else ""
+        return records, self._tokens.encode("watches", after=cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
         self._stored_only()

@@ -40,6 +40,7 @@ from google.cloud.firestore_v1.transaction import Transaction
 
 from lrobridge.config import DEFAULT_FIRESTORE_DATABASE
 from lrobridge.errors import AlreadyExists
+from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -51,7 +52,6 @@ from lrobridge.storage.firestore.client import (
     fields,
     usable_id,
 )
-from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
     Claim,
@@ -183,7 +183,7 @@ class FirestoreWebhookStore:
         ref = self._doc(_WEBHOOKS, webhook_id)
 
         def body(tx: Transaction) -> None:
-            current = ref.get(transaction=tx)
+            current = ref.get(transaction=tx, **self.db.reads)
             if current.exists:
                 tx.update(
                     ref,
@@ -224,8 +224,8 @@ class FirestoreWebhookStore:
         pending = self._pending_of(webhook_id)
 
         def body(tx: Transaction) -> None:
-            webhook = ref.get(transaction=tx)
-            docs = list(pending.stream(transaction=tx))
+            webhook = ref.get(transaction=tx, **self.db.reads)
+            docs = list(pending.stream(transaction=tx, **self.db.reads))
             _disable(tx, webhook, docs, reason, now, {})
 
         self.db.transact("disable the webhook", body)
@@ -255,8 +255,12 @@ class FirestoreWebhookStore:
             planned.append((new, delivery_id, self._order.key(now, delivery_id)))
 
         def body(tx: Transaction) -> list[str]:
-            stored = message_ref.get(transaction=tx)
-            existing = {s.reference.path for s in tx.get_all(keys) if s.exists} if keys else set()
+            stored = message_ref.get(transaction=tx, **self.db.reads)
+            existing = (
+                {s.reference.path for s in tx.get_all(keys, **self.db.reads) if s.exists}
+                if keys
+                else set()
+            )
             if not stored.exists:
                 tx.set(
                     message_ref,
@@ -315,8 +319,7 @@ class FirestoreWebhookStore:
                 d
                 for d in self.db.read_many("read deliveries", refs)
                 if d.exists
-                and d.get("state") == _PENDING
-                and d.get("next_attempt") <= now
+                and rules.delivery_due(fields(d), now)
                 and d.get("webhook_id") in enabled
             ]
             candidates = sorted(docs, key=lambda d: float(d.get("next_attempt")))[:limit]
@@ -326,7 +329,7 @@ class FirestoreWebhookStore:
         held = self.db.claim(
             "claim due deliveries",
             candidates,
-            lambda d: {"next_attempt": now + lease, "claim_token": tokens[d.id]},
+            lambda d: rules.claim_delivery(now, lease, tokens[d.id]),
         )
         messages = {
             s.get("id"): s
@@ -394,32 +397,34 @@ class FirestoreWebhookStore:
         }
 
         def body(tx: Transaction) -> bool:
-            current = ref.get(transaction=tx)
-            webhook = webhook_ref.get(transaction=tx)
-            others = list(pending.stream(transaction=tx)) if plan.disable_reason else []
+            current = ref.get(transaction=tx, **self.db.reads)
+            webhook = webhook_ref.get(transaction=tx, **self.db.reads)
+            others = (
+                list(pending.stream(transaction=tx, **self.db.reads)) if plan.disable_reason else []
+            )
             if not current.exists:
                 return False
             log = [*current.get("attempts"), logged]
-            if current.get("claim_token") != claim.token or current.get("state") != _PENDING:
+            changes = rules.record_delivery_attempt(
+                fields(current),
+                claim.token,
+                state=plan.state,
+                next_attempt=plan.next_attempt_time,
+                status_code=attempt.status_code,
+                error=plan.error or attempt.error,
+                now=now,
+            )
+            if changes is None:
                 tx.update(ref, {"attempts": log})  # the lease was lost: log only
                 return False
-            changes: dict[str, Any] = {
-                "attempts": log,
-                "state": plan.state,
-                "next_attempt": plan.next_attempt_time,
-                "claim_token": "",
-                "attempt_count": current.get("attempt_count") + 1,
-                "round_attempts": current.get("round_attempts") + 1,
-                "last_status_code": attempt.status_code,
-                "last_error": plan.error or attempt.error,
-                "update_time": now,
-            }
+            changes["attempts"] = log
             webhook_changes: dict[str, Any] = {}
             if webhook.exists:
-                if plan.state == DeliveryState.SUCCEEDED.value:
-                    webhook_changes["failing_since"] = None
-                elif webhook.get("failing_since") is None:
-                    webhook_changes["failing_since"] = plan.failing_since
+                webhook_changes = rules.endpoint_health(
+                    fields(webhook),
+                    succeeded=plan.state == DeliveryState.SUCCEEDED.value,
+                    failing_since=plan.failing_since,
+                )
             if plan.disable_reason:
                 _disable(
                     tx,
@@ -481,7 +486,11 @@ class FirestoreWebhookStore:
         )
 
         def body(tx: Transaction) -> int:
-            docs = [d for d in dead.stream(transaction=tx) if d.get("create_time") >= since]
+            docs = [
+                d
+                for d in dead.stream(transaction=tx, **self.db.reads)
+                if d.get("create_time") >= since
+            ]
             for doc in docs:
                 tx.update(doc.reference, _requeued(now))
             return len(docs)
@@ -602,53 +611,8 @@ def _requeued(now: float) -> dict[str, Any]:
 
 
 def _webhook(d: dict[str, Any]) -> Webhook:
-    return Webhook(
-        id=d["id"],
-        url=d["url"],
-        description=d["description"],
-        filter=WebhookFilter(
-            operation=d["operation_glob"],
-            outcomes=frozenset(d["outcomes"]),
-            metadata_type=d["metadata_type"],
-        ),
-        state=WebhookState(d["state"]),
-        secret=d["secret"],
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        disabled_reason=d["disabled_reason"],
-        disable_time=d["disable_time"],
-        previous_secret=d["previous_secret"],
-        previous_secret_expire_time=d["previous_secret_expire_time"],
-        failing_since=d["failing_since"],
-    )
+    return rules.webhook_record(d, outcomes=d["outcomes"])
 
 
 def _delivery(d: dict[str, Any]) -> Delivery:
-    return Delivery(
-        id=d["id"],
-        webhook_id=d["webhook_id"],
-        message_id=d["message_id"],
-        event_id=d["event_id"],
-        event_type=d["event_type"],
-        operation=d["operation"],
-        state=DeliveryState(d["state"]),
-        attempt_count=d["attempt_count"],
-        round_attempts=d["round_attempts"],
-        next_attempt_time=d["next_attempt"],
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        last_status_code=d["last_status_code"],
-        last_error=d["last_error"],
-        attempts=tuple(
-            Attempt(
-                number=a["number"],
-                time=a["time"],
-                status_code=a["status_code"],
-                latency=a["latency"],
-                response_body=a["response_body"],
-                error=a["error"],
-                address=a["address"],
-            )
-            for a in d["attempts"]
-        ),
-    )
+    return rules.delivery_record(d, tuple(rules.attempt_record(a) for a in d["attempts"]))

@@ -10,6 +10,10 @@
 * ``write()`` is one ``BEGIN IMMEDIATE`` transaction: committed before it returns, rolled back
   when the block raises;
 * ``synchronous=NORMAL`` in WAL mode: a committed transaction survives a killed process;
+* the schema is a ladder of migrations on ``PRAGMA user_version``
+  (:mod:`lrobridge.storage.sqlite.schema`): opening a file applies the steps it lacks in one
+  ``BEGIN IMMEDIATE`` transaction (concurrent openers wait, then find it migrated), and a file
+  of a newer lrobridge is refused with FailedPrecondition;
 * a database that stays locked past the busy timeout, or that cannot be written (disk full,
   read-only), raises :class:`~lrobridge.errors.Unavailable`: the caller's request fails as
   retryable (a push is nacked, an API call answers 503) instead of crashing.
@@ -23,25 +27,30 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from lrobridge.errors import FailedPrecondition, Unavailable
+from lrobridge.storage.rules import Put
+from lrobridge.storage.sqlite.schema import MIGRATIONS, Migration
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class SqliteDatabase:
+    """One SQLite file opened by the rules above: the write and read connections of this
+    process, and the one lease claim every SQLite store uses."""
+
     def __init__(
         self,
         path: str,
-        schema: str,
+        migrations: Sequence[Migration] = MIGRATIONS,
         *,
         on_open: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.path = path
-        self._schema = schema
+        self._migrations = tuple(migrations)
         self._on_open = on_open
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
@@ -67,7 +76,7 @@ class SqliteDatabase:
             conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             if self._on_open is not None:
                 self._on_open(conn)
-            conn.executescript(self._schema)
+            migrate(conn, self._migrations, path=self.path)
         except sqlite3.Error as exc:
             raise FailedPrecondition(f"cannot open the store at {self.path!r}: {exc}") from None
         return conn
@@ -120,11 +129,155 @@ class SqliteDatabase:
         with self._read_lock, _database_errors(self.path):
             return reader.execute(sql, tuple(params)).fetchall()
 
+    def claim(
+        self,
+        *,
+        table: str,
+        select: str,
+        key: str,
+        where: str,
+        params: Sequence[Any],
+        order: str,
+        limit: int,
+        guard: Callable[[dict[str, Any]], bool],
+        changes: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]],
+        source: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The one lease claim of every SQLite store: the rows of ``table`` that ``where``
+        finds due (at most ``limit``, in ``order``) and ``guard`` (the rule) lets go, each
+        written ``changes`` (the lease: a later due time and the claim's token) in one
+        ``BEGIN IMMEDIATE`` transaction, so no two claimers ever get the same row. The rows
+        come back as they were read (``select``'s columns by name), before the claim;
+        ``source`` is what they are selected from when it is more than ``table`` (a join).
+
+        A read first: an idle claimer then takes no write lock that other processes wait on."""
+        source = source or table
+        if limit <= 0 or not self.read(f"SELECT 1 FROM {source} WHERE {where} LIMIT 1", params):
+            return []
+        with self.write() as conn:
+            found = select_all(
+                conn, source, select, f"{where} ORDER BY {order} LIMIT ?", (*params, limit)
+            )
+            rows = [row for row in found if guard(row)]
+            for row in rows:
+                update(conn, table, key, row[key], changes(row) if callable(changes) else changes)
+        return rows
+
     def close(self) -> None:
         with self._lock, self._read_lock:
             self._conn.close()
             if self._reader is not self._conn:
                 self._reader.close()
+
+
+# -- the few statements every SQLite store builds from plain field mappings ---------------
+
+
+def _names(select: str) -> list[str]:
+    """The field names of a column list (``d.state`` is ``state``)."""
+    return [name.strip().rpartition(".")[2] for name in select.split(",")]
+
+
+def as_row(select: str, row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(_names(select), row, strict=True))
+
+
+def select_one(
+    conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
+) -> dict[str, Any] | None:
+    """The row of ``table`` matching ``where`` (a key), as a mapping the rules read."""
+    row = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchone()
+    return as_row(select, row) if row is not None else None
+
+
+def select_all(
+    conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchall()
+    return [as_row(select, row) for row in rows]
+
+
+def insert(conn: sqlite3.Connection, table: str, fields: Mapping[str, Any]) -> int:
+    """Insert a row; its rowid (the id of tables numbered by SQLite)."""
+    columns = ", ".join(fields)
+    marks = ", ".join("?" * len(fields))
+    cursor = conn.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(fields.values())
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def update(
+    conn: sqlite3.Connection, table: str, key: str, value: Any, changes: Mapping[str, Any]
+) -> None:
+    update_where(conn, table, f"{key} = ?", (value,), changes)
+
+
+def update_where(
+    conn: sqlite3.Connection,
+    table: str,
+    where: str,
+    params: tuple[Any, ...],
+    changes: Mapping[str, Any],
+) -> None:
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+    conn.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*changes.values(), *params))
+
+
+def put(conn: sqlite3.Connection, table: str, key: str, value: Any, write: Put | None) -> None:
+    """Execute a rule's :class:`~lrobridge.storage.rules.Put` on the row keyed ``value``."""
+    if write is None:
+        return
+    if write.create:
+        conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (value,))  # a tombstone revived
+        insert(conn, table, write.fields)
+    else:
+        update(conn, table, key, value, write.fields)
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, path: str) -> int:
+    """Bring the file on ``conn`` to the last version of ``migrations``; the version it had.
+
+    The steps it lacks run in one ``BEGIN IMMEDIATE`` transaction with the new
+    ``user_version``: another process opening the file at the same time waits for it (busy
+    timeout) and then finds nothing left to do; a step that fails leaves the file as it was."""
+    target = migrations[-1].version
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == target:
+        return found  # the usual case: no write lock taken
+    _refuse_newer(found, target, path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        _refuse_newer(found, target, path)
+        steps = {m.from_version: m for m in migrations}
+        while version < target:
+            step = steps.get(version)
+            if step is None:
+                raise FailedPrecondition(
+                    f"the store at {path!r} has schema version {version}, which this lrobridge "
+                    f"cannot migrate (it knows versions {sorted(steps)} and {target}): use a new "
+                    "file (LROBRIDGE_STORE)"
+                )
+            for statement in step.statements:
+                conn.execute(statement)
+            version = step.version
+        conn.execute(f"PRAGMA user_version={target}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _refuse_newer(found: int, target: int, path: str) -> None:
+    if found > target:
+        raise FailedPrecondition(
+            f"the store at {path!r} has schema version {found}, written by a newer lrobridge; "
+            f"this one reads up to version {target}: upgrade lrobridge, or use another file "
+            "(LROBRIDGE_STORE)"
+        )
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 Opens the same SQLite file as the main store (``LROBRIDGE_STORE``) through a connection of its
 own, in WAL mode, with its own tables (``webhooks``, ``webhook_messages``,
-``webhook_deliveries``, ``webhook_attempts``). Every method is one transaction that is committed
-before it returns, so a delivery reported as written survives a killed process.
+``webhook_deliveries``, ``webhook_attempts``; DDL and migrations in
+:mod:`lrobridge.storage.sqlite.schema`, the file's one ladder). Every method is one transaction
+that is committed before it returns, so a delivery reported as written survives a killed process.
 
 Claims: :meth:`SqliteWebhookStore.claim_due` pushes each due delivery's ``next_attempt`` forward
 by a lease and stamps it with a random claim token inside one ``BEGIN IMMEDIATE`` transaction;
@@ -23,9 +24,10 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from lrobridge.storage.sqlite.database import SqliteDatabase
+from lrobridge.storage import rules
+from lrobridge.storage.sqlite.database import SqliteDatabase, as_row, select_one, update
+from lrobridge.storage.sqlite.schema import MIGRATIONS
 from lrobridge.storage.sqlite.store import seq_cursor
-from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
     Claim,
@@ -35,69 +37,9 @@ from lrobridge.webhooks.model import (
     NewDelivery,
     Webhook,
     WebhookState,
+    signing_secrets,
 )
 from lrobridge.webhooks.schedule import Plan
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhooks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    url TEXT NOT NULL,
-    description TEXT NOT NULL DEFAULT '',
-    operation_glob TEXT NOT NULL DEFAULT '',
-    outcomes TEXT NOT NULL DEFAULT '',
-    metadata_type TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    disabled_reason TEXT NOT NULL DEFAULT '',
-    disable_time REAL,
-    secret TEXT NOT NULL,
-    previous_secret TEXT NOT NULL DEFAULT '',
-    previous_secret_expire_time REAL,
-    failing_since REAL,
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_messages (
-    id TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    body BLOB NOT NULL,
-    create_time REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    webhook_id TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt_count INTEGER NOT NULL DEFAULT 0,
-    round_attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL,
-    claim_token TEXT NOT NULL DEFAULT '',
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    last_status_code INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    UNIQUE (webhook_id, message_id)
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due
-    ON webhook_deliveries (state, next_attempt);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
-    ON webhook_deliveries (webhook_id, seq);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    delivery_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    time REAL NOT NULL,
-    status_code INTEGER NOT NULL,
-    latency REAL NOT NULL,
-    response_body TEXT NOT NULL,
-    error TEXT NOT NULL,
-    address TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhook_attempts_by_delivery ON webhook_attempts (delivery_id, seq);
-"""
 
 _WEBHOOK_COLUMNS = (
     "seq, id, url, description, operation_glob, outcomes, metadata_type, state, "
@@ -110,6 +52,10 @@ _DELIVERY_COLUMNS = (
     "d.last_status_code, d.last_error"
 )
 _DELIVERY_FROM = "webhook_deliveries d JOIN webhook_messages m ON m.id = d.message_id"
+# What a claim reads of the message and the webhook besides the delivery.
+_CLAIM_COLUMNS = (
+    "m.body, w.url, w.secret, w.previous_secret, w.previous_secret_expire_time, w.failing_since"
+)
 
 
 class SqliteWebhookStore:
@@ -117,7 +63,7 @@ class SqliteWebhookStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = SqliteDatabase(path, _SCHEMA)
+        self._db = SqliteDatabase(path, MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()
@@ -252,37 +198,40 @@ class SqliteWebhookStore:
         if only is not None:
             where += f" AND d.id IN ({', '.join('?' for _ in only)})"
             params.extend(only)
-        params.append(limit)
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS}, m.body, w.url, w.secret, w.previous_secret, "
-                "w.previous_secret_expire_time, w.failing_since "
-                f"FROM {_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id "
-                f"WHERE {where} ORDER BY d.next_attempt LIMIT ?",
-                params,
-            ).fetchall()
-            claims = []
-            for row in rows:
-                token = secrets.token_hex(8)
-                conn.execute(
-                    "UPDATE webhook_deliveries SET next_attempt = ?, claim_token = ? WHERE seq = ?",
-                    (now + lease, token, row[0]),
-                )
-                body, url, secret, previous, previous_expires, failing_since = row[15:]
-                active = [secret]
-                if previous and previous_expires is not None and now < previous_expires:
-                    active.append(previous)
-                claims.append(
-                    Claim(
-                        delivery=_delivery(row[:15], ()),
-                        token=token,
-                        url=url,
-                        secrets=tuple(active),
-                        body=bytes(body),
-                        failing_since=failing_since,
-                    )
-                )
-        return claims
+        tokens: dict[int, str] = {}  # one claim token per delivery
+
+        def take(row: dict[str, Any]) -> dict[str, Any]:
+            tokens[row["seq"]] = secrets.token_hex(8)
+            return rules.claim_delivery(now, lease, tokens[row["seq"]])
+
+        rows = self._db.claim(
+            table="webhook_deliveries",
+            source=f"{_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id",
+            select=f"{_DELIVERY_COLUMNS}, {_CLAIM_COLUMNS}",
+            key="seq",
+            where=where,
+            params=params,
+            order="d.next_attempt",
+            limit=limit,
+            guard=lambda row: rules.delivery_due(row, now),
+            changes=take,
+        )
+        return [
+            Claim(
+                delivery=rules.delivery_record(row, ()),
+                token=tokens[row["seq"]],
+                url=row["url"],
+                secrets=signing_secrets(
+                    row["secret"],
+                    row["previous_secret"],
+                    row["previous_secret_expire_time"],
+                    now=now,
+                ),
+                body=bytes(row["body"]),
+                failing_since=row["failing_since"],
+            )
+            for row in rows
+        ]
 
     def record_attempt(self, claim: Claim, attempt: Attempt, plan: Plan, *, now: float) -> bool:
         delivery = claim.delivery
@@ -301,32 +250,36 @@ class SqliteWebhookStore:
                     attempt.address,
                 ),
             )
-            updated = conn.execute(
-                "UPDATE webhook_deliveries SET state = ?, next_attempt = ?, claim_token = '', "
-                "attempt_count = attempt_count + 1, round_attempts = round_attempts + 1, "
-                "last_status_code = ?, last_error = ?, update_time = ? "
-                "WHERE id = ? AND claim_token = ? AND state = 'PENDING'",
-                (
-                    plan.state,
-                    plan.next_attempt_time,
-                    attempt.status_code,
-                    plan.error or attempt.error,
-                    now,
-                    delivery.id,
-                    claim.token,
-                ),
-            ).rowcount
-            if not updated:
-                return False
-            if plan.state == DeliveryState.SUCCEEDED.value:
-                conn.execute(
-                    "UPDATE webhooks SET failing_since = NULL WHERE id = ?", (delivery.webhook_id,)
+            current = select_one(
+                conn,
+                "webhook_deliveries",
+                "state, claim_token, attempt_count, round_attempts",
+                "id = ?",
+                (delivery.id,),
+            )
+            changes = rules.record_delivery_attempt(
+                current,
+                claim.token,
+                state=plan.state,
+                next_attempt=plan.next_attempt_time,
+                status_code=attempt.status_code,
+                error=plan.error or attempt.error,
+                now=now,
+            )
+            if changes is None:
+                return False  # the lease was lost: logged only
+            update(conn, "webhook_deliveries", "id", delivery.id, changes)
+            webhook = select_one(
+                conn, "webhooks", "failing_since", "id = ?", (delivery.webhook_id,)
+            )
+            if webhook is not None:
+                health = rules.endpoint_health(
+                    webhook,
+                    succeeded=plan.state == DeliveryState.SUCCEEDED.value,
+                    failing_since=plan.failing_since,
                 )
-            else:
-                conn.execute(
-                    "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
-                    (plan.failing_since, delivery.webhook_id),
-                )
+                if health:
+                    update(conn, "webhooks", "id", delivery.webhook_id, health)
             if plan.disable_reason:
                 _disable(conn, delivery.webhook_id, plan.disable_reason, now)
         return True
@@ -450,78 +403,10 @@ def _disable(conn: sqlite3.Connection, webhook_id: str, reason: str, now: float)
         )
 
 
-def _webhook(row: tuple[Any, ...]) -> Webhook:
-    (
-        _seq,
-        webhook_id,
-        url,
-        description,
-        operation_glob,
-        outcomes,
-        metadata_type,
-        state,
-        disabled_reason,
-        disable_time,
-        secret,
-        previous_secret,
-        previous_secret_expire_time,
-        failing_since,
-        create_time,
-        update_time,
-    ) = row
-    return Webhook(
-        id=webhook_id,
-        url=url,
-        description=description,
-        filter=WebhookFilter(
-            operation=operation_glob,
-            outcomes=frozenset(o for o in outcomes.split(",") if o),
-            metadata_type=metadata_type,
-        ),
-        state=WebhookState(state),
-        secret=secret,
-        create_time=create_time,
-        update_time=update_time,
-        disabled_reason=disabled_reason,
-        disable_time=disable_time,
-        previous_secret=previous_secret,
-        previous_secret_expire_time=previous_secret_expire_time,
-        failing_since=failing_since,
-    )
+def _webhook(row: Sequence[Any]) -> Webhook:
+    fields = as_row(_WEBHOOK_COLUMNS, row)
+    return rules.webhook_record(fields, outcomes=fields["outcomes"].split(","))
 
 
 def _delivery(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> Delivery:
-    (
-        _seq,
-        delivery_id,
-        webhook_id,
-        message_id,
-        event_id,
-        event_type,
-        operation,
-        state,
-        attempt_count,
-        round_attempts,
-        next_attempt,
-        create_time,
-        update_time,
-        last_status_code,
-        last_error,
-    ) = row
-    return Delivery(
-        id=delivery_id,
-        webhook_id=webhook_id,
-        message_id=message_id,
-        event_id=event_id,
-        event_type=event_type,
-        operation=operation,
-        state=DeliveryState(state),
-        attempt_count=attempt_count,
-        round_attempts=round_attempts,
-        next_attempt_time=next_attempt,
-        create_time=create_time,
-        update_time=update_time,
-        last_status_code=last_status_code,
-        last_error=last_error,
-        attempts=attempts,
-    )
+    return rules.delivery_record(as_row(_DELIVERY_COLUMNS, row), attempts)
