@@ -257,7 +257,9 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     store_path = workdir / "watches.db"
     server = _Server(kind, ops, kind, window)
     print(f"  {kind}: registering {ops} watches ...", flush=True)
+    registering = time.time()
     _register(store_path, server.url, ops, kind)
+    print(f"  {kind}: registered in {time.time() - registering:.0f}s", flush=True)
     topic = f"projects/{PROJECT}/topics/lro-{kind}"
     subscription = f"projects/{PROJECT}/subscriptions/lro-{kind}"
     with PubSubAdmin() as admin:
