@@ -45,7 +45,7 @@ SETTLE_BATCH = 500
 SETTLER_IDLE_SECONDS = 2.0
 # Once an acknowledgement is queued the settling thread waits this long for more: the rest of
 # the publisher's batch arrives meanwhile, and a larger transaction costs less per entry.
-SETTLE_LINGER_SECONDS = 0.005
+SETTLE_LINGER_SECONDS = 0.02
 
 
 def _message(
