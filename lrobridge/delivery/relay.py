@@ -213,6 +213,12 @@ class OutboxRelay:
         rescheduled) once Pub/Sub answers. False if it is in flight already."""
         return self._publish(entry, None)
 
+    def publish_settled(self, entry: OutboxEntry) -> Future[None] | None:
+        """:meth:`publish`, with a future that resolves once the entry is settled in the store
+        (for callers that answer only then); None if it is in flight already."""
+        settled: Future[None] = Future()
+        return settled if self._publish(entry, settled) else None
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every entry handed over is settled in the store (call it once the
         publisher has had its answers, before the store closes); False if some were not

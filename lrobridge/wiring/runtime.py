@@ -156,6 +156,9 @@ class Runtime:
             # closes (what is not settled is published again after its lease, never lost).
             for relay in parts.built_relays:
                 relay.flush()
+            task_queue = parts.built_task_queue
+            if task_queue is not None:
+                task_queue.close()
             close_registry = getattr(parts.registry, "close", None)
             if close_registry is not None:
                 close_registry()
