@@ -275,7 +275,17 @@ class EventLedger(Protocol):
         self, *, reason: str, body: bytes, headers: dict[str, str], now: float
     ) -> int: ...
 
-    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries, bodies included."""
+        ...
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries without their bodies (``body`` is b"", ``size`` set)."""
+        ...
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        """One entry with its body; NotFound when there is none (or it was dropped)."""
+        ...
 
 
 class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):

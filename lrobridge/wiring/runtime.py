@@ -4,7 +4,7 @@
 process without a watcher republishes what failed to publish), the webhook delivery worker
 thread (``background`` delivery mode, see :mod:`lrobridge.wiring.parts`), the gRPC server, and
 :meth:`Runtime.close`, which stops them and closes every part that was built. Each thread is
-per process: started again after ``fork`` (gunicorn workers), never shared across one.
+per process: started again after ``fork`` (a pre-forking WSGI server), never shared across one.
 """
 
 from __future__ import annotations

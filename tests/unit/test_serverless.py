@@ -372,6 +372,7 @@ def test_watch_pushes_without_a_token_are_refused_when_push_auth_is_on() -> None
     settings = dataclasses.replace(
         Settings(),
         push_auth="oidc",
+        push_audience="https://bridge.example/pubsub/push",
         push_service_account="pusher@p.iam.gserviceaccount.com",
         push_certs_url="http://127.0.0.1:9/certs",
         project="p",

@@ -42,8 +42,9 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, InvalidArgument
+from lrobridge.errors import AlreadyExists, InvalidArgument, NotFound
 from lrobridge.storage import rules
+from lrobridge.storage.rules import QuarantineLimits
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,
@@ -73,8 +74,9 @@ class SqliteStore:
     Every method reads the rows a rule of :mod:`lrobridge.storage.rules` needs and writes its
     answer in one ``BEGIN IMMEDIATE`` transaction; the rules, not the SQL, decide."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, quarantine_limits: QuarantineLimits | None = None) -> None:
         self.path = path
+        self._quarantine_limits = quarantine_limits or QuarantineLimits()
         self._db = SqliteDatabase(path, MIGRATIONS)
         self._leases = rules.LeaseBook()
 
@@ -469,6 +471,7 @@ class SqliteStore:
             if entry is not None and quarantined is not None:
                 conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
                 insert(conn, "quarantine", quarantined)
+                self._bound_quarantine(conn, now)
                 if entry["watch_id"] is not None:
                     failed = rules.abandoned_watch(reason, now=now)
                     update(conn, "watches", "id", entry["watch_id"], failed)
@@ -666,7 +669,24 @@ class SqliteStore:
     def quarantine(self, *, reason: str, body: bytes, headers: dict[str, str], now: float) -> int:
         with self._write() as conn:
             kept = rules.new_quarantined(reason=reason, body=body, headers=headers, now=now)
-            return insert(conn, "quarantine", kept)
+            entry_id = insert(conn, "quarantine", kept)
+            self._bound_quarantine(conn, now)
+            return entry_id
+
+    def _bound_quarantine(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop what QuarantineLimits says goes (in the transaction that added an entry)."""
+        limits = self._quarantine_limits
+        newest = "(SELECT MAX(id) FROM quarantine)"
+        conn.execute(
+            f"DELETE FROM quarantine WHERE receive_time < ? AND id < {newest}",
+            (now - limits.max_age,),
+        )
+        conn.execute(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM (SELECT id, SUM(length(body)) "
+            "OVER (ORDER BY id DESC) AS kept FROM quarantine) WHERE kept > ?) "
+            f"AND id < {newest}",
+            (limits.max_bytes,),
+        )
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         columns = ("id", "receive_time", "reason", "body", "headers")
@@ -674,6 +694,22 @@ class SqliteStore:
             f"SELECT {', '.join(columns)} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [rules.quarantined_message(dict(zip(columns, r, strict=True))) for r in rows]
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        columns = ("id", "receive_time", "reason", "headers", "size")
+        rows = self._read(
+            "SELECT id, receive_time, reason, headers, length(body) FROM quarantine "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [rules.quarantined_message(dict(zip(columns, r, strict=True))) for r in rows]
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        columns = ("id", "receive_time", "reason", "body", "headers")
+        rows = self._read(f"SELECT {', '.join(columns)} FROM quarantine WHERE id = ?", (entry_id,))
+        if not rows:
+            raise NotFound(f"quarantined message {entry_id} does not exist (or was dropped)")
+        return rules.quarantined_message(dict(zip(columns, rows[0], strict=True)))
 
 
 _RUN_SELECT = ", ".join(rules.CALLBACK_RUN_FIELDS)
