@@ -125,7 +125,7 @@ def test_the_relay_publishes_inside_the_messages_trace_and_passes_its_own_span_o
     entry_id = store.enqueue(message, event_id="e1", operation=NAME, now=1000.0)
     [entry] = store.claim_due_publishes(now=2000.0, limit=10, lease=60.0)
     assert entry.id == entry_id
-    future = outbox_relay.publish(entry)
+    future = outbox_relay.publish_settled(entry)
     assert future is not None
     future.result(timeout=5)
     [publish] = recorded.finished("lrobridge.publish")
