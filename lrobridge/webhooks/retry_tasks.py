@@ -17,6 +17,7 @@ deleted is acknowledged. Pure module: Cloud Tasks is behind :class:`lrobridge.po
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_ROUTE = "/tasks/webhook"
 # A task arriving this much before its delivery is due (clock skew) asks to be retried.
 EARLY_LIMIT = 60.0
+# How many lateness figures a handler keeps (the latest ones).
+LATENESS_KEPT = 10_000
 
 
 def task_name(delivery_id: str, attempt: int) -> str:
@@ -104,7 +107,9 @@ class RetryTaskHandler:
         self._verifier = verifier
         self._audience = audience
         self._clock = clock
-        self.lateness: list[float] = []  # attempt start - planned time (bench, dev stack)
+        # attempt start - planned time of the latest retries (bench, dev stack); bounded, since
+        # a serving process handles retries for as long as it lives.
+        self.lateness: collections.deque[float] = collections.deque(maxlen=LATENESS_KEPT)
 
     def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         lowered = {k.lower(): v for k, v in headers.items()}
