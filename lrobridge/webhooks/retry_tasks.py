@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from lrobridge.core.access import platform_checked_credential
 from lrobridge.core.names import validate_resource_id
 from lrobridge.delivery.push import PushResponse, TokenVerifier
 from lrobridge.errors import BridgeError, Code, InvalidArgument
@@ -115,7 +116,8 @@ class RetryTaskHandler:
         lowered = {k.lower(): v for k, v in headers.items()}
         if self._verifier is not None:
             try:
-                self._verifier.verify(lowered.get("authorization"))
+                # The token Cloud Run checked (X-Serverless-Authorization when sent).
+                self._verifier.verify(platform_checked_credential(lowered))
             except BridgeError as exc:
                 return PushResponse(exc.code.http_status, exc.to_status_json())
         try:
