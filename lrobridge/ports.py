@@ -14,7 +14,7 @@ above :mod:`lrobridge.core` in the layers (pyproject.toml's import-linter contra
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -176,6 +176,11 @@ class Outbox(Protocol):
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
         """Drop the entry; a watch waiting on it becomes COMPLETED."""
+        ...
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        """:meth:`mark_published` for each of ``entry_ids``, in one transaction where the
+        backend can (SQLite); the relay settles what Pub/Sub acknowledged in bulk."""
         ...
 
     def retry_publish(

@@ -411,7 +411,7 @@ class TaskWatchHandler:
                 done.event_id,
             )
             entry = OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
-            settled = self._relay.publish(entry)
+            settled = self._relay.publish_settled(entry)
             if settled is not None:
                 wait([settled], timeout=PUBLISH_SETTLE)
             return self._published(watch, body)

@@ -315,6 +315,12 @@ class Parts:
         return tuple(p for p in (self._publisher, self._watch_publisher) if p is not None)
 
     @property
+    def built_relays(self) -> tuple[OutboxRelay, ...]:
+        """The outbox relays made so far (the producer's and drainer's, the watcher's)."""
+        watcher_relay = self.watcher.relay if self.watcher is not None else None
+        return tuple(r for r in (self._relay, watcher_relay) if r is not None)
+
+    @property
     def built_task_queue(self) -> TaskQueue | None:
         return self._task_queue
 

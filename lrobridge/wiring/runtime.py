@@ -152,6 +152,10 @@ class Runtime:
                 hub.close()
             for publisher in parts.built_publishers:
                 publisher.close()
+            # Closing a publisher waited for Pub/Sub's answers; settle them before the store
+            # closes (what is not settled is published again after its lease, never lost).
+            for relay in parts.built_relays:
+                relay.flush()
             task_queue = parts.built_task_queue
             if task_queue is not None:
                 task_queue.close()

@@ -524,6 +524,25 @@ def test_a_publish_settled_under_a_lease_another_instance_took_over_is_refused(
     assert second.outbox_size() == 0
 
 
+def test_published_entries_settle_in_bulk_except_one_whose_lease_was_taken_over(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    watch_ids = [_create(first, f"operations/{i}") for i in range(4)]
+    entry_ids = [
+        first.record_completion(w, _completion(f"operations/{i}"), now=100.0)
+        for i, w in enumerate(watch_ids)
+    ]
+    assert None not in entry_ids
+    [taken] = second.claim_due_publishes(now=1000.0, limit=1, lease=30.0)  # one stalled
+    first.mark_published_many([*entry_ids, 999_999], now=1001.0)  # 999,999: already gone
+    states = [first.get_watch(w).state for w in watch_ids]  # type: ignore[union-attr]
+    assert states == [
+        WatchState.PUBLISHING if e == taken.id else WatchState.COMPLETED for e in entry_ids
+    ]
+    assert first.outbox_size() == 1
+
+
 def test_a_callback_run_finished_under_a_lease_another_instance_took_over_is_refused(
     store_backend: Backend,
 ) -> None:

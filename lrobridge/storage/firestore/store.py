@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as api_exceptions
@@ -511,6 +511,12 @@ class FirestoreStore:
 
         wrote = self.db.transact("settle the published message", body)
         self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        # A transaction each: Firestore's per-document write rate, not a commit per batch, is
+        # what limits it (a batched settle is future work).
+        for entry_id in entry_ids:
+            self.mark_published(entry_id, now=now)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float

@@ -61,6 +61,8 @@ from lrobridge.storage.sqlite.schema import MIGRATIONS
 _WATCH_SELECT = "seq, " + ", ".join(rules.WATCH_FIELDS)
 _OPERATION_SELECT = ", ".join(rules.OPERATION_FIELDS)
 _OUTBOX_SELECT = ", ".join(rules.OUTBOX_FIELDS)
+# Outbox entries settled per statement in bulk (SQLite allows 32,766 parameters).
+_SETTLE_CHUNK = 500
 # The kinds of rows leased (keys of the LeaseBook).
 _WATCH = "watch"
 _ENTRY = "outbox"
@@ -413,14 +415,38 @@ class SqliteStore:
             update(conn, "watches", "id", watch_id, state)
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
-        held = self._leases.held(_ENTRY, entry_id)
+        self.mark_published_many([entry_id], now=now)
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        # The same rules as one entry at a time, a statement per chunk: read the entries,
+        # drop those still leased to us, complete their PUBLISHING watches.
+        held = {entry_id: self._leases.held(_ENTRY, entry_id) for entry_id in entry_ids}
+        wrote = dict.fromkeys(entry_ids, True)  # an entry already gone counts as settled
         with self._write() as conn:
-            entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
-            wrote = entry is None or rules.settle_publish(entry, held)
-            if entry is not None and wrote:
-                conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-                self._settle_watch(conn, entry["watch_id"], now)
-        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+            for start in range(0, len(entry_ids), _SETTLE_CHUNK):
+                chunk = tuple(entry_ids[start : start + _SETTLE_CHUNK])
+                entries = select_all(conn, "outbox", _OUTBOX_SELECT, _in("id", chunk), chunk)
+                dropped = []
+                for entry in entries:
+                    wrote[entry["id"]] = rules.settle_publish(entry, held[entry["id"]])
+                    if wrote[entry["id"]]:
+                        dropped.append(entry)
+                if not dropped:
+                    continue
+                ids = tuple(entry["id"] for entry in dropped)
+                conn.execute(f"DELETE FROM outbox WHERE {_in('id', ids)}", ids)
+                watch_ids = tuple(e["watch_id"] for e in dropped if e["watch_id"] is not None)
+                if not watch_ids:
+                    continue
+                watches = select_all(
+                    conn, "watches", _WATCH_SELECT, _in("id", watch_ids), watch_ids
+                )
+                completing = tuple(w["id"] for w in watches if rules.settle_watch(w))
+                if completing:
+                    state = {"state": int(WatchState.COMPLETED), "update_time": now}
+                    update_where(conn, "watches", _in("id", completing), completing, state)
+        for entry_id, settled in wrote.items():
+            self._leases.settled(_ENTRY, entry_id, wrote=settled)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
@@ -688,6 +714,11 @@ class SqliteStore:
 
 
 _RUN_SELECT = ", ".join(rules.CALLBACK_RUN_FIELDS)
+
+
+def _in(column: str, values: Sequence[object]) -> str:
+    """``column IN (?, ?, ...)`` for ``values``."""
+    return f"{column} IN ({', '.join('?' * len(values))})"
 
 
 def _watch_row(row: Sequence[Any]) -> dict[str, Any]:
