@@ -218,7 +218,7 @@ def main() -> None:
                 requests.post(f"{base}/pubsub/push", json=body, timeout=30).raise_for_status()
             print(f"webhook phase: {args.deliveries} retries planned ~5 s ahead ...", flush=True)
             receiver.wait_for(2 * args.deliveries, timeout=120)
-        retries = bridge.webhook_task_endpoint().lateness
+        retries = list(bridge.webhook_task_endpoint().lateness)
 
         # -- 3. the emulator's own floor ----------------------------------------------------
         floor = Floor()

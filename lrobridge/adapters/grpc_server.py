@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lrobridge.core import codec
-from lrobridge.core.access import ApiAuth
+from lrobridge.core.access import SERVERLESS_AUTHORIZATION, ApiAuth
 from lrobridge.core.records import WatchState
 from lrobridge.errors import BridgeError, FailedPrecondition, InvalidArgument, Unavailable
 from lrobridge.operations.service import OperationsFacade
@@ -76,7 +76,13 @@ class _Servicer:
     ) -> T:
         try:
             metadata = dict(context.invocation_metadata() or ())
-            await self._blocking(lambda: self._auth.check(metadata.get("authorization")))
+            await self._blocking(
+                lambda: self._auth.check(
+                    metadata.get("authorization"),
+                    # Behind Cloud Run the ID token it checked may be here (as over REST).
+                    serverless_authorization=metadata.get(SERVERLESS_AUTHORIZATION),
+                )
+            )
             return await call()
         except BridgeError as exc:
             await context.abort(grpc.StatusCode[exc.code.name], exc.message)

@@ -25,7 +25,7 @@ from lrobridge.cli.common import (
 )
 from lrobridge.cli.output import Column, add_format_flag, print_listing
 from lrobridge.config import Settings, parse_duration
-from lrobridge.core.names import validate_operation_name, validate_resource_id
+from lrobridge.core.names import is_digits, validate_operation_name, validate_resource_id
 from lrobridge.core.source_url import parse_source_url
 from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
@@ -243,25 +243,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _port_arg(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not is_digits(text) or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
 
 
 def _count_arg(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
+    if not is_digits(text) or not 1 <= int(text) <= 1024:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1024")
     return int(text)
 
 
 def _quarantine_id(text: str) -> str:
-    if not text.isdigit():
+    if not is_digits(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a quarantine id (a number)")
     return text
 
 
 def _connections_arg(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+    if not is_digits(text) or not 1 <= int(text) <= 100_000:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 100000")
     return int(text)
 

@@ -14,6 +14,16 @@ MAX_OPERATION_NAME_BYTES = 1024
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._~\-@:+=%,!$&'*()]+")
 
 
+def is_digits(text: str) -> bool:
+    """Whether ``text`` is one or more ASCII digits 0-9: what ``int()`` reads as a plain number.
+
+    ``str.isdigit()`` alone also says yes to ``'\u00b2'`` (a Latin-1 header byte), which
+    ``int()`` refuses, and to other scripts' digits; every number read from outside goes
+    through this instead.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def validate_operation_name(name: str) -> str:
     """Return ``name`` if it is a usable operation name, else raise InvalidArgument.
 

@@ -114,6 +114,21 @@ class PageTokens:
             )
         return fields
 
+    def continue_after(self, token: str, kind: str, **bound: str) -> str:
+        """The cursor of a token of ``kind`` ('' for the first page), refused with
+        InvalidArgument when one of the ``bound`` request parameters (a state filter, a
+        parent) differs from what the token was issued with (AIP-158)."""
+        fields = self.decode(token, kind)
+        if fields is None:
+            return ""
+        for key, value in bound.items():
+            if fields.get(key, "") != value:
+                raise InvalidArgument(
+                    f"pageToken was issued for another {key} ({fields.get(key, '')!r}, not "
+                    f"{value!r}); list again without a pageToken"
+                )
+        return cursor(fields)
+
     def _signature(self, body: str) -> str:
         mac = hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
         return _b64encode(mac)

@@ -26,7 +26,7 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from lrobridge.core.names import check_text
+from lrobridge.core.names import check_text, is_digits
 from lrobridge.errors import InvalidArgument
 
 Scheme = Literal["grpc", "grpcs", "http", "https"]
@@ -189,7 +189,7 @@ def _port(url: str, netloc: str) -> int | None:
     if ":" not in after_host:
         return None
     text = after_host.rsplit(":", 1)[1]
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not is_digits(text) or not 1 <= int(text) <= 65535:
         raise InvalidArgument(f"source URL {url!r}: port {text!r} is not a number in 1-65535")
     return int(text)
 

@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lrobridge.core.names import is_digits
 from lrobridge.errors import InvalidArgument
 
 UNWRAPPED_MARKER_HEADER = "x-goog-pubsub-message-id"
@@ -130,7 +131,7 @@ def _decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushMessage:
     attempt_text = meta("delivery-attempt")
     delivery_attempt: int | None = None
     if attempt_text:
-        if not attempt_text.isdigit() or int(attempt_text) < 1:
+        if not is_digits(attempt_text) or int(attempt_text) < 1:
             raise InvalidArgument(
                 "unwrapped push: header x-goog-pubsub-delivery-attempt="
                 f"{_snippet(attempt_text)} is not a positive integer"

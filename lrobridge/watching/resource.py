@@ -144,9 +144,12 @@ class WatchService:
     ) -> tuple[list[WatchRecord], str]:
         self._stored_only()
         size = paging.page_size(page_size)
-        after = paging.cursor(self._tokens.decode(page_token, "watches"))
+        bound = {"state": state.name if state is not None else ""}
+        after = self._tokens.continue_after(page_token, "watches", **bound)
         records, cursor = self._store.list_watches(after=after, limit=size, state=state)
-        return records, self._tokens.encode("watches", after=cursor) if cursor is not None else ""
+        if cursor is None:
+            return records, ""
+        return records, self._tokens.encode("watches", after=cursor, **bound)
 
     def delete(self, name: str) -> None:
         self._stored_only()

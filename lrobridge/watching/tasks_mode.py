@@ -52,6 +52,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from lrobridge.core import codec
+from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_credential
 from lrobridge.core.names import validate_resource_id
 from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import OutboxEntry, WatchRecord, WatchState
@@ -301,11 +302,13 @@ class TaskWatchHandler:
         lowered = {k.lower(): v for k, v in headers.items()}
         if self._verifier is not None:
             try:
-                # The audience is configuration, never the URL the request names.
-                self._verifier.verify(lowered.get("authorization"))
+                # The audience is configuration, never the URL the request names; the token
+                # is the one Cloud Run checked (X-Serverless-Authorization when sent).
+                self._verifier.verify(platform_checked_credential(lowered))
             except BridgeError as exc:
                 return PushResponse(exc.code.http_status, exc.to_status_json())
         lowered.pop("authorization", None)
+        lowered.pop(SERVERLESS_AUTHORIZATION, None)
         try:
             task = decode_watch_task(body)
         except InvalidArgument as exc:

@@ -17,11 +17,13 @@ deleted is acknowledged. Pure module: Cloud Tasks is behind :class:`lrobridge.po
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 
+from lrobridge.core.access import platform_checked_credential
 from lrobridge.core.names import validate_resource_id
 from lrobridge.delivery.push import PushResponse, TokenVerifier
 from lrobridge.errors import BridgeError, Code, InvalidArgument
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_ROUTE = "/tasks/webhook"
 # A task arriving this much before its delivery is due (clock skew) asks to be retried.
 EARLY_LIMIT = 60.0
+# How many lateness figures a handler keeps (the latest ones).
+LATENESS_KEPT = 10_000
 
 
 def task_name(delivery_id: str, attempt: int) -> str:
@@ -104,13 +108,16 @@ class RetryTaskHandler:
         self._verifier = verifier
         self._audience = audience
         self._clock = clock
-        self.lateness: list[float] = []  # attempt start - planned time (bench, dev stack)
+        # attempt start - planned time of the latest retries (bench, dev stack); bounded, since
+        # a serving process handles retries for as long as it lives.
+        self.lateness: collections.deque[float] = collections.deque(maxlen=LATENESS_KEPT)
 
     def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         lowered = {k.lower(): v for k, v in headers.items()}
         if self._verifier is not None:
             try:
-                self._verifier.verify(lowered.get("authorization"))
+                # The token Cloud Run checked (X-Serverless-Authorization when sent).
+                self._verifier.verify(platform_checked_credential(lowered))
             except BridgeError as exc:
                 return PushResponse(exc.code.http_status, exc.to_status_json())
         try:

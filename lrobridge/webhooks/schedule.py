@@ -40,6 +40,8 @@ import datetime
 import email.utils
 import random
 
+from lrobridge.core.names import is_digits
+
 RETRY_SCHEDULE: tuple[float, ...] = (
     0.0,
     5.0,
@@ -83,7 +85,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if is_digits(text):
         seconds = float(text)
     else:
         try:

@@ -168,13 +168,16 @@ class WebhookService:
         """Deliveries (newest first) of one webhook or of all, with their attempt log."""
         webhook_id = self.get(webhook).id if webhook is not None else None
         size = paging.page_size(page_size)
+        bound = {"webhook": webhook_id or "", "state": state.name if state is not None else ""}
         items, cursor = self._store.list_deliveries(
             webhook_id=webhook_id,
             state=state,
-            after=paging.cursor(self._tokens.decode(page_token, "deliveries")),
+            after=self._tokens.continue_after(page_token, "deliveries", **bound),
             limit=size,
         )
-        return items, self._tokens.encode("deliveries", after=cursor) if cursor is not None else ""
+        if cursor is None:
+            return items, ""
+        return items, self._tokens.encode("deliveries", after=cursor, **bound)
 
     def delivery(self, name: str) -> Delivery:
         delivery = self._store.get_delivery(_id(name, "deliveries/", "delivery"))

@@ -153,6 +153,49 @@ def test_a_forged_stripped_token_beside_a_verified_x_serverless_authorization_is
     assert genuine.status_code == 204 and len(app.config["ran"]) == 1  # type: ignore[attr-defined]
 
 
+TASKS = "tasks@proj.iam.gserviceaccount.com"
+TASKS_AUDIENCE = "https://lrobridge-abc-uc.a.run.app/tasks"
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/tasks/webhook", {"delivery": "d-1", "attempt": 2}),
+        ("/tasks/watch", {"watch": "w-1", "attempt": 1, "due": 0}),
+    ],
+)
+def test_a_forged_task_token_beside_a_verified_x_serverless_authorization_is_refused(
+    authority: TokenAuthority, tmp_path: object, route: str, body: dict[str, object]
+) -> None:
+    """The task routes read the credential Cloud Run checked, as the push routes do."""
+    app = _app(
+        authority,
+        tmp_path,
+        watch_mode="tasks",
+        tasks_location="europe-west1",
+        tasks_url="https://lrobridge-abc-uc.a.run.app",
+        tasks_webhook_queue="lro-webhook-retry",
+        tasks_service_account=TASKS,
+        tasks_audience=TASKS_AUDIENCE,
+    )
+    client = app.test_client()  # type: ignore[attr-defined]
+    invoker = authority.mint("https://lrobridge-abc-uc.a.run.app", "someone@example.com")
+    forged = stripped(authority.mint(TASKS_AUDIENCE, TASKS))  # claims to be Cloud Tasks
+    response = client.post(
+        route,
+        json=body,
+        headers={"Authorization": forged, "X-Serverless-Authorization": stripped(invoker)},
+    )
+    assert response.status_code == 403, response.get_data(as_text=True)
+    # What was judged is the invoker's token (its audience), not the forged one.
+    assert (
+        "audience 'https://lrobridge-abc-uc.a.run.app'" in response.get_json()["error"]["message"]
+    )
+    # The same token alone in Authorization is what Cloud Run passes on from Cloud Tasks.
+    genuine = client.post(route, json=body, headers={"Authorization": forged})
+    assert genuine.status_code == 200, genuine.get_data(as_text=True)
+
+
 def test_the_scheduler_id_token_is_accepted_on_v1_with_its_signature_removed_by_cloud_run(
     authority: TokenAuthority, tmp_path: object
 ) -> None:

@@ -282,6 +282,9 @@ def test_operators_read_the_quarantine_newest_first(client: FlaskClient) -> None
         ("/v1/quarantine?view=FULL&pageSize=50", 400, "with view=FULL"),
         ("/v1/quarantine/12345", 404, "does not exist"),
         ("/v1/quarantine/x1", 400, "is not a number"),
+        # str.isdigit() takes these, int() refuses the first; SQLite refuses the second.
+        ("/v1/quarantine/%C2%B2", 400, "is not a number"),
+        ("/v1/quarantine/99999999999999999999999999", 400, "is not a number"),
     ],
 )
 def test_bad_quarantine_reads_say_what_was_wrong(

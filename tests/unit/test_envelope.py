@@ -221,3 +221,10 @@ def test_a_malformed_unwrapped_push_is_rejected_saying_what_is_wrong(
     headers: dict[str, str], expected: str
 ) -> None:
     assert expected in _decode_error(b"data", headers)
+
+
+def test_an_unwrapped_delivery_attempt_that_is_not_ascii_digits_is_refused() -> None:
+    # '\xb2' is one Latin-1 header byte: str.isdigit() says yes, int() refuses it.
+    headers = {"x-goog-pubsub-message-id": "1", "x-goog-pubsub-delivery-attempt": "\u00b2"}
+    with pytest.raises(InvalidArgument, match="is not a positive integer"):
+        decode_push(b"x", headers)

@@ -181,3 +181,32 @@ def test_the_api_refuses_a_page_token_a_client_wrote_itself(shared_store: Sqlite
         assert client.get(f"/v1/watches?pageToken={token}", headers=AUTH).status_code == 200
     finally:
         bridge.close()
+
+
+def test_a_watch_page_token_is_refused_with_another_state_filter(
+    shared_store: SqliteStore,
+) -> None:
+    bridge = _bridge("", shared_store)
+    try:
+        client = bridge.create_app().test_client()
+        for op in ("operations/a", "operations/b"):
+            body = {"operation": op, "source": "grpc://127.0.0.1:1"}
+            assert client.post("/v1/watches", json=body, headers=AUTH).status_code == 201
+        page = client.get("/v1/watches?pageSize=1&state=ACTIVE", headers=AUTH).get_json()
+        token = page["nextPageToken"]
+        same = client.get(f"/v1/watches?pageToken={token}&state=ACTIVE", headers=AUTH)
+        assert same.status_code == 200 and len(same.get_json()["watches"]) == 1
+        other = client.get(f"/v1/watches?pageToken={token}&state=FAILED", headers=AUTH)
+        assert other.status_code == 400
+        assert "state" in other.get_json()["error"]["message"]
+    finally:
+        bridge.close()
+
+
+def test_a_bound_field_of_a_token_must_match_the_request() -> None:
+    tokens = paging.PageTokens(KEY)
+    token = tokens.encode("deliveries", after="7", webhook="w1", state="")
+    assert tokens.continue_after(token, "deliveries", webhook="w1", state="") == "7"
+    with pytest.raises(InvalidArgument, match="webhook"):
+        tokens.continue_after(token, "deliveries", webhook="w2", state="")
+    assert tokens.continue_after("", "deliveries", webhook="w2", state="") == ""

@@ -54,6 +54,7 @@ def test_accepted_source_urls_are_normalized(url: str, normalized: str) -> None:
         ("grpc://localhost:0", "port '0'"),
         ("grpc://localhost:65536", "port '65536'"),
         ("grpc://localhost:http", "port 'http'"),
+        ("grpc://localhost:\u00b2", "port '\u00b2'"),
         ("grpc://:50051", "no host"),
         ("grpc://localhost:50051/v1", "has a path"),
         ("http://localhost:8080", "no API version path"),

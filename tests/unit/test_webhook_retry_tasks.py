@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
+from lrobridge.webhooks import retry_tasks
 from lrobridge.webhooks.retry_tasks import decode_retry_task, task_name
 from lrobridge.wiring.parts import WebhookParts
 from tests.support.tasks import FakeTaskQueue
@@ -127,3 +128,18 @@ def test_a_malformed_webhook_task_is_refused_once_and_acknowledged(
 ) -> None:
     answer = parts.client.post("/tasks/webhook", data=body)
     assert answer.status_code == 200 and "refused" in json.loads(answer.data)
+
+
+def test_a_serving_handler_keeps_a_bounded_number_of_lateness_figures(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retry_tasks, "LATENESS_KEPT", 1)
+    _failing_delivery(parts)
+    for _ in range(2):  # attempts 2 and 3, each run when due
+        task = parts.queue.take()
+        parts.clock.advance(task.schedule_time - parts.clock.now + 0.1)
+        ran = parts.client.post("/tasks/webhook", data=task.body)
+        assert ran.status_code == 200 and ran.get_json()["attempted"] == 1
+
+    lateness = parts.bridge.webhook_task_endpoint().lateness
+    assert len(lateness) == 1 and 0.0 <= lateness[0] < 1.0  # the latest retry's only

@@ -133,6 +133,7 @@ def test_retry_after_does_not_add_attempts_beyond_the_schedule() -> None:
         ("soon", None),
         ("-5", None),
         ("1.5", None),
+        ("\u00b2", None),  # a Latin-1 header byte str.isdigit() takes and float() refuses
     ],
 )
 def test_retry_after_accepts_seconds_and_http_dates_clamped(

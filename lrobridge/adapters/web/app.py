@@ -40,6 +40,7 @@ from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.config import MAX_REQUEST_BYTES
 from lrobridge.core import codec
 from lrobridge.core.access import ApiAuth
+from lrobridge.core.names import is_digits
 from lrobridge.core.records import QuarantinedMessage, WatchState
 from lrobridge.delivery.push import PushEndpoint, PushResponse
 from lrobridge.errors import BridgeError, Code, FailedPrecondition, InvalidArgument, NotFound
@@ -267,7 +268,8 @@ def create_app(parts: AppParts) -> Flask:
 
     @app.get("/v1/quarantine/<entry_id>")
     def get_quarantined(entry_id: str) -> Response:
-        if not entry_id.isdigit():
+        # At most 18 digits: quarantine ids are 64-bit row numbers (SQLite refuses more).
+        if not (is_digits(entry_id) and len(entry_id) <= 18):
             raise InvalidArgument(f"quarantine id {entry_id!r} is not a number")
         full = _quarantine_view(default="FULL")
         message = parts.ledger.get_quarantined(int(entry_id))

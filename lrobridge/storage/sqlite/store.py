@@ -30,6 +30,7 @@ from typing import Any
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
+from lrobridge.core.names import is_digits
 from lrobridge.core.opfilter import Condition, OperationFilter
 from lrobridge.core.records import (
     ClaimResult,
@@ -743,7 +744,7 @@ def seq_cursor(after: str) -> int:
 
 def _dead_local_process(owner: str, host: str) -> bool:
     owner_host, _, pid_text = owner.rpartition(":")
-    if owner_host != host or not pid_text.isdigit():
+    if owner_host != host or not is_digits(pid_text):
         return False
     try:
         os.kill(int(pid_text), 0)
