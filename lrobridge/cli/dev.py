@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lrobridge.cli.common import load_bridge, wait_for_signal
@@ -155,28 +156,36 @@ def run_dev(
         print(f"• watcher: store {settings.store_url}, callbacks: {len(bridge.subscriptions)}")
         if bridge.start_webhook_worker():
             print("• webhooks: delivery worker running (lrobridge webhooks add URL)")
-        print(
-            "\nReady. In another terminal:\n"
-            "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
-            "Ctrl-C stops everything this command started.\n",
-            flush=True,
-        )
 
-        stop = wait_for_signal()
-        last = ""
-        while not stop.wait(1.0):
+        def progress() -> str:
             counts = bridge.store.count_by_state()
-            stats = watcher.stats
-            line = (
+            return (
                 f"watches: {counts[WatchState.ACTIVE]} active, "
                 f"{counts[WatchState.PUBLISHING]} publishing, "
                 f"{counts[WatchState.COMPLETED]} completed, {counts[WatchState.FAILED]} failed"
-                f" | polls {stats.polls}, published {watcher.relay.published}"
+                f" | polls {watcher.stats.polls}, published {watcher.relay.published}"
             )
-            if line != last:
-                print(time.strftime("%H:%M:%S"), line, flush=True)
-                last = line
-        print("\nstopping …", flush=True)
+
+        return _report_until_stopped(progress)
+
+
+def _report_until_stopped(progress: Callable[[], str]) -> int:
+    """Say the stack is ready, then print the progress line whenever it changes (once a
+    second at most) until Ctrl-C or SIGTERM."""
+    print(
+        "\nReady. In another terminal:\n"
+        "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
+        "Ctrl-C stops everything this command started.\n",
+        flush=True,
+    )
+    stop = wait_for_signal()
+    last = ""
+    while not stop.wait(1.0):
+        line = progress()
+        if line != last:
+            print(time.strftime("%H:%M:%S"), line, flush=True)
+            last = line
+    print("\nstopping …", flush=True)
     return 0
 
 
@@ -223,27 +232,15 @@ def _serverless_watching(admin: PubSubAdmin, settings: Settings) -> None:
 
 
 def _wait_serverless(bridge: Bridge) -> int:
-
-    print(
-        "\nReady. In another terminal:\n"
-        "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
-        "Ctrl-C stops everything this command started.\n",
-        flush=True,
-    )
-    stop = wait_for_signal()
-    last = ""
-    while not stop.wait(1.0):
+    def progress() -> str:
         stats = bridge.watch_endpoint().stats
-        line = (
+        return (
             f"watch deliveries: {stats.polls} polls, {stats.retries} not done yet, "
             f"{stats.republished} republished, {stats.completions} completed, "
             f"{stats.dropped} failed, {stats.quarantined} quarantined"
         )
-        if line != last:
-            print(time.strftime("%H:%M:%S"), line, flush=True)
-            last = line
-    print("\nstopping …", flush=True)
-    return 0
+
+    return _report_until_stopped(progress)
 
 
 def _start_tasks_emulator(stack: contextlib.ExitStack, tasks_port: int) -> None:
@@ -270,25 +267,14 @@ def _start_tasks_emulator(stack: contextlib.ExitStack, tasks_port: int) -> None:
 
 
 def _wait_tasks(bridge: Bridge) -> int:
-    print(
-        "\nReady. In another terminal:\n"
-        "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
-        "Ctrl-C stops everything this command started.\n",
-        flush=True,
-    )
-    stop = wait_for_signal()
-    last = ""
-    while not stop.wait(1.0):
+    def progress() -> str:
         counts = bridge.store.count_by_state()
         stats = bridge.task_watch_endpoint().stats
-        line = (
+        return (
             f"watches: {counts[WatchState.ACTIVE]} active, "
             f"{counts[WatchState.COMPLETED]} completed, {counts[WatchState.FAILED]} failed"
             f" | task polls {stats.polls}, rescheduled {stats.rescheduled}, "
             f"stale {stats.stale}, completions {stats.completions}"
         )
-        if line != last:
-            print(time.strftime("%H:%M:%S"), line, flush=True)
-            last = line
-    print("\nstopping …", flush=True)
-    return 0
+
+    return _report_until_stopped(progress)
