@@ -50,6 +50,24 @@ class OperationsSource(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncOperationsSource(Protocol):
+    """The asyncio twin of :class:`OperationsSource`, for the watcher's event loop: the same
+    calls, answers and errors. ``wait_operation`` raises ``Unimplemented`` when the server has
+    no WaitOperation; a source bounds its own concurrent Get/List calls."""
+
+    url: str
+
+    async def get_operation(self, name: str, *, timeout: float) -> Snapshot: ...
+
+    async def wait_operation(self, name: str, *, wait: float, timeout: float) -> Snapshot: ...
+
+    async def list_operations(
+        self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[Snapshot], str]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Publisher(Protocol):
     """Publishes completion messages; the future resolves once Pub/Sub acknowledged them."""
 
