@@ -36,7 +36,7 @@ from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher
 from lrobridge.storage import Store, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
@@ -366,12 +366,24 @@ class Bridge:
     def create_watcher(self) -> Watcher:
         with self._lock:
             if self._watcher is None:
+                from lrobridge.adapters.sources import open_async_source
+
+                settings = self.settings
+
+                def async_source(url: str) -> AsyncOperationsSource:
+                    return open_async_source(
+                        url,
+                        credential_hosts=settings.credential_hosts,
+                        max_concurrency=settings.watcher_concurrency,
+                    )
+
                 self._watcher = Watcher(
                     store=self.store,
                     sources=self.source,
                     publisher=self._lazy_publisher(),
-                    settings=self.settings,
+                    settings=settings,
                     on_completion=self.hub.notify,
+                    async_sources=async_source,
                 )
             return self._watcher
 

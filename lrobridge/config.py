@@ -91,6 +91,13 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "WaitOperation long polls held open at once per source; other due watches use Get.",
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
+    "LROBRIDGE_WATCHER_LEASE": (
+        "5m",
+        "How long the watcher holds the watches it claimed before it renews them in bulk (1m-1h): "
+        "the schedule lives in its memory meanwhile. A watcher that dies hands its watches on "
+        "after at most this long (at once on SQLite, when a watcher on the machine starts). "
+        "Longer means fewer store writes (Firestore).",
+    ),
     "LROBRIDGE_RPC_TIMEOUT": (
         "30s",
         "Deadline of one GetOperation / REST GET to a source (at most 10m).",
@@ -197,6 +204,7 @@ class Settings:
     watcher_concurrency: int = 64
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
+    watcher_lease: float = 300.0
     rpc_timeout: float = 30.0
     progress_interval: float = 5.0
     wait_max: float = 60.0
@@ -281,6 +289,9 @@ class Settings:
             ),
             long_poll_timeout=_bounded_duration(
                 get("LROBRIDGE_LONG_POLL_TIMEOUT"), "LROBRIDGE_LONG_POLL_TIMEOUT", 1.0, 600.0
+            ),
+            watcher_lease=_bounded_duration(
+                get("LROBRIDGE_WATCHER_LEASE"), "LROBRIDGE_WATCHER_LEASE", 60.0, 3600.0
             ),
             rpc_timeout=_bounded_duration(
                 get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT", 0.1, 600.0

@@ -18,7 +18,7 @@ do not know which one they use.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 from lrobridge.config import firestore_database
@@ -48,6 +48,26 @@ class Completion:
     event_id: str
     snapshot: Snapshot
     message: PendingMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingUpdate:
+    """What the watcher learned of one watch it holds since it last wrote it, for
+    :meth:`WatchStore.record_pending_many` (many of them are written in one transaction).
+
+    ``next_poll`` is stored as the watch's due time: the end of this process's lease while it
+    keeps the watch (``release`` False), the real next poll when it gives the watch back.
+    ``polls`` is how many polls the source answered since the last write (added to the count);
+    ``snapshot`` the state to store (given only when it changed)."""
+
+    watch_id: str
+    next_poll: float
+    attempt: int
+    polls: int = 0
+    snapshot: Snapshot | None = None
+    error_code: int = 0
+    error_message: str = ""
+    release: bool = False
 
 
 class WatchStore(Protocol):
@@ -105,6 +125,13 @@ class WatchStore(Protocol):
         """Reschedule an ACTIVE watch; with ``snapshot``, store it as the operation's state.
 
         Returns whether the stored state changed (a progress event may be due)."""
+        ...
+
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        """Write many :class:`PendingUpdate` of watches this process leased, in one transaction
+        (SQLite) or one bulk write (Firestore). An update applies only while the watch is ACTIVE
+        and still leased to this process; returns, per update, whether it applied (False: the
+        watch was deleted, ended, or taken by another process: forget it)."""
         ...
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:

@@ -50,7 +50,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from google.api_core import exceptions as api_exceptions
@@ -75,7 +75,7 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, NotFound, Unavailable
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
+from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, PendingUpdate
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -333,6 +333,73 @@ class FirestoreStore:
             return True
 
         return self.db.transact("record the poll", body)
+
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        """One read of every watch (``get_all``) and one bulk write whose each write holds only
+        if the document did not change since it was read (no transaction: the writes are
+        independent, a lost one is reported as not applied)."""
+        if not updates:
+            return []
+        by_id = {u.watch_id: u for u in updates}
+        docs = self.db.read_many(
+            "read the polled watches", [self._doc(_WATCHES, u.watch_id) for u in updates]
+        )
+        mine = [
+            d
+            for d in docs
+            if d.exists and d.get("state") == _ACTIVE and d.get("lease_owner") == self.owner
+        ]
+
+        def watch_changes(doc: Doc) -> dict[str, Any]:
+            update = by_id[doc.id]
+            return {
+                "update_time": now,
+                "next_poll": update.next_poll,
+                "attempt": update.attempt,
+                "polls": doc.get("polls") + update.polls,
+                "last_error_code": update.error_code,
+                "last_error_message": update.error_message,
+                "lease_owner": "" if update.release else self.owner,
+            }
+
+        written = self.db.claim("record the polls", mine, watch_changes)
+        applied = {d.id for d in written}
+        observed = {
+            d.get("operation"): (by_id[d.id], d.get("source"))
+            for d in written
+            if by_id[d.id].snapshot is not None
+        }
+        if observed:
+            encoded = {
+                name: codec.encode_payload(u.snapshot, "binary")
+                for name, (u, _) in observed.items()
+                if u.snapshot is not None
+            }
+            tracked = self.db.read_many(
+                "read the polled operations", [self._operation_ref(n) for n in encoded]
+            )
+            stale = [
+                t
+                for t in tracked
+                if t.exists and not t.get("done") and t.get("data") != encoded[t.get("name")][0]
+            ]
+
+            def operation_changes(doc: Doc) -> dict[str, Any]:
+                name = doc.get("name")
+                update, source = observed[name]
+                assert update.snapshot is not None
+                data, data_format = encoded[name]
+                return {
+                    "data": data,
+                    "data_format": data_format,
+                    "metadata_type": update.snapshot.metadata_type,
+                    "response_type": update.snapshot.response_type,
+                    "source": source,
+                    "update_time": now,
+                }
+
+            self.db.claim("record the polled states", stale, operation_changes)
+        return [u.watch_id in applied for u in updates]
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         ref = self._doc(_WATCHES, watch_id)

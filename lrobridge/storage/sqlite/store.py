@@ -22,7 +22,7 @@ import re
 import secrets
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -39,7 +39,7 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, InvalidArgument, NotFound
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion
+from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, PendingUpdate
 from lrobridge.storage.sqlite.database import SqliteDatabase
 
 SCHEMA_VERSION = 2
@@ -330,6 +330,52 @@ class SqliteStore:
                 ),
             ).rowcount
             return changed > 0
+
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        applied: list[bool] = []
+        if not updates:
+            return applied
+        with self._write() as conn:
+            for update in updates:
+                row = conn.execute(
+                    "UPDATE watches SET update_time = ?, next_poll = ?, attempt = ?, "
+                    "polls = polls + ?, last_error_code = ?, last_error_message = ?, "
+                    "lease_owner = ? WHERE id = ? AND state = ? AND lease_owner = ? "
+                    "RETURNING operation, source",
+                    (
+                        now,
+                        update.next_poll,
+                        update.attempt,
+                        update.polls,
+                        update.error_code,
+                        update.error_message,
+                        "" if update.release else self.owner,
+                        update.watch_id,
+                        int(WatchState.ACTIVE),
+                        self.owner,
+                    ),
+                ).fetchone()
+                applied.append(row is not None)
+                snapshot = update.snapshot
+                if row is None or snapshot is None:
+                    continue
+                data, data_format = codec.encode_payload(snapshot, "binary")
+                conn.execute(
+                    "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
+                    "response_type = ?, source = ?, update_time = ? "
+                    "WHERE name = ? AND done = 0 AND (data IS NULL OR data != ?)",
+                    (
+                        data,
+                        data_format,
+                        snapshot.metadata_type,
+                        snapshot.response_type,
+                        row[1],
+                        now,
+                        row[0],
+                        data,
+                    ),
+                )
+        return applied
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         with self._write() as conn:
