@@ -43,9 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from lrobridge.config import Settings
-from lrobridge.core import codec
+from lrobridge.core import codec, sweep
 from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import OutboxEntry, WatchRecord
+from lrobridge.core.source_url import split_source_url
 from lrobridge.delivery import relay
 from lrobridge.errors import (
     BridgeError,
@@ -99,6 +100,9 @@ class _Held:
     data: bytes | None = None  # the encoded state last written (changes are what is written)
     unsaved_polls: int = 0
     polling: bool = False
+    group: tuple[str, str] = ("", "")  # (source, parent collection)
+    last_single: float = 0.0  # when it was last polled on its own
+    safety_poll: bool = False  # the poll under way is a covered watch's safety net
 
 
 class Watcher:
@@ -131,7 +135,7 @@ class Watcher:
         self._woken = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
-        self.relay = relay.OutboxRelay(store, publisher, clock=clock, on_settled=self.wake)
+        self.relay = relay.OutboxRelay(store, publisher, clock=clock)
         self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._no_wait_sources: set[str] = set()
         self._long_polls: dict[str, int] = {}
@@ -143,6 +147,10 @@ class Watcher:
         self._updates: dict[str, PendingUpdate] = {}
         self._in_flight = 0  # polls started and not holding a long-poll slot
         self._tasks: set[asyncio.Task[None]] = set()
+        # ListOperations sweeps: per (source, parent) what is learned, and the held watches.
+        self._plans: dict[tuple[str, str], sweep.SweepPlan] = {}
+        self._groups: dict[tuple[str, str], dict[str, str]] = {}  # operation name -> watch id
+        self._sweeping: set[tuple[str, str]] = set()
         # A poll in flight (a long poll, say) ends well before the lease does.
         self._margin = settings.rpc_timeout + settings.long_poll_timeout + 30.0
         self._lease = max(settings.watcher_lease, 3 * self._margin)
@@ -215,6 +223,7 @@ class Watcher:
                         await self._db(self._store.recover, now=self._clock())
                         next_recover = mono + RECOVER_INTERVAL
                     self._start_due()
+                    self._start_sweeps()
                     if len(self._updates) >= FLUSH_BATCH or (self._updates and mono >= next_flush):
                         await self._flush()
                         next_flush = time.monotonic() + FLUSH_INTERVAL
@@ -286,12 +295,27 @@ class Watcher:
     def _hold(self, record: WatchRecord, *, lease_end: float) -> None:
         held = self._held.get(record.id)
         if held is None:
-            held = _Held(record, lease_end, version=0)
+            group = (record.source, codec.operation_parent(record.operation))
+            held = _Held(record, lease_end, version=0, group=group, last_single=self._clock())
             self._held[record.id] = held
+            self._groups.setdefault(group, {})[record.operation] = record.id
         else:  # claimed again: made due by a cancel (poll_soon) while held
             held.record, held.lease_end = record, lease_end
             held.version += 1
         self._schedule(held)
+
+    def _forget(self, watch_id: str) -> None:
+        held = self._held.pop(watch_id, None)
+        if held is None:
+            return
+        group = self._groups.get(held.group)
+        if group is not None:
+            group.pop(held.record.operation, None)
+            if not group:
+                del self._groups[held.group]
+        plan = self._plans.get(held.group)
+        if plan is not None:
+            plan.forget(held.record.operation)
 
     def _schedule(self, held: _Held) -> None:
         record = held.record
@@ -307,11 +331,29 @@ class Watcher:
             held = self._held.get(watch_id)
             if held is None or held.version != version or held.polling:
                 continue
+            if self._defer(held, now):
+                continue
             held.polling = True
             self._in_flight += 1
             task = asyncio.create_task(self._poll_task(held))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _defer(self, held: _Held, now: float) -> bool:
+        """Push a covered watch's single poll back to its safety net; whether it was."""
+        record = held.record
+        plan = self._plans.get(held.group)
+        held.safety_poll = False
+        if plan is None or record.progress or not plan.covers(record.operation):
+            return False
+        safety = held.last_single + sweep.SAFETY_NET
+        if record.expire_time is not None:
+            safety = min(safety, record.expire_time)
+        if safety <= now:
+            held.safety_poll = True
+            return False
+        heapq.heappush(self._heap, (safety, next(self._tiebreak), record.id, held.version))
+        return True
 
     def _renew(self) -> None:
         """Extend, in bulk, the leases that reach half-time; the counts go with them."""
@@ -361,7 +403,119 @@ class Watcher:
         for update, ok in zip(batch, applied, strict=True):
             if not ok and not update.release:
                 # Deleted, ended, or taken over by another process: not ours any more.
-                self._held.pop(update.watch_id, None)
+                self._forget(update.watch_id)
+
+    # -- ListOperations sweeps ----------------------------------------------------------------
+
+    def _start_sweeps(self) -> None:
+        if not self._groups:
+            return
+        now = self._clock()
+        for key, group in self._groups.items():
+            if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
+                continue
+            plan = self._plans.get(key)
+            if plan is None:
+                grpc = split_source_url(key[0]).scheme in ("grpc", "grpcs")
+                plan = self._plans[key] = sweep.SweepPlan.for_parent(key[1], grpc=grpc)
+            if not plan.due(now):
+                continue
+            self._sweeping.add(key)
+            task = asyncio.create_task(self._sweep(key, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self, key: tuple[str, str], plan: sweep.SweepPlan) -> None:
+        """List every page of one parent collection; each watched operation found done is a
+        poll observation (the one decision); the plan learns from what was listed."""
+        request = plan.request()
+        listed: set[str] = set()
+        found_done = pages = 0
+        try:
+            try:
+                source = self._source(key[0])
+            except BridgeError:
+                return  # stopping
+            token = ""
+            while True:
+                try:
+                    snapshots, token = await source.list_operations(
+                        request.name,
+                        filter=request.filter,
+                        page_size=sweep.PAGE_SIZE,
+                        page_token=token,
+                        timeout=self._settings.rpc_timeout,
+                    )
+                except BridgeError as exc:
+                    self._sweep_failed(key, plan, request, exc)
+                    return
+                except Exception as exc:  # an adapter let a library error through
+                    self._sweep_failed(key, plan, request, classify_api_error(exc))
+                    return
+                pages += 1
+                self.stats.sweep_pages += 1
+                group = self._groups.get(key, {})
+                for snapshot in snapshots:
+                    name = snapshot.operation.name
+                    listed.add(name)
+                    if snapshot.done and name in group:
+                        found_done += await self._swept_done(group[name], snapshot)
+                if not token or self._stop.is_set():
+                    break
+            group = self._groups.get(key, {})
+            plan.listed(
+                request,
+                listed=listed,
+                watched=set(group),
+                found_done=found_done,
+                pages=pages,
+                polls_per_second=self._poll_rate(group),
+                now=self._clock(),
+            )
+            self.stats.sweeps += 1
+        finally:
+            self._sweeping.discard(key)
+
+    def _sweep_failed(
+        self,
+        key: tuple[str, str],
+        plan: sweep.SweepPlan,
+        request: sweep.SweepRequest,
+        error: BridgeError,
+    ) -> None:
+        plan.failed(request, error, now=self._clock())
+        if plan.status is sweep.SweepStatus.FAILED:
+            log.info(
+                "%s: no ListOperations sweeps of %r (%s); polling each operation",
+                key[0],
+                key[1],
+                plan.reason,
+            )
+
+    async def _swept_done(self, watch_id: str, snapshot: codec.Snapshot) -> int:
+        held = self._held.get(watch_id)
+        if held is None or held.polling:
+            return 0
+        held.polling = True
+        try:
+            watch = held.record
+            self.stats.polls_swept += 1
+            await self._execute(watch, decide(watch, snapshot, now=self._clock()), held)
+        finally:
+            held.polling = False
+        return 1
+
+    def _poll_rate(self, group: dict[str, str]) -> float:
+        """Polls per second the group's watches would make on their own (sampled)."""
+        ids = list(itertools.islice(group.values(), 64))
+        delays = [
+            held.record.backoff.base_delay(held.record.attempt)
+            for held in (self._held.get(i) for i in ids)
+            if held is not None
+        ]
+        if not delays:
+            return 0.0
+        return len(group) * sum(1.0 / d for d in delays) / len(delays)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -485,8 +639,11 @@ class Watcher:
             self._pending(watch, decision, held)
             return
         if held is not None:
-            self._held.pop(watch.id, None)
+            self._forget(watch.id)
             self._updates.pop(watch.id, None)
+            plan = self._plans.get(held.group)
+            if held.safety_poll and plan is not None and plan.covers(watch.operation):
+                plan.missed(watch.operation)
         if decision.step is Step.COMPLETE:
             assert decision.outcome is not None
             if decision.error is not None:
@@ -550,6 +707,7 @@ class Watcher:
         )
         held.record = record
         held.unsaved_polls += int(decision.polled)
+        held.last_single = self._clock()
         if changed:
             held.data = data
         if decision.next_poll > held.lease_end - self._margin:
@@ -688,5 +846,8 @@ class WatcherStats:
         self.transient_errors = 0
         self.failed = 0
         self.progress_events = 0
+        self.sweeps = 0  # ListOperations sweeps that listed every page
+        self.sweep_pages = 0
+        self.polls_swept = 0  # completions a sweep found
         self.flushes = 0  # group commits
         self.writes = 0  # watch rows they wrote

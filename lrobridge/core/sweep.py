@@ -1,0 +1,168 @@
+"""ListOperations sweeps: what the watcher has learned of listing one parent collection on one
+source, and when to list it next. Pure module; the watcher does the I/O and feeds the results in.
+
+Where several watches share a parent collection (the name up to ``/operations/``) on a source,
+one paged ListOperations can replace their single polls. :class:`SweepPlan` holds, per
+(source, parent):
+
+* **whether List works, and how**: the request names to try (the parent; on gRPC also
+  ``{parent}/operations``) and the filter (``done = true`` first, unfiltered when refused).
+  UNIMPLEMENTED or PERMISSION_DENIED ends sweeping that collection for good; INVALID_ARGUMENT
+  drops the filter, then tries the next name, then ends it; transient errors retry later.
+* **which watched names a listing covers**: an unfiltered listing (the first one, and every
+  ``VERIFY_EVERY``-th after) is checked against the watched names; a name it misses (never
+  listed, or vanished since) is *uncovered* and polled per operation from then on. A listing
+  that covers none of them is a wrong request name. A filtered listing cannot show what it
+  misses; a covered watch that its own safety-net poll finds done shows it, and after
+  ``MAX_MISSES`` of those the filter is dropped.
+* **the interval**: halved (down to ``MIN_INTERVAL``) after a sweep that found completions,
+  x1.5 (up to ``MAX_INTERVAL``) after one that found none, and never shorter than the single
+  polls it replaces would cost: a sweep of N pages runs at most as often as the covered
+  watches' own polls would make N calls (``interval >= pages / polls_per_second``).
+
+Covered watches keep a slow single poll (``SAFETY_NET`` seconds apart) in case the listing
+misses something it cannot show (see above).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from lrobridge.errors import BridgeError, Code, TransientError
+
+DONE_FILTER = "done = true"
+MIN_INTERVAL = 1.0
+MAX_INTERVAL = 60.0
+START_INTERVAL = 1.0
+SAFETY_NET = 300.0  # seconds between the single polls of a covered watch
+VERIFY_EVERY = 10  # every n-th sweep is unfiltered, to see which watched names are listed
+MAX_MISSES = 3
+MIN_WATCHES = 2  # a collection with fewer watches is polled per operation
+RETRY_AFTER_ERROR = 30.0
+PAGE_SIZE = 1000
+
+
+class SweepStatus(enum.Enum):
+    PROBING = "probing"  # no listing has been checked yet
+    WORKING = "working"
+    FAILED = "failed"  # List does not work here: per-operation polling, for good
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRequest:
+    """One sweep to run: every page of ListOperations(name, filter)."""
+
+    name: str
+    filter: str
+
+    @property
+    def verifies(self) -> bool:
+        """Whether this listing shows every operation (so misses can be seen)."""
+        return not self.filter
+
+
+@dataclasses.dataclass
+class SweepPlan:
+    """What is known of listing one (source, parent), and when to list it next."""
+
+    names: tuple[str, ...]  # request names to try, in order
+    name_index: int = 0
+    filter: str = DONE_FILTER
+    status: SweepStatus = SweepStatus.PROBING
+    interval: float = START_INTERVAL
+    next_sweep: float = 0.0
+    sweeps: int = 0
+    misses: int = 0
+    uncovered: set[str] = dataclasses.field(default_factory=set)
+    reason: str = ""  # why it failed, for the log
+
+    @classmethod
+    def for_parent(cls, parent: str, *, grpc: bool) -> SweepPlan:
+        """The plan of a parent collection; gRPC servers may want ``{parent}/operations``."""
+        names = (parent, f"{parent}/operations") if grpc and parent else (parent,)
+        return cls(names=names)
+
+    # -- what to do ------------------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        return self.status is not SweepStatus.FAILED and now >= self.next_sweep
+
+    def request(self) -> SweepRequest:
+        """The next sweep: unfiltered while probing and every VERIFY_EVERY-th sweep."""
+        verify = self.status is SweepStatus.PROBING or self.sweeps % VERIFY_EVERY == 0
+        return SweepRequest(self.names[self.name_index], "" if verify else self.filter)
+
+    def covers(self, name: str) -> bool:
+        """Whether a working sweep covers ``name`` (its single polls may slow to SAFETY_NET)."""
+        return self.status is SweepStatus.WORKING and name not in self.uncovered
+
+    # -- what was learned ------------------------------------------------------------------
+
+    def listed(
+        self,
+        request: SweepRequest,
+        *,
+        listed: set[str],
+        watched: set[str],
+        found_done: int,
+        pages: int,
+        polls_per_second: float,
+        now: float,
+    ) -> None:
+        """A sweep listed ``listed`` (every page); ``watched``: the names watched meanwhile."""
+        self.sweeps += 1
+        if request.verifies and watched:
+            missing = watched - listed
+            if missing == watched and self.status is SweepStatus.PROBING:
+                self._next_name(now, f"listing {request.name!r} shows none of the watched names")
+                return
+            self.uncovered |= missing
+            self.uncovered -= listed & watched
+            self.status = SweepStatus.WORKING
+        if found_done:
+            self.interval = max(MIN_INTERVAL, self.interval / 2)
+        else:
+            self.interval = min(MAX_INTERVAL, self.interval * 1.5)
+        if polls_per_second > 0:
+            self.interval = max(self.interval, pages / polls_per_second)
+        self.next_sweep = now + self.interval
+
+    def failed(self, request: SweepRequest, error: BridgeError, *, now: float) -> None:
+        """A page of the sweep failed with ``error``."""
+        if isinstance(error, TransientError):
+            self.next_sweep = now + RETRY_AFTER_ERROR
+            return
+        if error.code in (Code.UNIMPLEMENTED, Code.PERMISSION_DENIED):
+            self._fail(f"ListOperations answered {error.code.name}")
+        elif error.code is Code.INVALID_ARGUMENT and request.filter:
+            self.filter = ""  # the filter is refused: list everything
+            self.next_sweep = now
+        elif error.code in (Code.INVALID_ARGUMENT, Code.NOT_FOUND):
+            self._next_name(now, f"ListOperations({request.name!r}) answered {error.code.name}")
+        else:
+            self._fail(f"ListOperations answered {error.code.name}: {error.message}")
+
+    def missed(self, name: str) -> None:
+        """A covered watch's own poll found it done: the filtered listing missed it."""
+        if self.filter:
+            self.misses += 1
+            if self.misses >= MAX_MISSES:
+                self.filter = ""
+        self.uncovered.add(name)
+
+    def forget(self, name: str) -> None:
+        """``name`` is no longer watched here."""
+        self.uncovered.discard(name)
+
+    def _next_name(self, now: float, reason: str) -> None:
+        if self.name_index + 1 < len(self.names):
+            self.name_index += 1
+            self.filter = DONE_FILTER
+            self.next_sweep = now
+        else:
+            self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        self.status = SweepStatus.FAILED
+        self.reason = reason
