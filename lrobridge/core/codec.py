@@ -22,7 +22,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, json_format
@@ -37,6 +37,9 @@ OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "cancelled", "expired", 
 # What an event message announces: an outcome, or `progress` (metadata of a running operation).
 EventType = Literal["succeeded", "failed", "cancelled", "expired", "not_found", "progress"]
 EVENT_TYPES: tuple[EventType, ...] = (*OUTCOMES, "progress")
+# The stored outcome of an operation deleted through the Operations API: a tombstone, never an
+# event (see lrobridge.storage.rules).
+DELETED: Final = "deleted"
 PayloadFormat = Literal["binary", "json"]
 
 CE_TYPE_PREFIX = "lrobridge.operation.v1."

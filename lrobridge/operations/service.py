@@ -44,8 +44,6 @@ from lrobridge.storage import OperationStore, WatchStore
 MAX_WAIT_SECONDS = 60.0
 # Answer this much before the caller's deadline, so the answer arrives before it gives up.
 DEADLINE_MARGIN_SECONDS = 0.5
-# The outcome of an operation DeleteOperation removed (the store keeps a tombstone).
-DELETED = "deleted"
 
 
 class FacadeStore(OperationStore, WatchStore, Protocol):
@@ -85,7 +83,7 @@ class OperationsFacade:
     def _record(self, name: str) -> OperationRecord:
         validate_operation_name(name)
         record = self._store.get_operation(name)
-        if record is None or record.outcome == DELETED:
+        if record is None or record.outcome == codec.DELETED:
             raise NotFound(f"operation {name!r} is not tracked by this bridge")
         return record
 

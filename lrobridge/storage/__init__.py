@@ -12,14 +12,15 @@ the embedded SQLite file (``sqlite:///path``, :mod:`lrobridge.storage.sqlite.sto
 and
 Firestore (``firestore://[DATABASE]``, :mod:`lrobridge.storage.firestore.store`, shared by every
 instance); both implement the same protocols, so the watcher, the facade and the push endpoint
-do not know which one they use.
+do not know which one they use. What each transition may do (guards, field changes, the one
+fencing rule for every lease) is written once, in :mod:`lrobridge.storage.rules`; the backends
+only execute it in their own transactions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from lrobridge.config import firestore_database
 from lrobridge.core.backoff import Backoff
@@ -34,40 +35,20 @@ from lrobridge.core.records import (
     WatchState,
 )
 from lrobridge.errors import ConfigError
+from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, PendingUpdate
 
-ClaimResult = Literal["run", "done", "busy"]
-# Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
-PUBLISH_LEASE_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: Snapshot
-    message: PendingMessage
-
-
-@dataclasses.dataclass(frozen=True)
-class PendingUpdate:
-    """What the watcher learned of one watch it holds since it last wrote it, for
-    :meth:`WatchStore.record_pending_many` (many of them are written in one transaction).
-
-    ``next_poll`` is stored as the watch's due time: the end of this process's lease while it
-    keeps the watch (``release`` False), the real next poll when it gives the watch back.
-    ``polls`` is how many polls the source answered since the last write (added to the count);
-    ``snapshot`` the state to store (given only when it changed)."""
-
-    watch_id: str
-    next_poll: float
-    attempt: int
-    polls: int = 0
-    snapshot: Snapshot | None = None
-    error_code: int = 0
-    error_message: str = ""
-    release: bool = False
+__all__ = [
+    "PUBLISH_LEASE_SECONDS",
+    "ClaimResult",
+    "Completion",
+    "EventLedger",
+    "OperationStore",
+    "Outbox",
+    "PendingUpdate",
+    "Store",
+    "WatchStore",
+    "open_store",
+]
 
 
 class WatchStore(Protocol):
@@ -128,10 +109,10 @@ class WatchStore(Protocol):
         ...
 
     def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
-        """Write many :class:`PendingUpdate` of watches this process leased, in one transaction
-        (SQLite) or one bulk write (Firestore). An update applies only while the watch is ACTIVE
-        and still leased to this process; returns, per update, whether it applied (False: the
-        watch was deleted, ended, or taken by another process: forget it)."""
+        """Write many :class:`PendingUpdate` of watches this process leased (rule
+        :func:`~lrobridge.storage.rules.record_polls`) in one transaction (SQLite) or one bulk
+        write (Firestore), each state that changed with its watch. Returns, per update, whether
+        it applied (False: the watch was deleted, ended, or taken over: forget it)."""
         ...
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:

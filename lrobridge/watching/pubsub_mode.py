@@ -454,7 +454,7 @@ class WatchHandler:
         if self._operations is not None:
             record = self._operations.get_operation(watch.operation)
             # DeleteOperation stopped this watch: no poll, acknowledge.
-            deleted = record is not None and record.outcome == "deleted"
+            deleted = record is not None and record.outcome == codec.DELETED
         observed = None if deleted else self._poll(watch)
         now = self._clock()
         publish_time = parse_publish_time(message.publish_time)

@@ -437,6 +437,63 @@ def test_two_instances_claiming_the_same_due_watches_never_both_get_one(
     assert set(claimed) == ids  # and every due watch went to someone
 
 
+def test_a_poll_recorded_under_a_lease_another_instance_took_over_is_refused(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    watch_id = _create(first)
+    assert [w.id for w in first.claim_due_polls(now=100.0, limit=1, lease=30.0)] == [watch_id]
+    # The first instance stalls past its lease; the second takes the watch over.
+    assert [w.id for w in second.claim_due_polls(now=131.0, limit=1, lease=30.0)] == [watch_id]
+    first.record_pending(watch_id, now=140.0, next_poll=999.0, attempt=5, polled=True)
+    first.record_failure(watch_id, code=7, message="late", now=140.0)
+    late = first.record_completion(watch_id, _completion("operations/1"), now=140.0)
+    assert late is None and first.outbox_size() == 0
+    watch = first.get_watch(watch_id)
+    assert watch is not None and watch.state == WatchState.ACTIVE
+    assert (watch.next_poll, watch.attempt, watch.polls) == (161.0, 0, 0)  # the second's lease
+    # The second (the holder) records; a stale write after that release is still refused.
+    second.record_pending(watch_id, now=150.0, next_poll=300.0, attempt=1, polled=True)
+    first.record_pending(watch_id, now=151.0, next_poll=999.0, attempt=9, polled=True)
+    watch = second.get_watch(watch_id)
+    assert watch is not None and (watch.next_poll, watch.attempt, watch.polls) == (300.0, 1, 1)
+
+
+def test_a_publish_settled_under_a_lease_another_instance_took_over_is_refused(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    watch_id = _create(first)
+    entry_id = first.record_completion(watch_id, _completion("operations/1"), now=100.0)
+    assert entry_id is not None  # leased to the first, which publishes it at once
+    [due] = second.claim_due_publishes(now=1000.0, limit=10, lease=30.0)  # it stalled: taken
+    assert due.id == entry_id
+    first.mark_published(entry_id, now=1001.0)
+    first.retry_publish(entry_id, next_attempt=5000.0, error_message="late", now=1001.0)
+    first.abandon_publish(entry_id, reason="late", now=1001.0)
+    assert first.outbox_size() == 1 and first.list_quarantine(limit=5) == []
+    watch = first.get_watch(watch_id)
+    assert watch is not None and watch.state == WatchState.PUBLISHING
+    assert watch.last_error_message == ""
+    assert second.claim_due_publishes(now=1010.0, limit=10, lease=30.0) == []  # still leased
+    second.mark_published(entry_id, now=1011.0)
+    watch = second.get_watch(watch_id)
+    assert watch is not None and watch.state == WatchState.COMPLETED
+    assert second.outbox_size() == 0
+
+
+def test_a_callback_run_finished_under_a_lease_another_instance_took_over_is_refused(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    assert first.claim_callback("evt", "cb", now=10.0, lease=5.0) == "run"
+    assert second.claim_callback("evt", "cb", now=20.0, lease=30.0) == "run"  # lease ended
+    first.finish_callback("evt", "cb", ok=False, error="late", now=21.0)
+    assert first.claim_callback("evt", "cb", now=22.0, lease=5.0) == "busy"  # still the second's
+    second.finish_callback("evt", "cb", ok=True, error="", now=23.0)
+    assert first.claim_callback("evt", "cb", now=24.0, lease=5.0) == "done"
+
+
 def test_two_pushes_of_the_same_event_run_a_callback_once(store_backend: Backend) -> None:
     instances = [store_backend.open(), store_backend.open()]
     results: list[str] = [""] * 4

@@ -24,7 +24,10 @@ documents concurrently and each document is handed to one of them.
 
 Leases simply expire: Firestore is shared by many machines, so whether the process holding a
 lease is alive cannot be checked; :meth:`FirestoreStore.recover` takes nothing back (returns 0)
-and the watch or outbox entry is claimed again when its lease ends.
+and the watch or outbox entry is claimed again when its lease ends. A write an instance makes
+under a lease another one took over since is refused inside its transaction
+(:func:`lrobridge.storage.rules.lease_holds`, the same rule as SQLite's): guards and field
+changes are :mod:`lrobridge.storage.rules`', this module only executes them.
 
 Ordering: watches page in creation order by ``seq``, the create time in zero-padded
 microseconds followed by the watch id (unique; strictly increasing within one store object,
@@ -46,12 +49,11 @@ Adapter module (google-cloud-firestore).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
@@ -67,15 +69,14 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import OperationFilter
 from lrobridge.core.records import (
     OperationRecord,
-    Origin,
     OutboxEntry,
     PendingMessage,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, NotFound, Unavailable
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, PendingUpdate
+from lrobridge.errors import AlreadyExists, Unavailable
+from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -89,6 +90,7 @@ from lrobridge.storage.firestore.client import (
     random_int_id,
     usable_id,
 )
+from lrobridge.storage.rules import ClaimResult, Completion
 
 ASC = "ASCENDING"
 # (collection without prefix, ((field, order), ...)): what the queries below need.
@@ -98,7 +100,6 @@ COMPOSITE_INDEXES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("operations", (("parent", ASC), ("name", ASC))),  # list_operations
     ("callback_runs", (("state", ASC), ("update_time", ASC))),  # prune_callback_runs
 )
-DELETED = "deleted"  # the outcome of a tombstone left by delete_operation
 QUARANTINE_BODY_LIMIT = 900_000  # bytes; a document holds at most 1 MiB
 
 _WATCHES = "watches"
@@ -111,6 +112,10 @@ _QUARANTINE = "quarantine"
 PRUNE_BATCH = 400
 _ACTIVE = int(WatchState.ACTIVE)
 _PUBLISHING = int(WatchState.PUBLISHING)
+# The kinds of documents leased (keys of the LeaseBook).
+_WATCH = "watch"
+_ENTRY = "outbox"
+_RUN = "callback_run"
 
 if TYPE_CHECKING:
     Doc = DocumentSnapshot[Any]
@@ -135,6 +140,7 @@ class FirestoreStore:
         # Who holds the leases this object takes (for people reading the documents).
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._order = CreationOrder()
+        self._leases = rules.LeaseBook()
 
     def close(self) -> None:
         self.db.close()
@@ -163,41 +169,28 @@ class FirestoreStore:
         key_ref = self._doc(_WATCH_KEYS, digest(source, operation))
         op_ref = self._operation_ref(operation)
         watch_id = secrets.token_hex(8)
-        created: dict[str, Any] = {
-            "id": watch_id,
-            "seq": self._order.key(now, watch_id),
-            "source": source,
-            "operation": operation,
-            "state": _ACTIVE,
-            "create_time": float(now),
-            "update_time": float(now),
-            "polls": 0,
-            "attempt": 0,
-            "next_poll": float(now),
-            "expire_time": expire_time,
-            "initial_delay": backoff.initial_delay,
-            "multiplier": backoff.multiplier,
-            "max_delay": backoff.max_delay,
-            "progress": progress,
-            "outcome": "",
-            "event_id": "",
-            "last_error_code": 0,
-            "last_error_message": "",
-            "lease_owner": "",
-        }
+        created = rules.new_watch(
+            watch_id,
+            source=source,
+            operation=operation,
+            expire_time=expire_time,
+            backoff=backoff,
+            progress=progress,
+            now=now,
+        )
+        created["seq"] = self._order.key(now, watch_id)
 
         def body(tx: Transaction) -> tuple[WatchRecord, bool]:
             key = key_ref.get(transaction=tx)
             if key.exists:
                 existing = self._doc(_WATCHES, key.get("watch_id")).get(transaction=tx)
                 if existing.exists:
-                    return _watch(fields(existing)), False
-            tracked = op_ref.get(transaction=tx)
+                    return rules.watch_record(fields(existing)), False
+            tracked = _row(op_ref.get(transaction=tx))
             tx.create(self._doc(_WATCHES, watch_id), created)
             tx.set(key_ref, {"watch_id": watch_id, "source": source, "operation": operation})
-            if not tracked.exists or tracked.get("outcome") == DELETED:  # (re)tracked
-                tx.set(op_ref, _new_operation(operation, source, "watch", now))
-            return _watch(created), True
+            _put(tx, op_ref, rules.track(tracked, operation, source=source, now=now))
+            return rules.watch_record(created), True
 
         return self.db.transact("register the watch", body)
 
@@ -205,7 +198,7 @@ class FirestoreStore:
         if not usable_id(watch_id):
             return None
         snapshot = self.db.read("read the watch", self._doc(_WATCHES, watch_id))
-        return _watch(fields(snapshot)) if snapshot.exists else None
+        return rules.watch_record(fields(snapshot)) if snapshot.exists else None
 
     def find_watch(self, source: str, operation: str) -> WatchRecord | None:
         key = self.db.read("find the watch", self._doc(_WATCH_KEYS, digest(source, operation)))
@@ -223,7 +216,9 @@ class FirestoreStore:
         docs = self.db.query("list watches", query.limit(limit + 1))
         more = len(docs) > limit
         page = docs[:limit]
-        return [_watch(fields(d)) for d in page], (str(page[-1].get("seq")) if more else None)
+        return [rules.watch_record(fields(d)) for d in page], (
+            str(page[-1].get("seq")) if more else None
+        )
 
     def delete_watch(self, watch_id: str) -> bool:
         if not usable_id(watch_id):
@@ -240,33 +235,53 @@ class FirestoreStore:
             siblings = self._col(_WATCHES).where(filter=eq("operation", watch["operation"]))
             others = [d for d in siblings.limit(2).stream(transaction=tx) if d.id != watch_id]
             op_ref = self._operation_ref(watch["operation"])
-            tracked = op_ref.get(transaction=tx)
+            tracked = _row(op_ref.get(transaction=tx))
             tx.delete(ref)
             if key.exists and key.get("watch_id") == watch_id:
                 tx.delete(key_ref)
-            if tracked.exists and tracked.get("origin") == "watch" and not others:
+            if rules.untrack_with_watch(tracked, other_watches=bool(others)):
                 tx.delete(op_ref)
             return True
 
         return self.db.transact("delete the watch", body)
 
     def claim_due_polls(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
-        if limit <= 0:
-            return []
         query = (
             self._col(_WATCHES)
             .where(filter=eq("state", _ACTIVE))
             .where(filter=firestore.FieldFilter("next_poll", "<=", now))
             .order_by("next_poll")
-            .limit(limit)
         )
-        due = self.db.query("find due watches", query)
-        held = self.db.claim(
-            "claim due watches",
-            due,
-            lambda _: {"next_poll": now + lease, "lease_owner": self.owner},
+        token = rules.lease_token(self.owner)
+        held = self._claim(
+            "due watches",
+            query,
+            limit=limit,
+            guard=lambda row: rules.poll_due(row, now),
+            changes=rules.claim_poll(now, lease, token),
         )
-        return [_watch(fields(s)) for s in held]
+        for row in held:
+            self._leases.took(_WATCH, row["id"], token)
+        return [rules.watch_record(row) for row in held]
+
+    def _claim(
+        self,
+        what: str,
+        query: Query,
+        *,
+        limit: int,
+        guard: Callable[[dict[str, Any]], bool],
+        changes: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The one due-document claim of this store: at most ``limit`` documents ``query``
+        finds and the rule's ``guard`` lets go, each leased by a conditional write of
+        ``changes`` (:meth:`FirestoreDatabase.claim`); the fields of those this caller now
+        holds, as they were read."""
+        if limit <= 0:
+            return []
+        due = [d for d in self.db.query(f"find {what}", query.limit(limit)) if guard(fields(d))]
+        held = self.db.claim(f"claim {what}", due, lambda _: changes)
+        return [fields(d) for d in held]
 
     def next_due_time(self) -> float | None:
         polls = self._col(_WATCHES).where(filter=eq("state", _ACTIVE)).order_by("next_poll")
@@ -293,172 +308,146 @@ class FirestoreStore:
         error_message: str = "",
     ) -> bool:
         ref = self._doc(_WATCHES, watch_id)
-        encoded = codec.encode_payload(snapshot, "binary") if snapshot is not None else None
+        held = self._leases.held(_WATCH, watch_id)
 
-        def body(tx: Transaction) -> bool:
-            current = ref.get(transaction=tx)
-            if not current.exists or current.get("state") != _ACTIVE:
-                return False
-            watch = fields(current)
+        def body(tx: Transaction) -> tuple[bool, bool]:
+            watch = _row(ref.get(transaction=tx))
+            changes = rules.record_pending(
+                watch,
+                held,
+                now=now,
+                next_poll=next_poll,
+                attempt=attempt,
+                polled=polled,
+                error_code=error_code,
+                error_message=error_message,
+            )
+            if watch is None or changes is None:
+                return False, watch is None
             op_ref = self._operation_ref(watch["operation"])
-            tracked = op_ref.get(transaction=tx) if encoded is not None else None
-            tx.update(
-                ref,
-                {
-                    "update_time": now,
-                    "next_poll": next_poll,
-                    "attempt": attempt,
-                    "polls": watch["polls"] + int(polled),
-                    "last_error_code": error_code,
-                    "last_error_message": error_message,
-                    "lease_owner": "",
-                },
-            )
-            if snapshot is None or encoded is None or tracked is None or not tracked.exists:
-                return False
-            data, data_format = encoded
-            if tracked.get("done") or tracked.get("data") == data:
-                return False
-            tx.update(
-                op_ref,
-                {
-                    "data": data,
-                    "data_format": data_format,
-                    "metadata_type": snapshot.metadata_type,
-                    "response_type": snapshot.response_type,
-                    "source": watch["source"],
-                    "update_time": now,
-                },
-            )
-            return True
+            tracked = _row(op_ref.get(transaction=tx)) if snapshot is not None else None
+            tx.update(ref, changes)
+            if snapshot is None:
+                return False, True
+            observed = rules.observed_pending(tracked, snapshot, source=watch["source"], now=now)
+            if observed is None:
+                return False, True
+            tx.update(op_ref, observed)
+            return True, True
 
-        return self.db.transact("record the poll", body)
+        changed, wrote = self.db.transact("record the poll", body)
+        self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        return changed
 
-    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
-        """One read of every watch (``get_all``) and one bulk write whose each write holds only
-        if the document did not change since it was read (no transaction: the writes are
-        independent, a lost one is reported as not applied)."""
-        if not updates:
-            return []
+    def record_pending_many(
+        self, updates: Sequence[rules.PendingUpdate], *, now: float
+    ) -> list[bool]:
+        """Per chunk of at most 400: one read of every watch (``get_all``), then one bulk write
+        whose each write holds only if the document did not change since it was read (the
+        writes are independent: one that lost a race is reported as not applied, and the
+        watcher forgets that watch), then the same for the states that changed."""
+        applied: set[str] = set()
+        for start in range(0, len(updates), 400):
+            applied |= self._record_polls(updates[start : start + 400], now=now)
+        return [u.watch_id in applied for u in updates]
+
+    def _record_polls(self, updates: Sequence[rules.PendingUpdate], *, now: float) -> set[str]:
         by_id = {u.watch_id: u for u in updates}
         docs = self.db.read_many(
             "read the polled watches", [self._doc(_WATCHES, u.watch_id) for u in updates]
         )
-        mine = [
-            d
-            for d in docs
-            if d.exists and d.get("state") == _ACTIVE and d.get("lease_owner") == self.owner
-        ]
-
-        def watch_changes(doc: Doc) -> dict[str, Any]:
-            update = by_id[doc.id]
-            return {
-                "update_time": now,
-                "next_poll": update.next_poll,
-                "attempt": update.attempt,
-                "polls": doc.get("polls") + update.polls,
-                "last_error_code": update.error_code,
-                "last_error_message": update.error_message,
-                "lease_owner": "" if update.release else self.owner,
-            }
-
-        written = self.db.claim("record the polls", mine, watch_changes)
-        applied = {d.id for d in written}
-        observed = {
-            d.get("operation"): (by_id[d.id], d.get("source"))
-            for d in written
-            if by_id[d.id].snapshot is not None
-        }
-        if observed:
-            encoded = {
-                name: codec.encode_payload(u.snapshot, "binary")
-                for name, (u, _) in observed.items()
-                if u.snapshot is not None
-            }
-            tracked = self.db.read_many(
-                "read the polled operations", [self._operation_ref(n) for n in encoded]
+        planned: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            watch = _row(doc)
+            changes = rules.record_polls(
+                watch, self._leases.held(_WATCH, doc.id), by_id[doc.id], now=now
             )
-            stale = [
-                t
-                for t in tracked
-                if t.exists and not t.get("done") and t.get("data") != encoded[t.get("name")][0]
-            ]
-
-            def operation_changes(doc: Doc) -> dict[str, Any]:
-                name = doc.get("name")
-                update, source = observed[name]
+            if watch is None:
+                self._leases.settled(_WATCH, doc.id, wrote=True)
+            elif changes is not None:
+                planned[doc.id] = changes
+        written = self.db.claim(
+            "record the polls", [d for d in docs if d.id in planned], lambda d: planned[d.id]
+        )
+        for doc in written:
+            if by_id[doc.id].release:
+                self._leases.settled(_WATCH, doc.id, wrote=True)
+        observed: dict[str, tuple[rules.PendingUpdate, str]] = {}
+        for doc in written:
+            update = by_id[doc.id]
+            if update.snapshot is not None:
+                observed[doc.get("operation")] = (update, doc.get("source"))
+        if observed:
+            tracked = self.db.read_many(
+                "read the polled operations", [self._operation_ref(n) for n in observed]
+            )
+            states: dict[str, dict[str, Any]] = {}
+            for doc in tracked:
+                operation = _row(doc)
+                if operation is None:
+                    continue
+                update, source = observed[operation["name"]]
                 assert update.snapshot is not None
-                data, data_format = encoded[name]
-                return {
-                    "data": data,
-                    "data_format": data_format,
-                    "metadata_type": update.snapshot.metadata_type,
-                    "response_type": update.snapshot.response_type,
-                    "source": source,
-                    "update_time": now,
-                }
-
-            self.db.claim("record the polled states", stale, operation_changes)
-        return [u.watch_id in applied for u in updates]
+                change = rules.observed_pending(operation, update.snapshot, source=source, now=now)
+                if change is not None:
+                    states[doc.reference.path] = change
+            self.db.claim(
+                "record the polled states",
+                [d for d in tracked if d.reference.path in states],
+                lambda d: states[d.reference.path],
+            )
+        return {d.id for d in written}
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         ref = self._doc(_WATCHES, watch_id)
         entry_id = random_int_id()
+        token = rules.lease_token(self.owner)
+        held = self._leases.held(_WATCH, watch_id)
 
-        def body(tx: Transaction) -> int | None:
-            current = ref.get(transaction=tx)
-            if not current.exists or current.get("state") != _ACTIVE:
-                return None
-            watch = fields(current)
-            op_ref = self._operation_ref(watch["operation"])
-            tracked = op_ref.get(transaction=tx)
-            tx.update(
-                ref,
-                {
-                    "state": int(WatchState.PUBLISHING),
-                    "update_time": now,
-                    "polls": watch["polls"] + 1,
-                    "outcome": completion.outcome,
-                    "event_id": completion.event_id,
-                    "last_error_code": 0,
-                    "last_error_message": "",
-                },
+        def body(tx: Transaction) -> tuple[int | None, bool]:
+            watch = _row(ref.get(transaction=tx))
+            changes = rules.record_completion(watch, held, completion, now=now)
+            if watch is None or changes is None:
+                return None, watch is None
+            operation, source = watch["operation"], watch["source"]
+            op_ref = self._operation_ref(operation)
+            tracked = _row(op_ref.get(transaction=tx))
+            tx.update(ref, changes)
+            final = rules.store_final(
+                tracked, operation, source=source, origin="watch", completion=completion, now=now
             )
-            _store_final(
-                tx, op_ref, tracked, watch["operation"], watch["source"], "watch", completion, now
-            )
+            _put(tx, op_ref, final)
             self._enqueue(
                 tx,
                 entry_id,
                 completion.message,
                 event_id=completion.event_id,
-                operation=watch["operation"],
+                operation=operation,
                 watch_id=watch_id,
                 now=now,
+                token=token,
             )
-            return entry_id
+            return entry_id, True
 
-        return self.db.transact("record the completion", body)
+        written, wrote = self.db.transact("record the completion", body)
+        self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        if written is not None:
+            self._leases.took(_ENTRY, written, token)
+        return written
 
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None:
         ref = self._doc(_WATCHES, watch_id)
+        held = self._leases.held(_WATCH, watch_id)
 
-        def body(tx: Transaction) -> None:
-            current = ref.get(transaction=tx)
-            if not current.exists or current.get("state") != _ACTIVE:
-                return
-            tx.update(
-                ref,
-                {
-                    "state": int(WatchState.FAILED),
-                    "update_time": now,
-                    "polls": current.get("polls") + 1,
-                    "last_error_code": code,
-                    "last_error_message": message,
-                },
-            )
+        def body(tx: Transaction) -> bool:
+            watch = _row(ref.get(transaction=tx))
+            changes = rules.record_failure(watch, held, code=code, message=message, now=now)
+            if changes is not None:
+                tx.update(ref, changes)
+            return watch is None or changes is not None
 
-        self.db.transact("record the failure", body)
+        wrote = self.db.transact("record the failure", body)
+        self._leases.settled(_WATCH, watch_id, wrote=wrote)
 
     def poll_soon(self, operation: str, *, now: float) -> int:
         query = self._col(_WATCHES).where(filter=eq("operation", operation))
@@ -466,8 +455,9 @@ class FirestoreStore:
         def body(tx: Transaction) -> int:
             made_due = 0
             for doc in list(query.stream(transaction=tx)):
-                if doc.get("state") == _ACTIVE and doc.get("next_poll") > now:
-                    tx.update(doc.reference, {"next_poll": now, "attempt": 0})
+                changes = rules.poll_soon(fields(doc), now=now)
+                if changes is not None:
+                    tx.update(doc.reference, changes)
                     made_due += 1
             return made_due
 
@@ -499,140 +489,123 @@ class FirestoreStore:
         operation: str,
         watch_id: str | None,
         now: float,
+        token: str,
     ) -> None:
-        writer.create(
-            self._doc(_OUTBOX, str(entry_id)),
-            {
-                "id": entry_id,
-                "event_id": event_id,
-                "operation": operation,
-                "watch_id": watch_id,
-                "data": message.data,
-                "attributes": json.dumps(message.attributes),
-                "ordering_key": message.ordering_key,
-                "attempt": 0,
-                # Leased to the caller, who publishes it at once; reclaimed if it dies.
-                "next_attempt": now + PUBLISH_LEASE_SECONDS,
-                "last_error": "",
-                "lease_owner": self.owner,
-                "create_time": now,
-            },
+        entry = rules.new_outbox_entry(
+            message,
+            event_id=event_id,
+            operation=operation,
+            watch_id=watch_id,
+            now=now,
+            token=token,
         )
+        writer.create(self._doc(_OUTBOX, str(entry_id)), {"id": entry_id, **entry})
 
     def enqueue(self, message: PendingMessage, *, event_id: str, operation: str, now: float) -> int:
         entry_id = random_int_id()
+        token = rules.lease_token(self.owner)
         batch = self.db.client.batch()
         self._enqueue(
-            batch, entry_id, message, event_id=event_id, operation=operation, watch_id=None, now=now
+            batch,
+            entry_id,
+            message,
+            event_id=event_id,
+            operation=operation,
+            watch_id=None,
+            now=now,
+            token=token,
         )
         with self.db.errors("put the message in the outbox"):
             batch.commit()
+        self._leases.took(_ENTRY, entry_id, token)
         return entry_id
 
     def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
-        if limit <= 0:
-            return []
         query = (
             self._col(_OUTBOX)
             .where(filter=firestore.FieldFilter("next_attempt", "<=", now))
             .order_by("next_attempt")
-            .limit(limit)
         )
-        due = self.db.query("find due outbox entries", query)
-        held = self.db.claim(
-            "claim due outbox entries",
-            due,
-            lambda _: {"next_attempt": now + lease, "lease_owner": self.owner},
+        token = rules.lease_token(self.owner)
+        held = self._claim(
+            "due outbox entries",
+            query,
+            limit=limit,
+            guard=lambda row: rules.publish_due(row, now),
+            changes=rules.claim_publish(now, lease, token),
         )
-        return [_outbox(fields(s)) for s in held]
+        for row in held:
+            self._leases.took(_ENTRY, row["id"], token)
+        return [rules.outbox_entry(row) for row in held]
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
+        held = self._leases.held(_ENTRY, entry_id)
 
-        def body(tx: Transaction) -> None:
-            entry = ref.get(transaction=tx)
-            if not entry.exists:
-                return
-            watch_id = entry.get("watch_id")
+        def body(tx: Transaction) -> bool:
+            entry = _row(ref.get(transaction=tx))
+            if entry is None or not rules.settle_publish(entry, held):
+                return entry is None
+            watch_id = entry["watch_id"]
             watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
             tx.delete(ref)
-            if watch is not None and watch.exists and watch.get("state") == _PUBLISHING:
+            if watch is not None and rules.settle_watch(_row(watch)):
                 tx.update(watch.reference, {"state": int(WatchState.COMPLETED), "update_time": now})
+            return True
 
-        self.db.transact("settle the published message", body)
+        wrote = self.db.transact("settle the published message", body)
+        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
     ) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
+        held = self._leases.held(_ENTRY, entry_id)
 
-        def body(tx: Transaction) -> None:
-            entry = ref.get(transaction=tx)
-            if not entry.exists:
-                return
-            watch_id = entry.get("watch_id")
-            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
-            tx.update(
-                ref,
-                {
-                    "next_attempt": next_attempt,
-                    "attempt": entry.get("attempt") + 1,
-                    "last_error": error_message,
-                    "lease_owner": "",
-                },
+        def body(tx: Transaction) -> bool:
+            entry = _row(ref.get(transaction=tx))
+            changes = rules.retry_publish(
+                entry, held, next_attempt=next_attempt, error_message=error_message
             )
+            if entry is None or changes is None:
+                return entry is None
+            watch_id = entry["watch_id"]
+            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
+            tx.update(ref, changes)
             if watch is not None and watch.exists:
-                tx.update(
-                    watch.reference,
-                    {
-                        "update_time": now,
-                        "last_error_code": 14,
-                        "last_error_message": f"publishing: {error_message}",
-                    },
-                )
+                noted = rules.publish_retried_on_watch(error_message, now=now)
+                tx.update(watch.reference, noted)
+            return True
 
-        self.db.transact("reschedule the publish", body)
+        wrote = self.db.transact("reschedule the publish", body)
+        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
 
     def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
         quarantine_id = random_int_id()
+        held = self._leases.held(_ENTRY, entry_id)
 
-        def body(tx: Transaction) -> None:
-            kept = ref.get(transaction=tx)
-            if not kept.exists:
-                return  # abandoned already (or published meanwhile)
-            entry = fields(kept)
-            watch_id = entry.get("watch_id")
+        def body(tx: Transaction) -> bool:
+            entry = _row(ref.get(transaction=tx))
+            kept = rules.abandon_publish(entry, held, reason=reason, now=now)
+            if entry is None or kept is None:
+                return entry is None  # abandoned already (or published meanwhile, or taken over)
+            watch_id = entry["watch_id"]
             watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
-            headers = {**json.loads(entry["attributes"]), "ordering_key": entry["ordering_key"]}
-            data = bytes(entry["data"])
-            why = f"not publishable: {reason}"
+            data = kept["body"]
             if len(data) > QUARANTINE_BODY_LIMIT:
-                why += f" (body truncated to {QUARANTINE_BODY_LIMIT} of {len(data)} bytes)"
-                data = data[:QUARANTINE_BODY_LIMIT]
-            tx.create(
-                self._doc(_QUARANTINE, str(quarantine_id)),
-                {
-                    "id": quarantine_id,
-                    "receive_time": now,
-                    "reason": why,
-                    "body": data,
-                    "headers": json.dumps(headers),
-                },
-            )
+                kept["reason"] += (
+                    f" (body truncated to {QUARANTINE_BODY_LIMIT} of {len(data)} bytes)"
+                )
+                kept["body"] = data[:QUARANTINE_BODY_LIMIT]
+            tx.create(self._doc(_QUARANTINE, str(quarantine_id)), {"id": quarantine_id, **kept})
             tx.delete(ref)
             if watch is not None and watch.exists:
-                tx.update(
-                    watch.reference,
-                    {
-                        "state": int(WatchState.FAILED),
-                        "update_time": now,
-                        "last_error_code": int(Code.INVALID_ARGUMENT),
-                        "last_error_message": f"the completion cannot be published: {reason}",
-                    },
-                )
+                tx.update(watch.reference, rules.abandoned_watch(reason, now=now))
+            return True
 
-        self.db.transact("abandon the publish", body)
+        wrote = self.db.transact("abandon the publish", body)
+        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
 
     def outbox_size(self) -> int:
         return self.db.count("count the outbox", self._col(_OUTBOX))
@@ -641,24 +614,21 @@ class FirestoreStore:
 
     def get_operation(self, name: str) -> OperationRecord | None:
         snapshot = self.db.read("read the operation", self._operation_ref(name))
-        return _operation(fields(snapshot)) if snapshot.exists else None
+        return rules.operation_record(fields(snapshot)) if snapshot.exists else None
 
     def settled(self, names: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(names))
         refs = [self._operation_ref(name) for name in wanted]
         docs = self.db.read_many("read waited-for operations", refs)
-        running = {
-            d.get("name") for d in docs if d.exists and not d.get("done") and not d.get("outcome")
-        }
+        running = {d.get("name") for d in docs if d.exists and rules.running(fields(d))}
         return set(wanted) - running
 
     def track_operation(self, name: str, *, source: str, now: float) -> None:
         op_ref = self._operation_ref(name)
 
         def body(tx: Transaction) -> None:
-            tracked = op_ref.get(transaction=tx)
-            if not tracked.exists or tracked.get("outcome") == DELETED:
-                tx.set(op_ref, _new_operation(name, source, "watch", now))
+            tracked = _row(op_ref.get(transaction=tx))
+            _put(tx, op_ref, rules.track(tracked, name, source=source, now=now))
 
         self.db.transact("track the operation", body)
 
@@ -666,25 +636,13 @@ class FirestoreStore:
         self, snapshot: codec.Snapshot, *, source: str, outcome: str, now: float
     ) -> None:
         op_ref = self._operation_ref(snapshot.name)
-        data, data_format = codec.encode_payload(snapshot, "binary")
-        observed = {
-            "source": source,
-            "done": snapshot.done,
-            "outcome": outcome,
-            "error_code": snapshot.error_code,
-            "metadata_type": snapshot.metadata_type,
-            "response_type": snapshot.response_type,
-            "data": data,
-            "data_format": data_format,
-            "update_time": now,
-        }
 
         def body(tx: Transaction) -> None:
-            tracked = op_ref.get(transaction=tx)
-            if not tracked.exists:
-                tx.set(op_ref, {**_new_operation(snapshot.name, source, "watch", now), **observed})
-            elif not tracked.get("done") and not tracked.get("outcome"):
-                tx.update(op_ref, observed)
+            tracked = _row(op_ref.get(transaction=tx))
+            observed = rules.record_observation(
+                tracked, snapshot, source=source, outcome=outcome, now=now
+            )
+            _put(tx, op_ref, observed)
 
         self.db.transact("record the observation", body)
 
@@ -716,7 +674,7 @@ class FirestoreStore:
             page = base.start_after({"name": cursor}) if cursor else base
             docs = self.db.query("list operations", page.limit(batch))
             for doc in docs:
-                record = _operation(fields(doc))
+                record = rules.operation_record(fields(doc))
                 if _matches(query, record):
                     if len(records) == limit:
                         return records, records[-1].name if records else cursor
@@ -733,19 +691,15 @@ class FirestoreStore:
         watches = self._col(_WATCHES).where(filter=eq("operation", name))
 
         def body(tx: Transaction) -> bool:
-            tracked = op_ref.get(transaction=tx)
+            tracked = _row(op_ref.get(transaction=tx))
             docs = list(watches.stream(transaction=tx))
-            live = tracked.exists and tracked.get("outcome") != DELETED
-            if live:
-                # A tombstone, not a delete: a watch message still in flight (Pub/Sub-driven
-                # watching) learns from it that it must stop, and nothing recreates it.
-                tx.update(
-                    op_ref, {"outcome": DELETED, "done": False, "data": None, "error_code": None}
-                )
+            changes = rules.tombstone(tracked)
+            if changes is not None:
+                tx.update(op_ref, changes)
             for doc in docs:
                 tx.delete(doc.reference)
                 tx.delete(self._doc(_WATCH_KEYS, digest(doc.get("source"), name)))
-            return live or bool(docs)
+            return changes is not None or bool(docs)
 
         return self.db.transact("delete the operation", body)
 
@@ -753,23 +707,19 @@ class FirestoreStore:
         op_ref = self._operation_ref(name)
 
         def body(tx: Transaction) -> OperationRecord | None:
-            tracked = op_ref.get(transaction=tx)
-            if not tracked.exists:
+            tracked = _row(op_ref.get(transaction=tx))
+            changes = rules.request_cancel(tracked, now=now)
+            if tracked is None or changes is None:
                 return None
-            changes = {"cancel_requested": True, "update_time": now}
             tx.update(op_ref, changes)
-            return _operation({**fields(tracked), **changes})
+            return rules.operation_record({**tracked, **changes})
 
         return self.db.transact("record the cancel request", body)
 
     def create_produced_operation(
         self, snapshot: codec.Snapshot, *, source: str, now: float
     ) -> None:
-        data, data_format = codec.encode_payload(snapshot, "binary")
-        produced = _new_operation(snapshot.name, source, "producer", now)
-        produced.update(
-            {"metadata_type": snapshot.metadata_type, "data": data, "data_format": data_format}
-        )
+        produced = rules.new_produced_operation(snapshot, source=source, now=now)
         with self.db.errors("track the produced operation"):
             try:
                 self._operation_ref(snapshot.name).create(produced)
@@ -784,21 +734,13 @@ class FirestoreStore:
         message: PendingMessage | None,
         event_id: str,
     ) -> OutboxEntry | None:
-        data, data_format = codec.encode_payload(snapshot, "binary")
         op_ref = self._operation_ref(snapshot.name)
         entry_id = random_int_id()
+        token = rules.lease_token(self.owner)
 
         def body(tx: Transaction) -> OutboxEntry | None:
-            _check_running(op_ref.get(transaction=tx), snapshot.name)
-            tx.update(
-                op_ref,
-                {
-                    "data": data,
-                    "data_format": data_format,
-                    "metadata_type": snapshot.metadata_type,
-                    "update_time": now,
-                },
-            )
+            changes = rules.update_produced(_row(op_ref.get(transaction=tx)), snapshot, now=now)
+            tx.update(op_ref, changes)
             if message is None:
                 return None
             self._enqueue(
@@ -809,22 +751,34 @@ class FirestoreStore:
                 operation=snapshot.name,
                 watch_id=None,
                 now=now,
+                token=token,
             )
             return OutboxEntry(entry_id, event_id, snapshot.name, None, message, 0)
 
-        return self.db.transact("update the produced operation", body)
+        entry = self.db.transact("update the produced operation", body)
+        if entry is not None:
+            self._leases.took(_ENTRY, entry.id, token)
+        return entry
 
     def complete_produced_operation(self, completion: Completion, *, now: float) -> OutboxEntry:
         name = completion.snapshot.name
         op_ref = self._operation_ref(name)
         entry_id = random_int_id()
+        token = rules.lease_token(self.owner)
 
         def body(tx: Transaction) -> OutboxEntry:
-            tracked = op_ref.get(transaction=tx)
-            _check_running(tracked, name)
-            _store_final(
-                tx, op_ref, tracked, name, tracked.get("source"), "producer", completion, now
+            tracked = _row(op_ref.get(transaction=tx))
+            rules.check_produced_running(tracked, name)
+            assert tracked is not None
+            final = rules.store_final(
+                tracked,
+                name,
+                source=tracked["source"],
+                origin="producer",
+                completion=completion,
+                now=now,
             )
+            _put(tx, op_ref, final)
             self._enqueue(
                 tx,
                 entry_id,
@@ -833,6 +787,7 @@ class FirestoreStore:
                 operation=name,
                 watch_id=None,
                 now=now,
+                token=token,
             )
             return OutboxEntry(
                 id=entry_id,
@@ -843,7 +798,9 @@ class FirestoreStore:
                 attempt=0,
             )
 
-        return self.db.transact("complete the produced operation", body)
+        entry = self.db.transact("complete the produced operation", body)
+        self._leases.took(_ENTRY, entry.id, token)
+        return entry
 
     # -- callback runs and quarantine ------------------------------------------------------
 
@@ -851,34 +808,28 @@ class FirestoreStore:
         self, event_id: str, callback: str, *, now: float, lease: float
     ) -> ClaimResult:
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
-        running = {"state": "running", "lease_until": now + lease, "update_time": now}
         for _ in range(TRANSACTION_ATTEMPTS):
             current = self.db.read("read the callback run", ref)
+            result, put = rules.claim_callback(
+                _row(current), event_id, callback, now=now, lease=lease
+            )
+            if put is None:
+                return result
             with self.db.errors("claim the callback run"):
                 try:
-                    if not current.exists:
-                        ref.create(
-                            {
-                                "event_id": event_id,
-                                "callback": callback,
-                                "attempts": 1,
-                                "last_error": "",
-                                **running,
-                            }
+                    if put.create:
+                        ref.create(put.fields)
+                    else:
+                        ref.update(
+                            put.fields,
+                            option=self.db.client.write_option(
+                                last_update_time=current.update_time
+                            ),
                         )
-                        return "run"
-                    state, lease_until = current.get("state"), current.get("lease_until")
-                    if state == "succeeded":
-                        return "done"
-                    if state == "running" and lease_until > now:
-                        return "busy"
-                    ref.update(
-                        {**running, "attempts": current.get("attempts") + 1},
-                        option=self.db.client.write_option(last_update_time=current.update_time),
-                    )
-                    return "run"
                 except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
                     continue  # another instance got there first: look again
+            self._leases.took(_RUN, (event_id, callback), put.fields["attempts"])
+            return result
         raise Unavailable(
             f"Firestore could not claim callback {callback!r} of event {event_id!r}: it kept "
             f"changing under {TRANSACTION_ATTEMPTS} attempts"
@@ -888,18 +839,17 @@ class FirestoreStore:
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
     ) -> None:
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
-        with self.db.errors("record the callback run"):
-            try:
-                ref.update(
-                    {
-                        "state": "succeeded" if ok else "failed",
-                        "lease_until": 0.0,
-                        "last_error": error,
-                        "update_time": now,
-                    }
-                )
-            except api_exceptions.NotFound:
-                return
+        held = self._leases.held(_RUN, (event_id, callback))
+
+        def body(tx: Transaction) -> bool:
+            run = _row(ref.get(transaction=tx))
+            changes = rules.finish_callback(run, held, ok=ok, error=error, now=now)
+            if changes is not None:
+                tx.update(ref, changes)
+            return run is None or changes is not None
+
+        wrote = self.db.transact("record the callback run", body)
+        self._leases.settled(_RUN, (event_id, callback), wrote=wrote)
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         query = (
@@ -925,16 +875,9 @@ class FirestoreStore:
             )
             body = body[:QUARANTINE_BODY_LIMIT]
         quarantine_id = random_int_id()
+        kept = rules.new_quarantined(reason=reason, body=body, headers=headers, now=now)
         with self.db.errors("quarantine the message"):
-            self._doc(_QUARANTINE, str(quarantine_id)).create(
-                {
-                    "id": quarantine_id,
-                    "receive_time": now,
-                    "reason": reason,
-                    "body": body,
-                    "headers": json.dumps(headers),
-                }
-            )
+            self._doc(_QUARANTINE, str(quarantine_id)).create({"id": quarantine_id, **kept})
         return quarantine_id
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
@@ -944,72 +887,9 @@ class FirestoreStore:
             .limit(limit)
         )
         return [
-            QuarantinedMessage(
-                id=d.get("id"),
-                receive_time=d.get("receive_time"),
-                reason=d.get("reason"),
-                body=bytes(d.get("body")),
-                headers=json.loads(d.get("headers")),
-            )
+            rules.quarantined_message(fields(d))
             for d in self.db.query("list the quarantine", query)
         ]
-
-
-def _new_operation(name: str, source: str, origin: Origin, now: float) -> dict[str, Any]:
-    return {
-        "name": name,
-        "parent": codec.operation_parent(name),
-        "source": source,
-        "origin": origin,
-        "done": False,
-        "outcome": "",
-        "error_code": None,
-        "metadata_type": "",
-        "response_type": "",
-        "data": None,
-        "data_format": "binary",
-        "create_time": now,
-        "update_time": now,
-        "cancel_requested": False,
-    }
-
-
-def _store_final(
-    tx: Transaction,
-    op_ref: DocumentReference,
-    tracked: Doc,
-    name: str,
-    source: str,
-    origin: Origin,
-    completion: Completion,
-    now: float,
-) -> None:
-    snapshot = completion.snapshot
-    data, data_format = codec.encode_payload(snapshot, "binary")
-    final = {
-        "source": source,
-        "done": snapshot.done,
-        "outcome": completion.outcome,
-        "error_code": snapshot.error_code,
-        "metadata_type": snapshot.metadata_type,
-        "response_type": snapshot.response_type,
-        "data": data,
-        "data_format": data_format,
-        "update_time": now,
-    }
-    if tracked.exists:
-        tx.update(op_ref, final)
-    else:
-        tx.set(op_ref, {**_new_operation(name, source, origin, now), **final})
-
-
-def _check_running(tracked: Doc, name: str) -> None:
-    if not tracked.exists:
-        raise NotFound(f"operation {name!r} is not tracked by this bridge")
-    if tracked.get("origin") != "producer":
-        raise FailedPrecondition(f"operation {name!r} is watched, not produced here")
-    if tracked.get("done"):
-        raise FailedPrecondition(f"operation {name!r} has already ended")
 
 
 def _exact_name(query: OperationFilter) -> str | None:
@@ -1046,7 +926,7 @@ def _successor(prefix: str) -> str | None:
 
 
 def _matches(query: OperationFilter, record: OperationRecord) -> bool:
-    if record.outcome == DELETED:
+    if record.outcome == codec.DELETED:  # a tombstone
         return False
     return query.matches(
         name=record.name,
@@ -1057,56 +937,16 @@ def _matches(query: OperationFilter, record: OperationRecord) -> bool:
     )
 
 
-def _watch(d: dict[str, Any]) -> WatchRecord:
-    return WatchRecord(
-        id=d["id"],
-        source=d["source"],
-        operation=d["operation"],
-        state=WatchState(d["state"]),
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        polls=d["polls"],
-        attempt=d["attempt"],
-        next_poll=d["next_poll"],
-        expire_time=d["expire_time"],
-        backoff=Backoff(d["initial_delay"], d["multiplier"], d["max_delay"]),
-        outcome=d["outcome"],
-        event_id=d["event_id"],
-        last_error_code=d["last_error_code"],
-        last_error_message=d["last_error_message"],
-        progress=bool(d["progress"]),
-    )
+def _row(snapshot: Doc) -> dict[str, Any] | None:
+    """A document's fields as the rules read them; None when it does not exist."""
+    return fields(snapshot) if snapshot.exists else None
 
 
-def _operation(d: dict[str, Any]) -> OperationRecord:
-    data = d["data"]
-    return OperationRecord(
-        name=d["name"],
-        source=d["source"],
-        origin=cast(Origin, d["origin"]),
-        done=bool(d["done"]),
-        outcome=d["outcome"],
-        error_code=d["error_code"],
-        metadata_type=d["metadata_type"],
-        response_type=d["response_type"],
-        data=bytes(data) if data is not None else None,
-        data_format=cast(codec.PayloadFormat, d["data_format"]),
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        cancel_requested=bool(d["cancel_requested"]),
-    )
-
-
-def _outbox(d: dict[str, Any]) -> OutboxEntry:
-    return OutboxEntry(
-        id=d["id"],
-        event_id=d["event_id"],
-        operation=d["operation"],
-        watch_id=d["watch_id"],
-        message=PendingMessage(
-            data=bytes(d["data"]),
-            attributes=json.loads(d["attributes"]),
-            ordering_key=d["ordering_key"],
-        ),
-        attempt=d["attempt"],
-    )
+def _put(tx: Transaction, ref: DocumentReference, put: rules.Put | None) -> None:
+    """Execute a rule's :class:`~lrobridge.storage.rules.Put` on one document."""
+    if put is None:
+        return
+    if put.create:
+        tx.set(ref, put.fields)
+    else:
+        tx.update(ref, put.fields)

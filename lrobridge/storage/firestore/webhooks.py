@@ -40,6 +40,7 @@ from google.cloud.firestore_v1.transaction import Transaction
 
 from lrobridge.config import DEFAULT_FIRESTORE_DATABASE
 from lrobridge.errors import AlreadyExists
+from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -400,26 +401,26 @@ class FirestoreWebhookStore:
             if not current.exists:
                 return False
             log = [*current.get("attempts"), logged]
-            if current.get("claim_token") != claim.token or current.get("state") != _PENDING:
+            changes = rules.record_delivery_attempt(
+                fields(current),
+                claim.token,
+                state=plan.state,
+                next_attempt=plan.next_attempt_time,
+                status_code=attempt.status_code,
+                error=plan.error or attempt.error,
+                now=now,
+            )
+            if changes is None:
                 tx.update(ref, {"attempts": log})  # the lease was lost: log only
                 return False
-            changes: dict[str, Any] = {
-                "attempts": log,
-                "state": plan.state,
-                "next_attempt": plan.next_attempt_time,
-                "claim_token": "",
-                "attempt_count": current.get("attempt_count") + 1,
-                "round_attempts": current.get("round_attempts") + 1,
-                "last_status_code": attempt.status_code,
-                "last_error": plan.error or attempt.error,
-                "update_time": now,
-            }
+            changes["attempts"] = log
             webhook_changes: dict[str, Any] = {}
             if webhook.exists:
-                if plan.state == DeliveryState.SUCCEEDED.value:
-                    webhook_changes["failing_since"] = None
-                elif webhook.get("failing_since") is None:
-                    webhook_changes["failing_since"] = plan.failing_since
+                webhook_changes = rules.endpoint_health(
+                    fields(webhook),
+                    succeeded=plan.state == DeliveryState.SUCCEEDED.value,
+                    failing_since=plan.failing_since,
+                )
             if plan.disable_reason:
                 _disable(
                     tx,

@@ -23,16 +23,20 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from lrobridge.errors import FailedPrecondition, Unavailable
+from lrobridge.storage.rules import Put
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class SqliteDatabase:
+    """One SQLite file opened by the rules above: the write and read connections of this
+    process, and the one lease claim every SQLite store uses."""
+
     def __init__(
         self,
         path: str,
@@ -120,11 +124,106 @@ class SqliteDatabase:
         with self._read_lock, _database_errors(self.path):
             return reader.execute(sql, tuple(params)).fetchall()
 
+    def claim(
+        self,
+        *,
+        table: str,
+        select: str,
+        key: str,
+        where: str,
+        params: Sequence[Any],
+        order: str,
+        limit: int,
+        guard: Callable[[dict[str, Any]], bool],
+        changes: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The one lease claim of every SQLite store: the rows of ``table`` that ``where``
+        finds due (at most ``limit``, in ``order``) and ``guard`` (the rule) lets go, each
+        written ``changes`` (the lease: a later due time and the claim's token) in one
+        ``BEGIN IMMEDIATE`` transaction, so no two claimers ever get the same row. The rows
+        come back as they were read (``select``'s columns by name), before the claim.
+
+        A read first: an idle claimer then takes no write lock that other processes wait on."""
+        if limit <= 0 or not self.read(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1", params):
+            return []
+        with self.write() as conn:
+            found = select_all(
+                conn, table, select, f"{where} ORDER BY {order} LIMIT ?", (*params, limit)
+            )
+            rows = [row for row in found if guard(row)]
+            for row in rows:
+                update(conn, table, key, row[key], changes(row) if callable(changes) else changes)
+        return rows
+
     def close(self) -> None:
         with self._lock, self._read_lock:
             self._conn.close()
             if self._reader is not self._conn:
                 self._reader.close()
+
+
+# -- the few statements every SQLite store builds from plain field mappings ---------------
+
+
+def _names(select: str) -> list[str]:
+    return [name.strip() for name in select.split(",")]
+
+
+def as_row(select: str, row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(_names(select), row, strict=True))
+
+
+def select_one(
+    conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
+) -> dict[str, Any] | None:
+    """The row of ``table`` matching ``where`` (a key), as a mapping the rules read."""
+    row = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchone()
+    return as_row(select, row) if row is not None else None
+
+
+def select_all(
+    conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchall()
+    return [as_row(select, row) for row in rows]
+
+
+def insert(conn: sqlite3.Connection, table: str, fields: Mapping[str, Any]) -> int:
+    """Insert a row; its rowid (the id of tables numbered by SQLite)."""
+    columns = ", ".join(fields)
+    marks = ", ".join("?" * len(fields))
+    cursor = conn.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(fields.values())
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def update(
+    conn: sqlite3.Connection, table: str, key: str, value: Any, changes: Mapping[str, Any]
+) -> None:
+    update_where(conn, table, f"{key} = ?", (value,), changes)
+
+
+def update_where(
+    conn: sqlite3.Connection,
+    table: str,
+    where: str,
+    params: tuple[Any, ...],
+    changes: Mapping[str, Any],
+) -> None:
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+    conn.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*changes.values(), *params))
+
+
+def put(conn: sqlite3.Connection, table: str, key: str, value: Any, write: Put | None) -> None:
+    """Execute a rule's :class:`~lrobridge.storage.rules.Put` on the row keyed ``value``."""
+    if write is None:
+        return
+    if write.create:
+        conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (value,))  # a tombstone revived
+        insert(conn, table, write.fields)
+    else:
+        update(conn, table, key, value, write.fields)
 
 
 @contextmanager

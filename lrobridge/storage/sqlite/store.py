@@ -7,7 +7,10 @@ mode survives process crashes; only a power loss could drop the last transaction
 Claims (``claim_due_polls``/``claim_due_publishes``) push the due time forward by a lease inside
 one ``BEGIN IMMEDIATE`` transaction, so several watcher processes on one file never poll the same
 watch (or publish the same outbox entry) twice at once, and a process that dies mid-poll has its
-work picked up when the lease ends.
+work picked up when the lease ends. Each claim stamps its own token (``lease_owner``); a write
+the process makes under a lease another one took over since is refused
+(:func:`lrobridge.storage.rules.lease_holds`). Guards and field changes are
+:mod:`lrobridge.storage.rules`'; this module reads the rows they need and writes their answer.
 
 Tables: ``watches`` (schedule), ``operations`` (latest state per tracked operation name, for the
 Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``callback_runs`` and
@@ -16,7 +19,6 @@ Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``cal
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -24,7 +26,7 @@ import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, cast
+from typing import Any
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
@@ -38,9 +40,19 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, Code, FailedPrecondition, InvalidArgument, NotFound
-from lrobridge.storage import PUBLISH_LEASE_SECONDS, ClaimResult, Completion, PendingUpdate
-from lrobridge.storage.sqlite.database import SqliteDatabase
+from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from lrobridge.storage import rules
+from lrobridge.storage.rules import ClaimResult, Completion
+from lrobridge.storage.sqlite.database import (
+    SqliteDatabase,
+    as_row,
+    insert,
+    put,
+    select_all,
+    select_one,
+    update,
+    update_where,
+)
 
 SCHEMA_VERSION = 2
 
@@ -121,33 +133,25 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
-_WATCH_COLUMNS = (
-    "seq, id, source, operation, state, create_time, update_time, polls, attempt, next_poll, "
-    "expire_time, initial_delay, multiplier, max_delay, progress, outcome, event_id, "
-    "last_error_code, last_error_message"
-)
-_OPERATION_COLUMNS = (
-    "name, source, origin, done, outcome, error_code, metadata_type, response_type, data, "
-    "data_format, create_time, update_time, cancel_requested"
-)
-# Track a watched operation: a new row, or a tombstone brought back; a live one is kept.
-_TRACK_OPERATION = (
-    "INSERT INTO operations (name, parent, source, origin, create_time, update_time) "
-    "VALUES (?, ?, ?, 'watch', ?, ?) ON CONFLICT (name) DO UPDATE SET source = excluded.source, "
-    "origin = 'watch', done = 0, outcome = '', error_code = NULL, metadata_type = '', "
-    "response_type = '', data = NULL, create_time = excluded.create_time, "
-    "update_time = excluded.update_time, cancel_requested = 0 "
-    "WHERE operations.outcome = 'deleted'"
-)
-_OUTBOX_COLUMNS = "id, event_id, operation, watch_id, data, attributes, ordering_key, attempt"
+_WATCH_SELECT = "seq, " + ", ".join(rules.WATCH_FIELDS)
+_OPERATION_SELECT = ", ".join(rules.OPERATION_FIELDS)
+_OUTBOX_SELECT = ", ".join(rules.OUTBOX_FIELDS)
+# The kinds of rows leased (keys of the LeaseBook).
+_WATCH = "watch"
+_ENTRY = "outbox"
+_RUN = "callback_run"
 
 
 class SqliteStore:
-    """All store protocols on one SQLite file (``:memory:`` for a private in-memory one)."""
+    """All store protocols on one SQLite file (``:memory:`` for a private in-memory one).
+
+    Every method reads the rows a rule of :mod:`lrobridge.storage.rules` needs and writes its
+    answer in one ``BEGIN IMMEDIATE`` transaction; the rules, not the SQL, decide."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._db = SqliteDatabase(path, _SCHEMA, on_open=_check_schema_version(path))
+        self._leases = rules.LeaseBook()
 
     @property
     def owner(self) -> str:
@@ -177,47 +181,38 @@ class SqliteStore:
         now: float,
     ) -> tuple[WatchRecord, bool]:
         with self._write() as conn:
-            row = conn.execute(
-                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE source = ? AND operation = ?",
-                (source, operation),
-            ).fetchone()
-            if row is not None:
-                return _watch(row), False
-            row = conn.execute(
-                "INSERT INTO watches (id, source, operation, state, create_time, update_time, "
-                "next_poll, expire_time, initial_delay, multiplier, max_delay, progress) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_WATCH_COLUMNS}",
-                (
-                    secrets.token_hex(8),
-                    source,
-                    operation,
-                    int(WatchState.ACTIVE),
-                    now,
-                    now,
-                    now,
-                    expire_time,
-                    backoff.initial_delay,
-                    backoff.multiplier,
-                    backoff.max_delay,
-                    int(progress),
-                ),
-            ).fetchone()
-            conn.execute(
-                _TRACK_OPERATION,
-                (operation, codec.operation_parent(operation), source, now, now),
+            existing = select_one(
+                conn, "watches", _WATCH_SELECT, "source = ? AND operation = ?", (source, operation)
             )
-        return _watch(row), True
+            if existing is not None:
+                return rules.watch_record(existing), False
+            created = rules.new_watch(
+                secrets.token_hex(8),
+                source=source,
+                operation=operation,
+                expire_time=expire_time,
+                backoff=backoff,
+                progress=progress,
+                now=now,
+            )
+            insert(conn, "watches", created)
+            self._track(conn, operation, source=source, now=now)
+        return rules.watch_record(created), True
+
+    def _track(self, conn: sqlite3.Connection, name: str, *, source: str, now: float) -> None:
+        current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+        put(conn, "operations", "name", name, rules.track(current, name, source=source, now=now))
 
     def get_watch(self, watch_id: str) -> WatchRecord | None:
-        rows = self._read(f"SELECT {_WATCH_COLUMNS} FROM watches WHERE id = ?", (watch_id,))
-        return _watch(rows[0]) if rows else None
+        rows = self._read(f"SELECT {_WATCH_SELECT} FROM watches WHERE id = ?", (watch_id,))
+        return rules.watch_record(_watch_row(rows[0])) if rows else None
 
     def find_watch(self, source: str, operation: str) -> WatchRecord | None:
         rows = self._read(
-            f"SELECT {_WATCH_COLUMNS} FROM watches WHERE source = ? AND operation = ?",
+            f"SELECT {_WATCH_SELECT} FROM watches WHERE source = ? AND operation = ?",
             (source, operation),
         )
-        return _watch(rows[0]) if rows else None
+        return rules.watch_record(_watch_row(rows[0])) if rows else None
 
     def list_watches(
         self, *, after: str, limit: int, state: WatchState | None = None
@@ -225,18 +220,20 @@ class SqliteStore:
         seq = seq_cursor(after)
         if state is None:
             rows = self._read(
-                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {_WATCH_SELECT} FROM watches WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit + 1),
             )
         else:
             rows = self._read(
-                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE seq > ? AND state = ? "
+                f"SELECT {_WATCH_SELECT} FROM watches WHERE seq > ? AND state = ? "
                 "ORDER BY seq LIMIT ?",
                 (seq, int(state), limit + 1),
             )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_watch(r) for r in rows], (str(rows[-1][0]) if more else None)
+        return [rules.watch_record(_watch_row(r)) for r in rows], (
+            str(rows[-1][0]) if more else None
+        )
 
     def delete_watch(self, watch_id: str) -> bool:
         with self._write() as conn:
@@ -245,34 +242,31 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return False
-            conn.execute(
-                "DELETE FROM operations WHERE name = ? AND origin = 'watch' AND NOT EXISTS "
-                "(SELECT 1 FROM watches WHERE operation = ?)",
-                (row[0], row[0]),
-            )
+            name = row[0]
+            others = conn.execute(
+                "SELECT 1 FROM watches WHERE operation = ? LIMIT 1", (name,)
+            ).fetchone()
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            if rules.untrack_with_watch(current, other_watches=others is not None):
+                conn.execute("DELETE FROM operations WHERE name = ?", (name,))
             return True
 
     def claim_due_polls(self, *, now: float, limit: int, lease: float) -> list[WatchRecord]:
-        if limit <= 0:
-            return []
-        # A read first: an idle watcher then takes no write lock that other processes wait on.
-        if not self._read(
-            "SELECT 1 FROM watches WHERE state = ? AND next_poll <= ? LIMIT 1",
-            (int(WatchState.ACTIVE), now),
-        ):
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {_WATCH_COLUMNS} FROM watches WHERE state = ? AND next_poll <= ? "
-                "ORDER BY next_poll LIMIT ?",
-                (int(WatchState.ACTIVE), now, limit),
-            ).fetchall()
-            if rows:
-                conn.executemany(
-                    "UPDATE watches SET next_poll = ?, lease_owner = ? WHERE seq = ?",
-                    [(now + lease, self.owner, row[0]) for row in rows],
-                )
-        return [_watch(r) for r in rows]
+        token = rules.lease_token(self.owner)
+        rows = self._db.claim(
+            table="watches",
+            select=_WATCH_SELECT,
+            key="seq",
+            where="state = ? AND next_poll <= ?",
+            params=(int(WatchState.ACTIVE), now),
+            order="next_poll",
+            limit=limit,
+            guard=lambda row: rules.poll_due(row, now),
+            changes=rules.claim_poll(now, lease, token),
+        )
+        for row in rows:
+            self._leases.took(_WATCH, row["id"], token)
+        return [rules.watch_record(row) for row in rows]
 
     def next_due_time(self) -> float | None:
         rows = self._read(
@@ -295,115 +289,88 @@ class SqliteStore:
         error_code: int = 0,
         error_message: str = "",
     ) -> bool:
+        held = self._leases.held(_WATCH, watch_id)
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE watches SET update_time = ?, next_poll = ?, attempt = ?, "
-                "polls = polls + ?, last_error_code = ?, last_error_message = ?, lease_owner = '' "
-                "WHERE id = ? AND state = ? RETURNING operation, source",
-                (
-                    now,
-                    next_poll,
-                    attempt,
-                    int(polled),
-                    error_code,
-                    error_message,
-                    watch_id,
-                    int(WatchState.ACTIVE),
-                ),
-            ).fetchone()
-            if row is None or snapshot is None:
-                return False
-            data, data_format = codec.encode_payload(snapshot, "binary")
-            changed = conn.execute(
-                "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
-                "response_type = ?, source = ?, update_time = ? "
-                "WHERE name = ? AND done = 0 AND (data IS NULL OR data != ?)",
-                (
-                    data,
-                    data_format,
-                    snapshot.metadata_type,
-                    snapshot.response_type,
-                    row[1],
-                    now,
-                    row[0],
-                    data,
-                ),
-            ).rowcount
-            return changed > 0
+            watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+            changes = rules.record_pending(
+                watch,
+                held,
+                now=now,
+                next_poll=next_poll,
+                attempt=attempt,
+                polled=polled,
+                error_code=error_code,
+                error_message=error_message,
+            )
+            changed = False
+            wrote = watch is not None and changes is not None
+            if watch is not None and changes is not None:
+                update(conn, "watches", "id", watch_id, changes)
+                if snapshot is not None:
+                    name = watch["operation"]
+                    current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+                    observed = rules.observed_pending(
+                        current, snapshot, source=watch["source"], now=now
+                    )
+                    if observed is not None:
+                        update(conn, "operations", "name", name, observed)
+                        changed = True
+        self._leases.settled(_WATCH, watch_id, wrote=wrote or watch is None)
+        return changed
 
-    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+    def record_pending_many(
+        self, updates: Sequence[rules.PendingUpdate], *, now: float
+    ) -> list[bool]:
         applied: list[bool] = []
         if not updates:
             return applied
+        settled: list[tuple[str, bool]] = []
         with self._write() as conn:
-            for update in updates:
-                row = conn.execute(
-                    "UPDATE watches SET update_time = ?, next_poll = ?, attempt = ?, "
-                    "polls = polls + ?, last_error_code = ?, last_error_message = ?, "
-                    "lease_owner = ? WHERE id = ? AND state = ? AND lease_owner = ? "
-                    "RETURNING operation, source",
-                    (
-                        now,
-                        update.next_poll,
-                        update.attempt,
-                        update.polls,
-                        update.error_code,
-                        update.error_message,
-                        "" if update.release else self.owner,
-                        update.watch_id,
-                        int(WatchState.ACTIVE),
-                        self.owner,
-                    ),
-                ).fetchone()
-                applied.append(row is not None)
-                snapshot = update.snapshot
-                if row is None or snapshot is None:
+            for pending in updates:
+                watch_id = pending.watch_id
+                held = self._leases.held(_WATCH, watch_id)
+                watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+                changes = rules.record_polls(watch, held, pending, now=now)
+                applied.append(changes is not None)
+                if watch is None or changes is None:
+                    settled.append((watch_id, watch is None))
                     continue
-                data, data_format = codec.encode_payload(snapshot, "binary")
-                conn.execute(
-                    "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
-                    "response_type = ?, source = ?, update_time = ? "
-                    "WHERE name = ? AND done = 0 AND (data IS NULL OR data != ?)",
-                    (
-                        data,
-                        data_format,
-                        snapshot.metadata_type,
-                        snapshot.response_type,
-                        row[1],
-                        now,
-                        row[0],
-                        data,
-                    ),
-                )
+                update(conn, "watches", "id", watch_id, changes)
+                if pending.release:
+                    settled.append((watch_id, True))
+                if pending.snapshot is not None:
+                    name = watch["operation"]
+                    current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+                    observed = rules.observed_pending(
+                        current, pending.snapshot, source=watch["source"], now=now
+                    )
+                    if observed is not None:
+                        update(conn, "operations", "name", name, observed)
+        for watch_id, wrote in settled:
+            self._leases.settled(_WATCH, watch_id, wrote=wrote)
         return applied
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
+        held = self._leases.held(_WATCH, watch_id)
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE watches SET state = ?, update_time = ?, polls = polls + 1, "
-                "outcome = ?, event_id = ?, last_error_code = 0, last_error_message = '' "
-                "WHERE id = ? AND state = ? RETURNING operation, source",
-                (
-                    int(WatchState.PUBLISHING),
-                    now,
-                    completion.outcome,
-                    completion.event_id,
-                    watch_id,
-                    int(WatchState.ACTIVE),
-                ),
-            ).fetchone()
-            if row is None:
-                return None
-            self._store_final(conn, row[0], row[1], "watch", completion, now)
-            return self._enqueue(
-                conn,
-                completion.message,
-                event_id=completion.event_id,
-                operation=row[0],
-                watch_id=watch_id,
-                now=now,
-                due=now + PUBLISH_LEASE_SECONDS,
-            )
+            watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+            changes = rules.record_completion(watch, held, completion, now=now)
+            entry_id: int | None = None
+            wrote = watch is None or changes is not None
+            if watch is not None and changes is not None:
+                update(conn, "watches", "id", watch_id, changes)
+                operation, source = watch["operation"], watch["source"]
+                self._store_final(conn, operation, source, "watch", completion, now)
+                entry_id = self._enqueue(
+                    conn,
+                    completion.message,
+                    event_id=completion.event_id,
+                    operation=operation,
+                    watch_id=watch_id,
+                    now=now,
+                )
+        self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        return entry_id
 
     def _store_final(
         self,
@@ -414,74 +381,65 @@ class SqliteStore:
         completion: Completion,
         now: float,
     ) -> None:
-        snapshot = completion.snapshot
-        data, data_format = codec.encode_payload(snapshot, "binary")
-        conn.execute(
-            "INSERT INTO operations (name, parent, source, origin, done, outcome, error_code, "
-            "metadata_type, response_type, data, data_format, create_time, update_time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-            "source = excluded.source, done = excluded.done, outcome = excluded.outcome, "
-            "error_code = excluded.error_code, metadata_type = excluded.metadata_type, "
-            "response_type = excluded.response_type, data = excluded.data, "
-            "data_format = excluded.data_format, update_time = excluded.update_time",
-            (
-                name,
-                codec.operation_parent(name),
-                source,
-                origin,
-                int(snapshot.done),
-                completion.outcome,
-                snapshot.error_code,
-                snapshot.metadata_type,
-                snapshot.response_type,
-                data,
-                data_format,
-                now,
-                now,
-            ),
+        current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+        final = rules.store_final(
+            current, name, source=source, origin=origin, completion=completion, now=now
         )
+        put(conn, "operations", "name", name, final)
 
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None:
+        held = self._leases.held(_WATCH, watch_id)
         with self._write() as conn:
-            conn.execute(
-                "UPDATE watches SET state = ?, update_time = ?, polls = polls + 1, "
-                "last_error_code = ?, last_error_message = ? WHERE id = ? AND state = ?",
-                (int(WatchState.FAILED), now, code, message, watch_id, int(WatchState.ACTIVE)),
-            )
+            watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+            changes = rules.record_failure(watch, held, code=code, message=message, now=now)
+            if changes is not None:
+                update(conn, "watches", "id", watch_id, changes)
+        self._leases.settled(_WATCH, watch_id, wrote=watch is None or changes is not None)
 
     def poll_soon(self, operation: str, *, now: float) -> int:
         with self._write() as conn:
-            return conn.execute(
-                "UPDATE watches SET next_poll = ?, attempt = 0 "
-                "WHERE operation = ? AND state = ? AND next_poll > ?",
-                (now, operation, int(WatchState.ACTIVE), now),
-            ).rowcount
+            made_due = 0
+            for watch in select_all(conn, "watches", _WATCH_SELECT, "operation = ?", (operation,)):
+                changes = rules.poll_soon(watch, now=now)
+                if changes is not None:
+                    update(conn, "watches", "seq", watch["seq"], changes)
+                    made_due += 1
+            return made_due
 
     def recover(self, *, now: float) -> int:
         """Take back the leases of processes on this machine that no longer run (killed
         mid-poll or mid-publish): their watches and outbox entries are due at once."""
         host = socket.gethostname()
-        owners = {
+        tokens = {
             row[0]
             for row in self._read(
                 "SELECT DISTINCT lease_owner FROM watches WHERE lease_owner != '' UNION "
                 "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != ''"
             )
         }
-        dead = [o for o in owners if o != self.owner and _dead_local_process(o, host)]
+        dead = [
+            token
+            for token in tokens
+            if rules.lease_process(token) != self.owner
+            and _dead_local_process(rules.lease_process(token), host)
+        ]
         released = 0
         with self._write() as conn:
-            for owner in dead:
-                released += conn.execute(
-                    "UPDATE watches SET next_poll = MIN(next_poll, ?), lease_owner = '' "
-                    "WHERE lease_owner = ? AND state = ?",
-                    (now, owner, int(WatchState.ACTIVE)),
-                ).rowcount
-                released += conn.execute(
-                    "UPDATE outbox SET next_attempt = MIN(next_attempt, ?), lease_owner = '' "
-                    "WHERE lease_owner = ?",
-                    (now, owner),
-                ).rowcount
+            for token in dead:
+                for watch in select_all(
+                    conn, "watches", _WATCH_SELECT, "lease_owner = ?", (token,)
+                ):
+                    changes = rules.recover_watch(watch, dead=True, now=now)
+                    if changes is not None:
+                        update(conn, "watches", "seq", watch["seq"], changes)
+                        released += 1
+                for entry in select_all(
+                    conn, "outbox", _OUTBOX_SELECT, "lease_owner = ?", (token,)
+                ):
+                    changes = rules.recover_publish(entry, dead=True, now=now)
+                    if changes is not None:
+                        update(conn, "outbox", "id", entry["id"], changes)
+                        released += 1
         return released
 
     def count_by_state(self) -> dict[WatchState, int]:
@@ -502,110 +460,89 @@ class SqliteStore:
         operation: str,
         watch_id: str | None,
         now: float,
-        due: float,
     ) -> int:
-        row = conn.execute(
-            "INSERT INTO outbox (event_id, operation, watch_id, data, attributes, ordering_key, "
-            "next_attempt, create_time, lease_owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "RETURNING id",
-            (
-                event_id,
-                operation,
-                watch_id,
-                message.data,
-                json.dumps(message.attributes),
-                message.ordering_key,
-                due,
-                now,
-                self.owner,
-            ),
-        ).fetchone()
-        return int(row[0])
+        token = rules.lease_token(self.owner)
+        entry = rules.new_outbox_entry(
+            message,
+            event_id=event_id,
+            operation=operation,
+            watch_id=watch_id,
+            now=now,
+            token=token,
+        )
+        entry_id = insert(conn, "outbox", entry)
+        self._leases.took(_ENTRY, entry_id, token)
+        return entry_id
 
     def enqueue(self, message: PendingMessage, *, event_id: str, operation: str, now: float) -> int:
         with self._write() as conn:
             return self._enqueue(
-                conn,
-                message,
-                event_id=event_id,
-                operation=operation,
-                watch_id=None,
-                now=now,
-                due=now + PUBLISH_LEASE_SECONDS,
+                conn, message, event_id=event_id, operation=operation, watch_id=None, now=now
             )
 
     def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
-        if limit <= 0 or not self._read(
-            "SELECT 1 FROM outbox WHERE next_attempt <= ? LIMIT 1", (now,)
-        ):
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE next_attempt <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            if rows:
-                conn.executemany(
-                    "UPDATE outbox SET next_attempt = ?, lease_owner = ? WHERE id = ?",
-                    [(now + lease, self.owner, row[0]) for row in rows],
-                )
-        return [_outbox(r) for r in rows]
+        token = rules.lease_token(self.owner)
+        rows = self._db.claim(
+            table="outbox",
+            select=_OUTBOX_SELECT,
+            key="id",
+            where="next_attempt <= ?",
+            params=(now,),
+            order="id",
+            limit=limit,
+            guard=lambda row: rules.publish_due(row, now),
+            changes=rules.claim_publish(now, lease, token),
+        )
+        for row in rows:
+            self._leases.took(_ENTRY, row["id"], token)
+        return [rules.outbox_entry(row) for row in rows]
+
+    def _settle_watch(self, conn: sqlite3.Connection, watch_id: str | None, now: float) -> None:
+        if watch_id is None:
+            return
+        watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+        if rules.settle_watch(watch):
+            state = {"state": int(WatchState.COMPLETED), "update_time": now}
+            update(conn, "watches", "id", watch_id, state)
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
+        held = self._leases.held(_ENTRY, entry_id)
         with self._write() as conn:
-            row = conn.execute(
-                "DELETE FROM outbox WHERE id = ? RETURNING watch_id", (entry_id,)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                conn.execute(
-                    "UPDATE watches SET state = ?, update_time = ? WHERE id = ? AND state = ?",
-                    (int(WatchState.COMPLETED), now, row[0], int(WatchState.PUBLISHING)),
-                )
+            entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
+            wrote = entry is None or rules.settle_publish(entry, held)
+            if entry is not None and wrote:
+                conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                self._settle_watch(conn, entry["watch_id"], now)
+        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
     ) -> None:
+        held = self._leases.held(_ENTRY, entry_id)
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE outbox SET next_attempt = ?, attempt = attempt + 1, last_error = ?, "
-                "lease_owner = '' "
-                "WHERE id = ? RETURNING watch_id",
-                (next_attempt, error_message, entry_id),
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                conn.execute(
-                    "UPDATE watches SET update_time = ?, last_error_code = 14, "
-                    "last_error_message = ? WHERE id = ?",
-                    (now, f"publishing: {error_message}", row[0]),
-                )
+            entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
+            changes = rules.retry_publish(
+                entry, held, next_attempt=next_attempt, error_message=error_message
+            )
+            if entry is not None and changes is not None:
+                update(conn, "outbox", "id", entry_id, changes)
+                if entry["watch_id"] is not None:
+                    noted = rules.publish_retried_on_watch(error_message, now=now)
+                    update(conn, "watches", "id", entry["watch_id"], noted)
+        self._leases.settled(_ENTRY, entry_id, wrote=entry is None or changes is not None)
 
     def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
+        held = self._leases.held(_ENTRY, entry_id)
         with self._write() as conn:
-            row = conn.execute(
-                "DELETE FROM outbox WHERE id = ? RETURNING watch_id, data, attributes, "
-                "ordering_key",
-                (entry_id,),
-            ).fetchone()
-            if row is None:
-                return
-            watch_id, data, attributes, ordering_key = row
-            headers = {**json.loads(attributes), "ordering_key": ordering_key}
-            conn.execute(
-                "INSERT INTO quarantine (receive_time, reason, body, headers) VALUES (?, ?, ?, ?)",
-                (now, f"not publishable: {reason}", data, json.dumps(headers)),
-            )
-            if watch_id is not None:
-                conn.execute(
-                    "UPDATE watches SET state = ?, update_time = ?, last_error_code = ?, "
-                    "last_error_message = ? WHERE id = ?",
-                    (
-                        int(WatchState.FAILED),
-                        now,
-                        int(Code.INVALID_ARGUMENT),
-                        f"the completion cannot be published: {reason}",
-                        watch_id,
-                    ),
-                )
+            entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
+            quarantined = rules.abandon_publish(entry, held, reason=reason, now=now)
+            if entry is not None and quarantined is not None:
+                conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                insert(conn, "quarantine", quarantined)
+                if entry["watch_id"] is not None:
+                    failed = rules.abandoned_watch(reason, now=now)
+                    update(conn, "watches", "id", entry["watch_id"], failed)
+        self._leases.settled(_ENTRY, entry_id, wrote=entry is None or quarantined is not None)
 
     def outbox_size(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])
@@ -613,8 +550,8 @@ class SqliteStore:
     # -- tracked operations ------------------------------------------------------------------
 
     def get_operation(self, name: str) -> OperationRecord | None:
-        rows = self._read(f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE name = ?", (name,))
-        return _operation(rows[0]) if rows else None
+        rows = self._read(f"SELECT {_OPERATION_SELECT} FROM operations WHERE name = ?", (name,))
+        return rules.operation_record(_operation_row(rows[0])) if rows else None
 
     def settled(self, names: Iterable[str]) -> set[str]:
         wanted = list(names)
@@ -623,112 +560,73 @@ class SqliteStore:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             running.update(
-                row[0]
-                for row in self._read(
-                    f"SELECT name FROM operations WHERE name IN ({marks}) "
-                    "AND done = 0 AND outcome = ''",
+                name
+                for name, done, outcome in self._read(
+                    f"SELECT name, done, outcome FROM operations WHERE name IN ({marks})",
                     tuple(chunk),
                 )
+                if rules.running({"done": done, "outcome": outcome})
             )
         return set(wanted) - running
 
     def list_operations(
         self, parent: str, query: OperationFilter, *, after: str, limit: int
     ) -> tuple[list[OperationRecord], str | None]:
-        where = ["parent = ?", "name > ?", "outcome != 'deleted'"]
-        params: list[Any] = [parent, after]
+        where = ["parent = ?", "name > ?", "outcome != ?"]  # tombstones are not listed
+        params: list[Any] = [parent, after, codec.DELETED]
         for condition in query.conditions:
             clause, values = _condition_sql(condition)
             where.append(clause)
             params.extend(values)
         rows = self._read(
-            f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} "
+            f"SELECT {_OPERATION_SELECT} FROM operations WHERE {' AND '.join(where)} "
             "ORDER BY name LIMIT ?",
             (*params, limit + 1),
         )
         more = len(rows) > limit
-        records = [_operation(r) for r in rows[:limit]]
+        records = [rules.operation_record(_operation_row(r)) for r in rows[:limit]]
         return records, (records[-1].name if more else None)
 
     def track_operation(self, name: str, *, source: str, now: float) -> None:
         with self._write() as conn:
-            conn.execute(
-                _TRACK_OPERATION,
-                (name, codec.operation_parent(name), source, now, now),
-            )
+            self._track(conn, name, source=source, now=now)
 
     def record_observation(
         self, snapshot: codec.Snapshot, *, source: str, outcome: str, now: float
     ) -> None:
-        data, data_format = codec.encode_payload(snapshot, "binary")
+        name = snapshot.name
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO operations (name, parent, source, origin, done, outcome, error_code, "
-                "metadata_type, response_type, data, data_format, create_time, update_time) "
-                "VALUES (?, ?, ?, 'watch', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET source = excluded.source, done = excluded.done, outcome = excluded.outcome, "
-                "error_code = excluded.error_code, metadata_type = excluded.metadata_type, "
-                "response_type = excluded.response_type, data = excluded.data, "
-                "data_format = excluded.data_format, update_time = excluded.update_time "
-                "WHERE operations.done = 0 AND operations.outcome = ''",
-                (
-                    snapshot.name,
-                    codec.operation_parent(snapshot.name),
-                    source,
-                    int(snapshot.done),
-                    outcome,
-                    snapshot.error_code,
-                    snapshot.metadata_type,
-                    snapshot.response_type,
-                    data,
-                    data_format,
-                    now,
-                    now,
-                ),
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            observed = rules.record_observation(
+                current, snapshot, source=source, outcome=outcome, now=now
             )
+            put(conn, "operations", "name", name, observed)
 
     def delete_operation(self, name: str) -> bool:
         with self._write() as conn:
-            # A tombstone, not a delete: a watch message still in flight (Pub/Sub-driven
-            # watching) learns from it that it must stop, and nothing recreates the operation.
-            deleted = conn.execute(
-                "UPDATE operations SET outcome = 'deleted', done = 0, data = NULL, "
-                "error_code = NULL WHERE name = ? AND outcome != 'deleted'",
-                (name,),
-            ).rowcount
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            changes = rules.tombstone(current)
+            if changes is not None:
+                update(conn, "operations", "name", name, changes)
             watches = conn.execute("DELETE FROM watches WHERE operation = ?", (name,)).rowcount
-            return deleted + watches > 0
+            return changes is not None or watches > 0
 
     def request_cancel(self, name: str, *, now: float) -> OperationRecord | None:
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE operations SET cancel_requested = 1, update_time = ? WHERE name = ? "
-                f"RETURNING {_OPERATION_COLUMNS}",
-                (now, name),
-            ).fetchone()
-        return _operation(row) if row is not None else None
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            changes = rules.request_cancel(current, now=now)
+            if current is None or changes is None:
+                return None
+            update(conn, "operations", "name", name, changes)
+        return rules.operation_record({**current, **changes})
 
     def create_produced_operation(
         self, snapshot: codec.Snapshot, *, source: str, now: float
     ) -> None:
-        data, data_format = codec.encode_payload(snapshot, "binary")
+        produced = rules.new_produced_operation(snapshot, source=source, now=now)
         with self._write() as conn:
             try:
-                conn.execute(
-                    "INSERT INTO operations (name, parent, source, origin, metadata_type, data, "
-                    "data_format, create_time, update_time) VALUES (?, ?, ?, 'producer', ?, ?, ?, "
-                    "?, ?)",
-                    (
-                        snapshot.name,
-                        codec.operation_parent(snapshot.name),
-                        source,
-                        snapshot.metadata_type,
-                        data,
-                        data_format,
-                        now,
-                        now,
-                    ),
-                )
+                insert(conn, "operations", produced)
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"operation {snapshot.name!r} already exists") from None
 
@@ -740,39 +638,26 @@ class SqliteStore:
         message: PendingMessage | None,
         event_id: str,
     ) -> OutboxEntry | None:
-        data, data_format = codec.encode_payload(snapshot, "binary")
+        name = snapshot.name
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE operations SET data = ?, data_format = ?, metadata_type = ?, "
-                "update_time = ? WHERE name = ? AND origin = 'producer' AND done = 0 "
-                "RETURNING name",
-                (data, data_format, snapshot.metadata_type, now, snapshot.name),
-            ).fetchone()
-            if row is None:
-                raise self._not_running(conn, snapshot.name)
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            update(
+                conn, "operations", "name", name, rules.update_produced(current, snapshot, now=now)
+            )
             if message is None:
                 return None
             entry_id = self._enqueue(
-                conn,
-                message,
-                event_id=event_id,
-                operation=snapshot.name,
-                watch_id=None,
-                now=now,
-                due=now + PUBLISH_LEASE_SECONDS,
+                conn, message, event_id=event_id, operation=name, watch_id=None, now=now
             )
-        return OutboxEntry(entry_id, event_id, snapshot.name, None, message, 0)
+        return OutboxEntry(entry_id, event_id, name, None, message, 0)
 
     def complete_produced_operation(self, completion: Completion, *, now: float) -> OutboxEntry:
         name = completion.snapshot.name
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT source FROM operations WHERE name = ? AND origin = 'producer' AND done = 0",
-                (name,),
-            ).fetchone()
-            if row is None:
-                raise self._not_running(conn, name)
-            self._store_final(conn, name, row[0], "producer", completion, now)
+            current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+            rules.check_produced_running(current, name)
+            assert current is not None
+            self._store_final(conn, name, current["source"], "producer", completion, now)
             entry_id = self._enqueue(
                 conn,
                 completion.message,
@@ -780,7 +665,6 @@ class SqliteStore:
                 operation=name,
                 watch_id=None,
                 now=now,
-                due=now + PUBLISH_LEASE_SECONDS,
             )
         return OutboxEntry(
             id=entry_id,
@@ -791,49 +675,37 @@ class SqliteStore:
             attempt=0,
         )
 
-    def _not_running(self, conn: sqlite3.Connection, name: str) -> Exception:
-        row = conn.execute("SELECT origin, done FROM operations WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            return NotFound(f"operation {name!r} is not tracked by this bridge")
-        if row[0] != "producer":
-            return FailedPrecondition(f"operation {name!r} is watched, not produced here")
-        return FailedPrecondition(f"operation {name!r} has already ended")
-
     # -- callback runs and quarantine ------------------------------------------------------
 
     def claim_callback(
         self, event_id: str, callback: str, *, now: float, lease: float
     ) -> ClaimResult:
+        key = "event_id = ? AND callback = ?"
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT state, lease_until FROM callback_runs WHERE event_id = ? AND callback = ?",
-                (event_id, callback),
-            ).fetchone()
-            if row is not None:
-                state, lease_until = row
-                if state == "succeeded":
-                    return "done"
-                if state == "running" and lease_until > now:
-                    return "busy"
-            conn.execute(
-                "INSERT INTO callback_runs (event_id, callback, state, lease_until, attempts, "
-                "update_time) VALUES (?, ?, 'running', ?, 1, ?) "
-                "ON CONFLICT (event_id, callback) DO UPDATE SET state = 'running', "
-                "lease_until = excluded.lease_until, attempts = attempts + 1, "
-                "update_time = excluded.update_time",
-                (event_id, callback, now + lease, now),
-            )
-            return "run"
+            current = select_one(conn, "callback_runs", _RUN_SELECT, key, (event_id, callback))
+            result, put = rules.claim_callback(current, event_id, callback, now=now, lease=lease)
+            if put is None:
+                return result
+            if put.create:
+                insert(conn, "callback_runs", put.fields)
+            else:
+                update_where(conn, "callback_runs", key, (event_id, callback), put.fields)
+        attempts = put.fields["attempts"]
+        self._leases.took(_RUN, (event_id, callback), attempts)
+        return result
 
     def finish_callback(
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
     ) -> None:
+        key = "event_id = ? AND callback = ?"
+        held = self._leases.held(_RUN, (event_id, callback))
         with self._write() as conn:
-            conn.execute(
-                "UPDATE callback_runs SET state = ?, lease_until = 0, last_error = ?, "
-                "update_time = ? WHERE event_id = ? AND callback = ?",
-                ("succeeded" if ok else "failed", error, now, event_id, callback),
-            )
+            current = select_one(conn, "callback_runs", _RUN_SELECT, key, (event_id, callback))
+            changes = rules.finish_callback(current, held, ok=ok, error=error, now=now)
+            if changes is not None:
+                update_where(conn, "callback_runs", key, (event_id, callback), changes)
+        wrote = current is None or changes is not None
+        self._leases.settled(_RUN, (event_id, callback), wrote=wrote)
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         """Forget succeeded runs last touched before ``older_than`` (past any redelivery)."""
@@ -845,25 +717,26 @@ class SqliteStore:
 
     def quarantine(self, *, reason: str, body: bytes, headers: dict[str, str], now: float) -> int:
         with self._write() as conn:
-            row = conn.execute(
-                "INSERT INTO quarantine (receive_time, reason, body, headers) VALUES (?, ?, ?, ?) "
-                "RETURNING id",
-                (now, reason, body, json.dumps(headers)),
-            ).fetchone()
-        return int(row[0])
+            kept = rules.new_quarantined(reason=reason, body=body, headers=headers, now=now)
+            return insert(conn, "quarantine", kept)
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
+        columns = ("id", "receive_time", "reason", "body", "headers")
         rows = self._read(
-            "SELECT id, receive_time, reason, body, headers FROM quarantine "
-            "ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"SELECT {', '.join(columns)} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [
-            QuarantinedMessage(
-                id=r[0], receive_time=r[1], reason=r[2], body=bytes(r[3]), headers=json.loads(r[4])
-            )
-            for r in rows
-        ]
+        return [rules.quarantined_message(dict(zip(columns, r, strict=True))) for r in rows]
+
+
+_RUN_SELECT = ", ".join(rules.CALLBACK_RUN_FIELDS)
+
+
+def _watch_row(row: Sequence[Any]) -> dict[str, Any]:
+    return as_row(_WATCH_SELECT, row)
+
+
+def _operation_row(row: Sequence[Any]) -> dict[str, Any]:
+    return as_row(_OPERATION_SELECT, row)
 
 
 def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
@@ -921,92 +794,3 @@ def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:
     if isinstance(value, bool):
         value = int(value)
     return f"{column} {condition.op} ?", [value]
-
-
-def _watch(row: tuple[Any, ...]) -> WatchRecord:
-    (
-        _seq,
-        watch_id,
-        source,
-        operation,
-        state,
-        create_time,
-        update_time,
-        polls,
-        attempt,
-        next_poll,
-        expire_time,
-        initial_delay,
-        multiplier,
-        max_delay,
-        progress,
-        outcome,
-        event_id,
-        last_error_code,
-        last_error_message,
-    ) = row
-    return WatchRecord(
-        id=watch_id,
-        source=source,
-        operation=operation,
-        state=WatchState(state),
-        create_time=create_time,
-        update_time=update_time,
-        polls=polls,
-        attempt=attempt,
-        next_poll=next_poll,
-        expire_time=expire_time,
-        backoff=Backoff(initial_delay, multiplier, max_delay),
-        outcome=outcome,
-        event_id=event_id,
-        last_error_code=last_error_code,
-        last_error_message=last_error_message,
-        progress=bool(progress),
-    )
-
-
-def _operation(row: tuple[Any, ...]) -> OperationRecord:
-    (
-        name,
-        source,
-        origin,
-        done,
-        outcome,
-        error_code,
-        metadata_type,
-        response_type,
-        data,
-        data_format,
-        create_time,
-        update_time,
-        cancel_requested,
-    ) = row
-    return OperationRecord(
-        name=name,
-        source=source,
-        origin=cast(Origin, origin),
-        done=bool(done),
-        outcome=outcome,
-        error_code=error_code,
-        metadata_type=metadata_type,
-        response_type=response_type,
-        data=bytes(data) if data is not None else None,
-        data_format=cast(codec.PayloadFormat, data_format),
-        create_time=create_time,
-        update_time=update_time,
-        cancel_requested=bool(cancel_requested),
-    )
-
-
-def _outbox(row: tuple[Any, ...]) -> OutboxEntry:
-    entry_id, event_id, operation, watch_id, data, attributes, ordering_key, attempt = row
-    return OutboxEntry(
-        id=entry_id,
-        event_id=event_id,
-        operation=operation,
-        watch_id=watch_id,
-        message=PendingMessage(
-            data=bytes(data), attributes=json.loads(attributes), ordering_key=ordering_key
-        ),
-        attempt=attempt,
-    )

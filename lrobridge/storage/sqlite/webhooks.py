@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from lrobridge.storage.sqlite.database import SqliteDatabase
+from lrobridge.storage import rules
+from lrobridge.storage.sqlite.database import SqliteDatabase, select_one, update
 from lrobridge.storage.sqlite.store import seq_cursor
 from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
@@ -301,32 +302,36 @@ class SqliteWebhookStore:
                     attempt.address,
                 ),
             )
-            updated = conn.execute(
-                "UPDATE webhook_deliveries SET state = ?, next_attempt = ?, claim_token = '', "
-                "attempt_count = attempt_count + 1, round_attempts = round_attempts + 1, "
-                "last_status_code = ?, last_error = ?, update_time = ? "
-                "WHERE id = ? AND claim_token = ? AND state = 'PENDING'",
-                (
-                    plan.state,
-                    plan.next_attempt_time,
-                    attempt.status_code,
-                    plan.error or attempt.error,
-                    now,
-                    delivery.id,
-                    claim.token,
-                ),
-            ).rowcount
-            if not updated:
-                return False
-            if plan.state == DeliveryState.SUCCEEDED.value:
-                conn.execute(
-                    "UPDATE webhooks SET failing_since = NULL WHERE id = ?", (delivery.webhook_id,)
+            current = select_one(
+                conn,
+                "webhook_deliveries",
+                "state, claim_token, attempt_count, round_attempts",
+                "id = ?",
+                (delivery.id,),
+            )
+            changes = rules.record_delivery_attempt(
+                current,
+                claim.token,
+                state=plan.state,
+                next_attempt=plan.next_attempt_time,
+                status_code=attempt.status_code,
+                error=plan.error or attempt.error,
+                now=now,
+            )
+            if changes is None:
+                return False  # the lease was lost: logged only
+            update(conn, "webhook_deliveries", "id", delivery.id, changes)
+            webhook = select_one(
+                conn, "webhooks", "failing_since", "id = ?", (delivery.webhook_id,)
+            )
+            if webhook is not None:
+                health = rules.endpoint_health(
+                    webhook,
+                    succeeded=plan.state == DeliveryState.SUCCEEDED.value,
+                    failing_since=plan.failing_since,
                 )
-            else:
-                conn.execute(
-                    "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
-                    (plan.failing_since, delivery.webhook_id),
-                )
+                if health:
+                    update(conn, "webhooks", "id", delivery.webhook_id, health)
             if plan.disable_reason:
                 _disable(conn, delivery.webhook_id, plan.disable_reason, now)
         return True
