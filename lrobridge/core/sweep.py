@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 
 from lrobridge.errors import BridgeError, Code, TransientError
 
@@ -74,7 +75,8 @@ class SweepPlan:
     next_sweep: float = 0.0
     sweeps: int = 0
     misses: int = 0
-    uncovered: set[str] = dataclasses.field(default_factory=set)
+    verified: set[str] = dataclasses.field(default_factory=set)  # seen in a full listing
+    uncovered: set[str] = dataclasses.field(default_factory=set)  # missed by one
     reason: str = ""  # why it failed, for the log
 
     @classmethod
@@ -88,14 +90,24 @@ class SweepPlan:
     def due(self, now: float) -> bool:
         return self.status is not SweepStatus.FAILED and now >= self.next_sweep
 
-    def request(self) -> SweepRequest:
-        """The next sweep: unfiltered while probing and every VERIFY_EVERY-th sweep."""
-        verify = self.status is SweepStatus.PROBING or self.sweeps % VERIFY_EVERY == 0
+    def request(self, watched: Iterable[str] = ()) -> SweepRequest:
+        """The next sweep: unfiltered while probing, while a ``watched`` name was never checked
+        against a full listing, and every VERIFY_EVERY-th sweep; filtered otherwise."""
+        verify = (
+            self.status is SweepStatus.PROBING
+            or self.sweeps % VERIFY_EVERY == 0
+            or any(n not in self.verified and n not in self.uncovered for n in watched)
+        )
         return SweepRequest(self.names[self.name_index], "" if verify else self.filter)
 
     def covers(self, name: str) -> bool:
-        """Whether a working sweep covers ``name`` (its single polls may slow to SAFETY_NET)."""
-        return self.status is SweepStatus.WORKING and name not in self.uncovered
+        """Whether a working sweep covers ``name``: a full listing showed it and none missed it
+        since (its single polls may then slow to SAFETY_NET)."""
+        return (
+            self.status is SweepStatus.WORKING
+            and name in self.verified
+            and name not in self.uncovered
+        )
 
     # -- what was learned ------------------------------------------------------------------
 
@@ -117,8 +129,9 @@ class SweepPlan:
             if missing == watched and self.status is SweepStatus.PROBING:
                 self._next_name(now, f"listing {request.name!r} shows none of the watched names")
                 return
-            self.uncovered |= missing
-            self.uncovered -= listed & watched
+            seen = listed & watched
+            self.uncovered = (self.uncovered | missing) - seen
+            self.verified = (self.verified | seen) - missing
             self.status = SweepStatus.WORKING
         if found_done:
             self.interval = max(MIN_INTERVAL, self.interval / 2)
@@ -154,6 +167,7 @@ class SweepPlan:
     def forget(self, name: str) -> None:
         """``name`` is no longer watched here."""
         self.uncovered.discard(name)
+        self.verified.discard(name)
 
     def _next_name(self, now: float, reason: str) -> None:
         if self.name_index + 1 < len(self.names):

@@ -346,6 +346,8 @@ class Watcher:
         held.safety_poll = False
         if plan is None or record.progress or not plan.covers(record.operation):
             return False
+        if len(self._groups.get(held.group, ())) < sweep.MIN_WATCHES:
+            return False  # not swept any more
         safety = held.last_single + sweep.SAFETY_NET
         if record.expire_time is not None:
             safety = min(safety, record.expire_time)
@@ -428,7 +430,7 @@ class Watcher:
     async def _sweep(self, key: tuple[str, str], plan: sweep.SweepPlan) -> None:
         """List every page of one parent collection; each watched operation found done is a
         poll observation (the one decision); the plan learns from what was listed."""
-        request = plan.request()
+        request = plan.request(self._groups.get(key, {}))
         listed: set[str] = set()
         found_done = pages = 0
         try:
