@@ -465,6 +465,7 @@ class Watcher:
                 if not token or self._stop.is_set():
                     break
             group = self._groups.get(key, {})
+            missed_before = set(plan.uncovered)
             plan.listed(
                 request,
                 listed=listed,
@@ -475,6 +476,12 @@ class Watcher:
                 now=self._clock(),
             )
             self.stats.sweeps += 1
+            for name in plan.uncovered - missed_before:  # polled on their own from now on
+                held = self._held.get(group.get(name, ""))
+                if held is not None and not held.polling:
+                    held.version += 1
+                    held.record = dataclasses.replace(held.record, next_poll=self._clock())
+                    self._schedule(held)
         finally:
             self._sweeping.discard(key)
 

@@ -123,6 +123,12 @@ class FakeOperations:
         self.max_wait = max_wait
         self.wait_unimplemented = False
         self.list_unimplemented = False
+        # Listing fallbacks a sweep must survive: a filter refused (INVALID_ARGUMENT), names a
+        # listing leaves out (partial listings, operations that vanish from them), a server
+        # that returns at most this many per page whatever the page size asked.
+        self.list_filter_refused = False
+        self.unlisted: set[str] = set()
+        self.list_page_cap: int | None = None
         self.cancel_unimplemented = False
         self.delete_unimplemented = False
 
@@ -259,6 +265,8 @@ class FakeOperations:
             self._enter("ListOperations")
             if self.list_unimplemented:
                 raise BackendError(Code.UNIMPLEMENTED, "ListOperations is not implemented")
+            if self.list_filter_refused and filter.strip():
+                raise BackendError(Code.INVALID_ARGUMENT, f"filter {filter!r} is not supported")
             want_done = _parse_filter(filter)
             after = _parse_token(page_token)
             if parent in ("", "operations") or parent.endswith("/operations"):
@@ -266,10 +274,12 @@ class FakeOperations:
             else:
                 prefix = f"{parent}/operations/"
             size = page_size if page_size > 0 else DEFAULT_PAGE_SIZE
+            if self.list_page_cap is not None:
+                size = min(size, self.list_page_cap)
             matching = []
             for op in sorted(self._ops.values(), key=lambda o: o.seq):
                 self._settle(op)
-                if op.seq <= after or not op.name.startswith(prefix):
+                if op.seq <= after or not op.name.startswith(prefix) or op.name in self.unlisted:
                     continue
                 if want_done is not None and op.done != want_done:
                     continue
