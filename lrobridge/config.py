@@ -92,11 +92,12 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
     "LROBRIDGE_WATCHER_LEASE": (
-        "5m",
+        "10m",
         "How long the watcher holds the watches it claimed before it renews them in bulk (1m-1h): "
-        "the schedule lives in its memory meanwhile. A watcher that dies hands its watches on "
-        "after at most this long (at once on SQLite, when a watcher on the machine starts). "
-        "Longer means fewer store writes (Firestore).",
+        "the schedule lives in its memory meanwhile. A watcher that dies without stopping hands "
+        "its watches on after at most this long (on SQLite, a watcher on the same machine takes "
+        "them back within 30 s). Longer means fewer store writes (Firestore: see "
+        "docs/architecture.md).",
     ),
     "LROBRIDGE_RPC_TIMEOUT": (
         "30s",
@@ -204,7 +205,7 @@ class Settings:
     watcher_concurrency: int = 64
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
-    watcher_lease: float = 300.0
+    watcher_lease: float = 600.0
     rpc_timeout: float = 30.0
     progress_interval: float = 5.0
     wait_max: float = 60.0
