@@ -17,8 +17,10 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   ``MAX_MISSES`` of those the filter is dropped.
 * **the interval**: halved (down to ``MIN_INTERVAL``) after a sweep that found completions,
   x1.5 (up to ``MAX_INTERVAL``) after one that found none, and never shorter than the single
-  polls it replaces would cost: a sweep of N pages runs at most as often as the covered
-  watches' own polls would make N calls (``interval >= pages / polls_per_second``).
+  polls it replaces would cost: a sweep of N pages listing M operations runs at most as often
+  as the covered watches' own polls would make max(N, M / OPERATIONS_PER_CALL) calls
+  (``interval >= max(pages, listed / OPERATIONS_PER_CALL) / polls_per_second``), so neither
+  its calls nor the CPU of reading long listings exceed what it saves.
 
 Covered watches keep a slow single poll (``SAFETY_NET`` seconds apart) in case the listing
 misses something it cannot show (see above).
@@ -42,6 +44,9 @@ MAX_MISSES = 3
 MIN_WATCHES = 2  # a collection with fewer watches is polled per operation
 RETRY_AFTER_ERROR = 30.0
 PAGE_SIZE = 1000
+# What one listed operation costs the watcher, in single polls: one GetOperation costs about as
+# much CPU as handling 50 listed operations (measured on grpc.aio: ~0.3 ms vs ~6 us each).
+OPERATIONS_PER_CALL = 50
 
 
 class SweepStatus(enum.Enum):
@@ -121,8 +126,11 @@ class SweepPlan:
         pages: int,
         polls_per_second: float,
         now: float,
+        operations: int = 0,
     ) -> None:
-        """A sweep listed ``listed`` (every page); ``watched``: the names watched meanwhile."""
+        """A sweep listed ``listed`` (every page: ``pages`` calls, ``operations`` operations,
+        ``found_done`` of them watched and done); ``watched``: the names watched meanwhile;
+        ``polls_per_second``: what the watched ones would poll on their own."""
         self.sweeps += 1
         if request.verifies and watched:
             missing = watched - listed
@@ -138,7 +146,8 @@ class SweepPlan:
         else:
             self.interval = min(MAX_INTERVAL, self.interval * 1.5)
         if polls_per_second > 0:
-            self.interval = max(self.interval, pages / polls_per_second)
+            cost = max(pages, operations / OPERATIONS_PER_CALL)
+            self.interval = max(self.interval, cost / polls_per_second)
         self.next_sweep = now + self.interval
 
     def failed(self, request: SweepRequest, error: BridgeError, *, now: float) -> None:

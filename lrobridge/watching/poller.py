@@ -432,7 +432,7 @@ class Watcher:
         poll observation (the one decision); the plan learns from what was listed."""
         request = plan.request(self._groups.get(key, {}))
         listed: set[str] = set()
-        found_done = pages = 0
+        found_done = pages = count = 0
         try:
             try:
                 source = self._source(key[0])
@@ -455,6 +455,7 @@ class Watcher:
                     self._sweep_failed(key, plan, request, classify_api_error(exc))
                     return
                 pages += 1
+                count += len(snapshots)
                 self.stats.sweep_pages += 1
                 group = self._groups.get(key, {})
                 for snapshot in snapshots:
@@ -472,6 +473,7 @@ class Watcher:
                 watched=set(group),
                 found_done=found_done,
                 pages=pages,
+                operations=count,
                 polls_per_second=self._poll_rate(group),
                 now=self._clock(),
             )

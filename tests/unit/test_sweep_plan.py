@@ -133,6 +133,24 @@ def test_the_interval_shrinks_while_sweeps_find_completions_and_grows_when_they_
     assert plan.interval == sweep.MAX_INTERVAL
 
 
+def test_a_long_listing_is_swept_no_more_often_than_its_reading_costs_in_single_polls() -> None:
+    # 2 pages of 100,000 operations read for watches polling 100 times a second: reading them
+    # costs as much as 2,000 polls, so one sweep every 20 seconds at most.
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    request = plan.request({A})
+    plan.listed(
+        request,
+        listed={A},
+        watched={A},
+        found_done=1,
+        pages=2,
+        operations=100_000,
+        polls_per_second=100.0,
+        now=0.0,
+    )
+    assert plan.next_sweep >= 100_000 / sweep.OPERATIONS_PER_CALL / 100.0
+
+
 def test_a_sweep_never_runs_more_often_than_the_single_polls_it_replaces_would_cost() -> None:
     # 50 pages for watches that would poll 10 times a second on their own: one sweep every
     # 5 seconds at most, however many completions it finds.
