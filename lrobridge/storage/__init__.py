@@ -122,6 +122,14 @@ class WatchStore(Protocol):
         Returns the outbox entry id; None (nothing written) if the watch is gone or not ACTIVE."""
         ...
 
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        """:meth:`record_completion` for many watches (SQLite: one transaction for all, each
+        completion with its own outbox entry; Firestore: a transaction each); the entry ids,
+        None where nothing was written."""
+        ...
+
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None: ...
 
     def poll_soon(self, operation: str, *, now: float) -> int:

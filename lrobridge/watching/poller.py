@@ -59,7 +59,7 @@ from lrobridge.errors import (
     classify_api_error,
 )
 from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher
-from lrobridge.storage import OperationStore, Outbox, PendingUpdate, WatchStore
+from lrobridge.storage import Completion, OperationStore, Outbox, PendingUpdate, WatchStore
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):
@@ -145,6 +145,7 @@ class Watcher:
         self._heap: list[tuple[float, int, str, int]] = []  # (due, tiebreak, watch id, version)
         self._tiebreak = itertools.count()
         self._updates: dict[str, PendingUpdate] = {}
+        self._completions: list[tuple[WatchRecord, codec.Snapshot | None, codec.Outcome]] = []
         self._in_flight = 0  # polls started and not holding a long-poll slot
         self._tasks: set[asyncio.Task[None]] = set()
         # ListOperations sweeps: per (source, parent) what is learned, and the held watches.
@@ -222,6 +223,8 @@ class Watcher:
                     if mono >= next_recover:
                         await self._db(self._store.recover, now=self._clock())
                         next_recover = mono + RECOVER_INTERVAL
+                    if self._completions:
+                        await self._flush_completions()
                     self._start_due()
                     self._start_sweeps()
                     if len(self._updates) >= FLUSH_BATCH or (self._updates and mono >= next_flush):
@@ -232,6 +235,9 @@ class Watcher:
                         pause = min(pause, next_flush - mono)
                 except TransientError as exc:  # a shared store (Firestore) can be out a while
                     log.warning("the store is unavailable, retrying in 1s: %s", exc.message)
+                    pause = STORE_RETRY_SECONDS
+                except Exception:  # the loop must survive anything; nothing held is lost
+                    log.exception("the watcher's loop failed unexpectedly; going on in 1s")
                     pause = STORE_RETRY_SECONDS
                 await self._pause(pause)
         finally:
@@ -249,6 +255,11 @@ class Watcher:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            while self._completions:
+                await self._flush_completions()
+        except BridgeError as exc:
+            log.warning("could not record completions (they are polled again): %s", exc)
         now = self._clock()
         for held in self._held.values():  # hand them on: a successor polls them on time
             self._queue(held, release=True, next_poll=max(now, held.record.next_poll))
@@ -569,6 +580,8 @@ class Watcher:
         """Poll watches claimed outside the loop, each written back (released) at once."""
         try:
             await asyncio.gather(*(self._poll_once(watch) for watch in watches))
+            while self._completions:
+                await self._flush_completions()
             while self._updates:
                 await self._flush()
         finally:
@@ -666,7 +679,12 @@ class Watcher:
                     watch.source,
                     decision.error.message,
                 )
-            await self._db(self._complete, watch, decision.snapshot, decision.outcome)
+            # Committed with the next group of completions (one transaction), then published.
+            self._completions.append((watch, decision.snapshot, decision.outcome))
+            if held is None or len(self._completions) >= FLUSH_BATCH:
+                await self._flush_completions()
+            elif self._wake_event is not None:
+                self._wake_event.set()
         elif decision.step is Step.FAIL:
             assert decision.error is not None
             exc = decision.error
@@ -767,19 +785,45 @@ class Watcher:
             return codec.Snapshot(operation=codec.empty_operation(watch.operation))
         return record.snapshot()
 
-    def _complete(
-        self, watch: WatchRecord, snapshot: codec.Snapshot | None, outcome: codec.Outcome
+    async def _flush_completions(self) -> None:
+        batch, self._completions = self._completions[:FLUSH_BATCH], self._completions[FLUSH_BATCH:]
+        try:
+            await self._db(self._complete_many, batch)
+        except BridgeError:
+            self._completions[:0] = batch  # committed with the next flush
+            raise
+
+    def _complete_many(
+        self, batch: Sequence[tuple[WatchRecord, codec.Snapshot | None, codec.Outcome]]
     ) -> None:
+        """Commit completions in one call (store thread), then hand each to Pub/Sub."""
         now = self._clock()
-        if snapshot is None:
-            snapshot = self._last_seen(watch)
-        done = relay.completion(
-            snapshot,
-            outcome,
-            source=watch.source,
-            payload_format=self._settings.payload_format,
-            now=now,
-        )
+        done = [
+            (
+                watch,
+                outcome,
+                relay.completion(
+                    snapshot if snapshot is not None else self._last_seen(watch),
+                    outcome,
+                    source=watch.source,
+                    payload_format=self._settings.payload_format,
+                    now=now,
+                ),
+            )
+            for watch, snapshot, outcome in batch
+        ]
+        try:
+            entry_ids = self._store.record_completions([(w.id, c) for w, _, c in done], now=now)
+        except InvalidArgument:  # one of them can never be stored: find it, one at a time
+            for watch, outcome, completion in done:
+                self._complete_one(watch, outcome, completion, now)
+            return
+        for (watch, outcome, completion), entry_id in zip(done, entry_ids, strict=True):
+            self._announce(watch, outcome, completion, entry_id)
+
+    def _complete_one(
+        self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, now: float
+    ) -> None:
         try:
             entry_id = self._store.record_completion(watch.id, done, now=now)
         except InvalidArgument as exc:  # the store can never hold it (too large, say)
@@ -792,6 +836,11 @@ class Watcher:
                 now=now,
             )
             return
+        self._announce(watch, outcome, done, entry_id)
+
+    def _announce(
+        self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, entry_id: int | None
+    ) -> None:
         if entry_id is None:
             return  # deleted meanwhile
         self._progress.forget(watch.id)

@@ -398,6 +398,13 @@ class FirestoreStore:
             )
         return {d.id for d in written}
 
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        """One transaction per completion (a Firestore transaction holds its documents' locks:
+        one per completion keeps contention with other instances small)."""
+        return [self.record_completion(w, c, now=now) for w, c in completions]
+
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         ref = self._doc(_WATCHES, watch_id)
         entry_id = random_int_id()

@@ -351,26 +351,36 @@ class SqliteStore:
         return applied
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
-        held = self._leases.held(_WATCH, watch_id)
+        return self.record_completions([(watch_id, completion)], now=now)[0]
+
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        entry_ids: list[int | None] = []
+        settled: list[tuple[str, bool]] = []
         with self._write() as conn:
-            watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
-            changes = rules.record_completion(watch, held, completion, now=now)
-            entry_id: int | None = None
-            wrote = watch is None or changes is not None
-            if watch is not None and changes is not None:
-                update(conn, "watches", "id", watch_id, changes)
-                operation, source = watch["operation"], watch["source"]
-                self._store_final(conn, operation, source, "watch", completion, now)
-                entry_id = self._enqueue(
-                    conn,
-                    completion.message,
-                    event_id=completion.event_id,
-                    operation=operation,
-                    watch_id=watch_id,
-                    now=now,
-                )
-        self._leases.settled(_WATCH, watch_id, wrote=wrote)
-        return entry_id
+            for watch_id, completion in completions:
+                held = self._leases.held(_WATCH, watch_id)
+                watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+                changes = rules.record_completion(watch, held, completion, now=now)
+                entry_id: int | None = None
+                settled.append((watch_id, watch is None or changes is not None))
+                if watch is not None and changes is not None:
+                    update(conn, "watches", "id", watch_id, changes)
+                    operation, source = watch["operation"], watch["source"]
+                    self._store_final(conn, operation, source, "watch", completion, now)
+                    entry_id = self._enqueue(
+                        conn,
+                        completion.message,
+                        event_id=completion.event_id,
+                        operation=operation,
+                        watch_id=watch_id,
+                        now=now,
+                    )
+                entry_ids.append(entry_id)
+        for watch_id, wrote in settled:
+            self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        return entry_ids
 
     def _store_final(
         self,
