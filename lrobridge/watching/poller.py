@@ -131,6 +131,10 @@ class Watcher:
         self._clock = clock
         self._on_completion = on_completion
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrobridge-store")
+        # Handing a message to the Pub/Sub client costs CPU of its own: not on the store thread.
+        self._publish_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="lrobridge-publish"
+        )
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,6 +186,7 @@ class Watcher:
         try:
             asyncio.run(self._run())
         finally:
+            self._publish_thread.shutdown(wait=True)
             self._store_thread.shutdown(wait=True)
             log.info("watcher stopped")
 
@@ -584,6 +589,8 @@ class Watcher:
                 await self._flush_completions()
             while self._updates:
                 await self._flush()
+            # What was handed to the publish thread has reached the publisher when this returns.
+            await asyncio.wrap_future(self._publish_thread.submit(lambda: None))
         finally:
             sources, self._opened = list(self._opened.values()), {}
             for source in sources:
@@ -772,7 +779,7 @@ class Watcher:
                 message, event_id=event_id, operation=watch.operation, now=now
             )
             self.stats.progress_events += 1
-            self.relay.publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
+            self._publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
 
         future = self._store_thread.submit(send)
         future.add_done_callback(_log_failure("publish a progress event"))
@@ -849,9 +856,18 @@ class Watcher:
         if self._on_completion is not None:
             self._on_completion(watch.operation)
         # The entry was written leased to us: publish it now; a later drain retries failures.
-        self.relay.publish(
+        self._publish(
             OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
         )
+
+    def _publish(self, entry: OutboxEntry) -> None:
+        """Hand a committed outbox entry to Pub/Sub on the publish thread (the relay settles
+        it in the store when Pub/Sub answers; a drain republishes what never got there)."""
+        try:
+            future = self._publish_thread.submit(self.relay.publish, entry)
+        except RuntimeError:  # shut down: the entry stays leased and a drain republishes it
+            return
+        future.add_done_callback(_log_failure("hand a message to Pub/Sub"))
 
 
 def _log_failure(what: str) -> Callable[[object], None]:
