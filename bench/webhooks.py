@@ -56,7 +56,7 @@ from lrobridge.config import Settings  # noqa: E402
 from lrobridge.webhooks.signing import generate_secret, signed_headers  # noqa: E402
 from lrobridge.webhooks.ssrf import Guard  # noqa: E402
 from lrobridge.webhooks.worker import SendRequest  # noqa: E402
-from lrobridge.wiring.webhooks import WebhookRuntime  # noqa: E402
+from lrobridge.wiring.parts import WebhookParts  # noqa: E402
 
 SCENARIOS = {1: 400, 10: 60, 100: 12}  # endpoints -> events (deliveries = product)
 QUICK = {1: 60, 10: 10, 100: 3}
@@ -177,7 +177,7 @@ def run_bridge(
         store_url=f"sqlite:///{folder}/bridge.db",
         webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
     )
-    bridge = Bridge(settings, webhooks=WebhookRuntime(settings, mode="background"))
+    bridge = Bridge(settings, webhooks=WebhookParts(settings, mode="background"))
     server = make_server("127.0.0.1", 0, bridge.create_app(), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"

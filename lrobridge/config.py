@@ -186,6 +186,9 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Every setting of the bridge, read once from the environment (``ENVIRONMENT`` documents each
+    variable)."""
+
     port: int = 8080
     project: str = ""
     emulator_host: str = ""

@@ -133,6 +133,8 @@ class TransientError(BridgeError):
 
 
 class InvalidArgument(PermanentError):
+    """The request is wrong (bad name, filter, body, setting): HTTP 400."""
+
     code = Code.INVALID_ARGUMENT
 
 
@@ -141,34 +143,50 @@ class ConfigError(InvalidArgument):
 
 
 class NotFound(PermanentError):
+    """The named thing does not exist (or is not tracked here): HTTP 404."""
+
     code = Code.NOT_FOUND
 
 
 class AlreadyExists(PermanentError):
+    """Creating something whose name is taken: HTTP 409."""
+
     code = Code.ALREADY_EXISTS
 
 
 class FailedPrecondition(PermanentError):
+    """The request is valid but the state does not allow it (e.g. already ended): HTTP 400."""
+
     code = Code.FAILED_PRECONDITION
 
 
 class Unimplemented(PermanentError):
+    """The method is not offered (by the bridge or by a source): HTTP 501."""
+
     code = Code.UNIMPLEMENTED
 
 
 class Unauthenticated(PermanentError):
+    """No credentials, or credentials that do not check out: HTTP 401."""
+
     code = Code.UNAUTHENTICATED
 
 
 class PermissionDenied(PermanentError):
+    """Valid credentials that may not do this: HTTP 403."""
+
     code = Code.PERMISSION_DENIED
 
 
 class Unavailable(TransientError):
+    """A dependency (source, store, Pub/Sub) cannot be reached now; retrying may help: HTTP 503."""
+
     code = Code.UNAVAILABLE
 
 
 class DeadlineExceeded(TransientError):
+    """A call took longer than its deadline; retrying may help: HTTP 504."""
+
     code = Code.DEADLINE_EXCEEDED
 
 

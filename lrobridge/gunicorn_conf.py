@@ -27,13 +27,12 @@ from typing import Any
 
 from gunicorn import glogging
 
-from lrobridge.bridge import Bridge
+from lrobridge.bridge import BRIDGE_EXTENSION, Bridge
 from lrobridge.config import Settings
 from lrobridge.logs import CloudLoggingFormatter, configure_logging
 
 log = logging.getLogger("lrobridge.gunicorn")
 
-BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge
 WATCHER_JOIN_TIMEOUT = 1.0
 
 accesslog = None
@@ -70,7 +69,7 @@ def post_worker_init(worker: Any) -> None:
         log.warning("the WSGI app was not made by Bridge.create_app(); no watcher, no clean-up")
         return
     _running["bridge"] = bridge
-    bridge.webhook_runtime.start_worker()
+    bridge.start_webhook_worker()
     if not run_watcher or bridge.settings.watch_mode != "poller":
         bridge.start_outbox_drainer()  # without a watcher, something must republish
     if not run_watcher:

@@ -76,6 +76,9 @@ def _proto(snapshot: codec.Snapshot) -> operations_pb2.Operation:
 
 
 class OperationsServicer(_Servicer, operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
+    """google.longrunning.Operations over gRPC: each RPC authenticated, then answered by the
+    Operations facade on the thread pool."""
+
     def __init__(
         self, facade: OperationsFacade, auth: ApiAuth, pool: concurrent.futures.Executor
     ) -> None:
@@ -148,6 +151,9 @@ class OperationsServicer(_Servicer, operations_grpc_pb2.OperationsServicer):  # 
 
 
 class WatchServicer(_Servicer, watch_pb2_grpc.WatchServiceServicer):
+    """lrobridge.v1.WatchService over gRPC: each RPC authenticated, then answered by the Watch
+    resource on the thread pool."""
+
     def __init__(
         self, watches: WatchService, auth: ApiAuth, pool: concurrent.futures.Executor
     ) -> None:

@@ -25,6 +25,9 @@ from lrobridge.errors import ConfigError, PermissionDenied, Unauthenticated, Una
 
 
 class ApiTokenVerifier(PushTokenVerifier):
+    """Checks the Google ID tokens API callers present: signed by Google, for the API audience, from
+    one of the allowed service accounts."""
+
     def __init__(
         self,
         *,

@@ -31,6 +31,8 @@ RESPONSE_BODY_LIMIT = 2048
 
 
 class SystemResolver:
+    """The system's DNS resolver, as the SSRF guard asks it: every address a host resolves to."""
+
     def resolve(self, host: str, port: int) -> list[IPAddress]:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -45,6 +47,9 @@ class SystemResolver:
 
 
 class PinnedSender:
+    """Sends webhook requests over urllib3 connections pinned to the address the SSRF guard checked
+    (TLS still verified against the host name)."""
+
     def __init__(self, *, concurrency: int = 16, ca_certs: str | None = None) -> None:
         self._pools = urllib3.PoolManager(
             num_pools=max(64, concurrency * 4),

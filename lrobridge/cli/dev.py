@@ -20,6 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from lrobridge.cli.common import load_bridge, wait_for_signal
 from lrobridge.cli.emulator import emulator_answers
 from lrobridge.core.records import WatchState
 from lrobridge.errors import FailedPrecondition
@@ -73,7 +74,6 @@ def run_dev(
             )
 
         from lrobridge.adapters.pubsub import PubSubAdmin
-        from lrobridge.cli.main import load_bridge
 
         bridge = load_bridge(app_spec)
         stack.callback(bridge.close)
@@ -111,7 +111,7 @@ def run_dev(
         stack.callback(watcher_thread.join, 60)
         stack.callback(watcher.stop)
         print(f"• watcher: store {settings.store_url}, callbacks: {len(bridge.subscriptions)}")
-        if bridge.webhook_runtime.start_worker():
+        if bridge.start_webhook_worker():
             print("• webhooks: delivery worker running (lrobridge webhooks add URL)")
         print(
             "\nReady. In another terminal:\n"
@@ -119,9 +119,8 @@ def run_dev(
             "Ctrl-C stops everything this command started.\n",
             flush=True,
         )
-        from lrobridge.cli.main import _wait_for_signal
 
-        stop = _wait_for_signal()
+        stop = wait_for_signal()
         last = ""
         while not stop.wait(1.0):
             counts = bridge.store.count_by_state()
@@ -169,7 +168,6 @@ def _serverless_watching(admin: PubSubAdmin, settings: Settings) -> None:
 
 
 def _wait_serverless(bridge: Bridge) -> int:
-    from lrobridge.cli.main import _wait_for_signal
 
     print(
         "\nReady. In another terminal:\n"
@@ -177,7 +175,7 @@ def _wait_serverless(bridge: Bridge) -> int:
         "Ctrl-C stops everything this command started.\n",
         flush=True,
     )
-    stop = _wait_for_signal()
+    stop = wait_for_signal()
     last = ""
     while not stop.wait(1.0):
         stats = bridge.watch_endpoint().stats

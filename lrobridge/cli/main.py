@@ -7,17 +7,14 @@ status 2 (1 for a failure of the work itself), never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from lrobridge.bridge import Bridge
+from lrobridge.cli.common import api_endpoint, call, load_bridge, print_json, wait_for_signal
 from lrobridge.config import Settings, parse_duration
 from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.source_url import parse_source_url
@@ -25,39 +22,6 @@ from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
 
 log = logging.getLogger("lrobridge")
-
-
-def load_bridge(spec: str | None) -> Bridge:
-    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None)."""
-    if spec is None:
-        return Bridge()
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"--app {spec!r}: use module:attribute, e.g. myservice.hooks:bridge")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"--app {spec!r}: cannot import {exc.name!r}") from None
-    target = getattr(module, attribute, None)
-    if target is None:
-        raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}")
-    if not isinstance(target, Bridge):
-        raise ConfigError(
-            f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a lrobridge.Bridge"
-        )
-    return target
-
-
-def _wait_for_signal() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -102,7 +66,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
     watcher = bridge.create_watcher()
-    stop = _wait_for_signal()
+    stop = wait_for_signal()
     if bridge.settings.grpc_port is not None:
         port = bridge.start_grpc()
         log.info("Operations and WatchService over gRPC on port %d", port)
@@ -116,34 +80,6 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(settings: Settings, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    base = (args.bridge or settings.bridge_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
-    key = args.api_key or settings.api_key
-    if not key and settings.api_keys:
-        key = sorted(settings.api_keys)[0]
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return base, headers
-
-
-def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
-    import requests
-
-    try:
-        response = requests.request(method, url, headers=headers, json=body, timeout=30)
-    except requests.RequestException as exc:
-        raise BridgeError(f"cannot reach the bridge at {url}: {exc}") from None
-    try:
-        payload = response.json() if response.content else {}
-    except ValueError:
-        payload = {"error": {"message": response.text[:500]}}
-    if response.status_code >= 400:
-        message = payload.get("error", {}).get("message", response.reason)
-        raise BridgeError(f"{response.status_code} from {url}: {message}")
-    return payload
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     validate_operation_name(args.operation)  # say what is wrong before calling the bridge
@@ -151,22 +87,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"operation": args.operation, "source": args.source}
     if args.deadline:
         body["deadline"] = f"{parse_duration(args.deadline, what='--deadline')}s"
-    base, headers = _api(settings, args)
-    watch = _call("POST", f"{base}/v1/watches", headers, body)
-    print(json.dumps(watch, indent=2))
+    base, headers = api_endpoint(settings, args)
+    watch = call("POST", f"{base}/v1/watches", headers, body)
+    print_json(watch)
     return 0
 
 
 def cmd_watches(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    base, headers = _api(settings, args)
+    base, headers = api_endpoint(settings, args)
     if args.watches_command == "list":
         url = f"{base}/v1/watches" + (f"?state={args.state}" if args.state else "")
-        print(json.dumps(_call("GET", url, headers), indent=2))
+        print_json(call("GET", url, headers))
     elif args.watches_command == "get":
-        print(json.dumps(_call("GET", f"{base}/v1/{_watch_name(args.id)}", headers), indent=2))
+        print_json(call("GET", f"{base}/v1/{_watch_name(args.id)}", headers))
     else:
-        _call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
+        call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
         print(f"deleted {_watch_name(args.id)}")
     return 0
 
@@ -179,10 +115,8 @@ def _watch_name(value: str) -> str:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    base, headers = _api(settings, args)
-    print(
-        json.dumps(_call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2)
-    )
+    base, headers = api_endpoint(settings, args)
+    print(json.dumps(call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2))
     return 0
 
 

@@ -11,12 +11,13 @@ latency, start of the response body), ``retry DELIVERY``, ``replay ID --since 24
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from lrobridge.cli.common import api_endpoint, print_json
+from lrobridge.cli.common import call as call_api
 from lrobridge.core.names import validate_resource_id
 from lrobridge.delivery.dispatch import EVENT_TYPES
 
@@ -86,15 +87,14 @@ def _delivery(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lrobridge.cli.main import _api, _call
     from lrobridge.config import Settings
 
-    base, headers = _api(Settings.from_env(), args)
+    base, headers = api_endpoint(Settings.from_env(), args)
     api = f"{base}/v1"
     verb = args.webhooks_command
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        return _call(method, f"{api}/{path}", headers, body)
+        return call_api(method, f"{api}/{path}", headers, body)
 
     if verb == "add":
         body: dict[str, Any] = {"url": args.url, "description": args.description}
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print_json(value, ensure_ascii=False)
 
 
 def print_log(deliveries: list[dict[str, Any]]) -> None:

@@ -35,12 +35,17 @@ def platform_checked_credential(headers: Mapping[str, str]) -> str | None:
 
 
 class IdTokenVerifier(Protocol):
+    """Checks a Google ID token for the API (the adapter is lrobridge.adapters.id_tokens)."""
+
     def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:
         """Claims of a valid ID token; raises Unauthenticated / PermissionDenied."""
         ...
 
 
 class ApiAuth:
+    """Who may call the REST and gRPC APIs: API keys, Google ID tokens, or nobody checked
+    (LROBRIDGE_API_AUTH)."""
+
     def __init__(self, settings: Settings, *, id_tokens: IdTokenVerifier | None = None) -> None:
         self._mode = settings.api_auth
         self._keys = tuple(k.encode() for k in settings.api_keys)

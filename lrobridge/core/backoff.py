@@ -19,6 +19,8 @@ JITTER = 0.2  # each delay is drawn from [d * 0.8, d * 1.2], capped at the maxim
 
 @dataclasses.dataclass(frozen=True)
 class Backoff:
+    """How long to wait before the next poll of a pending operation: exponential, capped."""
+
     initial_delay: float = DEFAULT_INITIAL_DELAY
     multiplier: float = DEFAULT_MULTIPLIER
     max_delay: float = DEFAULT_MAX_DELAY

@@ -49,6 +49,8 @@ _TOKEN_RE = re.compile(
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
+    """One comparison of a ListOperations filter (``field op value``)."""
+
     field: Field
     op: Op
     value: bool | int | str

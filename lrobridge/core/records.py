@@ -4,7 +4,9 @@
 * :class:`OperationRecord`: the latest known state of a tracked operation (watched or produced),
   which the Operations facade serves;
 * :class:`OutboxEntry`: a message committed to the store before it is handed to Pub/Sub;
-* :class:`QuarantinedMessage`: a push that can never be processed, kept whole with its reason.
+* :class:`QuarantinedMessage`: a push that can never be processed, kept whole with its reason;
+* :class:`Completion`: how an operation ended, with the message announcing it;
+* :class:`PendingUpdate`: what the watcher writes of a watch it holds (group commits).
 
 Pure module: dataclasses only. ``WatchState`` mirrors ``lrobridge.v1.Watch.State`` numbers.
 """
@@ -19,9 +21,14 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 
 Origin = Literal["watch", "producer"]
+# What claiming a callback run for an event answers (run it, it already ran, another runs it).
+ClaimResult = Literal["run", "done", "busy"]
 
 
 class WatchState(enum.IntEnum):
+    """Where a watch is: polled (ACTIVE), its completion waiting for Pub/Sub (PUBLISHING), done
+    (COMPLETED, FAILED)."""
+
     ACTIVE = 1
     PUBLISHING = 2
     COMPLETED = 3
@@ -51,6 +58,8 @@ class OutboxEntry:
 
 @dataclasses.dataclass(frozen=True)
 class WatchRecord:
+    """One operation on one source that the watcher polls, with its schedule and last result."""
+
     id: str
     source: str
     operation: str
@@ -100,8 +109,40 @@ class OperationRecord:
 
 @dataclasses.dataclass(frozen=True)
 class QuarantinedMessage:
+    """A push that can never be processed, kept whole with the reason why."""
+
     id: int
     receive_time: float
     reason: str
     body: bytes
     headers: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """How an operation ended, with the message announcing it (written in one transaction)."""
+
+    outcome: str
+    event_id: str
+    snapshot: codec.Snapshot
+    message: PendingMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingUpdate:
+    """What the watcher learned of one watch it holds since it last wrote it; many are written
+    in one transaction (``record_pending_many``, rule ``storage.rules.record_polls``).
+
+    ``next_poll`` is stored as the watch's due time: the end of this process's lease while it
+    keeps the watch (``release`` False), the real next poll when it gives the watch back.
+    ``polls`` is how many polls the source answered since the last write (added to the count);
+    ``snapshot`` the state to store (given only when it changed)."""
+
+    watch_id: str
+    next_poll: float
+    attempt: int
+    polls: int = 0
+    snapshot: codec.Snapshot | None = None
+    error_code: int = 0
+    error_message: str = ""
+    release: bool = False

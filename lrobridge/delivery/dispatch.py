@@ -30,7 +30,7 @@ from lrobridge.core import codec
 from lrobridge.core.globs import compile_glob, glob_matches
 from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import InvalidArgument
-from lrobridge.storage import EventLedger
+from lrobridge.ports import EventLedger
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ class EventSink(Protocol):
 
 
 class Verdict(enum.Enum):
+    """What the push endpoint answers Pub/Sub after dispatching an event."""
+
     ACK = "ack"  # everything that matched has run successfully (now or before)
     QUARANTINED = "quarantined"  # unprocessable: kept in the store, acked
     RETRY = "retry"  # a callback failed or is running elsewhere: nack for redelivery
@@ -132,6 +134,8 @@ class Verdict(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class DispatchResult:
+    """How dispatching one event went: the verdict and which callbacks ran."""
+
     verdict: Verdict
     event_id: str = ""
     operation: str = ""
@@ -178,6 +182,9 @@ def event_from_message(message: PushMessage) -> CompletionEvent:
 
 
 class Dispatcher:
+    """Runs the callbacks (and sinks, e.g. webhooks) an event matches, each once per event, recorded
+    in the event ledger."""
+
     def __init__(
         self,
         ledger: EventLedger,

@@ -17,7 +17,7 @@ from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_cre
 from lrobridge.delivery.dispatch import Dispatcher, DispatchResult, Verdict
 from lrobridge.delivery.envelope import PushMessage, decode_push
 from lrobridge.errors import BridgeError, InvalidArgument
-from lrobridge.storage import EventLedger
+from lrobridge.ports import EventLedger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +30,8 @@ STATUS_BY_VERDICT = {
 
 
 class TokenVerifier(Protocol):
+    """Checks the OIDC token of a Pub/Sub push (the adapter is lrobridge.adapters.push_auth)."""
+
     def verify(self, authorization_header: str | None, *, request_url: str) -> Mapping[str, Any]:
         """Claims of a valid push token; raises Unauthenticated / PermissionDenied."""
         ...
@@ -37,6 +39,8 @@ class TokenVerifier(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class PushResponse:
+    """The HTTP answer to a push: status code and JSON body."""
+
     status: int
     body: dict[str, Any] | None
 
@@ -90,6 +94,9 @@ def receive(
 
 
 class PushEndpoint:
+    """POST /pubsub/push without HTTP: authenticate, decode the envelope, dispatch, and say which
+    status Pub/Sub gets."""
+
     def __init__(
         self,
         *,

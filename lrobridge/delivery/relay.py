@@ -22,10 +22,9 @@ from concurrent.futures import Future, wait
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
-from lrobridge.core.records import OutboxEntry, PendingMessage
+from lrobridge.core.records import Completion, OutboxEntry, PendingMessage
 from lrobridge.errors import InvalidArgument
-from lrobridge.ports import Publisher
-from lrobridge.storage import Completion, Outbox
+from lrobridge.ports import Outbox, Publisher
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from lrobridge.delivery import relay
 from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.errors import Code, InvalidArgument, Unimplemented
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.storage import OperationStore, Outbox
+from lrobridge.ports import OperationStore, Outbox
 
 C = TypeVar("C", bound=Callable[[str], None])
 
@@ -122,6 +122,9 @@ class ProducedOperation:
 
 
 class Producer:
+    """The producer kit: create, update and complete operations this service runs itself, each
+    change stored and announced like a watched one."""
+
     def __init__(
         self,
         store: ProducerStore,

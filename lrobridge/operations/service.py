@@ -37,8 +37,7 @@ from lrobridge.core.opfilter import parse_filter
 from lrobridge.core.records import OperationRecord
 from lrobridge.errors import InvalidArgument, NotFound, Unimplemented
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource
-from lrobridge.storage import OperationStore, WatchStore
+from lrobridge.ports import OperationsSource, OperationStore, WatchStore
 
 # Longest WaitOperation the bridge holds, whatever timeout is asked for.
 MAX_WAIT_SECONDS = 60.0
@@ -54,6 +53,9 @@ CancelHook = Callable[[str], None]
 
 
 class OperationsFacade:
+    """The Operations interface over every tracked operation (watched or produced): Get, List,
+    Cancel, Delete, Wait."""
+
     def __init__(
         self,
         store: FacadeStore,

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from lrobridge.storage import OperationStore
+from lrobridge.ports import OperationStore
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ DEFAULT_RECHECK_INTERVAL = 2.0
 
 
 class CompletionHub:
+    """Wakes WaitOperation callers when their operation settles (told by this process, or seen in
+    the store)."""
+
     def __init__(
         self, store: OperationStore, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL
     ) -> None:

@@ -31,23 +31,27 @@ import dataclasses
 import json
 import secrets
 import threading
-from collections.abc import Hashable, Mapping
-from typing import Any, Literal, cast
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, cast
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
 )
 from lrobridge.errors import Code, FailedPrecondition, NotFound
+from lrobridge.webhooks.filters import WebhookFilter
+from lrobridge.webhooks.model import Attempt, Delivery, DeliveryState, Webhook, WebhookState
 
-ClaimResult = Literal["run", "done", "busy"]
 # Lease of an outbox entry written by a caller that publishes it at once; reclaimed if it dies.
 PUBLISH_LEASE_SECONDS = 60.0
 # The code a watch shows while its completion waits for Pub/Sub (UNAVAILABLE).
@@ -117,36 +121,6 @@ CALLBACK_RUN_FIELDS = (
     "last_error",
     "update_time",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """How an operation ended, with the message announcing it (written in one transaction)."""
-
-    outcome: str
-    event_id: str
-    snapshot: codec.Snapshot
-    message: PendingMessage
-
-
-@dataclasses.dataclass(frozen=True)
-class PendingUpdate:
-    """What the watcher learned of one watch it holds since it last wrote it; many are written
-    in one transaction (``record_pending_many``, rule :func:`record_polls`).
-
-    ``next_poll`` is stored as the watch's due time: the end of this process's lease while it
-    keeps the watch (``release`` False), the real next poll when it gives the watch back.
-    ``polls`` is how many polls the source answered since the last write (added to the count);
-    ``snapshot`` the state to store (given only when it changed)."""
-
-    watch_id: str
-    next_poll: float
-    attempt: int
-    polls: int = 0
-    snapshot: codec.Snapshot | None = None
-    error_code: int = 0
-    error_message: str = ""
-    release: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -728,6 +702,17 @@ def new_quarantined(*, reason: str, body: bytes, headers: Mapping[str, str], now
 # -- webhook deliveries (the webhook stores) -----------------------------------------------
 
 
+def delivery_due(delivery: Row, now: float) -> bool:
+    """Whether a delivery is due for an attempt (the guard of a delivery claim; the claim also
+    skips deliveries of webhooks that are not ENABLED)."""
+    return bool(delivery["state"] == "PENDING" and delivery["next_attempt"] <= now)
+
+
+def claim_delivery(now: float, lease: float, token: str) -> Fields:
+    """A due delivery leased to ``token`` (one per delivery) until ``now + lease``."""
+    return {"next_attempt": now + lease, "claim_token": token}
+
+
 def record_delivery_attempt(
     delivery: Row | None,
     token: str,
@@ -765,3 +750,59 @@ def endpoint_health(webhook: Row, *, succeeded: bool, failing_since: float | Non
     if webhook["failing_since"] is None:
         return {"failing_since": failing_since}
     return {}
+
+
+def webhook_record(row: Row, *, outcomes: Iterable[str]) -> Webhook:
+    """A webhook as both backends keep it (``outcomes``: the stored list, decoded)."""
+    return Webhook(
+        id=row["id"],
+        url=row["url"],
+        description=row["description"],
+        filter=WebhookFilter(
+            operation=row["operation_glob"],
+            outcomes=frozenset(o for o in outcomes if o),
+            metadata_type=row["metadata_type"],
+        ),
+        state=WebhookState(row["state"]),
+        secret=row["secret"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        disabled_reason=row["disabled_reason"],
+        disable_time=row["disable_time"],
+        previous_secret=row["previous_secret"],
+        previous_secret_expire_time=row["previous_secret_expire_time"],
+        failing_since=row["failing_since"],
+    )
+
+
+def attempt_record(row: Row) -> Attempt:
+    return Attempt(
+        number=row["number"],
+        time=row["time"],
+        status_code=row["status_code"],
+        latency=row["latency"],
+        response_body=row["response_body"],
+        error=row["error"],
+        address=row["address"],
+    )
+
+
+def delivery_record(row: Row, attempts: tuple[Attempt, ...]) -> Delivery:
+    """A delivery as both backends keep it, with its attempt log."""
+    return Delivery(
+        id=row["id"],
+        webhook_id=row["webhook_id"],
+        message_id=row["message_id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        operation=row["operation"],
+        state=DeliveryState(row["state"]),
+        attempt_count=row["attempt_count"],
+        round_attempts=row["round_attempts"],
+        next_attempt_time=row["next_attempt"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        attempts=attempts,
+    )

@@ -45,7 +45,7 @@ from typing import Protocol, TypeVar
 from lrobridge.config import Settings
 from lrobridge.core import codec, sweep
 from lrobridge.core.poll import PollDecision, Step, decide
-from lrobridge.core.records import OutboxEntry, WatchRecord
+from lrobridge.core.records import Completion, OutboxEntry, PendingUpdate, WatchRecord
 from lrobridge.core.source_url import split_source_url
 from lrobridge.delivery import relay
 from lrobridge.errors import (
@@ -58,8 +58,14 @@ from lrobridge.errors import (
     Unimplemented,
     classify_api_error,
 )
-from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher
-from lrobridge.storage import Completion, OperationStore, Outbox, PendingUpdate, WatchStore
+from lrobridge.ports import (
+    AsyncOperationsSource,
+    OperationsSource,
+    OperationStore,
+    Outbox,
+    Publisher,
+    WatchStore,
+)
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):

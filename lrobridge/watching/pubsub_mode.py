@@ -74,9 +74,8 @@ from lrobridge.errors import (
     TransientError,
     classify_api_error,
 )
-from lrobridge.ports import OperationsSource, Publisher
+from lrobridge.ports import EventLedger, OperationsSource, OperationStore, Publisher
 from lrobridge.proto.v1 import watch_pb2
-from lrobridge.storage import EventLedger, OperationStore
 from lrobridge.watching.resource import watch_to_json
 
 log = logging.getLogger(__name__)
@@ -246,6 +245,8 @@ class RedeliveryPolicy:
 
 
 class Action(enum.Enum):
+    """What the Pub/Sub-driven mode does with one watch message after polling."""
+
     COMPLETE = "complete"  # publish the completion, then ack
     RETRY = "retry"  # nack: Pub/Sub redelivers after the retry policy's backoff
     REPUBLISH = "republish"  # publish the next watch message, then ack
@@ -254,6 +255,8 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """The action for one watch message, with why, and what to publish or record."""
+
     action: Action
     reason: str
     outcome: codec.Outcome | None = None

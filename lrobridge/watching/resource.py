@@ -19,8 +19,8 @@ from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.records import WatchRecord, WatchState
 from lrobridge.core.source_url import DEFAULT_CREDENTIAL_HOSTS, parse_source_url
 from lrobridge.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
+from lrobridge.ports import WatchStore
 from lrobridge.proto.v1 import watch_pb2
-from lrobridge.storage import WatchStore
 
 MAX_DEADLINE_SECONDS = 30 * 86400.0
 # Longest duration any request field may give (a year): beyond it is a mistake, not a wish.
@@ -45,6 +45,9 @@ class WatchScheduler(Protocol):
 
 
 class WatchService:
+    """The Watch resource (REST, gRPC, Python): create, get, list and delete watches, with their
+    checks."""
+
     def __init__(
         self,
         store: WatchStore,

@@ -1,7 +1,9 @@
 """Webhooks: registered HTTP endpoints that receive operation completions, signed and retried.
 
-Module map (pure modules import no Flask, gRPC, Pub/Sub or HTTP client; ruff's banned-api
-check holds that, and the adapters are listed in pyproject.toml's per-file-ignores):
+Module map. This package is pure: it may import :mod:`lrobridge.core`,
+:mod:`lrobridge.delivery`, config, errors and standardwebhooks, never Flask, gRPC, Pub/Sub, an
+HTTP client, the storage or an adapter (pyproject.toml's import-linter contracts hold it); its
+adapters live in their own folders:
 
 pure
     :mod:`~lrobridge.webhooks.filters`    which events a webhook receives
@@ -14,9 +16,12 @@ pure
     :mod:`~lrobridge.webhooks.worker`     attempts, leases, drains; the ``Sender`` protocol
     :mod:`~lrobridge.webhooks.service`    the API behind REST, CLI and ``bridge.webhooks``
     :mod:`~lrobridge.webhooks.resources`  REST JSON forms and request parsing
-    :mod:`~lrobridge.wiring.webhooks`    wiring, and how deliveries progress per process
+wiring
+    :mod:`~lrobridge.wiring.parts`        its parts, and how deliveries progress per process
+    :mod:`~lrobridge.wiring.runtime`      the background delivery thread
 adapters
-    :mod:`~lrobridge.storage.sqlite.webhooks`      SQLite (the main store's file, own connection)
+    :mod:`~lrobridge.storage.sqlite.webhooks`     SQLite (the main store's file, own connection)
+    :mod:`~lrobridge.storage.firestore.webhooks`  Firestore (the main store's database)
     :mod:`~lrobridge.adapters.webhook_sender`     urllib3 connections pinned to the checked address
     :mod:`~lrobridge.adapters.web.webhooks`      the Flask blueprint under /v1
     :mod:`~lrobridge.cli.webhooks`        ``lrobridge webhooks ...``

@@ -24,6 +24,8 @@ MAX_TYPE_URL_LENGTH = 1024
 
 @dataclasses.dataclass(frozen=True)
 class WebhookFilter:
+    """Which events a webhook receives: operation glob, outcomes, metadata type."""
+
     operation: str = ""  # glob; empty matches every name
     outcomes: frozenset[str] = frozenset()  # empty: every completion outcome (not progress)
     metadata_type: str = ""  # exact type URL; empty matches any

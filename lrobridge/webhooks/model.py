@@ -22,11 +22,15 @@ from lrobridge.webhooks.schedule import Plan
 
 
 class WebhookState(enum.Enum):
+    """Whether a webhook receives deliveries."""
+
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"  # by a 410 answer, continuous failure, or nobody: see disabled_reason
 
 
 class DeliveryState(enum.Enum):
+    """Where one delivery of one event to one webhook is."""
+
     PENDING = "PENDING"  # an attempt is due at next_attempt_time (or one is running)
     SUCCEEDED = "SUCCEEDED"  # an attempt got a 2xx answer
     DEAD = "DEAD"  # dead-lettered: retries exhausted or the webhook is disabled; replayable
@@ -34,6 +38,8 @@ class DeliveryState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Webhook:
+    """A registered endpoint: URL, filter, signing secrets and health."""
+
     id: str
     url: str
     description: str
@@ -53,15 +59,10 @@ class Webhook:
         return f"webhooks/{self.id}"
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
-        """The secrets each request is signed with: the current one, and during a rotation's
-        overlap the previous one too (receivers accept either signature)."""
-        if (
-            self.previous_secret
-            and self.previous_secret_expire_time is not None
-            and now < self.previous_secret_expire_time
-        ):
-            return (self.secret, self.previous_secret)
-        return (self.secret,)
+        """The secrets each request is signed with (:func:`signing_secrets`)."""
+        return signing_secrets(
+            self.secret, self.previous_secret, self.previous_secret_expire_time, now=now
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,8 @@ class Attempt:
 
 @dataclasses.dataclass(frozen=True)
 class Delivery:
+    """One event on its way to one webhook, with its attempts."""
+
     id: str
     webhook_id: str
     message_id: str
@@ -126,6 +129,8 @@ class Claim:
 
 @dataclasses.dataclass(frozen=True)
 class NewDelivery:
+    """A delivery to create for an event (PENDING, or DEAD at once for a disabled webhook)."""
+
     webhook_id: str
     state: DeliveryState  # PENDING, or DEAD at once for a disabled webhook
     error: str = ""
@@ -204,3 +209,14 @@ class WebhookStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def signing_secrets(
+    secret: str, previous_secret: str, previous_secret_expire_time: float | None, *, now: float
+) -> tuple[str, ...]:
+    """The secrets each request is signed with: the current one, and during a rotation's
+    overlap the previous one too (receivers accept either signature)."""
+    expires = previous_secret_expire_time
+    if previous_secret and expires is not None and now < expires:
+        return (secret, previous_secret)
+    return (secret,)

@@ -41,6 +41,8 @@ MAX_DRAIN_TIME = 600.0
 
 @dataclasses.dataclass(frozen=True)
 class DrainReport:
+    """What a bounded drain of due deliveries did, and what is left."""
+
     counts: DrainCounts
     elapsed: float
     pending: int  # PENDING deliveries of enabled webhooks after the drain
@@ -49,6 +51,9 @@ class DrainReport:
 
 
 class WebhookService:
+    """The webhook API behind REST, the CLI and ``bridge.webhooks``: register, list, rotate, enable,
+    replay, retry, drain."""
+
     def __init__(
         self,
         store: WebhookStore,

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class WebhookSink:
+    """Turns a pushed event into delivery records for the webhooks it matches, before the push is
+    acknowledged."""
+
     name = "webhooks"
 
     def __init__(

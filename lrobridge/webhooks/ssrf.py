@@ -50,6 +50,8 @@ _IPV4_EMBEDDING = (
 
 
 class Resolver(Protocol):
+    """Resolves a host name for the SSRF guard (adapter: lrobridge.adapters.webhook_sender)."""
+
     def resolve(self, host: str, port: int) -> list[IPAddress]:
         """Every address ``host`` resolves to; raises a BridgeError when it resolves to none."""
         ...

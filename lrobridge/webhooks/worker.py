@@ -3,7 +3,7 @@
 :class:`DeliveryWorker` claims due deliveries from the store (leased, so several workers never
 send one delivery at once), runs up to ``concurrency`` attempts at a time through the
 :class:`Sender` seam, and records each attempt with the plan :mod:`~lrobridge.webhooks.schedule`
-makes of it. It is driven three ways (see :mod:`lrobridge.wiring.webhooks`):
+makes of it. It is driven three ways (see :mod:`lrobridge.wiring.parts`):
 
 * :meth:`DeliveryWorker.run_due` for a bounded time: the drain endpoint, and the first attempt
   made inside the push request on Cloud Run;
@@ -46,6 +46,8 @@ PRUNE_EVERY = 3600.0
 
 @dataclasses.dataclass(frozen=True)
 class SendRequest:
+    """One signed webhook request, pinned to the address the guard checked."""
+
     pinned: PinnedTarget
     headers: dict[str, str]
     body: bytes
@@ -54,6 +56,8 @@ class SendRequest:
 
 @dataclasses.dataclass(frozen=True)
 class SendResult:
+    """What the endpoint answered (or that it did not)."""
+
     status_code: int  # 0: no HTTP answer
     latency: float
     body: str = ""  # the start of the response body
@@ -72,6 +76,8 @@ class Sender(Protocol):
 
 @dataclasses.dataclass
 class DrainCounts:
+    """How many attempts a drain made, and how they ended."""
+
     attempted: int = 0
     succeeded: int = 0
     retrying: int = 0  # failed, another attempt is scheduled
@@ -94,6 +100,9 @@ class DrainCounts:
 
 
 class DeliveryWorker:
+    """Makes delivery attempts: claims due deliveries, signs and sends them, records each result and
+    plans the next."""
+
     def __init__(
         self,
         store: WebhookStore,

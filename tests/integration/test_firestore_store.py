@@ -29,7 +29,7 @@ from lrobridge.errors import ConfigError, Unavailable
 from lrobridge.storage import open_store
 from lrobridge.storage.firestore.store import FirestoreStore
 from lrobridge.storage.firestore.webhooks import FirestoreWebhookStore
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.operations_servers import FakeOperations, grpc_operations_server
 from tests.support.stack import wait_until
 from tests.support.webhooks import push_body
@@ -55,7 +55,7 @@ def test_a_firestore_outage_answers_pushes_503_unavailable_so_pubsub_redelivers(
         Settings(), project="p", push_auth="none", api_auth="none", store_url="firestore://"
     )
     store = FirestoreStore(project="p", timeout=1.0)
-    webhooks = WebhookRuntime(settings, store=FirestoreWebhookStore(project="p", timeout=1.0))
+    webhooks = WebhookParts(settings, store=FirestoreWebhookStore(project="p", timeout=1.0))
     bridge = Bridge(settings, store=store, webhooks=webhooks)
     ran: list[object] = []
     bridge.on_complete(name="cb")(ran.append)
@@ -170,7 +170,7 @@ def test_the_webhook_runtime_keeps_its_store_in_the_firestore_database(project: 
             "LROBRIDGE_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
         }
     )
-    runtime = WebhookRuntime(settings)
+    runtime = WebhookParts(settings)
     elsewhere = FirestoreWebhookStore(project=project)  # as another instance sees it
     try:
         assert isinstance(runtime.store, FirestoreWebhookStore)

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.oidc import TokenAuthority
 from tests.support.webhooks import ManualClock, Received, Receiver, push_body
 
@@ -41,7 +41,7 @@ def _bridge(tmp_path: pathlib.Path, authority: TokenAuthority, **overrides: Any)
         webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
         **overrides,
     )
-    runtime = WebhookRuntime(settings, mode="request", clock=ManualClock())
+    runtime = WebhookParts(settings, mode="request", clock=ManualClock())
     return Bridge(settings, webhooks=runtime)
 
 

@@ -32,7 +32,7 @@ from lrobridge import Bridge
 from lrobridge.adapters.webhook_sender import PinnedSender
 from lrobridge.config import Settings
 from lrobridge.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS
-from lrobridge.wiring.webhooks import DeliveryMode, WebhookRuntime
+from lrobridge.wiring.parts import DeliveryMode, WebhookParts
 from tests.support.webhooks import (
     Answer,
     ManualClock,
@@ -53,7 +53,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @dataclasses.dataclass
 class Env:
     bridge: Bridge
-    runtime: WebhookRuntime
+    runtime: WebhookParts
     client: FlaskClient
     clock: ManualClock
     resolver: MapResolver
@@ -122,7 +122,7 @@ def make_env(tmp_path: pathlib.Path) -> Iterator[EnvFactory]:
         )
         clock = ManualClock()
         resolver = MapResolver()
-        runtime = WebhookRuntime(
+        runtime = WebhookParts(
             settings,
             mode=mode,
             resolver=resolver,

@@ -16,7 +16,7 @@ from lrobridge import Bridge
 from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
 from lrobridge.config import Settings
 from lrobridge.core import codec
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.webhooks import LiveServer, Receiver, completed, wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def test_a_published_completion_reaches_every_matching_webhook_once(
         store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
         webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
     )
-    bridge = Bridge(settings, webhooks=WebhookRuntime(settings, mode="background"))
+    bridge = Bridge(settings, webhooks=WebhookParts(settings, mode="background"))
     with (
         LiveServer(bridge.create_app()) as server,
         Receiver() as failed_only,

@@ -14,10 +14,10 @@ from google.protobuf import any_pb2, duration_pb2
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import parse_filter
-from lrobridge.core.records import PendingMessage, WatchState
+from lrobridge.core.records import PendingMessage, PendingUpdate, WatchState
 from lrobridge.delivery import relay
 from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
-from lrobridge.storage import Completion, PendingUpdate, Store
+from lrobridge.storage import Completion, Store
 from tests.support.stores import Backend
 
 SRC = "grpc://127.0.0.1:1"

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 
 from lrobridge import Bridge
 from lrobridge.config import Settings
-from lrobridge.wiring.webhooks import WebhookRuntime
+from lrobridge.wiring.parts import WebhookParts
 from tests.support.webhooks import ManualClock, MapResolver, free_port, push_body
 
 KEY = "k-webhooks"
@@ -45,7 +45,7 @@ def bridge(tmp_path: pathlib.Path, clock: ManualClock) -> Iterator[Bridge]:
     resolver = MapResolver(
         {"hooks.example.com": ["93.184.215.14"], "intra.test": ["10.1.1.1"], "gone.test": []}
     )
-    runtime = WebhookRuntime(settings, mode="request", resolver=resolver, clock=clock)
+    runtime = WebhookParts(settings, mode="request", resolver=resolver, clock=clock)
     b = Bridge(settings, webhooks=runtime)
     yield b
     b.close()

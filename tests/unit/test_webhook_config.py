@@ -8,7 +8,7 @@ import pytest
 
 from lrobridge.config import Settings
 from lrobridge.errors import ConfigError
-from lrobridge.wiring.webhooks import delivery_mode, store_path
+from lrobridge.wiring.parts import delivery_mode, store_path
 
 
 def test_webhook_defaults_follow_the_documented_contract() -> None:

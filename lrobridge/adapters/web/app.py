@@ -17,23 +17,35 @@ google.rpc.Status JSON form ``{"error": {"code", "message", "status", "details"}
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response, request_url
+from lrobridge.adapters.web.webhooks import WebhookViews
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.core import codec
+from lrobridge.core.access import ApiAuth
 from lrobridge.core.records import QuarantinedMessage, WatchState
+from lrobridge.delivery.push import PushEndpoint
 from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
 from lrobridge.logs import TraceContextMiddleware
-from lrobridge.watching.resource import create_args_from_json, duration_field, watch_to_json
+from lrobridge.operations.service import OperationsFacade
+from lrobridge.watching.pubsub_mode import WatchHandler
+from lrobridge.watching.resource import (
+    WatchService,
+    create_args_from_json,
+    duration_field,
+    watch_to_json,
+)
 
 if TYPE_CHECKING:
-    from lrobridge.bridge import Bridge
+    from flask import Blueprint
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +69,35 @@ def error_response(exc: BridgeError) -> Response:
     return json_response(exc.to_status_json(), exc.code.http_status)
 
 
-def create_app(bridge: Bridge) -> Flask:
+class QuarantineLedger(Protocol):
+    """What the quarantine view reads: the newest quarantined pushes."""
+
+    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AppParts:
+    """What the app's views use, and nothing more: the push endpoint, the Watch resource, API
+    authentication, the Pub/Sub watch handler (made on first use), the quarantine, the
+    Operations facade, the webhook views' parts and the user's blueprints."""
+
+    push: PushEndpoint
+    watches: WatchService
+    api_auth: ApiAuth
+    watch_endpoint: Callable[[], WatchHandler]
+    ledger: QuarantineLedger
+    facade: OperationsFacade
+    webhooks: WebhookViews
+    blueprints: Sequence[Blueprint] = ()
+
+
+def create_app(parts: AppParts) -> Flask:
     app = Flask("lrobridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.extensions["lrobridge.bridge"] = bridge  # the gunicorn hooks find the bridge here
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    push = bridge.push_endpoint()
-    watches = bridge.watches
-    api_auth = bridge.api_auth
+    push = parts.push
+    watches = parts.watches
+    api_auth = parts.api_auth
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
@@ -117,7 +150,7 @@ def create_app(bridge: Bridge) -> Flask:
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
-        result = bridge.watch_endpoint().handle(body, headers, url=request_url())
+        result = parts.watch_endpoint().handle(body, headers, url=request_url())
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")
@@ -160,13 +193,13 @@ def create_app(bridge: Bridge) -> Flask:
         limit = int_arg("pageSize") or 50
         if not 1 <= limit <= 1000:
             raise InvalidArgument(f"pageSize {limit} is outside 1-1000")
-        kept = bridge.store.list_quarantine(limit=limit)
+        kept = parts.ledger.list_quarantine(limit=limit)
         return json_response({"messages": [_quarantined_json(m) for m in kept]})
 
-    app.register_blueprint(webhooks_blueprint(bridge))
-    for blueprint in bridge.blueprints:
+    app.register_blueprint(webhooks_blueprint(parts.webhooks))
+    for blueprint in parts.blueprints:
         app.register_blueprint(blueprint)
-    facade = bridge.facade
+    facade = parts.facade
 
     @app.get("/v1/<path:target>")
     def get_or_list_operations(target: str) -> Response:

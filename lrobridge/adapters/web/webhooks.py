@@ -25,19 +25,17 @@ Errors are :class:`~lrobridge.errors.BridgeError` and become google.rpc.Status J
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from flask import Blueprint, Response, g, has_request_context, request
 
 from lrobridge.adapters.web.http import int_arg, json_body, json_response
 from lrobridge.webhooks import resources
 from lrobridge.webhooks.service import WebhookService
-from lrobridge.wiring.webhooks import WebhookRuntime
-
-if TYPE_CHECKING:
-    from lrobridge.bridge import Bridge
+from lrobridge.webhooks.worker import DrainCounts
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +48,37 @@ def _collect(delivery_ids: Sequence[str]) -> None:
         g.setdefault(_PENDING_KEY, []).extend(delivery_ids)
 
 
-def blueprint(bridge: Bridge) -> Blueprint:
+class WebhookFeature(Protocol):
+    """The webhook parts the views use (:class:`lrobridge.wiring.parts.WebhookParts`)."""
+
+    @property
+    def service(self) -> WebhookService: ...
+
+    def add_pending_hook(self, hook: Callable[[Sequence[str]], None]) -> None: ...
+
+    def deliver_now(self, delivery_ids: Sequence[str]) -> DrainCounts: ...
+
+    def clock(self) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookViews:
+    """What the webhook views need: the feature's parts (made on first use), how to start this
+    process's background worker, and the outbox drain the scheduled drain also runs."""
+
+    parts: Callable[[], WebhookFeature]
+    start_worker: Callable[[], bool]
+    drain_outbox: Callable[[float], int]
+
+
+def blueprint(views: WebhookViews) -> Blueprint:
     bp = Blueprint("lrobridge_webhooks", __name__)
-
-    def runtime() -> WebhookRuntime:
-        return bridge.webhook_runtime
-
-    bridge.webhook_runtime.add_pending_hook(_collect)
+    runtime = views.parts
+    runtime().add_pending_hook(_collect)
 
     @bp.before_app_request
     def _start_worker() -> None:
-        runtime().start_worker()
+        views.start_worker()
 
     @bp.after_app_request
     def _deliver_new(response: Response) -> Response:
@@ -152,7 +170,7 @@ def blueprint(bridge: Bridge) -> Blueprint:
         body = resources.drain_to_json(service().drain(**kwargs))
         # The scheduled drain also republishes outbox entries: on Cloud Run no watcher or
         # background thread may be running to do it.
-        body["outboxRepublished"] = bridge.drain_outbox(settle=10.0)
+        body["outboxRepublished"] = views.drain_outbox(10.0)
         return json_response(body)
 
     return bp

@@ -68,9 +68,12 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
@@ -90,7 +93,6 @@ from lrobridge.storage.firestore.client import (
     random_int_id,
     usable_id,
 )
-from lrobridge.storage.rules import ClaimResult, Completion
 
 ASC = "ASCENDING"
 # (collection without prefix, ((field, order), ...)): what the queries below need.
@@ -339,9 +341,7 @@ class FirestoreStore:
         self._leases.settled(_WATCH, watch_id, wrote=wrote)
         return changed
 
-    def record_pending_many(
-        self, updates: Sequence[rules.PendingUpdate], *, now: float
-    ) -> list[bool]:
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
         """Per chunk of at most 400: one read of every watch (``get_all``), then one bulk write
         whose each write holds only if the document did not change since it was read (the
         writes are independent: one that lost a race is reported as not applied, and the
@@ -351,7 +351,7 @@ class FirestoreStore:
             applied |= self._record_polls(updates[start : start + 400], now=now)
         return [u.watch_id in applied for u in updates]
 
-    def _record_polls(self, updates: Sequence[rules.PendingUpdate], *, now: float) -> set[str]:
+    def _record_polls(self, updates: Sequence[PendingUpdate], *, now: float) -> set[str]:
         by_id = {u.watch_id: u for u in updates}
         docs = self.db.read_many(
             "read the polled watches", [self._doc(_WATCHES, u.watch_id) for u in updates]
@@ -372,7 +372,7 @@ class FirestoreStore:
         for doc in written:
             if by_id[doc.id].release:
                 self._leases.settled(_WATCH, doc.id, wrote=True)
-        observed: dict[str, tuple[rules.PendingUpdate, str]] = {}
+        observed: dict[str, tuple[PendingUpdate, str]] = {}
         for doc in written:
             update = by_id[doc.id]
             if update.snapshot is not None:

@@ -52,7 +52,6 @@ from lrobridge.storage.firestore.client import (
     fields,
     usable_id,
 )
-from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
     Claim,
@@ -316,8 +315,7 @@ class FirestoreWebhookStore:
                 d
                 for d in self.db.read_many("read deliveries", refs)
                 if d.exists
-                and d.get("state") == _PENDING
-                and d.get("next_attempt") <= now
+                and rules.delivery_due(fields(d), now)
                 and d.get("webhook_id") in enabled
             ]
             candidates = sorted(docs, key=lambda d: float(d.get("next_attempt")))[:limit]
@@ -327,7 +325,7 @@ class FirestoreWebhookStore:
         held = self.db.claim(
             "claim due deliveries",
             candidates,
-            lambda d: {"next_attempt": now + lease, "claim_token": tokens[d.id]},
+            lambda d: rules.claim_delivery(now, lease, tokens[d.id]),
         )
         messages = {
             s.get("id"): s
@@ -603,53 +601,8 @@ def _requeued(now: float) -> dict[str, Any]:
 
 
 def _webhook(d: dict[str, Any]) -> Webhook:
-    return Webhook(
-        id=d["id"],
-        url=d["url"],
-        description=d["description"],
-        filter=WebhookFilter(
-            operation=d["operation_glob"],
-            outcomes=frozenset(d["outcomes"]),
-            metadata_type=d["metadata_type"],
-        ),
-        state=WebhookState(d["state"]),
-        secret=d["secret"],
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        disabled_reason=d["disabled_reason"],
-        disable_time=d["disable_time"],
-        previous_secret=d["previous_secret"],
-        previous_secret_expire_time=d["previous_secret_expire_time"],
-        failing_since=d["failing_since"],
-    )
+    return rules.webhook_record(d, outcomes=d["outcomes"])
 
 
 def _delivery(d: dict[str, Any]) -> Delivery:
-    return Delivery(
-        id=d["id"],
-        webhook_id=d["webhook_id"],
-        message_id=d["message_id"],
-        event_id=d["event_id"],
-        event_type=d["event_type"],
-        operation=d["operation"],
-        state=DeliveryState(d["state"]),
-        attempt_count=d["attempt_count"],
-        round_attempts=d["round_attempts"],
-        next_attempt_time=d["next_attempt"],
-        create_time=d["create_time"],
-        update_time=d["update_time"],
-        last_status_code=d["last_status_code"],
-        last_error=d["last_error"],
-        attempts=tuple(
-            Attempt(
-                number=a["number"],
-                time=a["time"],
-                status_code=a["status_code"],
-                latency=a["latency"],
-                response_body=a["response_body"],
-                error=a["error"],
-                address=a["address"],
-            )
-            for a in d["attempts"]
-        ),
-    )
+    return rules.delivery_record(d, tuple(rules.attempt_record(a) for a in d["attempts"]))

@@ -136,19 +136,22 @@ class SqliteDatabase:
         limit: int,
         guard: Callable[[dict[str, Any]], bool],
         changes: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]],
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
         """The one lease claim of every SQLite store: the rows of ``table`` that ``where``
         finds due (at most ``limit``, in ``order``) and ``guard`` (the rule) lets go, each
         written ``changes`` (the lease: a later due time and the claim's token) in one
         ``BEGIN IMMEDIATE`` transaction, so no two claimers ever get the same row. The rows
-        come back as they were read (``select``'s columns by name), before the claim.
+        come back as they were read (``select``'s columns by name), before the claim;
+        ``source`` is what they are selected from when it is more than ``table`` (a join).
 
         A read first: an idle claimer then takes no write lock that other processes wait on."""
-        if limit <= 0 or not self.read(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1", params):
+        source = source or table
+        if limit <= 0 or not self.read(f"SELECT 1 FROM {source} WHERE {where} LIMIT 1", params):
             return []
         with self.write() as conn:
             found = select_all(
-                conn, table, select, f"{where} ORDER BY {order} LIMIT ?", (*params, limit)
+                conn, source, select, f"{where} ORDER BY {order} LIMIT ?", (*params, limit)
             )
             rows = [row for row in found if guard(row)]
             for row in rows:
@@ -166,7 +169,8 @@ class SqliteDatabase:
 
 
 def _names(select: str) -> list[str]:
-    return [name.strip() for name in select.split(",")]
+    """The field names of a column list (``d.state`` is ``state``)."""
+    return [name.strip().rpartition(".")[2] for name in select.split(",")]
 
 
 def as_row(select: str, row: Sequence[Any]) -> dict[str, Any]:

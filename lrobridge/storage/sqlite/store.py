@@ -32,17 +32,19 @@ from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import Condition, OperationFilter
 from lrobridge.core.records import (
+    ClaimResult,
+    Completion,
     OperationRecord,
     Origin,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
 )
 from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from lrobridge.storage import rules
-from lrobridge.storage.rules import ClaimResult, Completion
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,
@@ -318,9 +320,7 @@ class SqliteStore:
         self._leases.settled(_WATCH, watch_id, wrote=wrote or watch is None)
         return changed
 
-    def record_pending_many(
-        self, updates: Sequence[rules.PendingUpdate], *, now: float
-    ) -> list[bool]:
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
         applied: list[bool] = []
         if not updates:
             return applied

@@ -24,9 +24,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from lrobridge.storage import rules
-from lrobridge.storage.sqlite.database import SqliteDatabase, select_one, update
+from lrobridge.storage.sqlite.database import SqliteDatabase, as_row, select_one, update
 from lrobridge.storage.sqlite.store import seq_cursor
-from lrobridge.webhooks.filters import WebhookFilter
 from lrobridge.webhooks.model import (
     Attempt,
     Claim,
@@ -36,6 +35,7 @@ from lrobridge.webhooks.model import (
     NewDelivery,
     Webhook,
     WebhookState,
+    signing_secrets,
 )
 from lrobridge.webhooks.schedule import Plan
 
@@ -111,6 +111,10 @@ _DELIVERY_COLUMNS = (
     "d.last_status_code, d.last_error"
 )
 _DELIVERY_FROM = "webhook_deliveries d JOIN webhook_messages m ON m.id = d.message_id"
+# What a claim reads of the message and the webhook besides the delivery.
+_CLAIM_COLUMNS = (
+    "m.body, w.url, w.secret, w.previous_secret, w.previous_secret_expire_time, w.failing_since"
+)
 
 
 class SqliteWebhookStore:
@@ -253,37 +257,40 @@ class SqliteWebhookStore:
         if only is not None:
             where += f" AND d.id IN ({', '.join('?' for _ in only)})"
             params.extend(only)
-        params.append(limit)
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS}, m.body, w.url, w.secret, w.previous_secret, "
-                "w.previous_secret_expire_time, w.failing_since "
-                f"FROM {_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id "
-                f"WHERE {where} ORDER BY d.next_attempt LIMIT ?",
-                params,
-            ).fetchall()
-            claims = []
-            for row in rows:
-                token = secrets.token_hex(8)
-                conn.execute(
-                    "UPDATE webhook_deliveries SET next_attempt = ?, claim_token = ? WHERE seq = ?",
-                    (now + lease, token, row[0]),
-                )
-                body, url, secret, previous, previous_expires, failing_since = row[15:]
-                active = [secret]
-                if previous and previous_expires is not None and now < previous_expires:
-                    active.append(previous)
-                claims.append(
-                    Claim(
-                        delivery=_delivery(row[:15], ()),
-                        token=token,
-                        url=url,
-                        secrets=tuple(active),
-                        body=bytes(body),
-                        failing_since=failing_since,
-                    )
-                )
-        return claims
+        tokens: dict[int, str] = {}  # one claim token per delivery
+
+        def take(row: dict[str, Any]) -> dict[str, Any]:
+            tokens[row["seq"]] = secrets.token_hex(8)
+            return rules.claim_delivery(now, lease, tokens[row["seq"]])
+
+        rows = self._db.claim(
+            table="webhook_deliveries",
+            source=f"{_DELIVERY_FROM} JOIN webhooks w ON w.id = d.webhook_id",
+            select=f"{_DELIVERY_COLUMNS}, {_CLAIM_COLUMNS}",
+            key="seq",
+            where=where,
+            params=params,
+            order="d.next_attempt",
+            limit=limit,
+            guard=lambda row: rules.delivery_due(row, now),
+            changes=take,
+        )
+        return [
+            Claim(
+                delivery=rules.delivery_record(row, ()),
+                token=tokens[row["seq"]],
+                url=row["url"],
+                secrets=signing_secrets(
+                    row["secret"],
+                    row["previous_secret"],
+                    row["previous_secret_expire_time"],
+                    now=now,
+                ),
+                body=bytes(row["body"]),
+                failing_since=row["failing_since"],
+            )
+            for row in rows
+        ]
 
     def record_attempt(self, claim: Claim, attempt: Attempt, plan: Plan, *, now: float) -> bool:
         delivery = claim.delivery
@@ -455,78 +462,10 @@ def _disable(conn: sqlite3.Connection, webhook_id: str, reason: str, now: float)
         )
 
 
-def _webhook(row: tuple[Any, ...]) -> Webhook:
-    (
-        _seq,
-        webhook_id,
-        url,
-        description,
-        operation_glob,
-        outcomes,
-        metadata_type,
-        state,
-        disabled_reason,
-        disable_time,
-        secret,
-        previous_secret,
-        previous_secret_expire_time,
-        failing_since,
-        create_time,
-        update_time,
-    ) = row
-    return Webhook(
-        id=webhook_id,
-        url=url,
-        description=description,
-        filter=WebhookFilter(
-            operation=operation_glob,
-            outcomes=frozenset(o for o in outcomes.split(",") if o),
-            metadata_type=metadata_type,
-        ),
-        state=WebhookState(state),
-        secret=secret,
-        create_time=create_time,
-        update_time=update_time,
-        disabled_reason=disabled_reason,
-        disable_time=disable_time,
-        previous_secret=previous_secret,
-        previous_secret_expire_time=previous_secret_expire_time,
-        failing_since=failing_since,
-    )
+def _webhook(row: Sequence[Any]) -> Webhook:
+    fields = as_row(_WEBHOOK_COLUMNS, row)
+    return rules.webhook_record(fields, outcomes=fields["outcomes"].split(","))
 
 
 def _delivery(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> Delivery:
-    (
-        _seq,
-        delivery_id,
-        webhook_id,
-        message_id,
-        event_id,
-        event_type,
-        operation,
-        state,
-        attempt_count,
-        round_attempts,
-        next_attempt,
-        create_time,
-        update_time,
-        last_status_code,
-        last_error,
-    ) = row
-    return Delivery(
-        id=delivery_id,
-        webhook_id=webhook_id,
-        message_id=message_id,
-        event_id=event_id,
-        event_type=event_type,
-        operation=operation,
-        state=DeliveryState(state),
-        attempt_count=attempt_count,
-        round_attempts=round_attempts,
-        next_attempt_time=next_attempt,
-        create_time=create_time,
-        update_time=update_time,
-        last_status_code=last_status_code,
-        last_error=last_error,
-        attempts=attempts,
-    )
+    return rules.delivery_record(as_row(_DELIVERY_COLUMNS, row), attempts)

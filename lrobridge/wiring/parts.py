@@ -1,0 +1,532 @@
+"""The lazily built parts of a bridge process: each piece is made from
+:class:`~lrobridge.config.Settings` the first time something needs it, so importing a module
+that defines a bridge opens no file and no connection (the store opens when the app or the
+watcher is made, the Pub/Sub client on the first publish).
+
+:class:`Parts` builds the main pieces (store, dispatcher, Watch resource, waiters, Operations
+facade, producer kit, outbox relay, API authentication, Pub/Sub publishers, sources, push and
+watch endpoints, watcher, and the :class:`~lrobridge.adapters.web.app.AppParts` the Flask app
+serves); :class:`WebhookParts` the webhook feature's (its store beside the main store, SSRF
+guard, pinned sender, delivery worker, service and sink). Nothing here starts a thread or a
+server: :mod:`lrobridge.wiring.runtime` runs them.
+
+How webhook deliveries progress (``LROBRIDGE_WEBHOOK_DELIVERY``; delivery never relies on CPU
+after an HTTP response has been sent):
+
+``background`` (``auto`` outside Cloud Run: ``lrobridge dev``, ``lrobridge serve`` on a VM):
+    a worker thread per process drains continuously; a push that writes deliveries wakes it,
+    so the first attempt starts at once. It starts with
+    :meth:`lrobridge.wiring.runtime.Runtime.start_webhook_worker` (``lrobridge dev`` and each
+    gunicorn worker of ``lrobridge serve`` call it) or, in any other WSGI server, with the
+    first request the process serves.
+``request`` (``auto`` on Cloud Run, where ``K_SERVICE`` is set):
+    no thread. The push request that wrote deliveries makes their first attempt itself, after
+    the records are committed and before it answers (so within its own CPU allocation); every
+    later attempt is made by ``POST /v1/deliveries:drain``, which Cloud Scheduler calls every
+    minute with a Google ID token and which runs due deliveries for a bounded time inside the
+    request.
+
+Either way the records are the truth: a crash, a kill or a scale-down loses nothing, and a
+delivery whose attempt was cut off is sent again once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Literal
+
+from lrobridge.config import Settings, firestore_database
+from lrobridge.core.access import ApiAuth
+from lrobridge.delivery.dispatch import Dispatcher, Subscription
+from lrobridge.delivery.push import PushEndpoint, TokenVerifier
+from lrobridge.delivery.relay import OutboxRelay
+from lrobridge.operations.producer import Producer
+from lrobridge.operations.service import OperationsFacade
+from lrobridge.operations.waiters import CompletionHub
+from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store
+from lrobridge.storage import open_store
+from lrobridge.watching.poller import Watcher
+from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
+from lrobridge.watching.resource import WatchService
+from lrobridge.webhooks.model import WebhookStore
+from lrobridge.webhooks.service import WebhookService
+from lrobridge.webhooks.sink import WebhookSink
+from lrobridge.webhooks.ssrf import Guard, Resolver
+from lrobridge.webhooks.worker import DeliveryWorker, DrainCounts, Sender
+
+if TYPE_CHECKING:
+    from flask import Blueprint
+
+    from lrobridge.adapters.web.app import AppParts
+
+DeliveryMode = Literal["background", "request"]
+
+
+def delivery_mode(settings: Settings) -> DeliveryMode:
+    if settings.webhook_delivery == "auto":
+        return "request" if settings.cloud_run_service else "background"
+    return "request" if settings.webhook_delivery == "request" else "background"
+
+
+def store_path(store_url: str) -> str:
+    """The SQLite path of an ``LROBRIDGE_STORE`` URL (``:memory:`` for an in-memory store)."""
+    if store_url.startswith("sqlite:///"):
+        return store_url.removeprefix("sqlite:///")
+    return ":memory:"
+
+
+def open_webhook_store(settings: Settings, *, path: str | None = None) -> WebhookStore:
+    """The webhook store beside the main store: on ``path`` (a SQLite file) when given, else
+    where ``LROBRIDGE_STORE`` says (its SQLite file, or its Firestore database)."""
+    if path is None and settings.store_url.startswith("firestore://"):
+        from lrobridge.storage.firestore.webhooks import FirestoreWebhookStore
+
+        return FirestoreWebhookStore(
+            project=settings.project, database=firestore_database(settings.store_url)
+        )
+    from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
+
+    return SqliteWebhookStore(path if path is not None else store_path(settings.store_url))
+
+
+class WebhookParts:
+    """The webhook feature's parts, built lazily: store, SSRF guard, sender, delivery worker,
+    service and the sink the dispatcher calls (tests pass their own store, sender, resolver,
+    clock or delivery mode)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        path: str | None = None,
+        store: WebhookStore | None = None,
+        sender: Sender | None = None,
+        resolver: Resolver | None = None,
+        mode: DeliveryMode | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mode: DeliveryMode = mode or delivery_mode(settings)
+        self._path = path
+        self._store = store
+        self._sender = sender
+        self._resolver = resolver
+        self._clock = clock
+        self._rng = rng
+        self._lock = threading.RLock()
+        self._guard: Guard | None = None
+        self._worker: DeliveryWorker | None = None
+        self._service: WebhookService | None = None
+        self._sink: WebhookSink | None = None
+        self._hooks: list[Callable[[Sequence[str]], None]] = []
+        # Set when deliveries are due now: wakes the background worker (wiring.runtime).
+        self.due = threading.Event()
+
+    @property
+    def store(self) -> WebhookStore:
+        with self._lock:
+            if self._store is None:
+                self._store = open_webhook_store(self.settings, path=self._path)
+            return self._store
+
+    @property
+    def guard(self) -> Guard:
+        with self._lock:
+            if self._guard is None:
+                resolver = self._resolver
+                if resolver is None:
+                    from lrobridge.adapters.webhook_sender import SystemResolver
+
+                    resolver = SystemResolver()
+                self._guard = Guard(resolver, self.settings.webhook_allow_networks)
+            return self._guard
+
+    @property
+    def sender(self) -> Sender:
+        with self._lock:
+            if self._sender is None:
+                from lrobridge.adapters.webhook_sender import PinnedSender
+
+                self._sender = PinnedSender(concurrency=self.settings.webhook_concurrency)
+            return self._sender
+
+    @property
+    def worker(self) -> DeliveryWorker:
+        with self._lock:
+            if self._worker is None:
+                self._worker = DeliveryWorker(
+                    self.store,
+                    self.sender,
+                    self.guard,
+                    timeout=self.settings.webhook_timeout,
+                    concurrency=self.settings.webhook_concurrency,
+                    clock=self._clock,
+                    rng=self._rng,
+                )
+            return self._worker
+
+    @property
+    def service(self) -> WebhookService:
+        with self._lock:
+            if self._service is None:
+                self._service = WebhookService(
+                    self.store,
+                    self.guard,
+                    worker=self.worker,
+                    clock=self._clock,
+                    on_requeued=self._pending,
+                )
+            return self._service
+
+    @property
+    def sink(self) -> WebhookSink:
+        with self._lock:
+            if self._sink is None:
+                self._sink = WebhookSink(self.store, clock=self._clock, on_created=self._pending)
+            return self._sink
+
+    def add_pending_hook(self, hook: Callable[[Sequence[str]], None]) -> None:
+        """In ``request`` mode, ``hook`` hears of deliveries made due now (the Flask views
+        collect them to attempt before the response is sent)."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+
+    def _pending(self, delivery_ids: Sequence[str]) -> None:
+        if self.mode == "background":
+            self.due.set()
+            return
+        for hook in self._hooks:
+            hook(delivery_ids)
+
+    def deliver_now(self, delivery_ids: Sequence[str]) -> DrainCounts:
+        """Attempt these deliveries (those still due) within this call."""
+        return self.worker.run_due(budget=self.settings.webhook_timeout, only=list(delivery_ids))
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def close(self) -> None:
+        """Close what was built (the worker thread, if any, is stopped by the runtime first)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+            if self._sender is not None:
+                self._sender.close()
+            if self._store is not None:
+                self._store.close()
+
+
+class Parts:
+    """Every part of one bridge, each built on first use from the settings (or the part a
+    caller passed in: tests give their own store, publishers, sources and webhook parts)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        subscriptions: list[Subscription],
+        blueprints: list[Blueprint],
+        store: Store | None = None,
+        publisher: Publisher | None = None,
+        sources: Callable[[str], OperationsSource] | None = None,
+        watch_publisher: Publisher | None = None,
+        webhooks: WebhookParts | None = None,
+        on_create_produced: Callable[[], None] = lambda: None,
+        drain_outbox: Callable[[float], int] | None = None,
+        start_webhook_worker: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self.blueprints = blueprints
+        self._store = store
+        self._publisher = publisher
+        self._watch_publisher = watch_publisher
+        self._sources = sources
+        self._webhooks = webhooks
+        self._on_create_produced = on_create_produced
+        self._drain_outbox = drain_outbox
+        self._start_webhook_worker = start_webhook_worker
+        self._lock = threading.RLock()
+        self.registry: object | None = None  # the source registry, once sources are opened
+        self._dispatcher: Dispatcher | None = None
+        self._watch_service: WatchService | None = None
+        self._watch_handler: WatchHandler | None = None
+        self._hub: CompletionHub | None = None
+        self._facade: OperationsFacade | None = None
+        self._producer: Producer | None = None
+        self._relay: OutboxRelay | None = None
+        self._cancel_hook: Callable[[str], None] | None = None
+        self.watcher: Watcher | None = None  # once create_watcher() made it
+
+    # -- built so far (what close() must close) -------------------------------------------
+
+    @property
+    def built_store(self) -> Store | None:
+        return self._store
+
+    @property
+    def built_hub(self) -> CompletionHub | None:
+        return self._hub
+
+    @property
+    def built_webhooks(self) -> WebhookParts | None:
+        return self._webhooks
+
+    @property
+    def built_publishers(self) -> tuple[Publisher, ...]:
+        return tuple(p for p in (self._publisher, self._watch_publisher) if p is not None)
+
+    # -- parts -----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.settings.store_url, project=self.settings.project)
+            return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = Dispatcher(self.store)
+                self._dispatcher.subscriptions = self.subscriptions
+                self._dispatcher.sinks.append(self.webhooks.sink)
+            return self._dispatcher
+
+    @property
+    def watches(self) -> WatchService:
+        with self._lock:
+            if self._watch_service is None:
+                scheduler = None
+                if self.settings.watch_mode == "pubsub":
+                    scheduler = PubSubWatchScheduler(
+                        lambda: self.watch_publisher, operations=self.store
+                    )
+                self._watch_service = WatchService(
+                    self.store,
+                    on_created=self.wake_watcher,
+                    scheduler=scheduler,
+                    credential_hosts=self.settings.credential_hosts,
+                )
+            return self._watch_service
+
+    @property
+    def hub(self) -> CompletionHub:
+        with self._lock:
+            if self._hub is None:
+                self._hub = CompletionHub(self.store)
+            return self._hub
+
+    @property
+    def facade(self) -> OperationsFacade:
+        with self._lock:
+            if self._facade is None:
+                self._facade = OperationsFacade(
+                    self.store,
+                    sources=self.source,
+                    hub=self.hub,
+                    rpc_timeout=self.settings.rpc_timeout,
+                    produced_cancel=lambda name: self.producer.request_cancel(name),
+                    on_poll_soon=self.wake_watcher,
+                    max_wait=self.settings.wait_max,
+                )
+            return self._facade
+
+    def set_cancel_hook(self, hook: Callable[[str], None]) -> None:
+        with self._lock:
+            self._cancel_hook = hook
+            if self._producer is not None:
+                self._producer.on_cancel(hook)
+
+    @property
+    def producer(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    self.store,
+                    self.outbox_relay,
+                    self.hub,
+                    source=self.settings.bridge_url or "lrobridge://local",
+                    payload_format=self.settings.payload_format,
+                    progress_interval=self.settings.progress_interval,
+                    on_create=self._on_create_produced,
+                )
+                if self._cancel_hook is not None:
+                    self._producer.on_cancel(self._cancel_hook)
+            return self._producer
+
+    @property
+    def outbox_relay(self) -> OutboxRelay:
+        with self._lock:
+            if self._relay is None:
+                self._relay = OutboxRelay(self.store, self.lazy_publisher())
+            return self._relay
+
+    def lazy_publisher(self) -> Publisher:
+        return _LazyPublisher(lambda: self.publisher)
+
+    @property
+    def api_auth(self) -> ApiAuth:
+        if not self.settings.api_service_accounts:
+            return ApiAuth(self.settings)
+        from lrobridge.adapters.id_tokens import ApiTokenVerifier
+
+        verifier = ApiTokenVerifier(
+            service_accounts=self.settings.api_service_accounts,
+            audience=self.settings.api_audience,
+            certs_url=self.settings.push_certs_url,
+            # Behind Cloud Run's IAM check, ID tokens arrive with their signature removed.
+            platform_verified=self.settings.push_auth == "cloudrun",
+        )
+        return ApiAuth(self.settings, id_tokens=verifier)
+
+    @property
+    def webhooks(self) -> WebhookParts:
+        with self._lock:
+            if self._webhooks is None:
+                path = getattr(self._store, "path", None)
+                self._webhooks = WebhookParts(
+                    self.settings, path=path if isinstance(path, str) else None
+                )
+            return self._webhooks
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                from lrobridge.adapters.pubsub import PubSubPublisher
+
+                self._publisher = PubSubPublisher(self.settings.topic_path)
+            return self._publisher
+
+    @property
+    def watch_publisher(self) -> Publisher:
+        with self._lock:
+            if self._watch_publisher is None:
+                from lrobridge.adapters.pubsub import PubSubPublisher
+
+                self._watch_publisher = PubSubPublisher(self.settings.watch_topic_path)
+            return self._watch_publisher
+
+    def source(self, url: str) -> OperationsSource:
+        with self._lock:
+            if self._sources is None:
+                from lrobridge.adapters.sources import SourceRegistry, open_source
+
+                hosts = self.settings.credential_hosts
+                registry = SourceRegistry(lambda url: open_source(url, credential_hosts=hosts))
+                self.registry = registry
+                self._sources = registry.get
+        return self._sources(url)
+
+    def async_source(self, url: str) -> AsyncOperationsSource:
+        """A new asyncio source for ``url`` (the watcher opens one per URL on its loop), under
+        the same URL and credential-host rules as :meth:`source`."""
+        from lrobridge.adapters.sources import open_async_source
+
+        return open_async_source(
+            url,
+            credential_hosts=self.settings.credential_hosts,
+            max_concurrency=self.settings.watcher_concurrency,
+        )
+
+    def push_verifier(self) -> TokenVerifier | None:
+        if self.settings.push_auth == "none":
+            return None
+        self.settings.check_push_auth()
+        from lrobridge.adapters.push_auth import PushTokenVerifier
+
+        return PushTokenVerifier(
+            audience=self.settings.push_audience,
+            service_account=self.settings.push_service_account,
+            certs_url=self.settings.push_certs_url,
+            platform_verified=self.settings.push_auth == "cloudrun",
+        )
+
+    def push_endpoint(self) -> PushEndpoint:
+        return PushEndpoint(
+            dispatcher=self.dispatcher,
+            ledger=self.store,
+            verifier=self.push_verifier(),
+            on_event=self.hub.notify,
+        )
+
+    def watch_endpoint(self) -> WatchHandler:
+        with self._lock:
+            if self._watch_handler is None:
+                settings = self.settings
+                self._watch_handler = WatchHandler(
+                    sources=self.source,
+                    # Lazy: a request is authenticated before any Pub/Sub client is made.
+                    completions=self.lazy_publisher(),
+                    watches=_LazyPublisher(lambda: self.watch_publisher),
+                    ledger=self.store,
+                    verifier=self.push_verifier(),
+                    operations=self.store,
+                    on_completion=self.hub.notify,
+                    policy=RedeliveryPolicy(
+                        min_backoff=settings.watch_min_backoff,
+                        max_deliveries=settings.watch_max_deliveries,
+                    ),
+                    payload_format=settings.payload_format,
+                    rpc_timeout=settings.rpc_timeout,
+                )
+            return self._watch_handler
+
+    def create_watcher(self) -> Watcher:
+        with self._lock:
+            if self.watcher is None:
+                self.watcher = Watcher(
+                    store=self.store,
+                    sources=self.source,
+                    publisher=self.lazy_publisher(),
+                    settings=self.settings,
+                    on_completion=self.hub.notify,
+                    async_sources=self.async_source,
+                )
+            return self.watcher
+
+    def wake_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.wake()
+
+    def app_parts(self) -> AppParts:
+        """The few parts the Flask app's views use (push endpoint, Watch resource, API
+        authentication, Operations facade, quarantine, webhooks, blueprints)."""
+        from lrobridge.adapters.web.app import AppParts
+        from lrobridge.adapters.web.webhooks import WebhookViews
+
+        drain = self._drain_outbox or (lambda settle: self.outbox_relay.drain(settle=settle))
+        return AppParts(
+            push=self.push_endpoint(),
+            watches=self.watches,
+            api_auth=self.api_auth,
+            watch_endpoint=self.watch_endpoint,
+            ledger=self.store,
+            facade=self.facade,
+            webhooks=WebhookViews(
+                parts=lambda: self.webhooks,
+                start_worker=self._start_webhook_worker,
+                drain_outbox=drain,
+            ),
+            blueprints=tuple(self.blueprints),
+        )
+
+
+class _LazyPublisher:
+    """A Publisher that creates the Pub/Sub client on the first publish, not before."""
+
+    def __init__(self, factory: Callable[[], Publisher]) -> None:
+        self._factory = factory
+
+    def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
+        return self._factory().publish(data, attributes, ordering_key)
+
+    def close(self) -> None:
+        """The runtime closes the real publisher."""
