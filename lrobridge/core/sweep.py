@@ -50,6 +50,8 @@ OPERATIONS_PER_CALL = 50
 
 
 class SweepStatus(enum.Enum):
+    """Whether a collection's sweeps work: not known yet, yes, or no (for good)."""
+
     PROBING = "probing"  # no listing has been checked yet
     WORKING = "working"
     FAILED = "failed"  # List does not work here: per-operation polling, for good
