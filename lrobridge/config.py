@@ -85,7 +85,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "How /v1 authenticates callers: `key` (API key or allowed Google ID token) or `none`.",
     ),
     "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
-    "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
+    "LROBRIDGE_WATCHER_CONCURRENCY": (
+        "64",
+        "Polls the watcher runs at once besides its held long polls (and Get/List calls at once "
+        "per source).",
+    ),
     "LROBRIDGE_LONG_POLL_SLOTS": (
         "32",
         "WaitOperation long polls held open at once per source; other due watches use Get.",
