@@ -8,9 +8,12 @@
 
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY lrobridge ./lrobridge
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# constraints.txt pins every dependency (scripts/update_constraints.sh), so an image rebuilt
+# later has the same versions as the one tested.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt . \
+    && cp constraints.txt /wheels/
 
 FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \
@@ -18,7 +21,8 @@ ENV PYTHONUNBUFFERED=1 \
     PORT=8080 \
     LROBRIDGE_LOG_FORMAT=json
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+RUN pip install --no-cache-dir --no-index --find-links /wheels -c /wheels/constraints.txt lrobridge \
+    && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home --home-dir /app lrobridge
 WORKDIR /app
 USER 10001:10001

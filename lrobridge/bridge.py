@@ -94,7 +94,8 @@ class Bridge:
         ``operation`` is a resource-name glob (``*`` one segment, ``**`` any), ``outcome`` one
         or several of succeeded, failed, cancelled, expired, not_found (and ``progress`` for
         progress events), ``metadata_type`` a type URL. The callback runs once per
-        completion; if it raises, the message is redelivered and it runs again.
+        completion; if it raises, the message is redelivered and it runs again. An ``async def``
+        callback is awaited to its end (on the process's callback loop) under the same rules.
         """
 
         def register(func: F) -> F:

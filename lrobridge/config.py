@@ -43,10 +43,18 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "Push subscription id that `lrobridge pubsub init` creates.",
     ),
     "LROBRIDGE_STORE": (
-        "sqlite:///lrobridge.db",
-        "Where watches, deliveries and dedup state live: sqlite:///path (one machine) or "
+        "",
+        "Where watches, deliveries and dedup state live: sqlite:///path (one machine; a relative "
+        "path is made absolute against the working folder once, at start) or "
         "firestore://[DATABASE] (shared by every instance; empty or `(default)` is the default "
-        "database, in the Pub/Sub project).",
+        "database, in the Pub/Sub project). Unset: "
+        "sqlite:///$XDG_STATE_HOME/lrobridge/lrobridge.db, the same file for every process of "
+        "the user whatever folder it runs in; the path is logged at start.",
+    ),
+    "XDG_STATE_HOME": (
+        "",
+        "Base folder of per-user state (XDG Base Directory spec); the default store is "
+        "`lrobridge/lrobridge.db` in it. Unset or relative: `~/.local/state`.",
     ),
     "LROBRIDGE_PUSH_AUTH": (
         "oidc",
@@ -85,6 +93,18 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "How /v1 authenticates callers: `key` (API key or allowed Google ID token) or `none`.",
     ),
     "LROBRIDGE_API_KEYS": ("", "Comma-separated API keys accepted as `Authorization: Bearer KEY`."),
+    "LROBRIDGE_PAGE_TOKEN_KEY": (
+        "",
+        "Secret (at least 16 characters) that page tokens are signed with; every instance "
+        "serving /v1 and gRPC lists must share it. Empty: a random key per process, so a next "
+        "page must be asked of the process that served the first (one process, e.g. `lrobridge "
+        "dev`, is fine; with several workers or instances set it).",
+    ),
+    "LROBRIDGE_PAGE_TOKEN_LIFETIME": (
+        "1h",
+        "How long a page token is honoured (1m-7d); an expired one is refused with "
+        "INVALID_ARGUMENT and the listing starts again from the first page.",
+    ),
     "LROBRIDGE_WATCHER_CONCURRENCY": (
         "64",
         "Polls the watcher runs at once besides its held long polls (and Get/List calls at once "
@@ -191,14 +211,19 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every setting of the bridge, read once from the environment (``ENVIRONMENT`` documents each
-    variable)."""
+    variable) by :meth:`from_env`.
+
+    Built in code (``Settings()``), the store is a private in-memory one unless ``store_url``
+    says otherwise: only :meth:`from_env` picks the per-user default file (see
+    :func:`default_store_url`).
+    """
 
     port: int = 8080
     project: str = ""
     emulator_host: str = ""
     topic: str = "lro-completed"
     subscription: str = "lro-completed-push"
-    store_url: str = "sqlite:///lrobridge.db"
+    store_url: str = "sqlite://:memory:"
     push_auth: PushAuth = "oidc"
     push_audience: str = ""
     push_service_account: str = ""
@@ -209,6 +234,8 @@ class Settings:
     webhook_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_auth: Literal["key", "none"] = "key"
     api_keys: frozenset[str] = frozenset()
+    page_token_key: str = dataclasses.field(default="", repr=False)
+    page_token_lifetime: float = 3600.0
     watcher_concurrency: int = 64
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
@@ -233,13 +260,19 @@ class Settings:
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
 
-    @property
-    def topic_path(self) -> str:
+    def require_project(self, what: str = "publishing") -> str:
+        """The project; ConfigError (one line naming the variables) when none is set, for
+        ``what`` publishes to Pub/Sub: a process that publishes refuses to start without one."""
         if not self.project:
             raise ConfigError(
-                "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or LROBRIDGE_PROJECT"
+                f"no Google Cloud project: {what} publishes to Pub/Sub; set GOOGLE_CLOUD_PROJECT "
+                "or LROBRIDGE_PROJECT"
             )
-        return f"projects/{self.project}/topics/{self.topic}"
+        return self.project
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.require_project()}/topics/{self.topic}"
 
     @property
     def watch_topic_path(self) -> str:
@@ -258,7 +291,7 @@ class Settings:
             emulator_host=get("PUBSUB_EMULATOR_HOST"),
             topic=_resource_id(get("LROBRIDGE_TOPIC"), "LROBRIDGE_TOPIC"),
             subscription=_resource_id(get("LROBRIDGE_SUBSCRIPTION"), "LROBRIDGE_SUBSCRIPTION"),
-            store_url=_store_url(get("LROBRIDGE_STORE")),
+            store_url=_store_url(get("LROBRIDGE_STORE") or default_store_url(source)),
             push_auth=cast(
                 PushAuth,
                 _choice(
@@ -288,6 +321,13 @@ class Settings:
                 _header_safe(k.strip(), "LROBRIDGE_API_KEYS")
                 for k in get("LROBRIDGE_API_KEYS").split(",")
                 if k.strip()
+            ),
+            page_token_key=_page_token_key(get("LROBRIDGE_PAGE_TOKEN_KEY")),
+            page_token_lifetime=_bounded_duration(
+                get("LROBRIDGE_PAGE_TOKEN_LIFETIME"),
+                "LROBRIDGE_PAGE_TOKEN_LIFETIME",
+                60.0,
+                604800.0,
             ),
             watcher_concurrency=_positive_int(
                 get("LROBRIDGE_WATCHER_CONCURRENCY"), "LROBRIDGE_WATCHER_CONCURRENCY"
@@ -429,6 +469,15 @@ def _non_negative_int(value: str, name: str) -> int:
     return number
 
 
+def _page_token_key(value: str) -> str:
+    if value and len(value) < 16:
+        raise ConfigError(
+            f"LROBRIDGE_PAGE_TOKEN_KEY has {len(value)} characters; use a random secret of at "
+            "least 16 (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return value
+
+
 def _header_safe(value: str, name: str) -> str:
     """API keys travel in an HTTP header: printable ASCII without spaces only."""
     if value and not all("!" <= ch <= "~" for ch in value):
@@ -455,9 +504,28 @@ def _resource_id(value: str, name: str) -> str:
     return value
 
 
+DEFAULT_STORE_FILE = "lrobridge/lrobridge.db"
+
+
+def default_store_url(env: Mapping[str, str]) -> str:
+    """The store of a process given no LROBRIDGE_STORE: ``$XDG_STATE_HOME/lrobridge/lrobridge.db``
+    (``~/.local/state`` when XDG_STATE_HOME is unset or relative, as the XDG spec says).
+
+    Per user, not per folder: a script calling ``Bridge()``, ``lrobridge watcher`` and
+    ``lrobridge dev`` started from different folders share one store, so a watch registered by
+    one is polled by the other (a store in the working folder silently split them).
+    """
+    base = env.get("XDG_STATE_HOME", "").strip()
+    if not os.path.isabs(base):
+        home = env.get("HOME", "").strip() or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "state")
+    return f"sqlite:///{os.path.join(base, DEFAULT_STORE_FILE)}"
+
+
 def _store_url(value: str) -> str:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return value
+        # Resolved once: a process that changes folder later keeps the same file.
+        return "sqlite:///" + os.path.abspath(value.removeprefix("sqlite:///"))
     if value == "sqlite://:memory:":
         return value
     if value.startswith("firestore://"):
@@ -465,7 +533,7 @@ def _store_url(value: str) -> str:
         return value
     raise ConfigError(
         f"LROBRIDGE_STORE={value!r} is not a store URL; use sqlite:///path/to/file.db "
-        "(a relative path is relative to the working folder) or firestore://[DATABASE]"
+        "(a relative path is relative to the working folder at start) or firestore://[DATABASE]"
     )
 
 

@@ -5,6 +5,8 @@ Owns what runs around the WSGI app in a gunicorn worker (an adapter: it imports 
 * logs in Cloud Logging's JSON form when ``LROBRIDGE_LOG_FORMAT=json`` (gunicorn's own lines
   included) with trace correlation (:mod:`lrobridge.logs`); no access log, since Cloud Run
   writes a request log of its own;
+* a container that publishes (poller mode with its watcher, or the Pub/Sub-driven mode) refuses
+  to start without a Google Cloud project (:func:`on_starting`, in the master);
 * ``LROBRIDGE_WATCH_MODE=poller``: the in-process watcher, on a thread of the worker (on Cloud
   Run this needs instance-based billing, CPU always allocated, and min instances 1), unless
   ``run_watcher`` is False (``lrobridge serve`` without ``--watcher``);
@@ -22,6 +24,7 @@ Dockerfile's command line, where Cloud Run's conventions are visible.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -29,6 +32,7 @@ from gunicorn import glogging
 
 from lrobridge.bridge import BRIDGE_EXTENSION, Bridge
 from lrobridge.config import Settings
+from lrobridge.errors import ConfigError
 from lrobridge.logs import CloudLoggingFormatter, configure_logging
 
 log = logging.getLogger("lrobridge.gunicorn")
@@ -56,6 +60,18 @@ class Logger(glogging.Logger):
 logger_class = Logger
 
 _running: dict[str, Any] = {}
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker: a container that will publish (its watcher in poller
+    mode, or the Pub/Sub-driven mode) refuses to start without a project, in one line."""
+    settings = Settings.from_env()
+    if (run_watcher and settings.watch_mode == "poller") or settings.watch_mode == "pubsub":
+        try:
+            settings.require_project("the container's watcher")
+        except ConfigError as exc:
+            print(f"lrobridge: error: {exc.message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -282,11 +282,19 @@ class EventLedger(Protocol):
 
     def claim_callback(
         self, event_id: str, callback: str, *, now: float, lease: float
-    ) -> ClaimResult: ...
+    ) -> ClaimResult:
+        """``run`` (claimed by this store object for ``lease`` s), ``done`` (it succeeded
+        before) or ``busy`` (another claim runs it; a claim of a process known to be dead is
+        taken over instead)."""
+        ...
 
     def finish_callback(
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None: ...
+    ) -> bool:
+        """Record how this object's run ended; False (nothing written) when its claim was
+        taken over meanwhile (the lease ended, or its process was presumed dead): the run that
+        took over records its own result."""
+        ...
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         """Forget succeeded runs last touched before ``older_than``; how many."""

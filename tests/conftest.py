@@ -72,3 +72,12 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Ite
     data = Backend(request.param, tmp_path)
     yield data
     data.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """XDG_STATE_HOME points at a folder of this session, so a test (or a process it starts)
+    that leaves LROBRIDGE_STORE unset opens the default store there, never in the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield

@@ -7,6 +7,12 @@ of waiters cost little. Everything that may block (store calls, which on Firesto
 calls; reaching a source; publishing a watch message; fetching token certificates) runs on a
 thread pool, so one slow call never holds up the others.
 
+Besides those, the standard ``grpc.health.v1.Health`` service (grpcio-health-checking: SERVING
+for the server as a whole, ``""``, and for each of the two services; NOT_SERVING once it stops)
+and server reflection (grpcio-reflection, ``grpc.reflection.v1alpha.ServerReflection``, so
+``grpcurl`` and similar tools list and call the services without the .proto files). Like
+``/healthz``, those two answer without credentials; they show only the public schemas.
+
 Callers authenticate like the REST API (``authorization: Bearer <API key>`` metadata; see
 :mod:`lrobridge.core.access`). Every failure is a gRPC status carrying the
 :class:`~lrobridge.errors.BridgeError`'s code and message; DeleteOperation reaches the source
@@ -28,6 +34,8 @@ import grpc
 from google.longrunning import operations_grpc_pb2
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import empty_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from lrobridge.core import codec
 from lrobridge.core.access import ApiAuth
@@ -46,6 +54,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DELETE_AT_SOURCE_HEADER = "x-lrobridge-delete-at-source"
+SERVICE_NAMES = (
+    operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
+    watch_pb2.DESCRIPTOR.services_by_name["WatchService"].full_name,
+)
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -260,10 +272,18 @@ class GrpcServer:
             watch_pb2_grpc.add_WatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
                 WatchServicer(self._watches, self._auth, self._pool), server
             )
+            # grpc-stubs describe the threaded servicer only; health.aio is grpc.aio's.
+            health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
             port = server.add_insecure_port(self._address)
             if port == 0:
                 raise Unavailable(f"cannot listen for gRPC on {self._address}")
             await server.start()
+            for service in ("", *SERVICE_NAMES):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         except Exception as exc:
             error = (
                 exc
@@ -276,6 +296,7 @@ class GrpcServer:
         self._stopping = asyncio.Event()
         started.set_result(port)
         await self._stopping.wait()
+        await health_servicer.enter_graceful_shutdown()  # every service NOT_SERVING from now
         # In-flight calls get ``grace`` seconds; waiters still waiting then are cancelled.
         await server.stop(self._grace)
 

@@ -1,5 +1,5 @@
 """What every ``lrobridge`` command shares: loading the user's bridge (``--app module:bridge``),
-waiting for a stop signal, calling the bridge's REST API, printing JSON.
+waiting for a stop signal, calling the bridge's REST API, printing JSON, command groups.
 
 The command modules (:mod:`lrobridge.cli.main`, :mod:`lrobridge.cli.dev`,
 :mod:`lrobridge.cli.webhooks`) import this module; it imports none of them.
@@ -85,3 +85,11 @@ def call(method: str, url: str, headers: dict[str, str], body: Any = None) -> An
 def print_json(value: Any, *, ensure_ascii: bool = True) -> None:
     """Print an API answer as indented JSON."""
     print(json.dumps(value, indent=2, ensure_ascii=ensure_ascii))
+
+
+def verbs_of(
+    parser: argparse.ArgumentParser, dest: str, *, metavar: str = "VERB"
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The sub-commands of ``parser``; :func:`lrobridge.cli.main.main` tells a call that names
+    none which exist."""
+    return parser.add_subparsers(dest=dest, metavar=metavar)

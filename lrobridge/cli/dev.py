@@ -4,6 +4,12 @@ Starts (or reuses) the Pub/Sub emulator, creates the topic and a push subscripti
 endpoint, then runs the HTTP app (push endpoint + API) and the watcher in this process and prints
 what it started and a live progress line. Local only: binds 127.0.0.1, push and API auth off.
 
+Each dev stack has a push subscription of its own, named after its HTTP port
+(``lro-completed-push-8080``), so several stacks on one emulator (other ports) do not repoint
+each other's: each receives every completion published to the shared topic, and one exiting
+leaves the others receiving. With ``--serverless`` the watch topic and its subscription are
+per port too (``lro-watch-8080``), since a watch message is one stack's work.
+
 ``--serverless`` runs the watch mode of Cloud Run instead of the watcher
 (``LROBRIDGE_WATCH_MODE=pubsub``, see :mod:`lrobridge.watching.pubsub_mode`): it also creates the
 watch
@@ -22,13 +28,13 @@ from typing import TYPE_CHECKING
 
 from lrobridge.cli.common import load_bridge, wait_for_signal
 from lrobridge.cli.emulator import emulator_answers
+from lrobridge.config import Settings
 from lrobridge.core.records import WatchState
 from lrobridge.errors import FailedPrecondition
 
 if TYPE_CHECKING:
     from lrobridge.adapters.pubsub import PubSubAdmin
     from lrobridge.bridge import Bridge
-    from lrobridge.config import Settings
 
 log = logging.getLogger("lrobridge.dev")
 
@@ -49,6 +55,7 @@ def run_dev(
         os.environ["LROBRIDGE_WATCH_MODE"] = "pubsub"
         os.environ.setdefault("LROBRIDGE_WATCH_MIN_BACKOFF", "1s")
         os.environ.setdefault("LROBRIDGE_WATCH_MAX_BACKOFF", "10s")
+    _own_subscriptions(Settings.from_env(), serverless=serverless)
 
     with contextlib.ExitStack() as stack:
         emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
@@ -87,7 +94,11 @@ def run_dev(
         result = admin.ensure_push_subscription(
             subscription, topic, push_url, oidc_service_account=None, audience=None
         )
-        print(f"• push subscription {subscription} -> {push_url}: {result}")
+        print(
+            f"• push subscription {subscription} -> {push_url}: {result} (this dev stack's "
+            "own, named after its port: another `lrobridge dev` on another port gets its own "
+            "and receives every completion too)"
+        )
 
         from werkzeug.serving import make_server
 
@@ -102,9 +113,13 @@ def run_dev(
             grpc_port = bridge.start_grpc(host="127.0.0.1")
             print(f"• gRPC: 127.0.0.1:{grpc_port} (google.longrunning.Operations, WatchService)")
 
+        from lrobridge.cli.preflight import check_publishing
+
         if serverless:
             _serverless_watching(admin, settings)
+            check_publishing(settings, "lrobridge dev")  # what every publishing process checks
             return _wait_serverless(bridge)
+        check_publishing(settings, "lrobridge dev")
         watcher = bridge.create_watcher()
         watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")
         watcher_thread.start()
@@ -136,6 +151,19 @@ def run_dev(
                 last = line
         print("\nstopping …", flush=True)
     return 0
+
+
+def _own_subscriptions(settings: Settings, *, serverless: bool) -> None:
+    """Name this stack's push subscription (and, serverless, its watch topic and subscription)
+    after its port, so that two dev stacks on one emulator never repoint each other's: each
+    gets every completion on the shared topic, and one exiting leaves the other receiving."""
+    port = settings.port
+    os.environ["LROBRIDGE_SUBSCRIPTION"] = f"{settings.subscription}-{port}"
+    if serverless:
+        # Watch messages are each stack's own work: a topic of its own, or both would poll
+        # (and republish) every watch.
+        os.environ["LROBRIDGE_WATCH_TOPIC"] = f"{settings.watch_topic}-{port}"
+        os.environ["LROBRIDGE_WATCH_SUBSCRIPTION"] = f"{settings.watch_subscription}-{port}"
 
 
 def _serverless_watching(admin: PubSubAdmin, settings: Settings) -> None:

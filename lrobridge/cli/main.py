@@ -7,14 +7,22 @@ status 2 (1 for a failure of the work itself), never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import logging
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from lrobridge.cli.common import api_endpoint, call, load_bridge, print_json, wait_for_signal
+from lrobridge.cli.common import (
+    api_endpoint,
+    call,
+    load_bridge,
+    print_json,
+    verbs_of,
+    wait_for_signal,
+)
+from lrobridge.cli.output import Column, add_format_flag, print_listing
 from lrobridge.config import Settings, parse_duration
 from lrobridge.core.names import validate_operation_name, validate_resource_id
 from lrobridge.core.source_url import parse_source_url
@@ -29,6 +37,12 @@ log = logging.getLogger("lrobridge")
 
 def cmd_serve(args: argparse.Namespace) -> int:
     bridge = load_bridge(args.app)
+    if (args.watcher and bridge.settings.watch_mode == "poller") or (
+        bridge.settings.watch_mode == "pubsub"
+    ):
+        from lrobridge.cli.preflight import check_publishing
+
+        check_publishing(bridge.settings, "lrobridge serve")
     from gunicorn.app.base import BaseApplication
 
     from lrobridge import gunicorn_conf
@@ -65,6 +79,9 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
+    from lrobridge.cli.preflight import check_publishing
+
+    check_publishing(bridge.settings, "lrobridge watcher")
     watcher = bridge.create_watcher()
     stop = wait_for_signal()
     if bridge.settings.grpc_port is not None:
@@ -98,13 +115,28 @@ def cmd_watches(args: argparse.Namespace) -> int:
     base, headers = api_endpoint(settings, args)
     if args.watches_command == "list":
         url = f"{base}/v1/watches" + (f"?state={args.state}" if args.state else "")
-        print_json(call("GET", url, headers))
+        print_listing(call("GET", url, headers), "watches", WATCH_COLUMNS, args.format)
     elif args.watches_command == "get":
         print_json(call("GET", f"{base}/v1/{_watch_name(args.id)}", headers))
     else:
         call("DELETE", f"{base}/v1/{_watch_name(args.id)}", headers)
         print(f"deleted {_watch_name(args.id)}")
     return 0
+
+
+WATCH_COLUMNS: list[Column] = [
+    ("NAME", lambda w: w.get("name")),
+    ("STATE", lambda w: w.get("state")),
+    ("POLLS", lambda w: w.get("polls", "0")),
+    ("OPERATION", lambda w: w.get("operation")),
+    ("SOURCE", lambda w: w.get("source")),
+    ("LAST ERROR", lambda w: (w.get("lastError") or {}).get("message")),
+]
+QUARANTINE_COLUMNS: list[Column] = [
+    ("ID", lambda m: m.get("id")),
+    ("RECEIVED", lambda m: m.get("receiveTime")),
+    ("REASON", lambda m: m.get("reason")),
+]
 
 
 def _watch_name(value: str) -> str:
@@ -116,7 +148,8 @@ def _watch_name(value: str) -> str:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     base, headers = api_endpoint(settings, args)
-    print(json.dumps(call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers), indent=2))
+    listing = call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers)
+    print_listing(listing, "messages", QUARANTINE_COLUMNS, args.format)
     return 0
 
 
@@ -216,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrobridge",
         description="Pub/Sub notifications for google.longrunning Operations.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version", action="version", version=f"lrobridge {version()}", help="print the version"
+    )
+    sub = verbs_of(parser, "command", metavar="COMMAND")
 
     dev = sub.add_parser("dev", help="run the whole local stack (Pub/Sub emulator included)")
     dev.add_argument("--app", help="module:attribute of your Bridge (callbacks)")
@@ -233,10 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
     serve.add_argument("--app", help="module:attribute of your Bridge")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=_port_arg, default=None)
-    serve.add_argument("--workers", type=_count_arg, default=1)
-    serve.add_argument("--threads", type=_count_arg, default=8)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument(
+        "--port", type=_port_arg, default=None, help="HTTP port (default $PORT or 8080)"
+    )
+    serve.add_argument(
+        "--workers", type=_count_arg, default=1, help="gunicorn worker processes (default 1)"
+    )
+    serve.add_argument(
+        "--threads", type=_count_arg, default=8, help="request threads per worker (default 8)"
+    )
     serve.add_argument(
         "--watcher",
         action="store_true",
@@ -260,12 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=cmd_watch)
 
     watches = sub.add_parser("watches", help="list, show or delete watches")
-    watches_sub = watches.add_subparsers(dest="watches_command", required=True)
-    listing = watches_sub.add_parser("list")
-    listing.add_argument("--state", choices=["active", "publishing", "completed", "failed"])
+    watches_sub = verbs_of(watches, "watches_command")
+    listing = watches_sub.add_parser("list", help="list watches (the first page)")
+    listing.add_argument(
+        "--state",
+        choices=["active", "publishing", "completed", "failed"],
+        help="only watches in this state",
+    )
+    add_format_flag(listing)
     client_flags(listing)
-    for verb in ("get", "rm"):
-        p = watches_sub.add_parser(verb)
+    for verb, text in (("get", "show one watch"), ("rm", "delete a watch")):
+        p = watches_sub.add_parser(verb, help=text)
         p.add_argument("id", help="watch id or watches/{id}")
         client_flags(p)
     watches.set_defaults(func=cmd_watches)
@@ -277,14 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = sub.add_parser(
         "quarantine", help="messages that could never be processed, newest first"
     )
-    quarantine_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
-    listing = quarantine_sub.add_parser("list")
-    listing.add_argument("--limit", type=int, default=50)
+    quarantine_sub = verbs_of(quarantine, "quarantine_command")
+    listing = quarantine_sub.add_parser("list", help="list quarantined messages, newest first")
+    listing.add_argument(
+        "--limit", type=int, default=50, help="messages to show (default 50, at most 1000)"
+    )
+    add_format_flag(listing)
     client_flags(listing)
     quarantine.set_defaults(func=cmd_quarantine)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")
-    pubsub_sub = pubsub.add_subparsers(dest="pubsub_command", required=True)
+    pubsub_sub = verbs_of(pubsub, "pubsub_command")
     init = pubsub_sub.add_parser("init", help="create the topic and push subscription")
     init.add_argument("--push-endpoint", required=True, help="https://.../pubsub/push")
     init.add_argument("--service-account", help="email the push subscription signs tokens as")
@@ -303,9 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version."""
+    try:
+        return importlib.metadata.version("lrobridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _missing_verb(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 with the list of verbs when a command group was given without one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen is None:
+                parser.print_help(sys.stderr)
+                word = "command" if parser.prog == "lrobridge" else "verb"
+                verbs = ", ".join(action.choices)
+                parser.exit(2, f"{parser.prog}: error: name a {word}: {verbs}\n")
+            _missing_verb(action.choices[chosen], args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _missing_verb(parser, args)
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format, project=settings.project)

@@ -2,9 +2,11 @@
 
 ``add URL [--operation GLOB] [--outcome O ...] [--metadata-type URL] [--description TEXT]``
 prints the new webhook with its secret (shown this once); ``list``, ``get ID``, ``rm ID``,
-``deliveries [ID] [--state S]`` (the delivery log, one line per attempt: time, status code,
-latency, start of the response body), ``retry DELIVERY``, ``replay ID --since 24h|TIME``,
-``rotate-secret ID [--overlap 24h]``, ``enable ID`` and ``drain [--max-time 45s]``.
+``deliveries [ID] [--state S]`` (the delivery log: a row per delivery, then one line per
+attempt: time, status code, latency, start of the response body), ``retry DELIVERY``,
+``replay ID --since 24h|TIME``, ``rotate-secret ID [--overlap 24h]``, ``enable ID`` and
+``drain [--max-time 45s]``. ``list`` and ``deliveries`` take ``--format table|json`` like every
+list command (:mod:`lrobridge.cli.output`).
 :mod:`lrobridge.cli.main` adds this parser and handles errors the same way as for every command.
 """
 
@@ -16,8 +18,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from lrobridge.cli.common import api_endpoint, print_json
+from lrobridge.cli.common import api_endpoint, print_json, verbs_of
 from lrobridge.cli.common import call as call_api
+from lrobridge.cli.output import Column, Item, add_format_flag, print_listing
 from lrobridge.core.names import validate_resource_id
 from lrobridge.delivery.dispatch import EVENT_TYPES
 
@@ -27,7 +30,7 @@ def add_parser(
 ) -> argparse.ArgumentParser:
     """Add ``webhooks`` to the top-level subparsers ``sub``."""
     webhooks = sub.add_parser("webhooks", help="register webhooks and read their delivery log")
-    verbs = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="VERB")
+    verbs = verbs_of(webhooks, "webhooks_command")
 
     add = verbs.add_parser("add", help="register an https endpoint (prints its secret once)")
     add.add_argument("url", help="https://... (http only for LROBRIDGE_WEBHOOK_ALLOW_NETWORKS)")
@@ -41,7 +44,7 @@ def add_parser(
     add.add_argument("--metadata-type", help="only operations with this metadata type URL")
     add.add_argument("--description", default="", help="free text for people")
 
-    verbs.add_parser("list", help="list webhooks")
+    add_format_flag(verbs.add_parser("list", help="list webhooks"))
     for verb, text in (
         ("get", "show one webhook"),
         ("rm", "delete a webhook with its deliveries"),
@@ -56,7 +59,14 @@ def add_parser(
         "--state", choices=["pending", "succeeded", "dead"], help="dead: the dead letters"
     )
     deliveries.add_argument("--limit", type=int, default=20, help="deliveries to show")
-    deliveries.add_argument("--json", action="store_true", help="print the API's JSON")
+    add_format_flag(deliveries)
+    deliveries.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="the same as --format json (kept for scripts written before --format)",
+    )
 
     retry = verbs.add_parser("retry", help="send one delivery again now")
     retry.add_argument("delivery", help="delivery id or deliveries/{id}")
@@ -110,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     elif verb == "list":
-        _print(call("GET", "webhooks?pageSize=1000"))
+        print_listing(
+            call("GET", "webhooks?pageSize=1000"), "webhooks", WEBHOOK_COLUMNS, args.format
+        )
     elif verb == "get":
         _print(call("GET", f"webhooks/{_webhook(args.id)}"))
     elif verb == "rm":
@@ -124,10 +136,7 @@ def run(args: argparse.Namespace) -> int:
             query["state"] = args.state.upper()
         path = f"webhooks/{_webhook(args.id)}/deliveries" if args.id else "deliveries"
         listing = call("GET", f"{path}?{urlencode(query)}")
-        if args.json:
-            _print(listing)
-        else:
-            print_log(listing.get("deliveries", []))
+        print_listing(listing, "deliveries", DELIVERY_COLUMNS, args.format, details=attempt_lines)
     elif verb == "retry":
         _print(call("POST", f"deliveries/{_delivery(args.delivery)}:retry", {}))
     elif verb == "replay":
@@ -146,26 +155,43 @@ def _print(value: Any) -> None:
     print_json(value, ensure_ascii=False)
 
 
-def print_log(deliveries: list[dict[str, Any]]) -> None:
-    """One line per delivery, then one per attempt: time, status, latency, response body."""
-    if not deliveries:
-        print("no deliveries")
-        return
-    for d in deliveries:
-        state = d.get("state", "")
-        extra = f"  next {d['nextAttemptTime']}" if "nextAttemptTime" in d else ""
-        if state == "DEAD" and d.get("lastError"):
-            extra = f"  {d['lastError']}"
-        print(
-            f"{d.get('name', '')}  {state:<9}  {d.get('eventType', '')}  "
-            f"{d.get('operation', '')}  ({d.get('webhook', '')}, id {d.get('webhookId', '')})"
-            f"{extra}"
+WEBHOOK_COLUMNS: list[Column] = [
+    ("NAME", lambda w: w.get("name")),
+    ("STATE", lambda w: w.get("state")),
+    ("URL", lambda w: w.get("url")),
+    ("OPERATION", lambda w: w.get("operation") or "*"),
+    ("OUTCOMES", lambda w: w.get("outcomes") or "all"),
+    ("DESCRIPTION", lambda w: w.get("description")),
+]
+
+
+def _next_or_error(d: Item) -> object:
+    if d.get("state") == "DEAD" and d.get("lastError"):
+        return d["lastError"]
+    return f"next {d['nextAttemptTime']}" if "nextAttemptTime" in d else None
+
+
+DELIVERY_COLUMNS: list[Column] = [
+    ("NAME", lambda d: d.get("name")),
+    ("STATE", lambda d: d.get("state")),
+    ("EVENT", lambda d: d.get("eventType")),
+    ("OPERATION", lambda d: d.get("operation")),
+    ("WEBHOOK", lambda d: d.get("webhook")),
+    ("ATTEMPTS", lambda d: d.get("attemptCount", 0)),
+    ("NEXT / ERROR", _next_or_error),
+]
+
+
+def attempt_lines(delivery: Item) -> list[str]:
+    """The delivery log: one line per attempt (number, time, status, latency, response)."""
+    lines = []
+    for a in delivery.get("attempts", []):
+        status = a.get("statusCode") or "-"
+        detail = a.get("error") or ""
+        text = " ".join(str(a.get("responseBody", "")).split())
+        if text:
+            detail = f"{detail}  {text[:80]}".strip()
+        lines.append(
+            f"#{a.get('number')}  {a.get('time')}  {status!s:>3}  {a.get('latency')}  {detail}"
         )
-        for a in d.get("attempts", []):
-            status = a.get("statusCode") or "-"
-            detail = a.get("error") or ""
-            text = " ".join(str(a.get("responseBody", "")).split())
-            if text:
-                detail = f"{detail}  {text[:80]}".strip()
-            when, latency = a.get("time"), a.get("latency")
-            print(f"  #{a.get('number')}  {when}  {status!s:>3}  {latency}  {detail}")
+    return lines

@@ -43,6 +43,14 @@ DELETED: Final = "deleted"
 PayloadFormat = Literal["binary", "json"]
 
 CE_TYPE_PREFIX = "lrobridge.operation.v1."
+# The CloudEvents Pub/Sub binding, binary content mode: the message attribute `content-type`
+# is the event's `datacontenttype` (the media type of `data`).
+CONTENT_TYPE_ATTRIBUTE = "content-type"
+JSON_CONTENT_TYPE = "application/json"
+CONTENT_TYPES: dict[PayloadFormat, str] = {
+    "binary": "application/protobuf",
+    "json": JSON_CONTENT_TYPE,
+}
 CANCELLED_CODE = 1
 
 
@@ -295,6 +303,7 @@ def completion_attributes(
         "ce-id": event_id,
         "ce-subject": snapshot.name,
         "ce-time": time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        CONTENT_TYPE_ATTRIBUTE: CONTENT_TYPES[payload_format],
     }
     if outcome in ("failed", "cancelled") and snapshot.error_code is not None:
         attributes["error_code"] = str(snapshot.error_code)

@@ -9,8 +9,13 @@ The push endpoint hands every decoded Pub/Sub message to :meth:`Dispatcher.handl
   already succeeded for this ``event_id``; a sink or callback that raises is recorded as failed
   and the message is nacked, so Pub/Sub redelivers it and only what failed runs again.
 
+A callback may be an ``async def`` (or return any awaitable): it is awaited to its end on the
+process's callback loop (:mod:`lrobridge.delivery.coroutines`) under the same rules.
+
 That is once per event as long as callbacks return; a callback whose process dies while it runs,
-or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost).
+or that outlives :data:`CALLBACK_LEASE_SECONDS`, runs again (at least once, never lost). A run
+that finishes after its claim was taken over has its result refused by the ledger (its fencing
+rule), and the refusal is logged here.
 
 Pure module: no Flask, no Pub/Sub client.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +34,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 
 from lrobridge.core import codec
 from lrobridge.core.globs import compile_glob, glob_matches
+from lrobridge.delivery.coroutines import run_coroutine
 from lrobridge.delivery.envelope import PushMessage
 from lrobridge.errors import InvalidArgument
 from lrobridge.ports import EventLedger
@@ -237,6 +244,21 @@ class Dispatcher:
             )
         return self.dispatch(event)
 
+    def _finish(self, event: CompletionEvent, callback: str, *, ok: bool, error: str) -> None:
+        recorded = self._ledger.finish_callback(
+            event.event_id, callback, ok=ok, error=error, now=self._clock()
+        )
+        if not recorded:
+            log.warning(
+                "callback %s %s for %s (event %s) after its claim was taken over (its lease "
+                "ended or its process was presumed dead); this result is not recorded, the run "
+                "that took over records its own",
+                callback,
+                "succeeded" if ok else "failed",
+                event.name,
+                event.event_id,
+            )
+
     def dispatch(self, event: CompletionEvent) -> DispatchResult:
         self._prune_now_and_then()
         ran: list[str] = []
@@ -267,7 +289,9 @@ class Dispatcher:
                 busy.append(subscription.name)
                 continue
             try:
-                subscription.callback(event)
+                result = subscription.callback(event)
+                if inspect.isawaitable(result):  # an async def callback: await it to its end
+                    run_coroutine(result)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 failed[subscription.name] = error
@@ -277,13 +301,9 @@ class Dispatcher:
                     event.name,
                     event.event_id,
                 )
-                self._ledger.finish_callback(
-                    event.event_id, subscription.name, ok=False, error=error, now=self._clock()
-                )
+                self._finish(event, subscription.name, ok=False, error=error)
                 continue
-            self._ledger.finish_callback(
-                event.event_id, subscription.name, ok=True, error="", now=self._clock()
-            )
+            self._finish(event, subscription.name, ok=True, error="")
             ran.append(subscription.name)
         verdict = Verdict.RETRY if failed or busy else Verdict.ACK
         return DispatchResult(

@@ -8,6 +8,14 @@ COMPLETED), failed -> retried with backoff. Entries of a process that died are l
 by :meth:`OutboxRelay.drain`, so nothing accepted is lost; republishing keeps its ``event_id``,
 so subscribers deduplicate.
 
+Stuck publishing is never silent and never noisy: a failed publish, or one Pub/Sub has not
+answered by the time its lease ended (the client library retries transient errors without a
+deadline), is written to the watch waiting on it (``lastError``: ``publishing: ...``), and the log
+says why once, when publishing starts failing (again at WARNING only when the kind of failure
+changes), then at DEBUG per retry, and at INFO when a publish goes through again. A
+:class:`~lrobridge.errors.ConfigError` (no project) is retried like a transient failure, never
+quarantined: fixing the configuration and restarting publishes what is waiting.
+
 Pure module: publisher and store come in through their protocols.
 """
 
@@ -23,7 +31,7 @@ from concurrent.futures import Future, wait
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import Completion, OutboxEntry, PendingMessage
-from lrobridge.errors import InvalidArgument
+from lrobridge.errors import ConfigError, InvalidArgument
 from lrobridge.ports import Outbox, Publisher
 
 log = logging.getLogger(__name__)
@@ -134,7 +142,10 @@ class OutboxRelay:
         self._clock = clock
         self._on_settled = on_settled
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, float] = {}  # entry id -> when it was handed to Pub/Sub
+        self._silence_noted: set[int] = set()
+        self._failing = ""  # the kind of failure last logged at WARNING; '' while healthy
+        self._failures = 0
         self.published = 0
         self.errors = 0
 
@@ -152,10 +163,19 @@ class OutboxRelay:
     def publish(self, entry: OutboxEntry) -> Future[None] | None:
         """Hand one entry to Pub/Sub; the future resolves once the entry is settled in the
         store (published and dropped, or rescheduled). None if it is in flight already."""
+        now = self._clock()
         with self._lock:
-            if entry.id in self._in_flight:
+            handed = self._in_flight.get(entry.id)
+            if handed is None:
+                self._in_flight[entry.id] = now
+            elif entry.id in self._silence_noted:
                 return None
-            self._in_flight.add(entry.id)
+            else:
+                self._silence_noted.add(entry.id)
+        if handed is not None:
+            # Claimed again while its publish is still unanswered: its lease ended first.
+            self._note_silence(entry, waited=now - handed, now=now)
+            return None
         settled: Future[None] = Future()
         message = entry.message
         try:
@@ -174,6 +194,46 @@ class OutboxRelay:
         future.add_done_callback(done)
         return settled
 
+    def _note_silence(self, entry: OutboxEntry, *, waited: float, now: float) -> None:
+        message = f"no answer from Pub/Sub for {waited:.0f}s (still trying)"
+        self._report_failure(entry, "no answer", message)
+        try:
+            self._outbox.retry_publish(
+                entry.id,
+                next_attempt=now + PUBLISH_BACKOFF.delay(entry.attempt),
+                error_message=message,
+                now=now,
+            )
+        except Exception:  # the store is closing; the next drain looks again
+            log.exception("could not record the unanswered publish of entry %d", entry.id)
+
+    def _report_failure(self, entry: OutboxEntry, kind: str, reason: str) -> None:
+        """Log why publishing fails: at WARNING when it starts failing (or fails differently),
+        at DEBUG for every further retry."""
+        with self._lock:
+            self._failures += 1
+            first = self._failing != kind
+            self._failing = kind
+        if first:
+            log.warning(
+                "publishing %s (event %s) failed: %s; retrying with backoff (further failures "
+                "are logged at DEBUG until a publish goes through; the watch shows lastError)",
+                entry.operation,
+                entry.event_id,
+                reason,
+            )
+        else:
+            log.debug(
+                "publishing %s (event %s) failed: %s", entry.operation, entry.event_id, reason
+            )
+
+    def _report_success(self) -> None:
+        with self._lock:
+            failures, self._failures = self._failures, 0
+            was_failing, self._failing = self._failing, ""
+        if was_failing:
+            log.info("publishing works again (after %d failed attempts)", failures)
+
     def _settle(
         self, entry: OutboxEntry, future: Future[str] | None, error: BaseException | None
     ) -> None:
@@ -184,7 +244,8 @@ class OutboxRelay:
             if error is None:
                 self._outbox.mark_published(entry.id, now=now)
                 self.published += 1
-            elif isinstance(error, InvalidArgument):
+                self._report_success()
+            elif isinstance(error, InvalidArgument) and not isinstance(error, ConfigError):
                 # Pub/Sub can never take this message (too large, say): retrying would keep it
                 # forever. It goes to the quarantine whole, and its watch fails saying why.
                 self.errors += 1
@@ -198,12 +259,8 @@ class OutboxRelay:
             else:
                 self.errors += 1
                 delay = PUBLISH_BACKOFF.delay(entry.attempt)
-                log.warning(
-                    "publishing %s (event %s) failed (%s); retrying in %.1fs",
-                    entry.operation,
-                    entry.event_id,
-                    error,
-                    delay,
+                self._report_failure(
+                    entry, type(error).__name__, f"{error} (next attempt in {delay:.1f}s)"
                 )
                 self._outbox.retry_publish(
                     entry.id, next_attempt=now + delay, error_message=str(error), now=now
@@ -212,6 +269,7 @@ class OutboxRelay:
             log.exception("could not settle outbox entry %d", entry.id)
         finally:
             with self._lock:
-                self._in_flight.discard(entry.id)
+                self._in_flight.pop(entry.id, None)
+                self._silence_noted.discard(entry.id)
             if self._on_settled is not None:
                 self._on_settled()

@@ -67,8 +67,10 @@ class OperationsFacade:
         on_poll_soon: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_wait: float = MAX_WAIT_SECONDS,
+        page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens or paging.process_tokens()
         self._sources = sources
         self._hub = hub
         self._rpc_timeout = rpc_timeout
@@ -112,10 +114,14 @@ class OperationsFacade:
         parent = normalize_parent(parent)
         query = parse_filter(filter)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, parent=parent, filter=filter)
+        after = decode_page_token(self._tokens, page_token, parent=parent, filter=filter)
         records, last = self._store.list_operations(parent, query, after=after, limit=size)
         snapshots = [r.snapshot() for r in records if r.outcome != "not_found"]
-        token = encode_page_token(parent=parent, filter=filter, after=last) if last else ""
+        token = (
+            encode_page_token(self._tokens, parent=parent, filter=filter, after=last)
+            if last
+            else ""
+        )
         del return_partial_success  # nothing is ever unreachable: one store holds everything
         return snapshots, token
 
@@ -247,14 +253,14 @@ def normalize_parent(parent: str) -> str:
     return parent
 
 
-def encode_page_token(*, parent: str, filter: str, after: str) -> str:
-    return paging.encode_token("operations", p=parent, f=filter, a=after)
+def encode_page_token(tokens: paging.PageTokens, *, parent: str, filter: str, after: str) -> str:
+    return tokens.encode("operations", p=parent, f=filter, a=after)
 
 
-def decode_page_token(token: str, *, parent: str, filter: str) -> str:
+def decode_page_token(tokens: paging.PageTokens, token: str, *, parent: str, filter: str) -> str:
     """The name to continue after; InvalidArgument for a token issued for another parent or
-    filter, or not issued by this API at all."""
-    fields = paging.decode_token(token, "operations")
+    filter, expired, or not issued by this API at all."""
+    fields = tokens.decode(token, "operations")
     if fields is None:
         return ""
     token_parent, token_filter, after = fields.get("p"), fields.get("f"), fields.get("a")

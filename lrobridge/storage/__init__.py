@@ -25,6 +25,8 @@ adapter, the wiring or the CLI, and the features reach the store through the por
 
 from __future__ import annotations
 
+import os
+
 from lrobridge.config import firestore_database
 from lrobridge.core.records import ClaimResult, Completion
 from lrobridge.errors import ConfigError
@@ -50,6 +52,8 @@ def open_store(url: str, *, project: str = "") -> Store:
         from lrobridge.storage.sqlite.store import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return SqliteStore(path)
     if url.startswith("firestore://"):
         from lrobridge.storage.firestore.store import FirestoreStore

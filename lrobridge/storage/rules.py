@@ -120,6 +120,7 @@ CALLBACK_RUN_FIELDS = (
     "attempts",
     "last_error",
     "update_time",
+    "lease_owner",
 )
 
 
@@ -595,21 +596,56 @@ def update_produced(operation: Row | None, snapshot: codec.Snapshot, *, now: flo
 
 
 def claim_callback(
-    run: Row | None, event_id: str, callback: str, *, now: float, lease: float
+    run: Row | None,
+    event_id: str,
+    callback: str,
+    *,
+    now: float,
+    lease: float,
+    owner: str = "",
+    holder_gone: bool = False,
 ) -> tuple[ClaimResult, Put | None]:
     """Run a callback once per event: ``done`` if it succeeded, ``busy`` while another runner
-    holds an unexpired lease, else ``run`` with the row to write (its ``attempts`` count is
-    the lease's token)."""
+    holds an unexpired lease (unless ``holder_gone``: its process is known to be dead), else
+    ``run`` with the row to write (its ``attempts`` count is the lease's token; ``owner``, the
+    claiming ``host:pid``, lets a dead process's claims be found)."""
     if run is not None:
         if run["state"] == "succeeded":
             return "done", None
-        if run["state"] == "running" and run["lease_until"] > now:
+        if run["state"] == "running" and run["lease_until"] > now and not holder_gone:
             return "busy", None
-    running_fields: Fields = {"state": "running", "lease_until": now + lease, "update_time": now}
+    running_fields: Fields = {
+        "state": "running",
+        "lease_until": now + lease,
+        "update_time": now,
+        "lease_owner": owner,
+    }
     if run is None:
         first = {"event_id": event_id, "callback": callback, "attempts": 1, "last_error": ""}
         return "run", Put({**first, **running_fields}, create=True)
     return "run", Put({**running_fields, "attempts": run["attempts"] + 1})
+
+
+def callback_holder(run: Row | None) -> str:
+    """The ``host:pid`` running a callback ('' when none, or not recorded)."""
+    if run is None or run["state"] != "running":
+        return ""
+    return str(run.get("lease_owner") or "")
+
+
+def recover_callback_run(run: Row, *, dead: bool, now: float) -> Fields | None:
+    """A callback run whose process died while it ran: failed at once (not after its lease),
+    so the next redelivery runs it again."""
+    holder = callback_holder(run)
+    if not dead or not holder:
+        return None
+    return {
+        "state": "failed",
+        "lease_until": 0.0,
+        "lease_owner": "",
+        "update_time": now,
+        "last_error": f"the process running it ({holder}) died",
+    }
 
 
 def finish_callback(
@@ -623,6 +659,7 @@ def finish_callback(
         "lease_until": 0.0,
         "last_error": error,
         "update_time": now,
+        "lease_owner": "",
     }
 
 

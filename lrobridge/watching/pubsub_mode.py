@@ -141,6 +141,7 @@ def encode_watch(watch: WatchMessage) -> tuple[bytes, dict[str, str]]:
         "ce-id": f"{watch.watch_id}-{watch.polls}",
         "ce-subject": watch.operation,
         "ce-time": _rfc3339(watch.publish_time),
+        codec.CONTENT_TYPE_ATTRIBUTE: codec.JSON_CONTENT_TYPE,
         "operation": watch.operation,
         "source": watch.source,
         "polls": str(watch.polls),

@@ -56,8 +56,10 @@ class WatchService:
         on_created: Callable[[], None] | None = None,
         scheduler: WatchScheduler | None = None,
         credential_hosts: tuple[str, ...] = DEFAULT_CREDENTIAL_HOSTS,
+        page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens or paging.process_tokens()
         self._clock = clock
         self._credential_hosts = credential_hosts
         self._on_created = on_created
@@ -121,9 +123,9 @@ class WatchService:
     ) -> tuple[list[WatchRecord], str]:
         self._stored_only()
         size = paging.page_size(page_size)
-        after = paging.cursor(paging.decode_token(page_token, "watches"))
+        after = paging.cursor(self._tokens.decode(page_token, "watches"))
         records, cursor = self._store.list_watches(after=after, limit=size, state=state)
-        return records, paging.encode_token("watches", after=cursor) if cursor is not None else ""
+        return records, self._tokens.encode("watches", after=cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
         self._stored_only()

@@ -62,8 +62,10 @@ class WebhookService:
         worker: DeliveryWorker | None = None,
         clock: Callable[[], float] = time.time,
         on_requeued: Callable[[list[str]], None] | None = None,
+        page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._tokens = page_tokens or paging.process_tokens()
         self._guard = guard
         self._worker = worker
         self._clock = clock
@@ -120,9 +122,9 @@ class WebhookService:
     def list(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[Webhook], str]:
         size = paging.page_size(page_size)
         webhooks, cursor = self._store.list_webhooks(
-            after=paging.cursor(paging.decode_token(page_token, "webhooks")), limit=size
+            after=paging.cursor(self._tokens.decode(page_token, "webhooks")), limit=size
         )
-        return webhooks, paging.encode_token("webhooks", after=cursor) if cursor is not None else ""
+        return webhooks, self._tokens.encode("webhooks", after=cursor) if cursor is not None else ""
 
     def delete(self, name: str) -> None:
         if not self._store.delete_webhook(_id(name, "webhooks/", "webhook")):
@@ -169,10 +171,10 @@ class WebhookService:
         items, cursor = self._store.list_deliveries(
             webhook_id=webhook_id,
             state=state,
-            after=paging.cursor(paging.decode_token(page_token, "deliveries")),
+            after=paging.cursor(self._tokens.decode(page_token, "deliveries")),
             limit=size,
         )
-        return items, paging.encode_token("deliveries", after=cursor) if cursor is not None else ""
+        return items, self._tokens.encode("deliveries", after=cursor) if cursor is not None else ""
 
     def delivery(self, name: str) -> Delivery:
         delivery = self._store.get_delivery(_id(name, "deliveries/", "delivery"))

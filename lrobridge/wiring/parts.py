@@ -32,6 +32,7 @@ delivery whose attempt was cut off is sent again once its lease runs out.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -40,10 +41,12 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Literal
 
 from lrobridge.config import Settings, firestore_database
+from lrobridge.core import paging
 from lrobridge.core.access import ApiAuth
 from lrobridge.delivery.dispatch import Dispatcher, Subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
 from lrobridge.delivery.relay import OutboxRelay
+from lrobridge.errors import BridgeError
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
@@ -58,12 +61,19 @@ from lrobridge.webhooks.sink import WebhookSink
 from lrobridge.webhooks.ssrf import Guard, Resolver
 from lrobridge.webhooks.worker import DeliveryWorker, DrainCounts, Sender
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from flask import Blueprint
 
     from lrobridge.adapters.web.app import AppParts
 
 DeliveryMode = Literal["background", "request"]
+
+
+def page_tokens(settings: Settings) -> paging.PageTokens:
+    """Signs and checks the page tokens of every listing (``LROBRIDGE_PAGE_TOKEN_KEY``)."""
+    return paging.tokens_for(settings.page_token_key, lifetime=settings.page_token_lifetime)
 
 
 def delivery_mode(settings: Settings) -> DeliveryMode:
@@ -180,6 +190,7 @@ class WebhookParts:
                     worker=self.worker,
                     clock=self._clock,
                     on_requeued=self._pending,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._service
 
@@ -288,16 +299,32 @@ class Parts:
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.store_url, project=self.settings.project)
+                path = getattr(self._store, "path", None)
+                where = f"SQLite file {path}" if isinstance(path, str) else "Firestore"
+                log.info("store: %s (LROBRIDGE_STORE=%s)", where, self.settings.store_url)
             return self._store
 
     @property
     def dispatcher(self) -> Dispatcher:
         with self._lock:
             if self._dispatcher is None:
+                self._recover_leases()
                 self._dispatcher = Dispatcher(self.store)
                 self._dispatcher.subscriptions = self.subscriptions
                 self._dispatcher.sinks.append(self.webhooks.sink)
             return self._dispatcher
+
+    def _recover_leases(self) -> None:
+        """At start-up of a serving process: take back the claims of processes that died
+        (SQLite: those of this machine; Firestore's simply expire), so the callbacks a killed
+        process was running run again at the next redelivery, not ten minutes later."""
+        try:
+            recovered = self.store.recover(now=time.time())
+        except BridgeError as exc:  # the store is down now: claims are checked again per push
+            log.warning("could not take back the leases of dead processes: %s", exc.message)
+            return
+        if recovered:
+            log.info("took back %d lease(s) of processes that died", recovered)
 
     @property
     def watches(self) -> WatchService:
@@ -305,6 +332,7 @@ class Parts:
             if self._watch_service is None:
                 scheduler = None
                 if self.settings.watch_mode == "pubsub":
+                    self.settings.require_project("LROBRIDGE_WATCH_MODE=pubsub")
                     scheduler = PubSubWatchScheduler(
                         lambda: self.watch_publisher, operations=self.store
                     )
@@ -313,6 +341,7 @@ class Parts:
                     on_created=self.wake_watcher,
                     scheduler=scheduler,
                     credential_hosts=self.settings.credential_hosts,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._watch_service
 
@@ -335,6 +364,7 @@ class Parts:
                     produced_cancel=lambda name: self.producer.request_cancel(name),
                     on_poll_soon=self.wake_watcher,
                     max_wait=self.settings.wait_max,
+                    page_tokens=page_tokens(self.settings),
                 )
             return self._facade
 
@@ -348,6 +378,7 @@ class Parts:
     def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
+                self.settings.require_project("the producer")
                 self._producer = Producer(
                     self.store,
                     self.outbox_relay,
@@ -482,6 +513,7 @@ class Parts:
     def create_watcher(self) -> Watcher:
         with self._lock:
             if self.watcher is None:
+                self.settings.require_project("the watcher")
                 self.watcher = Watcher(
                     store=self.store,
                     sources=self.source,

@@ -203,7 +203,7 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         webhook: dict[str, Any] = json.loads(added.stdout)
         assert webhook["secret"].startswith("whsec_") and "shown only now" in added.stderr
         assert webhook["outcomes"] == ["cancelled", "failed"]
-        listed = json.loads(_cli("list", env=env).stdout)["webhooks"]
+        listed = json.loads(_cli("list", "--format", "json", env=env).stdout)["webhooks"]
         assert [w["name"] for w in listed] == [webhook["name"]] and "secret" not in listed[0]
         receiver.secrets.append(webhook["secret"])
         pushed = requests.post(
@@ -213,10 +213,11 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         assert [r.verified for r in receiver.received] == [True]
         log = _cli("deliveries", webhook["name"], env=env)
         assert log.returncode == 0, log.stderr
-        lines = log.stdout.splitlines()
-        assert "SUCCEEDED" in lines[0] and "operation.failed" in lines[0]
-        assert lines[1].startswith("  #1 ") and " 202 " in lines[1]
-        assert "thanks, got it" in lines[1] and lines[1].split()[3].endswith("s")
+        header, row, attempt = log.stdout.splitlines()
+        assert header.split()[:3] == ["NAME", "STATE", "EVENT"]
+        assert "SUCCEEDED" in row and "operation.failed" in row
+        assert attempt.startswith("  #1 ") and " 202 " in attempt
+        assert "thanks, got it" in attempt and attempt.split()[3].endswith("s")
         as_json = json.loads(_cli("deliveries", "--json", "--state", "succeeded", env=env).stdout)
         assert as_json["deliveries"][0]["attempts"][0]["statusCode"] == 202
         delivery = as_json["deliveries"][0]["name"]
@@ -238,7 +239,49 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         assert drained["attempted"] == 0 and drained["pending"] == 0
         removed = _cli("rm", webhook["name"], env=env)
         assert removed.returncode == 0 and removed.stdout.strip() == f"deleted {webhook['name']}"
-        assert json.loads(_cli("list", env=env).stdout)["webhooks"] == []
+        assert json.loads(_cli("list", "--format", "json", env=env).stdout)["webhooks"] == []
+        assert _cli("list", env=env).stdout == "no webhooks\n"
+
+
+def test_every_list_command_prints_a_table_by_default_and_the_apis_json_on_request(
+    live_bridge: tuple[str, Bridge],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lrobridge.cli.main import main
+
+    url, _ = live_bridge
+    monkeypatch.setenv("LROBRIDGE_URL", url)
+    monkeypatch.setenv("LROBRIDGE_API_KEY", "cli-key")
+    auth = {"Authorization": "Bearer cli-key"}
+    watch = requests.post(
+        f"{url}/v1/watches",
+        json={"operation": "projects/p/operations/listed", "source": "grpc://127.0.0.1:1"},
+        headers=auth,
+        timeout=10,
+    ).json()
+    assert main(["webhooks", "add", "http://127.0.0.1:9/hook"]) == 0
+    assert requests.post(f"{url}/pubsub/push", data=b"not json", timeout=10).status_code == 200
+    commands = {
+        ("watches", "list"): ("watches", ["NAME", "STATE", "POLLS"], watch["name"]),
+        ("quarantine", "list"): ("messages", ["ID", "RECEIVED", "REASON"], "not JSON"),
+        ("webhooks", "list"): ("webhooks", ["NAME", "STATE", "URL"], "http://127.0.0.1:9/hook"),
+        ("webhooks", "deliveries"): ("deliveries", ["NAME", "STATE", "EVENT"], None),
+    }
+    capsys.readouterr()
+    for (group, verb), (key, headers, shown) in commands.items():
+        assert main([group, verb]) == 0
+        table = capsys.readouterr().out
+        lines = table.splitlines()
+        if shown is None:
+            assert lines == [f"no {key}"]
+        else:
+            assert lines[0].split()[:3] == headers and shown in table, table
+        assert main([group, verb, "--format", "json"]) == 0
+        listing = json.loads(capsys.readouterr().out)
+        path = group if verb == "list" else verb
+        api = requests.get(f"{url}/v1/{path}", headers=auth, timeout=10).json()
+        assert listing == api and key in listing
 
 
 def test_the_cli_reports_refusals_in_one_line_without_a_traceback(

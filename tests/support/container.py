@@ -19,12 +19,13 @@ class Image:
     env: dict[str, str]  # ENV of the final stage
     exposed: list[str]
     copied: list[str]  # COPY sources from the build context (not --from=stage)
+    runs: list[str]  # RUN commands of every stage, in order
     command: str  # CMD, as written
 
 
 def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> Image:
     parser = DockerfileParser(str(path))
-    user, exposed, copied = "", [], []
+    user, exposed, copied, runs = "", [], [], []
     for instruction in parser.structure:
         kind, value = instruction["instruction"], instruction["value"]
         if kind == "FROM":
@@ -35,12 +36,15 @@ def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> Image:
             exposed.extend(value.split())
         elif kind == "COPY" and not value.startswith("--from"):
             copied.extend(shlex.split(value)[:-1])
+        elif kind == "RUN":
+            runs.append(value)
     return Image(
         base_images=list(parser.parent_images),
         user=user,
         env=dict(parser.envs),
         exposed=exposed,
         copied=copied,
+        runs=runs,
         command=parser.cmd or "",
     )
 

@@ -165,7 +165,30 @@ def test_attributes_follow_the_contract_including_cloudevents() -> None:
         "ce-id": "e1",
         "ce-subject": "projects/p/operations/op1",
         "ce-time": "2026-11-23T12:00:00Z",
+        "content-type": "application/protobuf",
     }
+
+
+def test_every_event_message_says_its_data_content_type_per_the_cloudevents_binding() -> None:
+    """Binary content mode of the CloudEvents Pub/Sub binding: attribute `content-type` is the
+    event's datacontenttype, the media type of the payload actually sent."""
+    from lrobridge.delivery import relay
+
+    known = codec.snapshot_from_proto(_op(done=True))
+    for wanted, content_type in (("binary", "application/protobuf"), ("json", "application/json")):
+        done = relay.completion(known, "succeeded", source="s", payload_format=wanted, now=0)
+        assert done.message.attributes["content-type"] == content_type
+        progress, _ = relay.progress_message(known, source="s", payload_format=wanted, now=0)
+        assert progress.attributes["content-type"] == content_type
+    # A REST snapshot with an unknown Any travels as its JSON even when binary was asked for:
+    # the content type follows what is sent.
+    raw = {"name": "operations/x", "done": True, "response": {"@type": "type.example.com/U"}}
+    fallback = relay.completion(
+        codec.snapshot_from_json(raw), "succeeded", source="s", payload_format="binary", now=0
+    )
+    assert fallback.message.attributes["payload_format"] == "json"
+    assert fallback.message.attributes["content-type"] == "application/json"
+    assert json.loads(fallback.message.data)["name"] == "operations/x"
 
 
 def test_succeeded_attributes_carry_no_error_code() -> None:

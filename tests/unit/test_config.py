@@ -14,12 +14,12 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_match_the_documented_contract() -> None:
-    s = Settings.from_env({})
+    s = Settings.from_env({"XDG_STATE_HOME": "/state"})
     assert s.topic == "lro-completed"
     assert s.push_auth == "oidc"
     assert s.payload_format == "binary"
     assert s.grpc_port is None
-    assert s.store_url == "sqlite:///lrobridge.db"
+    assert s.store_url == "sqlite:////state/lrobridge/lrobridge.db"
     assert s.webhook_allow_networks == ()
     assert s.api_auth == "key" and s.api_keys == frozenset()
 

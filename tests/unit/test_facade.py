@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from lrobridge.core import codec
+from lrobridge.core import codec, paging
 from lrobridge.delivery import relay
 from lrobridge.errors import InvalidArgument, NotFound
 from lrobridge.operations.service import (
@@ -58,19 +58,20 @@ def _finish(store: Store, name: str, **fields: object) -> None:
 
 
 def test_a_page_token_only_continues_the_listing_it_was_issued_for() -> None:
+    tokens = paging.PageTokens(b"k" * 32)
     token = encode_page_token(
-        parent="projects/a", filter="done = true", after="projects/a/operations/x"
+        tokens, parent="projects/a", filter="done = true", after="projects/a/operations/x"
     )
-    assert decode_page_token(token, parent="projects/a", filter="done = true") == (
+    assert decode_page_token(tokens, token, parent="projects/a", filter="done = true") == (
         "projects/a/operations/x"
     )
     with pytest.raises(InvalidArgument, match="issued for parent 'projects/a'"):
-        decode_page_token(token, parent="projects/b", filter="done = true")
+        decode_page_token(tokens, token, parent="projects/b", filter="done = true")
     with pytest.raises(InvalidArgument, match="another filter"):
-        decode_page_token(token, parent="projects/a", filter="")
-    for forged in ("garbage", "eyJ4IjoxfQ", "!!!!"):
+        decode_page_token(tokens, token, parent="projects/a", filter="")
+    for forged in ("garbage", "eyJ4IjoxfQ", "!!!!", "a.b"):
         with pytest.raises(InvalidArgument, match="not issued by this API"):
-            decode_page_token(forged, parent="projects/a", filter="")
+            decode_page_token(tokens, forged, parent="projects/a", filter="")
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,7 @@ def test_a_watch_message_round_trips_every_field_and_its_data_is_the_watch_resou
     assert body["operation"] == NAME and body["source"] == SOURCE and body["polls"] == "7"
     assert attributes["ce-type"] == WATCH_EVENT_TYPE and attributes["ce-subject"] == NAME
     assert attributes["operation"] == NAME and attributes["polls"] == "7"
+    assert attributes["content-type"] == "application/json"  # CloudEvents datacontenttype
     assert decode_watch(pushed(data, attributes)) == original
 
 

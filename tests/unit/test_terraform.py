@@ -6,6 +6,7 @@ resolves (what `terraform validate` would check; providers cannot be downloaded 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -152,7 +153,8 @@ def test_both_store_choices_give_a_store_url_and_sqlite_pins_one_instance() -> N
     store_url = TF.locals["store_url"]
     assert "firestore://${var.firestore_database}" in store_url
     (sqlite_url,) = re.findall(r"sqlite:///[\w./-]+", store_url)
-    assert Settings.from_env({"LROBRIDGE_STORE": sqlite_url}).store_url == sqlite_url
+    resolved = Settings.from_env({"LROBRIDGE_STORE": sqlite_url}).store_url
+    assert resolved == "sqlite:///" + os.path.abspath(sqlite_url.removeprefix("sqlite:///"))
     assert ENV["LROBRIDGE_STORE"] == "${local.store_url}"
     assert TF.locals["max_instances"] == "${local.firestore ? var.max_instances : 1}"
     scaling = one(TEMPLATE["scaling"])
@@ -256,6 +258,8 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
         ("google_pubsub_topic_iam_member", "${google_pubsub_topic.watches.name}",
          "roles/pubsub.publisher", bridge),
         ("google_secret_manager_secret_iam_member", "${var.api_keys_secret}",
+         "roles/secretmanager.secretAccessor", bridge),
+        ("google_secret_manager_secret_iam_member", "${var.page_token_key_secret}",
          "roles/secretmanager.secretAccessor", bridge),
         ("google_project_iam_member", "project", "roles/datastore.user", bridge),
         ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", pusher),

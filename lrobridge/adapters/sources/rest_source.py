@@ -19,7 +19,9 @@ One session per source, pooled for the watcher's concurrency, created on first u
 Application Default Credentials via ``AuthorizedSession``, so building the source needs no
 credentials). Redirects are never followed. Only connection *establishment* is retried inside a
 call (urllib3 knows the request was not sent, so this is safe for POST and DELETE too); the
-watcher reschedules everything else with its own backoff.
+watcher reschedules everything else with its own backoff. urllib3 logs each of those retries as
+a WARNING; for this source's sessions they are logged at DEBUG instead, so an unreachable source
+costs one log line per failed poll (the watcher's), not three.
 
 Errors: HTTP errors through ``google.api_core.exceptions.from_http_response`` and
 :func:`lrobridge.errors.classify_api_error` (429/5xx transient, 404 NotFound, 501 Unimplemented,
@@ -70,8 +72,36 @@ _BODY_EXCERPT = 200
 SessionFactory = Callable[[], requests.Session]
 
 
+class _QuietRetry(Retry):
+    """urllib3's Retry, marked so that its "Retrying (...)" warnings are logged at DEBUG."""
+
+
+class _DemoteQuietRetries(logging.Filter):
+    """Logs urllib3's retry warning at DEBUG when the retry is one of this module's sessions'
+    (other users of urllib3 in the process keep theirs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.levelno == logging.WARNING
+            and isinstance(args, tuple)
+            and args
+            and isinstance(args[0], _QuietRetry)
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _demote_retry_warnings() -> None:
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _DemoteQuietRetries) for f in pool_log.filters):
+        pool_log.addFilter(_DemoteQuietRetries())
+
+
 def _configure(session: requests.Session, pool_size: int) -> requests.Session:
-    retry = Retry(
+    _demote_retry_warnings()
+    retry = _QuietRetry(
         total=2,
         connect=2,
         read=0,

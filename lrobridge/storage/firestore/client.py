@@ -11,8 +11,13 @@ decided by the stores themselves.
 
 Bounded retries. google-cloud-firestore retries UNAVAILABLE for 60 s (commits, transactions)
 to 300 s (queries) by default, which would hold a push request for minutes during an outage.
-:func:`_bound_retries` wraps the RPCs the stores use with the same retry predicates but a total
-deadline of ``timeout`` seconds (10 s by default).
+:class:`Retries` holds google-api-core ``Retry`` values with the library's own predicates but a
+total deadline of ``timeout`` seconds (10 s by default), and every call the stores make passes
+them with the client's public per-call ``retry=`` and ``timeout=`` (``DocumentReference.get``,
+``Client.get_all``, ``Query.stream``, ``AggregationQuery.get``, ``WriteBatch.commit``,
+``BulkWriteBatch.commit``; reads inside a transaction pass :attr:`FirestoreDatabase.reads`).
+Only a transaction's BeginTransaction, Commit and Rollback have no such argument:
+:func:`_bound_retries` sets their default policy in the transport (private internals).
 
 Claims. A lease is taken by a *conditional write* whose precondition is the document's update
 time as the query that found it due read it: the single-document form of a read-modify-write
@@ -29,6 +34,7 @@ banned-api in pyproject.toml).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -71,15 +77,40 @@ _READ_RETRYABLE = (
 )
 _WRITE_RETRYABLE = (api_exceptions.ResourceExhausted, api_exceptions.ServiceUnavailable)
 # The RPCs the stores make, and what each may retry (the library's own choices).
-_RPCS: dict[str, tuple[type[Exception], ...]] = {
-    "batch_get_documents": _READ_RETRYABLE,
-    "run_query": _READ_RETRYABLE,
-    "run_aggregation_query": _READ_RETRYABLE,
-    "begin_transaction": _READ_RETRYABLE,
-    "rollback": _READ_RETRYABLE,
-    "commit": _WRITE_RETRYABLE,
-    "batch_write": (*_WRITE_RETRYABLE, api_exceptions.Aborted),
-}
+_BATCH_WRITE_RETRYABLE = (*_WRITE_RETRYABLE, api_exceptions.Aborted)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retries:
+    """The retry policies of Firestore calls (google-api-core ``Retry`` values, immutable):
+    reads, commits, and the non-atomic BatchWrite of claims. Passed per call as ``retry=``."""
+
+    read: api_retry.Retry
+    write: api_retry.Retry
+    batch_write: api_retry.Retry
+
+    @classmethod
+    def bounded(
+        cls, deadline: float, *, on_error: Callable[[Exception], None] | None = None
+    ) -> Retries:
+        """The library's predicates, a total deadline of ``deadline`` seconds; ``on_error``
+        sees each error that is retried."""
+
+        def policy(retryable: tuple[type[Exception], ...]) -> api_retry.Retry:
+            return api_retry.Retry(
+                initial=0.1,
+                maximum=2.0,
+                multiplier=2.0,
+                predicate=api_retry.if_exception_type(*retryable),
+                timeout=deadline,
+                on_error=on_error,
+            )
+
+        return cls(
+            read=policy(_READ_RETRYABLE),
+            write=policy(_WRITE_RETRYABLE),
+            batch_write=policy(_BATCH_WRITE_RETRYABLE),
+        )
 
 
 def eq(field: str, value: Any) -> firestore.FieldFilter:
@@ -133,6 +164,7 @@ class FirestoreDatabase:
         database: str = DEFAULT_FIRESTORE_DATABASE,
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: Retries | None = None,
     ) -> None:
         if not project:
             raise ConfigError(
@@ -143,6 +175,9 @@ class FirestoreDatabase:
         self.database = database or DEFAULT_FIRESTORE_DATABASE
         self.prefix = prefix
         self.timeout = timeout
+        self.retries = retries or Retries.bounded(timeout)
+        # The per-call options of a read: ``ref.get(transaction=tx, **db.reads)``.
+        self.reads: dict[str, Any] = {"retry": self.retries.read, "timeout": timeout}
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._client = self._connect()
@@ -155,7 +190,7 @@ class FirestoreDatabase:
                 f"Firestore (LROBRIDGE_STORE=firestore://{self.database}): no Application "
                 f"Default Credentials: {exc}"
             ) from None
-        _bound_retries(client, self.timeout)
+        _bound_retries(client, self.retries, self.timeout)
         return client
 
     @property
@@ -224,25 +259,28 @@ class FirestoreDatabase:
 
     def read(self, what: str, ref: DocumentReference) -> Doc:
         with self.errors(what):
-            return ref.get()
+            return ref.get(retry=self.retries.read, timeout=self.timeout)
 
     def read_many(self, what: str, refs: Sequence[DocumentReference]) -> list[Doc]:
         """Snapshots of ``refs`` in their order (missing documents included, not existing)."""
         found: dict[str, Doc] = {}
         with self.errors(what):
             for start in range(0, len(refs), 300):
-                for snapshot in self.client.get_all(list(refs[start : start + 300])):
+                batch = list(refs[start : start + 300])
+                for snapshot in self.client.get_all(
+                    batch, retry=self.retries.read, timeout=self.timeout
+                ):
                     found[snapshot.reference.path] = snapshot
         return [found[ref.path] for ref in refs]
 
     def query(self, what: str, query: Queryable) -> list[Doc]:
         with self.errors(what):
-            return list(query.stream())
+            return list(query.stream(retry=self.retries.read, timeout=self.timeout))
 
     def count(self, what: str, query: Queryable) -> int:
         with self.errors(what):
             aggregation: Any = query.count(alias="n")
-            result: Any = aggregation.get()
+            result: Any = aggregation.get(retry=self.retries.read, timeout=self.timeout)
         return int(result[0][0].value)
 
     def claim(
@@ -264,7 +302,7 @@ class FirestoreDatabase:
                 option=client.write_option(last_update_time=snapshot.update_time),
             )
         with self.errors(what):
-            response = batch.commit()
+            response = batch.commit(retry=self.retries.batch_write, timeout=self.timeout)
         return [s for s, st in zip(candidates, response.status, strict=True) if st.code == 0]
 
     def write_batches(
@@ -284,8 +322,12 @@ class FirestoreDatabase:
         batch = self.client.batch()
         for write in writes:
             write(batch)
+        self.commit(what, batch)
+
+    def commit(self, what: str, batch: firestore.WriteBatch) -> None:
+        """Commit an atomic batch of writes (bounded retries, errors mapped)."""
         with self.errors(what):
-            batch.commit()
+            batch.commit(retry=self.retries.write, timeout=self.timeout)
 
 
 def _aborted(exc: BaseException) -> bool:
@@ -311,28 +353,35 @@ def _describe(exc: api_exceptions.GoogleAPIError) -> str:
     return text
 
 
-def _bound_retries(client: firestore.Client, deadline: float) -> None:
-    """Give the RPCs the stores use a total deadline of ``deadline`` seconds, retries included.
+# The RPCs made without a public per-call retry, and their policy: a transaction
+# (``Client.transaction`` / ``firestore.transactional``) calls BeginTransaction, Commit and
+# Rollback with no ``retry`` argument at all. Everything else passes ``Retries`` per call
+# (reads inside a transaction too: ``ref.get(transaction=tx, **db.reads)``).
+_DEFAULT_POLICY_RPCS: dict[str, Callable[[Retries], api_retry.Retry]] = {
+    "begin_transaction": lambda r: r.read,
+    "rollback": lambda r: r.read,
+    "commit": lambda r: r.write,
+}
 
-    The library fixes its retry policies when it builds its transport and offers no public
-    setting for them (transactions call begin/commit/rollback without a retry argument), so
-    the transport's wrapped methods are replaced here, once, with google-api-core's own
-    ``wrap_method``: same predicates, shorter deadline."""
+
+def _bound_retries(client: firestore.Client, retries: Retries, deadline: float) -> None:
+    """Make ``retries`` the default of the RPCs in ``_DEFAULT_POLICY_RPCS``.
+
+    PRIVATE INTERNALS: the library fixes its default retry policies when it builds its GAPIC
+    transport and offers no public setting for them, and a transaction's begin/commit/rollback
+    take no ``retry`` argument; so the transport's wrapped methods
+    (``client._firestore_api._transport._wrapped_methods``) are replaced here, once per client,
+    with google-api-core's own ``wrap_method``. A call that passes ``retry=`` (every call of
+    :class:`FirestoreDatabase`) overrides these defaults."""
     api: Any = client._firestore_api  # builds the GAPIC client and its transport
     transport = api._transport
     client_info = client._client_info
-    for name, retryable in _RPCS.items():
+    for name, policy in _DEFAULT_POLICY_RPCS.items():
         rpc = getattr(transport, name)
         wrap: Any = gapic_v1.method.wrap_method
         transport._wrapped_methods[rpc] = wrap(
             rpc,
-            default_retry=api_retry.Retry(
-                initial=0.1,
-                maximum=2.0,
-                multiplier=2.0,
-                predicate=api_retry.if_exception_type(*retryable),
-                timeout=deadline,
-            ),
+            default_retry=policy(retries),
             default_timeout=deadline,
             client_info=client_info,
         )

@@ -183,12 +183,14 @@ class FirestoreStore:
         created["seq"] = self._order.key(now, watch_id)
 
         def body(tx: Transaction) -> tuple[WatchRecord, bool]:
-            key = key_ref.get(transaction=tx)
+            key = key_ref.get(transaction=tx, **self.db.reads)
             if key.exists:
-                existing = self._doc(_WATCHES, key.get("watch_id")).get(transaction=tx)
+                existing = self._doc(_WATCHES, key.get("watch_id")).get(
+                    transaction=tx, **self.db.reads
+                )
                 if existing.exists:
                     return rules.watch_record(fields(existing)), False
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             tx.create(self._doc(_WATCHES, watch_id), created)
             tx.set(key_ref, {"watch_id": watch_id, "source": source, "operation": operation})
             _put(tx, op_ref, rules.track(tracked, operation, source=source, now=now))
@@ -228,16 +230,20 @@ class FirestoreStore:
         ref = self._doc(_WATCHES, watch_id)
 
         def body(tx: Transaction) -> bool:
-            snapshot = ref.get(transaction=tx)
+            snapshot = ref.get(transaction=tx, **self.db.reads)
             if not snapshot.exists:
                 return False
             watch = fields(snapshot)
             key_ref = self._doc(_WATCH_KEYS, digest(watch["source"], watch["operation"]))
-            key = key_ref.get(transaction=tx)
+            key = key_ref.get(transaction=tx, **self.db.reads)
             siblings = self._col(_WATCHES).where(filter=eq("operation", watch["operation"]))
-            others = [d for d in siblings.limit(2).stream(transaction=tx) if d.id != watch_id]
+            others = [
+                d
+                for d in siblings.limit(2).stream(transaction=tx, **self.db.reads)
+                if d.id != watch_id
+            ]
             op_ref = self._operation_ref(watch["operation"])
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             tx.delete(ref)
             if key.exists and key.get("watch_id") == watch_id:
                 tx.delete(key_ref)
@@ -313,7 +319,7 @@ class FirestoreStore:
         held = self._leases.held(_WATCH, watch_id)
 
         def body(tx: Transaction) -> tuple[bool, bool]:
-            watch = _row(ref.get(transaction=tx))
+            watch = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.record_pending(
                 watch,
                 held,
@@ -327,7 +333,9 @@ class FirestoreStore:
             if watch is None or changes is None:
                 return False, watch is None
             op_ref = self._operation_ref(watch["operation"])
-            tracked = _row(op_ref.get(transaction=tx)) if snapshot is not None else None
+            tracked = (
+                _row(op_ref.get(transaction=tx, **self.db.reads)) if snapshot is not None else None
+            )
             tx.update(ref, changes)
             if snapshot is None:
                 return False, True
@@ -412,13 +420,13 @@ class FirestoreStore:
         held = self._leases.held(_WATCH, watch_id)
 
         def body(tx: Transaction) -> tuple[int | None, bool]:
-            watch = _row(ref.get(transaction=tx))
+            watch = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.record_completion(watch, held, completion, now=now)
             if watch is None or changes is None:
                 return None, watch is None
             operation, source = watch["operation"], watch["source"]
             op_ref = self._operation_ref(operation)
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             tx.update(ref, changes)
             final = rules.store_final(
                 tracked, operation, source=source, origin="watch", completion=completion, now=now
@@ -447,7 +455,7 @@ class FirestoreStore:
         held = self._leases.held(_WATCH, watch_id)
 
         def body(tx: Transaction) -> bool:
-            watch = _row(ref.get(transaction=tx))
+            watch = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.record_failure(watch, held, code=code, message=message, now=now)
             if changes is not None:
                 tx.update(ref, changes)
@@ -461,7 +469,7 @@ class FirestoreStore:
 
         def body(tx: Transaction) -> int:
             made_due = 0
-            for doc in list(query.stream(transaction=tx)):
+            for doc in list(query.stream(transaction=tx, **self.db.reads)):
                 changes = rules.poll_soon(fields(doc), now=now)
                 if changes is not None:
                     tx.update(doc.reference, changes)
@@ -522,8 +530,7 @@ class FirestoreStore:
             now=now,
             token=token,
         )
-        with self.db.errors("put the message in the outbox"):
-            batch.commit()
+        self.db.commit("put the message in the outbox", batch)
         self._leases.took(_ENTRY, entry_id, token)
         return entry_id
 
@@ -550,11 +557,15 @@ class FirestoreStore:
         held = self._leases.held(_ENTRY, entry_id)
 
         def body(tx: Transaction) -> bool:
-            entry = _row(ref.get(transaction=tx))
+            entry = _row(ref.get(transaction=tx, **self.db.reads))
             if entry is None or not rules.settle_publish(entry, held):
                 return entry is None
             watch_id = entry["watch_id"]
-            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
+            watch = (
+                self._doc(_WATCHES, watch_id).get(transaction=tx, **self.db.reads)
+                if watch_id
+                else None
+            )
             tx.delete(ref)
             if watch is not None and rules.settle_watch(_row(watch)):
                 tx.update(watch.reference, {"state": int(WatchState.COMPLETED), "update_time": now})
@@ -570,14 +581,18 @@ class FirestoreStore:
         held = self._leases.held(_ENTRY, entry_id)
 
         def body(tx: Transaction) -> bool:
-            entry = _row(ref.get(transaction=tx))
+            entry = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.retry_publish(
                 entry, held, next_attempt=next_attempt, error_message=error_message
             )
             if entry is None or changes is None:
                 return entry is None
             watch_id = entry["watch_id"]
-            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
+            watch = (
+                self._doc(_WATCHES, watch_id).get(transaction=tx, **self.db.reads)
+                if watch_id
+                else None
+            )
             tx.update(ref, changes)
             if watch is not None and watch.exists:
                 noted = rules.publish_retried_on_watch(error_message, now=now)
@@ -593,12 +608,16 @@ class FirestoreStore:
         held = self._leases.held(_ENTRY, entry_id)
 
         def body(tx: Transaction) -> bool:
-            entry = _row(ref.get(transaction=tx))
+            entry = _row(ref.get(transaction=tx, **self.db.reads))
             kept = rules.abandon_publish(entry, held, reason=reason, now=now)
             if entry is None or kept is None:
                 return entry is None  # abandoned already (or published meanwhile, or taken over)
             watch_id = entry["watch_id"]
-            watch = self._doc(_WATCHES, watch_id).get(transaction=tx) if watch_id else None
+            watch = (
+                self._doc(_WATCHES, watch_id).get(transaction=tx, **self.db.reads)
+                if watch_id
+                else None
+            )
             data = kept["body"]
             if len(data) > QUARANTINE_BODY_LIMIT:
                 kept["reason"] += (
@@ -634,7 +653,7 @@ class FirestoreStore:
         op_ref = self._operation_ref(name)
 
         def body(tx: Transaction) -> None:
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             _put(tx, op_ref, rules.track(tracked, name, source=source, now=now))
 
         self.db.transact("track the operation", body)
@@ -645,7 +664,7 @@ class FirestoreStore:
         op_ref = self._operation_ref(snapshot.name)
 
         def body(tx: Transaction) -> None:
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             observed = rules.record_observation(
                 tracked, snapshot, source=source, outcome=outcome, now=now
             )
@@ -698,8 +717,8 @@ class FirestoreStore:
         watches = self._col(_WATCHES).where(filter=eq("operation", name))
 
         def body(tx: Transaction) -> bool:
-            tracked = _row(op_ref.get(transaction=tx))
-            docs = list(watches.stream(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
+            docs = list(watches.stream(transaction=tx, **self.db.reads))
             changes = rules.tombstone(tracked)
             if changes is not None:
                 tx.update(op_ref, changes)
@@ -714,7 +733,7 @@ class FirestoreStore:
         op_ref = self._operation_ref(name)
 
         def body(tx: Transaction) -> OperationRecord | None:
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             changes = rules.request_cancel(tracked, now=now)
             if tracked is None or changes is None:
                 return None
@@ -746,7 +765,9 @@ class FirestoreStore:
         token = rules.lease_token(self.owner)
 
         def body(tx: Transaction) -> OutboxEntry | None:
-            changes = rules.update_produced(_row(op_ref.get(transaction=tx)), snapshot, now=now)
+            changes = rules.update_produced(
+                _row(op_ref.get(transaction=tx, **self.db.reads)), snapshot, now=now
+            )
             tx.update(op_ref, changes)
             if message is None:
                 return None
@@ -774,7 +795,7 @@ class FirestoreStore:
         token = rules.lease_token(self.owner)
 
         def body(tx: Transaction) -> OutboxEntry:
-            tracked = _row(op_ref.get(transaction=tx))
+            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
             rules.check_produced_running(tracked, name)
             assert tracked is not None
             final = rules.store_final(
@@ -818,7 +839,7 @@ class FirestoreStore:
         for _ in range(TRANSACTION_ATTEMPTS):
             current = self.db.read("read the callback run", ref)
             result, put = rules.claim_callback(
-                _row(current), event_id, callback, now=now, lease=lease
+                _row(current), event_id, callback, now=now, lease=lease, owner=self.owner
             )
             if put is None:
                 return result
@@ -844,19 +865,20 @@ class FirestoreStore:
 
     def finish_callback(
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None:
+    ) -> bool:
         ref = self._doc(_CALLBACK_RUNS, digest(event_id, callback))
         held = self._leases.held(_RUN, (event_id, callback))
 
-        def body(tx: Transaction) -> bool:
-            run = _row(ref.get(transaction=tx))
+        def body(tx: Transaction) -> tuple[bool, bool]:
+            run = _row(ref.get(transaction=tx, **self.db.reads))
             changes = rules.finish_callback(run, held, ok=ok, error=error, now=now)
             if changes is not None:
                 tx.update(ref, changes)
-            return run is None or changes is not None
+            return run is None or changes is not None, changes is not None
 
-        wrote = self.db.transact("record the callback run", body)
+        wrote, recorded = self.db.transact("record the callback run", body)
         self._leases.settled(_RUN, (event_id, callback), wrote=wrote)
+        return recorded
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         query = (
@@ -871,7 +893,7 @@ class FirestoreStore:
             for doc in old:
                 batch.delete(doc.reference)
             if old:
-                batch.commit()
+                batch.commit(retry=self.db.retries.write, timeout=self.db.timeout)
         return len(old)
 
     def quarantine(self, *, reason: str, body: bytes, headers: dict[str, str], now: float) -> int:

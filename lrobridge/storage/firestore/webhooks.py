@@ -183,7 +183,7 @@ class FirestoreWebhookStore:
         ref = self._doc(_WEBHOOKS, webhook_id)
 
         def body(tx: Transaction) -> None:
-            current = ref.get(transaction=tx)
+            current = ref.get(transaction=tx, **self.db.reads)
             if current.exists:
                 tx.update(
                     ref,
@@ -224,8 +224,8 @@ class FirestoreWebhookStore:
         pending = self._pending_of(webhook_id)
 
         def body(tx: Transaction) -> None:
-            webhook = ref.get(transaction=tx)
-            docs = list(pending.stream(transaction=tx))
+            webhook = ref.get(transaction=tx, **self.db.reads)
+            docs = list(pending.stream(transaction=tx, **self.db.reads))
             _disable(tx, webhook, docs, reason, now, {})
 
         self.db.transact("disable the webhook", body)
@@ -255,8 +255,12 @@ class FirestoreWebhookStore:
             planned.append((new, delivery_id, self._order.key(now, delivery_id)))
 
         def body(tx: Transaction) -> list[str]:
-            stored = message_ref.get(transaction=tx)
-            existing = {s.reference.path for s in tx.get_all(keys) if s.exists} if keys else set()
+            stored = message_ref.get(transaction=tx, **self.db.reads)
+            existing = (
+                {s.reference.path for s in tx.get_all(keys, **self.db.reads) if s.exists}
+                if keys
+                else set()
+            )
             if not stored.exists:
                 tx.set(
                     message_ref,
@@ -393,9 +397,11 @@ class FirestoreWebhookStore:
         }
 
         def body(tx: Transaction) -> bool:
-            current = ref.get(transaction=tx)
-            webhook = webhook_ref.get(transaction=tx)
-            others = list(pending.stream(transaction=tx)) if plan.disable_reason else []
+            current = ref.get(transaction=tx, **self.db.reads)
+            webhook = webhook_ref.get(transaction=tx, **self.db.reads)
+            others = (
+                list(pending.stream(transaction=tx, **self.db.reads)) if plan.disable_reason else []
+            )
             if not current.exists:
                 return False
             log = [*current.get("attempts"), logged]
@@ -480,7 +486,11 @@ class FirestoreWebhookStore:
         )
 
         def body(tx: Transaction) -> int:
-            docs = [d for d in dead.stream(transaction=tx) if d.get("create_time") >= since]
+            docs = [
+                d
+                for d in dead.stream(transaction=tx, **self.db.reads)
+                if d.get("create_time") >= since
+            ]
             for doc in docs:
                 tx.update(doc.reference, _requeued(now))
             return len(docs)

@@ -10,6 +10,10 @@
 * ``write()`` is one ``BEGIN IMMEDIATE`` transaction: committed before it returns, rolled back
   when the block raises;
 * ``synchronous=NORMAL`` in WAL mode: a committed transaction survives a killed process;
+* the schema is a ladder of migrations on ``PRAGMA user_version``
+  (:mod:`lrobridge.storage.sqlite.schema`): opening a file applies the steps it lacks in one
+  ``BEGIN IMMEDIATE`` transaction (concurrent openers wait, then find it migrated), and a file
+  of a newer lrobridge is refused with FailedPrecondition;
 * a database that stays locked past the busy timeout, or that cannot be written (disk full,
   read-only), raises :class:`~lrobridge.errors.Unavailable`: the caller's request fails as
   retryable (a push is nacked, an API call answers 503) instead of crashing.
@@ -29,6 +33,7 @@ from typing import Any
 
 from lrobridge.errors import FailedPrecondition, Unavailable
 from lrobridge.storage.rules import Put
+from lrobridge.storage.sqlite.schema import MIGRATIONS, Migration
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -40,12 +45,12 @@ class SqliteDatabase:
     def __init__(
         self,
         path: str,
-        schema: str,
+        migrations: Sequence[Migration] = MIGRATIONS,
         *,
         on_open: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.path = path
-        self._schema = schema
+        self._migrations = tuple(migrations)
         self._on_open = on_open
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
@@ -71,7 +76,7 @@ class SqliteDatabase:
             conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             if self._on_open is not None:
                 self._on_open(conn)
-            conn.executescript(self._schema)
+            migrate(conn, self._migrations, path=self.path)
         except sqlite3.Error as exc:
             raise FailedPrecondition(f"cannot open the store at {self.path!r}: {exc}") from None
         return conn
@@ -228,6 +233,51 @@ def put(conn: sqlite3.Connection, table: str, key: str, value: Any, write: Put |
         insert(conn, table, write.fields)
     else:
         update(conn, table, key, value, write.fields)
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, path: str) -> int:
+    """Bring the file on ``conn`` to the last version of ``migrations``; the version it had.
+
+    The steps it lacks run in one ``BEGIN IMMEDIATE`` transaction with the new
+    ``user_version``: another process opening the file at the same time waits for it (busy
+    timeout) and then finds nothing left to do; a step that fails leaves the file as it was."""
+    target = migrations[-1].version
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == target:
+        return found  # the usual case: no write lock taken
+    _refuse_newer(found, target, path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        _refuse_newer(found, target, path)
+        steps = {m.from_version: m for m in migrations}
+        while version < target:
+            step = steps.get(version)
+            if step is None:
+                raise FailedPrecondition(
+                    f"the store at {path!r} has schema version {version}, which this lrobridge "
+                    f"cannot migrate (it knows versions {sorted(steps)} and {target}): use a new "
+                    "file (LROBRIDGE_STORE)"
+                )
+            for statement in step.statements:
+                conn.execute(statement)
+            version = step.version
+        conn.execute(f"PRAGMA user_version={target}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _refuse_newer(found: int, target: int, path: str) -> None:
+    if found > target:
+        raise FailedPrecondition(
+            f"the store at {path!r} has schema version {found}, written by a newer lrobridge; "
+            f"this one reads up to version {target}: upgrade lrobridge, or use another file "
+            "(LROBRIDGE_STORE)"
+        )
 
 
 @contextmanager

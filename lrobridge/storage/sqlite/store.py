@@ -14,7 +14,7 @@ the process makes under a lease another one took over since is refused
 
 Tables: ``watches`` (schedule), ``operations`` (latest state per tracked operation name, for the
 Operations facade), ``outbox`` (messages until Pub/Sub acknowledged them), ``callback_runs`` and
-``quarantine`` (push side).
+``quarantine`` (push side); their DDL and its migrations are :mod:`lrobridge.storage.sqlite.schema`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import re
 import secrets
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -43,7 +43,7 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from lrobridge.errors import AlreadyExists, InvalidArgument
 from lrobridge.storage import rules
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
@@ -55,85 +55,7 @@ from lrobridge.storage.sqlite.database import (
     update,
     update_where,
 )
-
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS watches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    source TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    polls INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    next_poll REAL NOT NULL,
-    expire_time REAL,
-    initial_delay REAL NOT NULL,
-    multiplier REAL NOT NULL,
-    max_delay REAL NOT NULL,
-    progress INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL DEFAULT '',
-    event_id TEXT NOT NULL DEFAULT '',
-    last_error_code INTEGER NOT NULL DEFAULT 0,
-    last_error_message TEXT NOT NULL DEFAULT '',
-    lease_owner TEXT NOT NULL DEFAULT '',
-    UNIQUE (source, operation)
-);
-CREATE INDEX IF NOT EXISTS watches_due ON watches (state, next_poll);
-CREATE INDEX IF NOT EXISTS watches_operation ON watches (operation);
-CREATE TABLE IF NOT EXISTS operations (
-    name TEXT PRIMARY KEY,
-    parent TEXT NOT NULL,
-    source TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL DEFAULT '',
-    error_code INTEGER,
-    metadata_type TEXT NOT NULL DEFAULT '',
-    response_type TEXT NOT NULL DEFAULT '',
-    data BLOB,
-    data_format TEXT NOT NULL DEFAULT 'binary',
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS operations_parent ON operations (parent, name);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    watch_id TEXT,
-    data BLOB NOT NULL,
-    attributes TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT '',
-    lease_owner TEXT NOT NULL DEFAULT '',
-    create_time REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt);
-CREATE TABLE IF NOT EXISTS callback_runs (
-    event_id TEXT NOT NULL,
-    callback TEXT NOT NULL,
-    state TEXT NOT NULL,
-    lease_until REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    update_time REAL NOT NULL,
-    PRIMARY KEY (event_id, callback)
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receive_time REAL NOT NULL,
-    reason TEXT NOT NULL,
-    body BLOB NOT NULL,
-    headers TEXT NOT NULL
-);
-"""
+from lrobridge.storage.sqlite.schema import MIGRATIONS
 
 _WATCH_SELECT = "seq, " + ", ".join(rules.WATCH_FIELDS)
 _OPERATION_SELECT = ", ".join(rules.OPERATION_FIELDS)
@@ -152,7 +74,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = SqliteDatabase(path, _SCHEMA, on_open=_check_schema_version(path))
+        self._db = SqliteDatabase(path, MIGRATIONS)
         self._leases = rules.LeaseBook()
 
     @property
@@ -418,13 +340,16 @@ class SqliteStore:
 
     def recover(self, *, now: float) -> int:
         """Take back the leases of processes on this machine that no longer run (killed
-        mid-poll or mid-publish): their watches and outbox entries are due at once."""
+        mid-poll, mid-publish or mid-callback): their watches and outbox entries are due at
+        once, and their callback runs are failed, so a redelivery runs them at once."""
         host = socket.gethostname()
         tokens = {
             row[0]
             for row in self._read(
                 "SELECT DISTINCT lease_owner FROM watches WHERE lease_owner != '' UNION "
-                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != ''"
+                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner != '' UNION "
+                "SELECT DISTINCT lease_owner FROM callback_runs WHERE lease_owner != '' "
+                "AND state = 'running'"
             )
         }
         dead = [
@@ -449,6 +374,16 @@ class SqliteStore:
                     changes = rules.recover_publish(entry, dead=True, now=now)
                     if changes is not None:
                         update(conn, "outbox", "id", entry["id"], changes)
+                        released += 1
+                key = "event_id = ? AND callback = ?"
+                for run in select_all(
+                    conn, "callback_runs", _RUN_SELECT, "lease_owner = ?", (token,)
+                ):
+                    changes = rules.recover_callback_run(run, dead=True, now=now)
+                    if changes is not None:
+                        update_where(
+                            conn, "callback_runs", key, (run["event_id"], run["callback"]), changes
+                        )
                         released += 1
         return released
 
@@ -693,7 +628,15 @@ class SqliteStore:
         key = "event_id = ? AND callback = ?"
         with self._write() as conn:
             current = select_one(conn, "callback_runs", _RUN_SELECT, key, (event_id, callback))
-            result, put = rules.claim_callback(current, event_id, callback, now=now, lease=lease)
+            result, put = rules.claim_callback(
+                current,
+                event_id,
+                callback,
+                now=now,
+                lease=lease,
+                owner=self.owner,
+                holder_gone=self._gone(rules.callback_holder(current)),
+            )
             if put is None:
                 return result
             if put.create:
@@ -704,9 +647,18 @@ class SqliteStore:
         self._leases.took(_RUN, (event_id, callback), attempts)
         return result
 
+    def _gone(self, holder: str) -> bool:
+        """Whether the process holding a claim was on this machine and no longer runs (killed
+        while its callback ran): its claim is taken over at once, not when the lease ends."""
+        return (
+            bool(holder)
+            and holder != self.owner
+            and _dead_local_process(holder, socket.gethostname())
+        )
+
     def finish_callback(
         self, event_id: str, callback: str, *, ok: bool, error: str, now: float
-    ) -> None:
+    ) -> bool:
         key = "event_id = ? AND callback = ?"
         held = self._leases.held(_RUN, (event_id, callback))
         with self._write() as conn:
@@ -716,6 +668,7 @@ class SqliteStore:
                 update_where(conn, "callback_runs", key, (event_id, callback), changes)
         wrote = current is None or changes is not None
         self._leases.settled(_RUN, (event_id, callback), wrote=wrote)
+        return changes is not None
 
     def prune_callback_runs(self, *, older_than: float) -> int:
         """Forget succeeded runs last touched before ``older_than`` (past any redelivery)."""
@@ -747,19 +700,6 @@ def _watch_row(row: Sequence[Any]) -> dict[str, Any]:
 
 def _operation_row(row: Sequence[Any]) -> dict[str, Any]:
     return as_row(_OPERATION_SELECT, row)
-
-
-def _check_schema_version(path: str) -> Callable[[sqlite3.Connection], None]:
-    def check(conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise FailedPrecondition(
-                f"the store at {path!r} has schema version {version}; this lrobridge reads "
-                f"version {SCHEMA_VERSION}: use a new file (LROBRIDGE_STORE)"
-            )
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    return check
 
 
 def seq_cursor(after: str) -> int:

@@ -2,8 +2,9 @@
 
 Opens the same SQLite file as the main store (``LROBRIDGE_STORE``) through a connection of its
 own, in WAL mode, with its own tables (``webhooks``, ``webhook_messages``,
-``webhook_deliveries``, ``webhook_attempts``). Every method is one transaction that is committed
-before it returns, so a delivery reported as written survives a killed process.
+``webhook_deliveries``, ``webhook_attempts``; DDL and migrations in
+:mod:`lrobridge.storage.sqlite.schema`, the file's one ladder). Every method is one transaction
+that is committed before it returns, so a delivery reported as written survives a killed process.
 
 Claims: :meth:`SqliteWebhookStore.claim_due` pushes each due delivery's ``next_attempt`` forward
 by a lease and stamps it with a random claim token inside one ``BEGIN IMMEDIATE`` transaction;
@@ -25,6 +26,7 @@ from typing import Any
 
 from lrobridge.storage import rules
 from lrobridge.storage.sqlite.database import SqliteDatabase, as_row, select_one, update
+from lrobridge.storage.sqlite.schema import MIGRATIONS
 from lrobridge.storage.sqlite.store import seq_cursor
 from lrobridge.webhooks.model import (
     Attempt,
@@ -38,67 +40,6 @@ from lrobridge.webhooks.model import (
     signing_secrets,
 )
 from lrobridge.webhooks.schedule import Plan
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhooks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    url TEXT NOT NULL,
-    description TEXT NOT NULL DEFAULT '',
-    operation_glob TEXT NOT NULL DEFAULT '',
-    outcomes TEXT NOT NULL DEFAULT '',
-    metadata_type TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    disabled_reason TEXT NOT NULL DEFAULT '',
-    disable_time REAL,
-    secret TEXT NOT NULL,
-    previous_secret TEXT NOT NULL DEFAULT '',
-    previous_secret_expire_time REAL,
-    failing_since REAL,
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_messages (
-    id TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    body BLOB NOT NULL,
-    create_time REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    webhook_id TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt_count INTEGER NOT NULL DEFAULT 0,
-    round_attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL,
-    claim_token TEXT NOT NULL DEFAULT '',
-    create_time REAL NOT NULL,
-    update_time REAL NOT NULL,
-    last_status_code INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    UNIQUE (webhook_id, message_id)
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due
-    ON webhook_deliveries (state, next_attempt);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
-    ON webhook_deliveries (webhook_id, seq);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    delivery_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    time REAL NOT NULL,
-    status_code INTEGER NOT NULL,
-    latency REAL NOT NULL,
-    response_body TEXT NOT NULL,
-    error TEXT NOT NULL,
-    address TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhook_attempts_by_delivery ON webhook_attempts (delivery_id, seq);
-"""
 
 _WEBHOOK_COLUMNS = (
     "seq, id, url, description, operation_glob, outcomes, metadata_type, state, "
@@ -122,7 +63,7 @@ class SqliteWebhookStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = SqliteDatabase(path, _SCHEMA)
+        self._db = SqliteDatabase(path, MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()

@@ -57,17 +57,30 @@ resource "google_secret_manager_secret" "api_keys" {
   depends_on = [google_project_service.apis]
 }
 
+# The key page tokens are signed with, shared by every instance; add a version with
+#   python3 -c 'import secrets; print(secrets.token_urlsafe(32), end="")' |
+#     gcloud secrets versions add lrobridge-page-token-key --data-file=-
+resource "google_secret_manager_secret" "page_token_key" {
+  project   = var.project_id
+  secret_id = "lrobridge-page-token-key"
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.apis]
+}
+
 module "lrobridge" {
   source = "../../modules/lrobridge"
 
-  project_id          = var.project_id
-  region              = var.region
-  image               = var.image
-  watch_mode          = var.watch_mode
-  store               = var.store
-  api_keys_secret     = google_secret_manager_secret.api_keys.secret_id
-  api_invokers        = var.api_invokers
-  deletion_protection = var.deletion_protection
+  project_id            = var.project_id
+  region                = var.region
+  image                 = var.image
+  watch_mode            = var.watch_mode
+  store                 = var.store
+  api_keys_secret       = google_secret_manager_secret.api_keys.secret_id
+  page_token_key_secret = google_secret_manager_secret.page_token_key.secret_id
+  api_invokers          = var.api_invokers
+  deletion_protection   = var.deletion_protection
 
   depends_on = [google_project_service.apis]
 }

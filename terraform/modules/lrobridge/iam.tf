@@ -23,6 +23,14 @@ resource "google_secret_manager_secret_iam_member" "bridge_reads_api_keys" {
   member    = "serviceAccount:${google_service_account.bridge.email}"
 }
 
+# The bridge reads the key its page tokens are signed with.
+resource "google_secret_manager_secret_iam_member" "bridge_reads_page_token_key" {
+  project   = var.project_id
+  secret_id = var.page_token_key_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.bridge.email}"
+}
+
 # The bridge reads and writes the Firestore store.
 resource "google_project_iam_member" "bridge_uses_firestore" {
   count   = local.firestore ? 1 : 0

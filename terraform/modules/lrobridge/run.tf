@@ -52,6 +52,16 @@ resource "google_cloud_run_v2_service" "bridge" {
         }
       }
 
+      env {
+        name = "LROBRIDGE_PAGE_TOKEN_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = var.page_token_key_secret
+            version = "latest"
+          }
+        }
+      }
+
       startup_probe {
         http_get {
           path = "/healthz"
@@ -72,6 +82,7 @@ resource "google_cloud_run_v2_service" "bridge" {
 
   depends_on = [
     google_secret_manager_secret_iam_member.bridge_reads_api_keys,
+    google_secret_manager_secret_iam_member.bridge_reads_page_token_key,
     google_project_iam_member.bridge_uses_firestore,
     google_firestore_database.store,
     google_firestore_index.store, # list and claim queries fail until their indexes exist

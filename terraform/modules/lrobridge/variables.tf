@@ -160,6 +160,11 @@ variable "api_keys_secret" {
   type        = string
 }
 
+variable "page_token_key_secret" {
+  description = "Secret Manager secret id whose latest version is the key page tokens are signed with (LROBRIDGE_PAGE_TOKEN_KEY, at least 16 characters): every instance must share it, so any instance serves the next page of a listing."
+  type        = string
+}
+
 variable "api_invokers" {
   description = "Members allowed through Cloud Run IAM to call the /v1 API (e.g. user:you@example.com, group:ops@example.com)."
   type        = list(string)
