@@ -94,6 +94,7 @@ FLUSH_BATCH = 1000
 DRAIN_INTERVAL = 1.0
 # SQLite: leases of processes on this machine that died are taken back this often.
 RECOVER_INTERVAL = 30.0
+MAX_LOOP_FAILURES = 5  # unexpected errors in a row after which the watcher stops
 
 
 @dataclasses.dataclass
@@ -216,6 +217,7 @@ class Watcher:
         next_claim = next_drain = next_renew = 0.0
         next_recover = time.monotonic() + RECOVER_INTERVAL
         next_flush = time.monotonic() + FLUSH_INTERVAL
+        failures = 0
         try:
             while not self._stop.is_set():
                 pause = IDLE_RECHECK
@@ -247,9 +249,15 @@ class Watcher:
                 except TransientError as exc:  # a shared store (Firestore) can be out a while
                     log.warning("the store is unavailable, retrying in 1s: %s", exc.message)
                     pause = STORE_RETRY_SECONDS
-                except Exception:  # the loop must survive anything; nothing held is lost
+                except Exception:  # one failure must not end the watcher; nothing held is lost
+                    failures += 1
+                    if failures > MAX_LOOP_FAILURES:
+                        log.error("the watcher's loop failed %d times in a row: stopping", failures)
+                        raise
                     log.exception("the watcher's loop failed unexpectedly; going on in 1s")
                     pause = STORE_RETRY_SECONDS
+                else:
+                    failures = 0
                 await self._pause(pause)
         finally:
             await self._shutdown()
