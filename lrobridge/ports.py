@@ -212,6 +212,11 @@ class Outbox(Protocol):
         """Drop the entry; a watch waiting on it becomes COMPLETED."""
         ...
 
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        """:meth:`mark_published` for many entries (SQLite: one transaction; Firestore: one
+        each)."""
+        ...
+
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
     ) -> None: ...

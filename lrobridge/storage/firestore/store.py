@@ -552,6 +552,11 @@ class FirestoreStore:
             self._leases.took(_ENTRY, row["id"], token)
         return [rules.outbox_entry(row) for row in held]
 
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        """One transaction per entry (each settles its watch too)."""
+        for entry_id in entry_ids:
+            self.mark_published(entry_id, now=now)
+
     def mark_published(self, entry_id: int, *, now: float) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
         held = self._leases.held(_ENTRY, entry_id)

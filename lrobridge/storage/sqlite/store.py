@@ -451,14 +451,21 @@ class SqliteStore:
             update(conn, "watches", "id", watch_id, state)
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
-        held = self._leases.held(_ENTRY, entry_id)
+        self.mark_published_many([entry_id], now=now)
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        settled: list[tuple[int, bool]] = []
         with self._write() as conn:
-            entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
-            wrote = entry is None or rules.settle_publish(entry, held)
-            if entry is not None and wrote:
-                conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-                self._settle_watch(conn, entry["watch_id"], now)
-        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+            for entry_id in entry_ids:
+                held = self._leases.held(_ENTRY, entry_id)
+                entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
+                wrote = entry is None or rules.settle_publish(entry, held)
+                if entry is not None and wrote:
+                    conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                    self._settle_watch(conn, entry["watch_id"], now)
+                settled.append((entry_id, wrote))
+        for entry_id, wrote in settled:
+            self._leases.settled(_ENTRY, entry_id, wrote=wrote)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
