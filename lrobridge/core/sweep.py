@@ -23,7 +23,8 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   its calls nor the CPU of reading long listings exceed what it saves.
 
 Covered watches keep a slow single poll (``SAFETY_NET`` seconds apart) in case the listing
-misses something it cannot show (see above).
+misses something it cannot show (see above), and poll on their own again while sweeps fail
+transiently (until the next listing) or for good.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class SweepPlan:
     verified: set[str] = dataclasses.field(default_factory=set)  # seen in a full listing
     uncovered: set[str] = dataclasses.field(default_factory=set)  # missed by one
     reason: str = ""  # why it failed, for the log
+    healthy: bool = True  # False from a transient failure until the next listing
 
     @classmethod
     def for_parent(cls, parent: str, *, grpc: bool) -> SweepPlan:
@@ -112,6 +114,7 @@ class SweepPlan:
         since (its single polls may then slow to SAFETY_NET)."""
         return (
             self.status is SweepStatus.WORKING
+            and self.healthy
             and name in self.verified
             and name not in self.uncovered
         )
@@ -134,6 +137,7 @@ class SweepPlan:
         ``found_done`` of them watched and done); ``watched``: the names watched meanwhile;
         ``polls_per_second``: what the watched ones would poll on their own."""
         self.sweeps += 1
+        self.healthy = True
         if request.verifies and watched:
             missing = watched - listed
             if missing == watched and self.status is SweepStatus.PROBING:
@@ -155,6 +159,8 @@ class SweepPlan:
     def failed(self, request: SweepRequest, error: BridgeError, *, now: float) -> None:
         """A page of the sweep failed with ``error``."""
         if isinstance(error, TransientError):
+            # Covered watches poll on their own again until a sweep lists the collection.
+            self.healthy = False
             self.next_sweep = now + RETRY_AFTER_ERROR
             return
         if error.code in (Code.UNIMPLEMENTED, Code.PERMISSION_DENIED):

@@ -542,6 +542,18 @@ class Watcher:
         error: BridgeError,
     ) -> None:
         plan.failed(request, error, now=self._clock())
+        if isinstance(error, TransientError):
+            log.warning("ListOperations sweep of %r on %s failed: %s", key[1], key[0], error)
+        # Watches the sweep covered poll on their own again, from now.
+        now = self._clock()
+        for watch_id in list(self._groups.get(key, {}).values()):
+            held = self._held.get(watch_id)
+            if held is not None and not held.polling and not plan.covers(held.record.operation):
+                held.version += 1
+                held.record = dataclasses.replace(
+                    held.record, next_poll=max(now, held.record.next_poll)
+                )
+                self._schedule(held)
         if plan.status is sweep.SweepStatus.FAILED:
             log.info(
                 "%s: no ListOperations sweeps of %r (%s); polling each operation",

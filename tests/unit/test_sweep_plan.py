@@ -66,12 +66,14 @@ def test_unimplemented_or_permission_denied_ends_sweeping_the_collection(error: 
     assert plan.status is SweepStatus.FAILED and not plan.due(1e9) and not plan.covers(A)
 
 
-def test_a_transient_error_retries_later_without_forgetting_anything() -> None:
+def test_a_transient_error_uncovers_the_watches_until_the_next_listing() -> None:
     plan = SweepPlan.for_parent(PARENT, grpc=False)
     listed(plan, {A}, {A})
     plan.failed(plan.request({A}), Unavailable("down"), now=10.0)
-    assert plan.status is SweepStatus.WORKING and plan.covers(A)
+    assert plan.status is SweepStatus.WORKING and not plan.covers(A)  # polled on their own
     assert plan.next_sweep == 10.0 + sweep.RETRY_AFTER_ERROR
+    listed(plan, set(), {A})  # a filtered sweep works again: nothing was forgotten
+    assert plan.covers(A)
 
 
 def test_grpc_tries_the_collection_name_when_the_parent_lists_none_of_the_watched_names() -> None:
