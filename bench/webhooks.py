@@ -50,9 +50,10 @@ import requests  # noqa: E402
 from google.longrunning import operations_proto_pb2 as operations_pb2  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from lrobridge import Bridge, codec  # noqa: E402
+from lrobridge import Bridge  # noqa: E402
 from lrobridge.adapters.webhook_sender import PinnedSender  # noqa: E402
 from lrobridge.config import Settings  # noqa: E402
+from lrobridge.core import codec  # noqa: E402
 from lrobridge.webhooks.signing import generate_secret, signed_headers  # noqa: E402
 from lrobridge.webhooks.ssrf import Guard  # noqa: E402
 from lrobridge.webhooks.worker import SendRequest  # noqa: E402
@@ -183,7 +184,7 @@ def run_bridge(
     base = f"http://127.0.0.1:{server.server_port}"
     for i in range(endpoints):
         bridge.webhooks.create(f"http://127.0.0.1:{receiver_port}/e{i}")
-    bridge.webhook_runtime.start_worker()
+    bridge.start_webhook_worker()
     arrivals.reset()
     names = [f"operations/bench-{endpoints}-{i}" for i in range(events)]
     bodies = {n: json.dumps(push_envelope(n)).encode() for n in names}

@@ -31,10 +31,12 @@ from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher, Store
+from lrobridge.ports import OperationsSource, Publisher, Store, TaskQueue
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import WatchHandler
 from lrobridge.watching.resource import WatchService
+from lrobridge.watching.tasks_mode import TaskWatchHandler
+from lrobridge.webhooks.retry_tasks import RetryTaskHandler
 from lrobridge.webhooks.service import WebhookService
 from lrobridge.wiring.parts import Parts, WebhookParts
 from lrobridge.wiring.runtime import OUTBOX_DRAIN_INTERVAL, Runtime
@@ -60,6 +62,7 @@ class Bridge:
         sources: Callable[[str], OperationsSource] | None = None,
         watch_publisher: Publisher | None = None,
         webhooks: WebhookParts | None = None,
+        task_queue: TaskQueue | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.subscriptions: list[Subscription] = []
@@ -73,6 +76,7 @@ class Bridge:
             sources=sources,
             watch_publisher=watch_publisher,
             webhooks=webhooks,
+            task_queue=task_queue,
             on_create_produced=lambda: self.start_outbox_drainer(),
             drain_outbox=lambda settle: self.drain_outbox(settle=settle),
             start_webhook_worker=lambda: self.runtime.start_webhook_worker(),
@@ -185,6 +189,23 @@ class Bridge:
     def watch_endpoint(self) -> WatchHandler:
         """The handler of POST /pubsub/watch (its Pub/Sub clients are made on first publish)."""
         return self.parts.watch_endpoint()
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        """Cloud Tasks (tasks watch mode, webhook retries as tasks)."""
+        return self.parts.task_queue
+
+    def task_watch_endpoint(self) -> TaskWatchHandler:
+        """The handler of POST /tasks/watch (LROBRIDGE_WATCH_MODE=tasks)."""
+        return self.parts.task_watch_endpoint()
+
+    def webhook_task_endpoint(self) -> RetryTaskHandler:
+        """The handler of POST /tasks/webhook (a webhook retry at its planned time)."""
+        return self.parts.webhook_task_endpoint()
+
+    def sweep_watch_tasks(self) -> int:
+        """Reschedule watches whose Cloud Task was lost (tasks mode; the scheduled drain)."""
+        return self.parts.sweep_watch_tasks()
 
     def add_blueprint(self, blueprint: Blueprint) -> None:
         """Serve the routes of your own service (e.g. methods that return Operations) in the

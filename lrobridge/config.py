@@ -21,7 +21,7 @@ from lrobridge.errors import ConfigError
 
 PayloadFormat = Literal["binary", "json"]
 PushAuth = Literal["oidc", "cloudrun", "none"]
-WatchMode = Literal["poller", "pubsub"]
+WatchMode = Literal["poller", "pubsub", "tasks"]
 ApiAuth = Literal["key", "none"]
 LogFormat = Literal["text", "json"]
 WebhookDelivery = Literal["auto", "background", "request"]
@@ -142,8 +142,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "LROBRIDGE_API_KEY": ("", "API key the CLI sends to the bridge (`--api-key` wins)."),
     "LROBRIDGE_WATCH_MODE": (
         "poller",
-        "`poller` (the store and the in-process watcher) or `pubsub` (each watch is a message on "
-        "the watch topic; its push subscription's retry policy spaces the polls).",
+        "`poller` (the store and the in-process watcher), `pubsub` (each watch is a message on "
+        "the watch topic; its push subscription's retry policy spaces the polls) or `tasks` "
+        "(each watch is stored and its next poll is a named Cloud Task at the exact time).",
     ),
     "LROBRIDGE_WATCH_TOPIC": ("lro-watch", "Topic id of watch messages (pubsub watch mode)."),
     "LROBRIDGE_WATCH_SUBSCRIPTION": (
@@ -161,6 +162,39 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "LROBRIDGE_WATCH_MAX_DELIVERIES": (
         "100",
         "Watch subscription dead-letter max delivery attempts (5-100); republished before it.",
+    ),
+    # Cloud Tasks (LROBRIDGE_WATCH_MODE=tasks, webhook retries; lrobridge/watching/tasks_mode.py).
+    "LROBRIDGE_TASKS_LOCATION": ("", "Region of the Cloud Tasks queues (e.g. europe-west1)."),
+    "LROBRIDGE_TASKS_QUEUE": ("lro-watch", "Queue id of watch tasks (tasks watch mode)."),
+    "LROBRIDGE_TASKS_SOURCE_QUEUES": (
+        "",
+        "Comma-separated `host=queue` pairs: watches of a source on that host use that queue "
+        "(its own dispatch rate limit); other sources use LROBRIDGE_TASKS_QUEUE.",
+    ),
+    "LROBRIDGE_TASKS_WEBHOOK_QUEUE": (
+        "",
+        "Queue id of webhook retry tasks; empty: retries wait for POST /v1/deliveries:drain.",
+    ),
+    "LROBRIDGE_TASKS_URL": (
+        "",
+        "Base URL of this service that tasks call (POST /tasks/watch, /tasks/webhook).",
+    ),
+    "LROBRIDGE_TASKS_SERVICE_ACCOUNT": (
+        "",
+        "Service account whose OIDC token tasks carry; the task routes accept only its tokens.",
+    ),
+    "LROBRIDGE_TASKS_AUDIENCE": (
+        "",
+        "`aud` of task tokens (set on each task and required by the routes); empty: "
+        "LROBRIDGE_TASKS_URL.",
+    ),
+    "LROBRIDGE_TASKS_EMULATOR_HOST": (
+        "",
+        "host:port of a Cloud Tasks emulator (plaintext gRPC, no credentials).",
+    ),
+    "LROBRIDGE_TASKS_SWEEP_AFTER": (
+        "15m",
+        "A watch overdue by this much lost its task; the scheduled drain enqueues it again.",
     ),
     # Google ID tokens on /v1 and webhooks (lrobridge/webhooks, README "Webhooks").
     "LROBRIDGE_API_SERVICE_ACCOUNTS": (
@@ -259,6 +293,42 @@ class Settings:
     webhook_concurrency: int = 16
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
+    tasks_location: str = ""
+    tasks_queue: str = "lro-watch"
+    tasks_source_queues: tuple[tuple[str, str], ...] = ()
+    tasks_webhook_queue: str = ""
+    tasks_url: str = ""
+    tasks_service_account: str = ""
+    tasks_audience: str = ""
+    tasks_emulator_host: str = ""
+    tasks_sweep_after: float = 900.0
+
+    @property
+    def tasks_token_audience(self) -> str:
+        """The audience of task tokens: configured, never taken from a request."""
+        return self.tasks_audience or self.tasks_url
+
+    def queue_path(self, queue: str) -> str:
+        """Full name of a Cloud Tasks queue of this project and location."""
+        if not self.project or not self.tasks_location:
+            raise ConfigError(
+                "Cloud Tasks needs GOOGLE_CLOUD_PROJECT (or LROBRIDGE_PROJECT) and "
+                "LROBRIDGE_TASKS_LOCATION"
+            )
+        return f"projects/{self.project}/locations/{self.tasks_location}/queues/{queue}"
+
+    def check_tasks(self) -> None:
+        """Fail early when Cloud Tasks is used but cannot be reached or cannot call back."""
+        self.queue_path(self.tasks_queue)
+        if not self.tasks_url:
+            raise ConfigError(
+                "Cloud Tasks needs LROBRIDGE_TASKS_URL (this service's base URL, which tasks call)"
+            )
+        if self.push_auth != "none" and not self.tasks_service_account:
+            raise ConfigError(
+                f"LROBRIDGE_PUSH_AUTH={self.push_auth} needs LROBRIDGE_TASKS_SERVICE_ACCOUNT (the "
+                "service account whose OIDC token each task carries)"
+            )
 
     def require_project(self, what: str = "publishing") -> str:
         """The project; ConfigError (one line naming the variables) when none is set, for
@@ -377,6 +447,21 @@ class Settings:
                 ),
             ),
             cloud_run_service=get("K_SERVICE"),
+            tasks_location=get("LROBRIDGE_TASKS_LOCATION"),
+            tasks_queue=_queue_id(get("LROBRIDGE_TASKS_QUEUE"), "LROBRIDGE_TASKS_QUEUE"),
+            tasks_source_queues=_source_queues(get("LROBRIDGE_TASKS_SOURCE_QUEUES")),
+            tasks_webhook_queue=_queue_id(
+                get("LROBRIDGE_TASKS_WEBHOOK_QUEUE"), "LROBRIDGE_TASKS_WEBHOOK_QUEUE"
+            )
+            if get("LROBRIDGE_TASKS_WEBHOOK_QUEUE")
+            else "",
+            tasks_url=get("LROBRIDGE_TASKS_URL").rstrip("/"),
+            tasks_service_account=get("LROBRIDGE_TASKS_SERVICE_ACCOUNT"),
+            tasks_audience=get("LROBRIDGE_TASKS_AUDIENCE"),
+            tasks_emulator_host=get("LROBRIDGE_TASKS_EMULATOR_HOST"),
+            tasks_sweep_after=_bounded_duration(
+                get("LROBRIDGE_TASKS_SWEEP_AFTER"), "LROBRIDGE_TASKS_SWEEP_AFTER", 60.0, 86400.0
+            ),
         )
 
     def check_push_auth(self) -> None:
@@ -422,7 +507,7 @@ def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
         )
     return {
         "watch_mode": _choice(
-            get("LROBRIDGE_WATCH_MODE"), "LROBRIDGE_WATCH_MODE", ("poller", "pubsub")
+            get("LROBRIDGE_WATCH_MODE"), "LROBRIDGE_WATCH_MODE", ("poller", "pubsub", "tasks")
         ),
         "watch_topic": _resource_id(get("LROBRIDGE_WATCH_TOPIC"), "LROBRIDGE_WATCH_TOPIC"),
         "watch_subscription": _resource_id(
@@ -432,6 +517,36 @@ def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
         "watch_max_backoff": max_backoff,
         "watch_max_deliveries": max_deliveries,
     }
+
+
+_QUEUE_ID_RE = re.compile(r"[A-Za-z0-9-]{1,100}")
+
+
+def _queue_id(value: str, name: str) -> str:
+    if not _QUEUE_ID_RE.fullmatch(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a Cloud Tasks queue id (letters, digits and hyphens, at "
+            "most 100)"
+        )
+    return value
+
+
+def _source_queues(value: str) -> tuple[tuple[str, str], ...]:
+    """``host=queue,host2=queue2`` (LROBRIDGE_TASKS_SOURCE_QUEUES) as (host, queue) pairs."""
+    pairs: list[tuple[str, str]] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, queue = item.partition("=")
+        host, queue = host.strip().lower(), queue.strip()
+        if not sep or not host or not _QUEUE_ID_RE.fullmatch(queue):
+            raise ConfigError(
+                f"LROBRIDGE_TASKS_SOURCE_QUEUES: {item!r} is not host=queue (a queue id is "
+                "letters, digits and hyphens, at most 100)"
+            )
+        pairs.append((host, queue))
+    return tuple(pairs)
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:

@@ -316,3 +316,21 @@ class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):
     """Every store protocol on one backend (what ``open_store`` returns)."""
 
     def close(self) -> None: ...
+
+
+class TaskQueue(Protocol):
+    """Cloud Tasks: named HTTP tasks that call ``url`` once, at ``schedule_time``.
+
+    ``queue`` is a queue id of the configured project and location. Errors leave as
+    :class:`~lrobridge.errors.BridgeError` (transient ones retried by the caller's caller)."""
+
+    def create(self, queue: str, name: str, *, url: str, body: bytes, schedule_time: float) -> bool:
+        """Create task ``name``; False when a task of that name exists or existed recently
+        (Cloud Tasks' ALREADY_EXISTS: the same task again is harmless)."""
+        ...
+
+    def delete(self, queue: str, name: str) -> bool:
+        """Delete a pending task; False when it is not there (ran, or never made)."""
+        ...
+
+    def close(self) -> None: ...

@@ -81,3 +81,17 @@ def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         yield
+
+
+@pytest.fixture(scope="session")
+def tasks_emulator_installed() -> None:
+    """The Cloud Tasks emulator package (lrobridge.cli.tasks_emulator runs it in-process):
+    skipped without it, a failure under CI (``.ci/run`` installs it)."""
+    import importlib.util
+
+    from lrobridge.cli.tasks_emulator import INSTALL_HINT
+
+    if importlib.util.find_spec("gcloud_tasks_emulator") is None:
+        if _running_in_ci():
+            pytest.fail(f"CI is set and {INSTALL_HINT}")
+        pytest.skip(INSTALL_HINT)

@@ -15,6 +15,12 @@ per port too (``lro-watch-8080``), since a watch message is one stack's work.
 watch
 topic, a dead-letter topic and the push subscription to ``/pubsub/watch``, with a 1 s .. 10 s
 retry policy unless LROBRIDGE_WATCH_MIN_BACKOFF / LROBRIDGE_WATCH_MAX_BACKOFF say otherwise.
+
+``--tasks`` runs the Cloud Tasks watch mode (``LROBRIDGE_WATCH_MODE=tasks``, see
+:mod:`lrobridge.watching.tasks_mode`) against the ``gcloud-tasks-emulator`` package run in this
+process (:mod:`lrobridge.cli.tasks_emulator`, port ``--tasks-port``): each watch's next poll is a
+task that the emulator POSTs to ``/tasks/watch``, and webhook retries are tasks to
+``/tasks/webhook``. The emulator mints no OIDC token (task auth is off, like push auth).
 """
 
 from __future__ import annotations
@@ -39,8 +45,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("lrobridge.dev")
 
 
+TASKS_LOCATION = "local"
+
+
 def run_dev(
-    *, app_spec: str | None, port: int | None, emulator_port: int, serverless: bool = False
+    *,
+    app_spec: str | None,
+    port: int | None,
+    emulator_port: int,
+    serverless: bool = False,
+    tasks: bool = False,
+    tasks_port: int = 9022,
 ) -> int:
     from lrobridge.cli.emulator import PubSubEmulator
 
@@ -55,9 +70,13 @@ def run_dev(
         os.environ["LROBRIDGE_WATCH_MODE"] = "pubsub"
         os.environ.setdefault("LROBRIDGE_WATCH_MIN_BACKOFF", "1s")
         os.environ.setdefault("LROBRIDGE_WATCH_MAX_BACKOFF", "10s")
+    if serverless and tasks:
+        raise FailedPrecondition("choose --serverless (Pub/Sub watch mode) or --tasks, not both")
     _own_subscriptions(Settings.from_env(), serverless=serverless)
 
     with contextlib.ExitStack() as stack:
+        if tasks:
+            _start_tasks_emulator(stack, tasks_port)
         emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
         if emulator_host:
             if not emulator_answers(emulator_host):
@@ -119,6 +138,13 @@ def run_dev(
             _serverless_watching(admin, settings)
             check_publishing(settings, "lrobridge dev")  # what every publishing process checks
             return _wait_serverless(bridge)
+        if tasks:
+            check_publishing(settings, "lrobridge dev")
+            print(
+                f"• tasks watch mode: queue {settings.tasks_queue}, webhook retries on "
+                f"{settings.tasks_webhook_queue}, tasks call {settings.tasks_url}/tasks/*"
+            )
+            return _wait_tasks(bridge)
         check_publishing(settings, "lrobridge dev")
         watcher = bridge.create_watcher()
         watcher_thread = threading.Thread(target=watcher.run, name="lrobridge-watcher")
@@ -211,6 +237,54 @@ def _wait_serverless(bridge: Bridge) -> int:
             f"watch deliveries: {stats.polls} polls, {stats.retries} not done yet, "
             f"{stats.republished} republished, {stats.completions} completed, "
             f"{stats.dropped} failed, {stats.quarantined} quarantined"
+        )
+        if line != last:
+            print(time.strftime("%H:%M:%S"), line, flush=True)
+            last = line
+    print("\nstopping …", flush=True)
+    return 0
+
+
+def _start_tasks_emulator(stack: contextlib.ExitStack, tasks_port: int) -> None:
+    """Cloud Tasks emulator in this process, its queues made, the tasks settings pointed at it."""
+    from lrobridge.cli.tasks_emulator import TasksEmulator
+    from lrobridge.config import Settings
+
+    project = os.environ.get("LROBRIDGE_PROJECT") or os.environ["GOOGLE_CLOUD_PROJECT"]
+    os.environ["LROBRIDGE_WATCH_MODE"] = "tasks"
+    os.environ.setdefault("LROBRIDGE_TASKS_LOCATION", TASKS_LOCATION)
+    os.environ.setdefault("LROBRIDGE_TASKS_WEBHOOK_QUEUE", "lro-webhook-retry")
+    # Retries come from their tasks, not from a worker thread.
+    os.environ.setdefault("LROBRIDGE_WEBHOOK_DELIVERY", "request")
+    os.environ["LROBRIDGE_TASKS_URL"] = f"http://127.0.0.1:{os.environ.get('PORT', '8080')}"
+    settings = Settings.from_env()
+    queues = {settings.tasks_queue, settings.tasks_webhook_queue}
+    queues.update(queue for _, queue in settings.tasks_source_queues)
+    location = f"projects/{project}/locations/{settings.tasks_location}"
+    emulator = stack.enter_context(
+        TasksEmulator(port=tasks_port, queues=[f"{location}/queues/{q}" for q in sorted(queues)])
+    )
+    os.environ["LROBRIDGE_TASKS_EMULATOR_HOST"] = emulator.host_port
+    print(f"• Cloud Tasks emulator: {emulator.host_port}, queues {', '.join(sorted(queues))}")
+
+
+def _wait_tasks(bridge: Bridge) -> int:
+    print(
+        "\nReady. In another terminal:\n"
+        "  lrobridge watch OPERATION_NAME --source grpc://HOST:PORT\n"
+        "Ctrl-C stops everything this command started.\n",
+        flush=True,
+    )
+    stop = wait_for_signal()
+    last = ""
+    while not stop.wait(1.0):
+        counts = bridge.store.count_by_state()
+        stats = bridge.task_watch_endpoint().stats
+        line = (
+            f"watches: {counts[WatchState.ACTIVE]} active, "
+            f"{counts[WatchState.COMPLETED]} completed, {counts[WatchState.FAILED]} failed"
+            f" | task polls {stats.polls}, rescheduled {stats.rescheduled}, "
+            f"stale {stats.stale}, completions {stats.completions}"
         )
         if line != last:
             print(time.strftime("%H:%M:%S"), line, flush=True)

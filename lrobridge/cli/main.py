@@ -79,6 +79,11 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "LROBRIDGE_WATCH_MODE=pubsub has no watcher: POST /pubsub/watch polls each watch "
             "when its message is delivered (see `lrobridge pubsub init`)"
         )
+    if bridge.settings.watch_mode == "tasks":
+        raise ConfigError(
+            "LROBRIDGE_WATCH_MODE=tasks has no watcher: POST /tasks/watch polls each watch when "
+            "Cloud Tasks delivers its task (docs/deploy.md)"
+        )
     from lrobridge.cli.preflight import check_publishing
 
     check_publishing(bridge.settings, "lrobridge watcher")
@@ -226,6 +231,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         port=args.port,
         emulator_port=args.emulator_port,
         serverless=args.serverless,
+        tasks=args.tasks,
+        tasks_port=args.tasks_port,
     )
 
 
@@ -265,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="LROBRIDGE_WATCH_MODE=pubsub: watches are messages, polled by /pubsub/watch",
     )
+    dev.add_argument(
+        "--tasks",
+        action="store_true",
+        help="LROBRIDGE_WATCH_MODE=tasks on a local Cloud Tasks emulator: each poll is a task",
+    )
+    dev.add_argument("--tasks-port", type=_port_arg, default=9022, help="Cloud Tasks emulator port")
     dev.set_defaults(func=cmd_dev)
 
     serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")

@@ -52,6 +52,18 @@ class FacadeStore(OperationStore, WatchStore, Protocol):
 CancelHook = Callable[[str], None]
 
 
+class WatchHooks(Protocol):
+    """What keeps watches' polls outside the store hears of cancels and deletes (tasks mode)."""
+
+    def polling_soon(self, operation: str, source: str) -> None:
+        """A cancel made the operation's watch due now."""
+        ...
+
+    def deleting(self, operation: str, source: str) -> None:
+        """DeleteOperation is about to forget the operation and its watch."""
+        ...
+
+
 class OperationsFacade:
     """The Operations interface over every tracked operation (watched or produced): Get, List,
     Cancel, Delete, Wait."""
@@ -65,6 +77,7 @@ class OperationsFacade:
         rpc_timeout: float = 30.0,
         produced_cancel: Callable[[str], None] | None = None,
         on_poll_soon: Callable[[], None] | None = None,
+        watch_hooks: WatchHooks | None = None,
         clock: Callable[[], float] = time.time,
         max_wait: float = MAX_WAIT_SECONDS,
         page_tokens: paging.PageTokens | None = None,
@@ -76,6 +89,7 @@ class OperationsFacade:
         self._rpc_timeout = rpc_timeout
         self._produced_cancel = produced_cancel
         self._on_poll_soon = on_poll_soon
+        self._watch_hooks = watch_hooks
         self._clock = clock
         self.max_wait = max_wait
 
@@ -142,8 +156,11 @@ class OperationsFacade:
         self._sources(record.source).cancel_operation(name, timeout=self._rpc_timeout)
         now = self._clock()
         self._store.request_cancel(name, now=now)
-        if self._store.poll_soon(name, now=now) and self._on_poll_soon is not None:
-            self._on_poll_soon()
+        if self._store.poll_soon(name, now=now):
+            if self._on_poll_soon is not None:
+                self._on_poll_soon()
+            if self._watch_hooks is not None:
+                self._watch_hooks.polling_soon(name, record.source)
 
     def delete(self, name: str, *, at_source: bool = False) -> None:
         record = self._record(name)
@@ -153,6 +170,8 @@ class OperationsFacade:
                     f"operation {name!r} is produced by this bridge; it has no other source"
                 )
             self._sources(record.source).delete_operation(name, timeout=self._rpc_timeout)
+        if self._watch_hooks is not None:
+            self._watch_hooks.deleting(name, record.source)
         if not self._store.delete_operation(name):
             raise NotFound(f"operation {name!r} is not tracked by this bridge")
         self._hub.notify(name)  # waiters return (with NOT_FOUND) instead of hanging on

@@ -750,6 +750,36 @@ def claim_delivery(now: float, lease: float, token: str) -> Fields:
     return {"next_attempt": now + lease, "claim_token": token}
 
 
+def requeued(now: float) -> Fields:
+    """A delivery sent again from now on (retry, replay), on a fresh schedule."""
+    return {
+        "state": "PENDING",
+        "next_attempt": now,
+        "round_attempts": 0,
+        "claim_token": "",
+        "update_time": now,
+    }
+
+
+def disable_webhook(webhook: Row | None, *, reason: str, now: float) -> Fields | None:
+    """An ENABLED webhook disabled (410 Gone, continuous failure, an operator); its pending
+    deliveries are then dead-lettered (:func:`dead_lettered`)."""
+    if webhook is None or webhook["state"] != "ENABLED":
+        return None
+    return {"state": "DISABLED", "disabled_reason": reason, "disable_time": now, "update_time": now}
+
+
+def dead_lettered(reason: str, *, now: float) -> Fields:
+    """A PENDING delivery of a webhook that was disabled."""
+    return {
+        "state": "DEAD",
+        "next_attempt": None,
+        "claim_token": "",
+        "last_error": f"webhook disabled: {reason}",
+        "update_time": now,
+    }
+
+
 def record_delivery_attempt(
     delivery: Row | None,
     token: str,

@@ -44,6 +44,19 @@ class WatchScheduler(Protocol):
     ) -> WatchRecord: ...
 
 
+class WatchTimer(Protocol):
+    """What keeps a stored watch's next poll outside this process (``LROBRIDGE_WATCH_MODE=tasks``:
+    :class:`lrobridge.watching.tasks_mode.TaskTimer`, one Cloud Task per watch)."""
+
+    def check(self, *, progress: bool) -> None:
+        """Refuse (before anything is stored) what this timer cannot do."""
+        ...
+
+    def started(self, watch: WatchRecord, *, created: bool) -> None: ...
+
+    def stopped(self, watch: WatchRecord) -> None: ...
+
+
 class WatchService:
     """The Watch resource (REST, gRPC, Python): create, get, list and delete watches, with their
     checks."""
@@ -56,9 +69,11 @@ class WatchService:
         on_created: Callable[[], None] | None = None,
         scheduler: WatchScheduler | None = None,
         credential_hosts: tuple[str, ...] = DEFAULT_CREDENTIAL_HOSTS,
+        timer: WatchTimer | None = None,
         page_tokens: paging.PageTokens | None = None,
     ) -> None:
         self._store = store
+        self._timer = timer
         self._tokens = page_tokens or paging.process_tokens()
         self._clock = clock
         self._credential_hosts = credential_hosts
@@ -90,6 +105,8 @@ class WatchService:
                 progress=progress,
                 now=now,
             ), True
+        if self._timer is not None:
+            self._timer.check(progress=progress)
         record, created = self._store.create_watch(
             source=normalized,
             operation=operation,
@@ -98,6 +115,10 @@ class WatchService:
             progress=progress,
             now=now,
         )
+        if self._timer is not None:
+            # Stored first: a failure here is answered as such, and registering again (or the
+            # sweep) creates the task.
+            self._timer.started(record, created=created)
         if created and self._on_created is not None:
             self._on_created()
         return record, created
@@ -129,8 +150,12 @@ class WatchService:
 
     def delete(self, name: str) -> None:
         self._stored_only()
-        if not self._store.delete_watch(_watch_id(name)):
+        watch_id = _watch_id(name)
+        record = self._store.get_watch(watch_id) if self._timer is not None else None
+        if not self._store.delete_watch(watch_id):
             raise NotFound(f"watch {name!r} not found")
+        if self._timer is not None and record is not None:
+            self._timer.stopped(record)
 
 
 def _watch_id(name: str) -> str:

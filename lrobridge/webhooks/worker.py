@@ -113,8 +113,12 @@ class DeliveryWorker:
         concurrency: int,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_retry: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self._store = store
+        # Hears (delivery id, number of the next attempt, its time) of each planned retry
+        # (lrobridge.webhooks.retry_tasks: a Cloud Task at that time).
+        self.on_retry = on_retry
         self._sender = sender
         self._guard = guard
         self.timeout = timeout
@@ -197,6 +201,12 @@ class DeliveryWorker:
         recorded = self._store.record_attempt(claim, attempt, plan, now=finished)
         if plan.disable_reason and recorded:
             log.warning("webhook %s disabled: %s", claim.delivery.webhook_id, plan.disable_reason)
+        retry_at = plan.next_attempt_time
+        if recorded and plan.state == "PENDING" and retry_at is not None and self.on_retry:
+            try:
+                self.on_retry(claim.delivery.id, attempt.number + 1, retry_at)
+            except Exception:  # recorded: the drain makes the attempt if the hook fails
+                log.exception("the retry hook failed for delivery %s", claim.delivery.id)
         return plan if recorded else None
 
     # -- draining ------------------------------------------------------------------------

@@ -46,16 +46,18 @@ from lrobridge.core.access import ApiAuth
 from lrobridge.delivery.dispatch import Dispatcher, Subscription
 from lrobridge.delivery.push import PushEndpoint, TokenVerifier
 from lrobridge.delivery.relay import OutboxRelay
-from lrobridge.errors import BridgeError
+from lrobridge.errors import BridgeError, FailedPrecondition
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store
+from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store, TaskQueue
 from lrobridge.storage import open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.watching.resource import WatchService
+from lrobridge.watching.tasks_mode import TaskTimer, TaskWatchHandler
 from lrobridge.webhooks.model import WebhookStore
+from lrobridge.webhooks.retry_tasks import RetryTaskHandler, RetryTasks
 from lrobridge.webhooks.service import WebhookService
 from lrobridge.webhooks.sink import WebhookSink
 from lrobridge.webhooks.ssrf import Guard, Resolver
@@ -119,9 +121,12 @@ class WebhookParts:
         mode: DeliveryMode | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_retry: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.mode: DeliveryMode = mode or delivery_mode(settings)
+        # Hears each planned retry (a Cloud Task at its time: lrobridge.webhooks.retry_tasks).
+        self._on_retry = on_retry
         self._path = path
         self._store = store
         self._sender = sender
@@ -177,8 +182,20 @@ class WebhookParts:
                     concurrency=self.settings.webhook_concurrency,
                     clock=self._clock,
                     rng=self._rng,
+                    on_retry=self._on_retry,
                 )
             return self._worker
+
+    @property
+    def on_retry(self) -> Callable[[str, int, float], None] | None:
+        return self._on_retry
+
+    @on_retry.setter
+    def on_retry(self, hook: Callable[[str, int, float], None] | None) -> None:
+        with self._lock:
+            self._on_retry = hook
+            if self._worker is not None:
+                self._worker.on_retry = hook
 
     @property
     def service(self) -> WebhookService:
@@ -247,6 +264,7 @@ class Parts:
         sources: Callable[[str], OperationsSource] | None = None,
         watch_publisher: Publisher | None = None,
         webhooks: WebhookParts | None = None,
+        task_queue: TaskQueue | None = None,
         on_create_produced: Callable[[], None] = lambda: None,
         drain_outbox: Callable[[float], int] | None = None,
         start_webhook_worker: Callable[[], bool] = lambda: False,
@@ -259,6 +277,10 @@ class Parts:
         self._watch_publisher = watch_publisher
         self._sources = sources
         self._webhooks = webhooks
+        self._task_queue = task_queue
+        self._task_timer: TaskTimer | None = None
+        self._task_handler: TaskWatchHandler | None = None
+        self._retry_task_handler: RetryTaskHandler | None = None
         self._on_create_produced = on_create_produced
         self._drain_outbox = drain_outbox
         self._start_webhook_worker = start_webhook_worker
@@ -291,6 +313,10 @@ class Parts:
     @property
     def built_publishers(self) -> tuple[Publisher, ...]:
         return tuple(p for p in (self._publisher, self._watch_publisher) if p is not None)
+
+    @property
+    def built_task_queue(self) -> TaskQueue | None:
+        return self._task_queue
 
     # -- parts -----------------------------------------------------------------------------
 
@@ -341,6 +367,7 @@ class Parts:
                     on_created=self.wake_watcher,
                     scheduler=scheduler,
                     credential_hosts=self.settings.credential_hosts,
+                    timer=self.task_timer if self.settings.watch_mode == "tasks" else None,
                     page_tokens=page_tokens(self.settings),
                 )
             return self._watch_service
@@ -363,6 +390,7 @@ class Parts:
                     rpc_timeout=self.settings.rpc_timeout,
                     produced_cancel=lambda name: self.producer.request_cancel(name),
                     on_poll_soon=self.wake_watcher,
+                    watch_hooks=self.task_timer if self.settings.watch_mode == "tasks" else None,
                     max_wait=self.settings.wait_max,
                     page_tokens=page_tokens(self.settings),
                 )
@@ -425,6 +453,12 @@ class Parts:
                 self._webhooks = WebhookParts(
                     self.settings, path=path if isinstance(path, str) else None
                 )
+            if self.settings.tasks_webhook_queue and self._webhooks.on_retry is None:
+                self._webhooks.on_retry = RetryTasks(
+                    _LazyTaskQueue(lambda: self.task_queue),
+                    base_url=self.settings.tasks_url,
+                    queue=self.settings.tasks_webhook_queue,
+                ).planned
             return self._webhooks
 
     @property
@@ -510,6 +544,96 @@ class Parts:
                 )
             return self._watch_handler
 
+    # -- Cloud Tasks (lrobridge.watching.tasks_mode, lrobridge.webhooks.retry_tasks) ----------
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        """Cloud Tasks (or its emulator, LROBRIDGE_TASKS_EMULATOR_HOST); no client until used."""
+        with self._lock:
+            if self._task_queue is None:
+                self.settings.check_tasks()
+                from lrobridge.adapters.cloud_tasks import CloudTasksQueue
+
+                self._task_queue = CloudTasksQueue(self.settings)
+            return self._task_queue
+
+    @property
+    def task_timer(self) -> TaskTimer:
+        """One Cloud Task per ACTIVE watch (LROBRIDGE_WATCH_MODE=tasks)."""
+        with self._lock:
+            if self._task_timer is None:
+                settings = self.settings
+                self._task_timer = TaskTimer(
+                    _LazyTaskQueue(lambda: self.task_queue),
+                    self.store,
+                    base_url=settings.tasks_url,
+                    queue=settings.tasks_queue,
+                    source_queues=dict(settings.tasks_source_queues),
+                    sweep_after=settings.tasks_sweep_after,
+                )
+            return self._task_timer
+
+    def tasks_verifier(self) -> TokenVerifier | None:
+        """Verifies the OIDC token of task requests against the configured service account
+        and audience (never the request URL)."""
+        settings = self.settings
+        if settings.push_auth == "none":
+            return None
+        settings.check_tasks()
+        from lrobridge.adapters.push_auth import PushTokenVerifier
+
+        return PushTokenVerifier(
+            audience=settings.tasks_token_audience,
+            service_account=settings.tasks_service_account,
+            certs_url=settings.push_certs_url,
+            platform_verified=settings.push_auth == "cloudrun",
+        )
+
+    def task_watch_endpoint(self) -> TaskWatchHandler:
+        """The handler of POST /tasks/watch."""
+        with self._lock:
+            if self._task_handler is None:
+                if self.settings.watch_mode != "tasks":
+                    raise FailedPrecondition(
+                        "POST /tasks/watch serves LROBRIDGE_WATCH_MODE=tasks; this bridge runs "
+                        f"{self.settings.watch_mode!r}"
+                    )
+                # A killed process's completions are taken back (SQLite knows its dead local
+                # processes; Firestore's leases expire): the retried task publishes them.
+                self.store.recover(now=time.time())
+                self._task_handler = TaskWatchHandler(
+                    store=self.store,
+                    timer=self.task_timer,
+                    sources=self.source,
+                    relay=self.outbox_relay,
+                    verifier=self.tasks_verifier(),
+                    audience=self.settings.tasks_token_audience,
+                    payload_format=self.settings.payload_format,
+                    rpc_timeout=self.settings.rpc_timeout,
+                    on_completion=self.hub.notify,
+                )
+            return self._task_handler
+
+    def webhook_task_endpoint(self) -> RetryTaskHandler:
+        """The handler of POST /tasks/webhook (one planned webhook retry)."""
+        with self._lock:
+            if self._retry_task_handler is None:
+                webhooks = self.webhooks
+                self._retry_task_handler = RetryTaskHandler(
+                    store=webhooks.store,
+                    worker=webhooks.worker,
+                    verifier=self.tasks_verifier(),
+                    audience=self.settings.tasks_token_audience,
+                    clock=webhooks.clock,
+                )
+            return self._retry_task_handler
+
+    def sweep_watch_tasks(self) -> int:
+        """Reschedule watches whose task was lost (tasks mode; run by the scheduled drain)."""
+        if self.settings.watch_mode != "tasks":
+            return 0
+        return self.task_timer.sweep()
+
     def create_watcher(self) -> Watcher:
         with self._lock:
             if self.watcher is None:
@@ -534,6 +658,8 @@ class Parts:
         from lrobridge.adapters.web.app import AppParts
         from lrobridge.adapters.web.webhooks import WebhookViews
 
+        if self.settings.watch_mode == "tasks" or self.settings.tasks_webhook_queue:
+            self.settings.check_tasks()  # fail at start-up, not at the first watch
         drain = self._drain_outbox or (lambda settle: self.outbox_relay.drain(settle=settle))
         return AppParts(
             push=self.push_endpoint(),
@@ -546,8 +672,13 @@ class Parts:
                 parts=lambda: self.webhooks,
                 start_worker=self._start_webhook_worker,
                 drain_outbox=drain,
+                sweep_watch_tasks=(
+                    self.sweep_watch_tasks if self.settings.watch_mode == "tasks" else None
+                ),
             ),
             blueprints=tuple(self.blueprints),
+            task_watch_endpoint=self.task_watch_endpoint,
+            webhook_task_endpoint=self.webhook_task_endpoint,
         )
 
 
@@ -562,3 +693,19 @@ class _LazyPublisher:
 
     def close(self) -> None:
         """The runtime closes the real publisher."""
+
+
+class _LazyTaskQueue:
+    """A TaskQueue that creates the Cloud Tasks client on first use (after authentication)."""
+
+    def __init__(self, factory: Callable[[], TaskQueue]) -> None:
+        self._factory = factory
+
+    def create(self, queue: str, name: str, *, url: str, body: bytes, schedule_time: float) -> bool:
+        return self._factory().create(queue, name, url=url, body=body, schedule_time=schedule_time)
+
+    def delete(self, queue: str, name: str) -> bool:
+        return self._factory().delete(queue, name)
+
+    def close(self) -> None:
+        """The runtime closes the real queue."""

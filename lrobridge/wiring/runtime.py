@@ -152,6 +152,9 @@ class Runtime:
                 hub.close()
             for publisher in parts.built_publishers:
                 publisher.close()
+            task_queue = parts.built_task_queue
+            if task_queue is not None:
+                task_queue.close()
             close_registry = getattr(parts.registry, "close", None)
             if close_registry is not None:
                 close_registry()

@@ -112,6 +112,61 @@ def test_dev_then_watch_runs_the_users_callback_once_and_stops_on_ctrl_c(
     assert "Traceback" not in output.read_text()
 
 
+def test_dev_tasks_polls_by_cloud_tasks_on_the_emulator_and_runs_the_callback(
+    tasks_emulator_installed: None,
+    pubsub_emulator: str,
+    pubsub_project: str,
+    tmp_path: pathlib.Path,
+    env: dict[str, str],
+    backend: FakeOperations,
+    grpc_url: str,
+) -> None:
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    port, tasks_port = free_port(), free_port()
+    env = {**env, "GOOGLE_CLOUD_PROJECT": pubsub_project, "PUBSUB_EMULATOR_HOST": pubsub_emulator}
+    env["LROBRIDGE_STORE"] = f"sqlite:///{tmp_path / 'dev.db'}"
+    output = tmp_path / "dev.out"
+    with output.open("w") as out:
+        dev = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lrobridge.cli", "dev", "--app", "hooks:bridge"),
+                *("--tasks", "--port", str(port), "--tasks-port", str(tasks_port)),
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Ready." in output.read_text(), timeout=60, what="lrobridge dev")
+        text = output.read_text()
+        assert f"Cloud Tasks emulator: 127.0.0.1:{tasks_port}" in text
+        assert "tasks watch mode" in text
+        backend.add("projects/p/operations/by-task")
+        watched = _cli(
+            "watch",
+            "projects/p/operations/by-task",
+            "--source",
+            grpc_url,
+            "--bridge",
+            f"http://127.0.0.1:{port}",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert watched.returncode == 0, watched.stderr
+        wait_until(lambda: backend.calls("GetOperation") >= 2, timeout=30, what="two polls")
+        backend.complete("projects/p/operations/by-task")
+        completions = tmp_path / "completions.txt"
+        wait_until(completions.exists, timeout=60, what="the callback")
+        assert completions.read_text() == "projects/p/operations/by-task succeeded\n"
+        wait_until(lambda: "completions 1" in output.read_text(), timeout=10, what="progress")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        code = dev.wait(timeout=60)
+    assert code == 0, output.read_text()[-2000:]
+    assert "Traceback" not in output.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "extra_env", "message"),
     [

@@ -72,8 +72,8 @@ class Container:
                 response = requests.get(f"{self.url}/healthz", timeout=1)
                 if response.status_code == 200:
                     return response.json()  # type: ignore[no-any-return]
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or the worker is still booting (the socket is)
             time.sleep(0.1)
         raise AssertionError(f"/healthz never answered: {self.stderr.read_text()[-3000:]}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -57,8 +58,8 @@ class Serve:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or the worker is still booting (the socket is)
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"lrobridge serve did not start; see {log}")
@@ -243,10 +244,21 @@ def test_the_cli_adds_lists_shows_the_log_and_removes_webhooks(
         assert _cli("list", env=env).stdout == "no webhooks\n"
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The root logger's handlers and level as they were (the CLI's main() sets its own)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def test_every_list_command_prints_a_table_by_default_and_the_apis_json_on_request(
     live_bridge: tuple[str, Bridge],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    root_logging: None,
 ) -> None:
     from lrobridge.cli.main import main
 

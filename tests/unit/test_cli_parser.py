@@ -71,6 +71,8 @@ def test_a_command_group_without_a_verb_lists_the_verbs_that_exist(
 
 def test_every_list_command_takes_the_same_format_flag() -> None:
     commands = dict(_commands(build_parser()))
+    # Every `... list` verb is a list command, whatever group it is in.
+    assert {path for path in commands if path[-1:] == ("list",)} <= set(LIST_COMMANDS)
     flags = []
     for path in LIST_COMMANDS:
         (flag,) = [a for a in commands[path]._actions if "--format" in a.option_strings]

@@ -141,3 +141,56 @@ def test_every_environment_variable_is_documented_in_the_readme_and_vice_versa()
     text = README.read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.M))
     assert documented == set(ENVIRONMENT)
+
+
+def test_tasks_settings_parse_queues_per_source_host_and_default_the_audience_to_the_url() -> None:
+    settings = Settings.from_env(
+        {
+            "LROBRIDGE_WATCH_MODE": "tasks",
+            "GOOGLE_CLOUD_PROJECT": "p",
+            "LROBRIDGE_TASKS_LOCATION": "europe-west1",
+            "LROBRIDGE_TASKS_SOURCE_QUEUES": "Ops.Example.com=lro-ops, slow.test=lro-slow",
+            "LROBRIDGE_TASKS_URL": "https://bridge.run.app/",
+            "LROBRIDGE_TASKS_SERVICE_ACCOUNT": "tasks@p.iam.gserviceaccount.com",
+        }
+    )
+    assert settings.watch_mode == "tasks"
+    assert settings.tasks_source_queues == (
+        ("ops.example.com", "lro-ops"),
+        ("slow.test", "lro-slow"),
+    )
+    assert settings.tasks_token_audience == "https://bridge.run.app"
+    assert settings.queue_path("lro-ops") == "projects/p/locations/europe-west1/queues/lro-ops"
+    settings.check_tasks()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LROBRIDGE_TASKS_QUEUE": "lro_watch"}, "not a Cloud Tasks queue id"),
+        ({"LROBRIDGE_TASKS_SOURCE_QUEUES": "host-without-queue"}, "is not host=queue"),
+        ({"LROBRIDGE_TASKS_SWEEP_AFTER": "10s"}, "LROBRIDGE_TASKS_SWEEP_AFTER"),
+    ],
+)
+def test_bad_tasks_settings_are_refused_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "LROBRIDGE_TASKS_LOCATION"),
+        ({"LROBRIDGE_TASKS_LOCATION": "l"}, "LROBRIDGE_TASKS_URL"),
+        (
+            {"LROBRIDGE_TASKS_LOCATION": "l", "LROBRIDGE_TASKS_URL": "https://b"},
+            "LROBRIDGE_TASKS_SERVICE_ACCOUNT",
+        ),
+    ],
+)
+def test_tasks_mode_fails_early_without_what_it_needs(env: dict[str, str], message: str) -> None:
+    settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "p", **env})
+    with pytest.raises(ConfigError, match=message):
+        settings.check_tasks()

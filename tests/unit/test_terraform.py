@@ -207,7 +207,11 @@ def test_the_oidc_audiences_and_identities_are_the_ones_the_app_checks() -> None
     assert token["audience"] == ENV["LROBRIDGE_API_AUDIENCE"] == "${local.api_audience}"
     assert token["service_account_email"] == ENV["LROBRIDGE_API_SERVICE_ACCOUNTS"]
     # Cloud Run IAM accepts these audiences only when they are the service's custom audiences.
-    assert SERVICE["custom_audiences"] == ["${local.push_audience}", "${local.api_audience}"]
+    assert SERVICE["custom_audiences"] == [
+        "${local.push_audience}",
+        "${local.api_audience}",
+        "${local.tasks_audience}",
+    ]
 
 
 def test_the_service_requires_iam_which_is_what_makes_cloudrun_push_auth_sound() -> None:
@@ -250,6 +254,7 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
     bridge = "serviceAccount:${google_service_account.bridge.email}"
     pusher = "serviceAccount:${google_service_account.pusher.email}"
     scheduler = "serviceAccount:${google_service_account.scheduler.email}"
+    tasks = "serviceAccount:${google_service_account.tasks.email}"
     agent = "${local.pubsub_agent}"
     service = "${google_cloud_run_v2_service.bridge.name}"
     assert _grants(TF) == {
@@ -274,12 +279,90 @@ def test_each_identity_gets_only_the_grants_its_hop_needs() -> None:
          "roles/pubsub.subscriber", agent),
         ("google_pubsub_subscription_iam_member", "${google_pubsub_subscription.watches.name}",
          "roles/pubsub.subscriber", agent),
+        # Cloud Tasks: the bridge enqueues (and deletes watch tasks) on its own queues only,
+        # names the tasks identity in each task (actAs), and that identity may only invoke.
+        ("google_cloud_tasks_queue_iam_member", "${google_cloud_tasks_queue.watches[0].name}",
+         "roles/cloudtasks.enqueuer", bridge),
+        ("google_cloud_tasks_queue_iam_member", "${google_cloud_tasks_queue.watches[0].name}",
+         "roles/cloudtasks.taskDeleter", bridge),
+        ("google_cloud_tasks_queue_iam_member", "${each.value.name}",
+         "roles/cloudtasks.enqueuer", bridge),
+        ("google_cloud_tasks_queue_iam_member", "${each.value.name}",
+         "roles/cloudtasks.taskDeleter", bridge),
+        ("google_cloud_tasks_queue_iam_member",
+         "${google_cloud_tasks_queue.webhook_retries[0].name}",
+         "roles/cloudtasks.enqueuer", bridge),
+        ("google_service_account_iam_member", "${google_service_account.tasks.name}",
+         "roles/iam.serviceAccountUser", bridge),
+        ("google_cloud_run_v2_service_iam_member", service, "roles/run.invoker", tasks),
     }  # fmt: skip
     assert TF.resource("google_project_iam_member", "bridge_uses_firestore")["count"] == (
         "${local.firestore ? 1 : 0}"
     )
     assert TF.locals["pubsub_agent"].endswith("@gcp-sa-pubsub.iam.gserviceaccount.com")
     assert TEMPLATE["service_account"] == "${google_service_account.bridge.email}"
+
+
+def test_the_task_queues_are_the_ones_the_app_enqueues_on_with_rate_limits_and_retries(
+    routes: set[tuple[str, str]],
+) -> None:
+    from lrobridge.watching.tasks_mode import WATCH_ROUTE
+    from lrobridge.webhooks.retry_tasks import WEBHOOK_ROUTE
+
+    assert {("POST", WATCH_ROUTE), ("POST", WEBHOOK_ROUTE)} <= routes
+    queues = TF.resources["google_cloud_tasks_queue"]
+    watches, sources, retries = queues["watches"], queues["sources"], queues["webhook_retries"]
+    assert watches["name"] == ENV["LROBRIDGE_TASKS_QUEUE"] == "${local.tasks_queue}"
+    assert watches["count"] == "${local.tasks_watch ? 1 : 0}"
+    assert TF.locals["tasks_watch"] == '${var.watch_mode == "tasks"}'
+    assert retries["name"] == "${local.webhook_queue}"
+    assert ENV["LROBRIDGE_TASKS_WEBHOOK_QUEUE"] == (
+        '${var.webhook_retry_tasks ? local.webhook_queue : ""}'
+    )
+    name = TF.variables["name"]["default"]
+    for local_name in ("tasks_queue", "webhook_queue"):
+        queue_id = TF.locals[local_name].replace("${var.name}", name)
+        assert Settings.from_env({"LROBRIDGE_TASKS_QUEUE": queue_id}).tasks_queue == queue_id
+    # One queue per listed source host, and the app routes that host's watches to it.
+    assert sources["for_each"] == "${local.tasks_watch ? var.tasks_source_queues : {}}"
+    assert sources["name"] == "${local.source_queues[each.key]}"
+    assert "for host, queue in local.source_queues" in ENV["LROBRIDGE_TASKS_SOURCE_QUEUES"]
+    example = f"ops.example.com={name}-src-ops-example-com"
+    parsed = Settings.from_env({"LROBRIDGE_TASKS_SOURCE_QUEUES": example})
+    assert parsed.tasks_source_queues == (("ops.example.com", f"{name}-src-ops-example-com"),)
+    for queue in (watches, sources, retries):
+        limits = one(queue["rate_limits"])
+        assert {"max_dispatches_per_second", "max_concurrent_dispatches"} <= set(limits)
+        retry = one(queue["retry_config"])
+        assert retry["max_attempts"] == "${var.tasks_max_attempts}" and retry["min_backoff"]
+        assert queue["location"] == "${var.region}" == ENV["LROBRIDGE_TASKS_LOCATION"]
+    assert TF.variables["tasks_max_dispatches_per_second"]["default"] <= 500
+    # The example turns the API on before the module makes queues.
+    apis = load(EXAMPLE).resource("google_project_service", "apis")["for_each"]
+    assert "cloudtasks.googleapis.com" in str(apis)
+
+
+def test_tasks_call_the_service_with_a_token_the_handler_checks() -> None:
+    # The deterministic run.app URL, known before the service exists.
+    assert ENV["LROBRIDGE_TASKS_URL"] == "${local.service_url}"
+    assert TF.locals["service_url"] == (
+        "https://${var.name}-${data.google_project.this.number}.${var.region}.run.app"
+    )
+    assert ENV["LROBRIDGE_TASKS_SERVICE_ACCOUNT"] == "${google_service_account.tasks.email}"
+    assert ENV["LROBRIDGE_TASKS_AUDIENCE"] == "${local.tasks_audience}"
+    env = {name: v for name, value in ENV.items() if (v := _resolve(value)) is not None}
+    env.update(
+        {
+            "LROBRIDGE_TASKS_URL": "https://lrobridge-123.europe-west1.run.app",
+            "LROBRIDGE_TASKS_SERVICE_ACCOUNT": "lrobridge-tasks@p.iam.gserviceaccount.com",
+            "LROBRIDGE_TASKS_AUDIENCE": "https://lrobridge.p.lrobridge/tasks",
+            "LROBRIDGE_TASKS_LOCATION": "europe-west1",
+        }
+    )
+    settings = Settings.from_env(env)
+    settings.check_tasks()
+    # The routes verify the configured audience, not the URL the task was sent to.
+    assert settings.tasks_token_audience == "https://lrobridge.p.lrobridge/tasks"
 
 
 def test_dead_letters_are_kept_and_no_subscription_expires() -> None:

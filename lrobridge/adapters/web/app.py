@@ -20,7 +20,7 @@ import base64
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, request
@@ -32,8 +32,8 @@ from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
 from lrobridge.core import codec
 from lrobridge.core.access import ApiAuth
 from lrobridge.core.records import QuarantinedMessage, WatchState
-from lrobridge.delivery.push import PushEndpoint
-from lrobridge.errors import BridgeError, Code, InvalidArgument, NotFound
+from lrobridge.delivery.push import PushEndpoint, PushResponse
+from lrobridge.errors import BridgeError, Code, FailedPrecondition, InvalidArgument, NotFound
 from lrobridge.logs import TraceContextMiddleware
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.watching.pubsub_mode import WatchHandler
@@ -69,6 +69,14 @@ def error_response(exc: BridgeError) -> Response:
     return json_response(exc.to_status_json(), exc.code.http_status)
 
 
+class TaskEndpoint(Protocol):
+    """A Cloud Tasks handler: the task's body and headers in, a status and body out
+    (:class:`lrobridge.watching.tasks_mode.TaskWatchHandler`,
+    :class:`lrobridge.webhooks.retry_tasks.RetryTaskHandler`)."""
+
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse: ...
+
+
 class QuarantineLedger(Protocol):
     """What the quarantine view reads: the newest quarantined pushes."""
 
@@ -89,6 +97,9 @@ class AppParts:
     facade: OperationsFacade
     webhooks: WebhookViews
     blueprints: Sequence[Blueprint] = ()
+    # Cloud Tasks handlers (made on first use): POST /tasks/watch, POST /tasks/webhook.
+    task_watch_endpoint: Callable[[], TaskEndpoint] | None = None
+    webhook_task_endpoint: Callable[[], TaskEndpoint] | None = None
 
 
 def create_app(parts: AppParts) -> Flask:
@@ -151,6 +162,19 @@ def create_app(parts: AppParts) -> Flask:
     def pubsub_watch() -> Response:
         body, headers = request.get_data(cache=False), dict(request.headers)
         result = parts.watch_endpoint().handle(body, headers, url=request_url())
+        return json_response(result.body, result.status)
+
+    @app.post("/tasks/watch")
+    def tasks_watch() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        result = _task_endpoint(parts.task_watch_endpoint, "/tasks/watch").handle(body, headers)
+        return json_response(result.body, result.status)
+
+    @app.post("/tasks/webhook")
+    def tasks_webhook() -> Response:
+        body, headers = request.get_data(cache=False), dict(request.headers)
+        endpoint = _task_endpoint(parts.webhook_task_endpoint, "/tasks/webhook")
+        result = endpoint.handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/v1/watches")
@@ -243,6 +267,12 @@ def create_app(parts: AppParts) -> Flask:
         return json_response({})
 
     return app
+
+
+def _task_endpoint(make: Callable[[], TaskEndpoint] | None, route: str) -> TaskEndpoint:
+    if make is None:
+        raise FailedPrecondition(f"POST {route} is not served by this app (no Cloud Tasks)")
+    return make()
 
 
 def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class WebhookViews:
     parts: Callable[[], WebhookFeature]
     start_worker: Callable[[], bool]
     drain_outbox: Callable[[float], int]
+    # Tasks watch mode: reschedules watches whose Cloud Task was lost (None in other modes).
+    sweep_watch_tasks: Callable[[], int] | None = None
 
 
 def blueprint(views: WebhookViews) -> Blueprint:
@@ -171,6 +173,10 @@ def blueprint(views: WebhookViews) -> Blueprint:
         # The scheduled drain also republishes outbox entries: on Cloud Run no watcher or
         # background thread may be running to do it.
         body["outboxRepublished"] = views.drain_outbox(10.0)
+        if views.sweep_watch_tasks is not None:
+            # Tasks watch mode: Cloud Tasks has no dead-letter queue; watches whose task was
+            # lost run again.
+            body["watchTasksRescheduled"] = views.sweep_watch_tasks()
         return json_response(body)
 
     return bp

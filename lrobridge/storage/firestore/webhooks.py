@@ -473,7 +473,7 @@ class FirestoreWebhookStore:
             return None
         with self.db.errors("requeue the delivery"):
             try:
-                self._doc(_DELIVERIES, delivery_id).update(_requeued(now))
+                self._doc(_DELIVERIES, delivery_id).update(rules.requeued(now))
             except api_exceptions.NotFound:
                 return None
         return self.get_delivery(delivery_id)
@@ -492,7 +492,7 @@ class FirestoreWebhookStore:
                 if d.get("create_time") >= since
             ]
             for doc in docs:
-                tx.update(doc.reference, _requeued(now))
+                tx.update(doc.reference, rules.requeued(now))
             return len(docs)
 
         return self.db.transact("requeue dead deliveries", body)
@@ -566,31 +566,14 @@ def _disable(
     webhook_changes: dict[str, Any],
 ) -> None:
     """Disable an ENABLED webhook and dead-letter its ``pending`` deliveries."""
-    if not webhook.exists or webhook.get("state") != _ENABLED:
+    changes = rules.disable_webhook(_row(webhook), reason=reason, now=now)
+    if changes is None:
         if webhook.exists and webhook_changes:
             tx.update(webhook.reference, webhook_changes)
         return
-    tx.update(
-        webhook.reference,
-        {
-            **webhook_changes,
-            "state": WebhookState.DISABLED.value,
-            "disabled_reason": reason,
-            "disable_time": now,
-            "update_time": now,
-        },
-    )
+    tx.update(webhook.reference, {**webhook_changes, **changes})
     for doc in pending:
-        tx.update(
-            doc.reference,
-            {
-                "state": DeliveryState.DEAD.value,
-                "next_attempt": None,
-                "claim_token": "",
-                "last_error": f"webhook disabled: {reason}",
-                "update_time": now,
-            },
-        )
+        tx.update(doc.reference, rules.dead_lettered(reason, now=now))
 
 
 def _deletion(ref: DocumentReference) -> Write:
@@ -600,14 +583,8 @@ def _deletion(ref: DocumentReference) -> Write:
     return write
 
 
-def _requeued(now: float) -> dict[str, Any]:
-    return {
-        "state": _PENDING,
-        "next_attempt": now,
-        "round_attempts": 0,
-        "claim_token": "",
-        "update_time": now,
-    }
+def _row(snapshot: Doc) -> dict[str, Any] | None:
+    return fields(snapshot) if snapshot.exists else None
 
 
 def _webhook(d: dict[str, Any]) -> Webhook:

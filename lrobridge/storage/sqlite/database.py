@@ -219,9 +219,13 @@ def update_where(
     where: str,
     params: tuple[Any, ...],
     changes: Mapping[str, Any],
-) -> None:
+) -> int:
+    """Write ``changes`` to the rows ``where`` selects; how many."""
     assignments = ", ".join(f"{column} = ?" for column in changes)
-    conn.execute(f"UPDATE {table} SET {assignments} WHERE {where}", (*changes.values(), *params))
+    cursor = conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE {where}", (*changes.values(), *params)
+    )
+    return cursor.rowcount
 
 
 def put(conn: sqlite3.Connection, table: str, key: str, value: Any, write: Put | None) -> None:

@@ -25,7 +25,13 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from lrobridge.storage import rules
-from lrobridge.storage.sqlite.database import SqliteDatabase, as_row, select_one, update
+from lrobridge.storage.sqlite.database import (
+    SqliteDatabase,
+    as_row,
+    select_one,
+    update,
+    update_where,
+)
 from lrobridge.storage.sqlite.schema import MIGRATIONS
 from lrobridge.storage.sqlite.store import seq_cursor
 from lrobridge.webhooks.model import (
@@ -338,21 +344,18 @@ class SqliteWebhookStore:
 
     def requeue(self, delivery_id: str, *, now: float) -> Delivery | None:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE webhook_deliveries SET state = 'PENDING', next_attempt = ?, "
-                "round_attempts = 0, claim_token = '', update_time = ? WHERE id = ?",
-                (now, now, delivery_id),
-            )
+            update(conn, "webhook_deliveries", "id", delivery_id, rules.requeued(now))
         return self.get_delivery(delivery_id)
 
     def requeue_dead_since(self, webhook_id: str, *, since: float, now: float) -> int:
         with self._write() as conn:
-            return conn.execute(
-                "UPDATE webhook_deliveries SET state = 'PENDING', next_attempt = ?, "
-                "round_attempts = 0, claim_token = '', update_time = ? "
-                "WHERE webhook_id = ? AND state = 'DEAD' AND create_time >= ?",
-                (now, now, webhook_id, since),
-            ).rowcount
+            return update_where(
+                conn,
+                "webhook_deliveries",
+                "webhook_id = ? AND state = 'DEAD' AND create_time >= ?",
+                (webhook_id, since),
+                rules.requeued(now),
+            )
 
     def next_due_time(self) -> float | None:
         rows = self._read(
@@ -390,16 +393,16 @@ class SqliteWebhookStore:
 
 
 def _disable(conn: sqlite3.Connection, webhook_id: str, reason: str, now: float) -> None:
-    changed = conn.execute(
-        "UPDATE webhooks SET state = ?, disabled_reason = ?, disable_time = ?, update_time = ? "
-        "WHERE id = ? AND state = ?",
-        (WebhookState.DISABLED.value, reason, now, now, webhook_id, WebhookState.ENABLED.value),
-    ).rowcount
-    if changed:
-        conn.execute(
-            "UPDATE webhook_deliveries SET state = 'DEAD', next_attempt = NULL, claim_token = '', "
-            "last_error = ?, update_time = ? WHERE webhook_id = ? AND state = 'PENDING'",
-            (f"webhook disabled: {reason}", now, webhook_id),
+    webhook = select_one(conn, "webhooks", "state", "id = ?", (webhook_id,))
+    changes = rules.disable_webhook(webhook, reason=reason, now=now)
+    if changes is not None:
+        update(conn, "webhooks", "id", webhook_id, changes)
+        update_where(
+            conn,
+            "webhook_deliveries",
+            "webhook_id = ? AND state = 'PENDING'",
+            (webhook_id,),
+            rules.dead_lettered(reason, now=now),
         )
 
 

@@ -25,6 +25,7 @@ resource "google_project_service" "apis" {
   for_each = toset([
     "artifactregistry.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudtasks.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
@@ -76,6 +77,7 @@ module "lrobridge" {
   region                = var.region
   image                 = var.image
   watch_mode            = var.watch_mode
+  tasks_source_queues   = var.tasks_source_queues
   store                 = var.store
   api_keys_secret       = google_secret_manager_secret.api_keys.secret_id
   page_token_key_secret = google_secret_manager_secret.page_token_key.secret_id

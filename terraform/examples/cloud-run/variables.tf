@@ -15,7 +15,7 @@ variable "image" {
 }
 
 variable "watch_mode" {
-  description = "pubsub (scales to zero) or poller (one instance always up, instance-based billing)."
+  description = "pubsub or tasks (both scale to zero; tasks polls at exact times on Cloud Tasks) or poller (one instance always up, instance-based billing)."
   type        = string
   default     = "pubsub"
 }
@@ -36,4 +36,13 @@ variable "deletion_protection" {
   description = "Refuse to destroy the service and the Firestore database."
   type        = bool
   default     = true
+}
+
+variable "tasks_source_queues" {
+  description = "tasks mode: source hosts that get a Cloud Tasks queue (rate limit) of their own."
+  type = map(object({
+    max_dispatches_per_second = number
+    max_concurrent_dispatches = number
+  }))
+  default = {}
 }

@@ -19,7 +19,8 @@ locals {
   # things out; use firestore for anything that must survive a restart.
   max_instances = local.firestore ? var.max_instances : 1
   # The in-process watcher polls between requests: it needs an instance always up with CPU
-  # always allocated (instance-based billing). pubsub mode needs neither and scales to zero.
+  # always allocated (instance-based billing). pubsub and tasks modes need neither and scale to
+  # zero.
   min_instances = local.poller ? 1 : 0
   cpu_idle      = !local.poller
 
@@ -52,6 +53,14 @@ locals {
     LROBRIDGE_API_AUTH             = "key"
     LROBRIDGE_API_SERVICE_ACCOUNTS = google_service_account.scheduler.email
     LROBRIDGE_API_AUDIENCE         = local.api_audience
+    # Cloud Tasks (tasks.tf): exact-time polls and webhook retries, tokens of the tasks identity.
+    LROBRIDGE_TASKS_LOCATION        = var.region
+    LROBRIDGE_TASKS_QUEUE           = local.tasks_queue
+    LROBRIDGE_TASKS_SOURCE_QUEUES   = join(",", [for host, queue in local.source_queues : "${host}=${queue}"])
+    LROBRIDGE_TASKS_WEBHOOK_QUEUE   = var.webhook_retry_tasks ? local.webhook_queue : ""
+    LROBRIDGE_TASKS_URL             = local.service_url
+    LROBRIDGE_TASKS_SERVICE_ACCOUNT = google_service_account.tasks.email
+    LROBRIDGE_TASKS_AUDIENCE        = local.tasks_audience
   }
 }
 

@@ -48,3 +48,17 @@ output "api_audience" {
 output "store_url" {
   value = local.store_url
 }
+
+output "tasks_service_account" {
+  description = "Identity of the Cloud Tasks OIDC tokens (the /tasks/* routes accept only it)."
+  value       = google_service_account.tasks.email
+}
+
+output "tasks_queues" {
+  description = "Cloud Tasks queues: watch polls (default and per source host) and webhook retries."
+  value = concat(
+    google_cloud_tasks_queue.watches[*].id,
+    [for queue in google_cloud_tasks_queue.sources : queue.id],
+    google_cloud_tasks_queue.webhook_retries[*].id,
+  )
+}

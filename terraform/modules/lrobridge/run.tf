@@ -4,7 +4,7 @@ resource "google_cloud_run_v2_service" "bridge" {
   location            = var.region
   ingress             = "INGRESS_TRAFFIC_ALL"
   deletion_protection = var.deletion_protection
-  custom_audiences    = [local.push_audience, local.api_audience]
+  custom_audiences    = [local.push_audience, local.api_audience, local.tasks_audience]
   labels              = var.labels
 
   template {

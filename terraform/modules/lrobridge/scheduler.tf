@@ -1,5 +1,7 @@
 # Every minute, webhook deliveries that are due for a retry are sent: POST /v1/deliveries:drain
 # with an OIDC token of the scheduler's identity (LROBRIDGE_API_SERVICE_ACCOUNTS lets it in).
+# With Cloud Tasks (tasks.tf) retries run at their planned time and this is the safety net; in
+# tasks watch mode it also reschedules watches whose task was lost.
 resource "google_cloud_scheduler_job" "drain" {
   project     = var.project_id
   region      = var.scheduler_region != "" ? var.scheduler_region : var.region

@@ -28,7 +28,7 @@ variable "watch_mode" {
   type        = string
   default     = "pubsub"
   validation {
-    condition     = contains(["pubsub", "poller"], var.watch_mode)
+    condition     = contains(["pubsub", "poller", "tasks"], var.watch_mode)
     error_message = "watch_mode is pubsub or poller."
   }
 }
@@ -205,4 +205,51 @@ variable "labels" {
   description = "Labels for every resource that takes them."
   type        = map(string)
   default     = {}
+}
+
+variable "tasks_max_dispatches_per_second" {
+  description = "Cloud Tasks: dispatch rate limit of the default watch queue and the webhook retry queue (at most 500)."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.tasks_max_dispatches_per_second > 0 && var.tasks_max_dispatches_per_second <= 500
+    error_message = "Cloud Tasks accepts 0 < max_dispatches_per_second <= 500."
+  }
+}
+
+variable "tasks_max_concurrent_dispatches" {
+  description = "Cloud Tasks: requests in flight at once from the default watch queue and the webhook retry queue (at most 5000; keep it under max_instances * concurrency)."
+  type        = number
+  default     = 80
+  validation {
+    condition     = var.tasks_max_concurrent_dispatches >= 1 && var.tasks_max_concurrent_dispatches <= 5000
+    error_message = "Cloud Tasks accepts 1..5000 concurrent dispatches."
+  }
+}
+
+variable "tasks_source_queues" {
+  description = "Cloud Tasks: watched source hosts that get a queue of their own, with its own rate limits (host => limits)."
+  type = map(object({
+    max_dispatches_per_second = number
+    max_concurrent_dispatches = number
+  }))
+  default = {}
+}
+
+variable "tasks_max_attempts" {
+  description = "Cloud Tasks: attempts of one task before Cloud Tasks drops it (the scheduled sweep takes over then)."
+  type        = number
+  default     = 100
+}
+
+variable "tasks_audience" {
+  description = "Audience of the tasks' OIDC tokens (a Cloud Run custom audience); empty: https://NAME.PROJECT.lrobridge/tasks."
+  type        = string
+  default     = ""
+}
+
+variable "webhook_retry_tasks" {
+  description = "Make each webhook retry a Cloud Task at its planned time (the minute drain stays as the safety net)."
+  type        = bool
+  default     = true
 }
