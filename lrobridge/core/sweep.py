@@ -16,7 +16,7 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   misses; a covered watch that its own safety-net poll finds done shows it, and after
   ``MAX_MISSES`` of those the filter is dropped.
 * **the interval**: halved (down to ``MIN_INTERVAL``) after a sweep that found completions,
-  x1.5 (up to ``MAX_INTERVAL``) after one that found none, and never shorter than the single
+  x1.5 (up to ``MAX_INTERVAL``, 5 s) after one that found none, and never shorter than the single
   polls it replaces would cost: a sweep of N pages listing M operations runs at most as often
   as the covered watches' own polls would make max(N, M / OPERATIONS_PER_CALL) calls
   (``interval >= max(pages, listed / OPERATIONS_PER_CALL) / polls_per_second``), so neither
@@ -37,7 +37,7 @@ from lrobridge.errors import BridgeError, Code, TransientError
 
 DONE_FILTER = "done = true"
 MIN_INTERVAL = 1.0
-MAX_INTERVAL = 60.0
+MAX_INTERVAL = 5.0  # the cost floor (below) spaces sweeps of small or slow groups further
 START_INTERVAL = 1.0
 SAFETY_NET = 300.0  # seconds between the single polls of a covered watch
 VERIFY_EVERY = 4  # every n-th sweep is unfiltered, to see which watched names are listed

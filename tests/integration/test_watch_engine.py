@@ -67,7 +67,7 @@ class Engine:
         )
         self.watcher.wake()
 
-    def wait_published(self, names: list[str], timeout: float = 30.0) -> None:
+    def wait_published(self, names: list[str], timeout: float = 60.0) -> None:
         wait_until(
             lambda: set(names) <= set(self.publisher.operations),
             timeout=timeout,
