@@ -3,7 +3,7 @@
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/lrobridge:TAG .
 #
 # tests/unit/test_container.py checks this file against the code and terraform/: base image,
-# non-root user, the port, and the gunicorn command line; tests/integration/test_container_command.py
+# non-root user, the port, and the `lrobridge serve` command line; tests/integration/test_container_command.py
 # runs that command line for real (health check, SIGTERM drain, JSON logs, in-process watcher).
 
 FROM python:3.12-slim AS build
@@ -27,8 +27,10 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels -c /wheels/constr
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
-# One worker with 8 threads per instance (Cloud Run scales instances; set the service's
-# concurrency to workers x threads). --timeout 0: Cloud Run enforces request timeouts itself.
-# --graceful-timeout 8: SIGTERM lets requests in flight finish inside Cloud Run's 10 s grace.
-# `exec` makes gunicorn PID 1, so it receives SIGTERM itself.
-CMD exec gunicorn --bind "0.0.0.0:${PORT}" --workers 1 --threads 8 --timeout 0 --graceful-timeout 8 --config python:lrobridge.gunicorn_conf lrobridge.wsgi:app
+# `lrobridge serve`: waitress, which reads each request whole before one of the 8 threads runs it
+# (slow clients hold a socket, never a thread), on $PORT, with the watcher in poller mode, the
+# webhook worker and JSON logs. Cloud Run scales instances; set the service's concurrency to the
+# threads. Cloud Run enforces request timeouts itself. --graceful-timeout 8: SIGTERM lets
+# requests in flight finish inside Cloud Run's 10 s grace. `exec` makes it PID 1, so it receives
+# SIGTERM itself.
+CMD exec lrobridge serve --host 0.0.0.0 --threads 8 --graceful-timeout 8s --watcher --app lrobridge.wsgi:app

@@ -5,7 +5,7 @@ against the baseline of waiters that poll GetOperation every second.
     python bench/operations_api.py --waiters 300 --window 10
 
 The facade runs in child processes on one SQLite store holding ``--ops`` produced operations
-under one parent: the gRPC server (``Bridge.start_grpc``) and the REST app under gunicorn
+under one parent: the gRPC server (``Bridge.start_grpc``) and the REST app under waitress
 (``lrobridge serve``, the production server). Load comes from this process.
 
 1. Requests per second for ``--seconds`` each: GetOperation and ListOperations (page of 50)

@@ -1,28 +1,43 @@
-"""How many pending operations one watcher process holds, and what it costs, against the
-baseline users have today: one google-api-core ``Operation`` future per operation.
+"""How many pending operations one watcher process holds, what it costs and how soon it tells
+a completion, on three kinds of Operations server, against the baseline users have today: one
+google-api-core ``Operation`` future per operation. One run measures every side:
 
-    python bench/watch_capacity.py                 # 10,000 operations each side (~6 minutes)
-    python bench/watch_capacity.py --ops 2000 --window 30
+    python bench/watch_capacity.py                       # 100,000 watches, 10,000 futures
+    python bench/watch_capacity.py --ops 5000 --baseline-ops 2000 --window 60
+    python bench/watch_capacity.py --quick               # a smoke run of a few hundred (~1 min)
 
-Both sides watch the same kind of load, one after the other, on a gRPC Operations server in a
-process of its own (tests/support/operations_servers.py): ``--ops`` operations that complete at
-evenly spread moments over ``--window`` seconds after the start.
+Each side gets a fresh Operations server in a process of its own (tests/support/
+operations_servers.py, ``grpc.aio``, so 100,000 held waits are coroutines; its CPU is not
+counted): ``--ops`` operations that complete at evenly spread moments over ``--window``
+seconds, the first LEAD seconds after the side starts. Server kinds (``--kinds``):
 
-* lrobridge: ``lrobridge watcher`` in a child process, watches registered in its SQLite store,
-  completions published to the Pub/Sub emulator (started here).
-* baseline: a child process with ``operation.from_gapic(...)`` futures over one
-  ``operations_v1.OperationsClient`` channel and ``add_done_callback`` on each, which is a
-  polling thread per operation (api-core's default polling: 1 s, x1.5, at most 20 s).
+* ``get``: GetOperation only (WaitOperation and ListOperations answer UNIMPLEMENTED);
+* ``wait``: GetOperation and WaitOperation (ListOperations UNIMPLEMENTED);
+* ``list``: GetOperation and ListOperations with the ``done = true`` filter (no Wait).
 
-Per side it prints CPU seconds and peak RSS of the child (``os.wait4``), polls per second
-(GetOperation + WaitOperation calls the server answered, over the time until the last
-completion was seen), and the detection lag (moment seen - moment the operation completed)
-p50/p99, then the per-operation ratios. Nothing here asserts a time.
+lrobridge side: ``python -m lrobridge.cli watcher`` as a child process, its watches registered
+beforehand in a SQLite store in a temporary folder, completions published to a Pub/Sub emulator
+this script starts on 127.0.0.1. A subscriber in this process pulls them; the detection lag of
+an operation is the moment its completion reached Pub/Sub (the message's publish time) minus
+the moment the server completed it.
+
+Baseline: a child process with ``operation.from_gapic(...)`` futures over one
+``operations_v1.OperationsClient`` channel and ``add_done_callback`` on each, which starts a
+polling thread per operation (api-core's default polling: 1 s, x1.5, at most 20 s), against a
+``get`` server; its lag is callback time minus completion time. ``--baseline-ops`` (10,000 by
+default) is what this machine's thread limit allows; fewer start if threads run out.
+
+Per side: CPU share of one core (CPU seconds / the child's life), CPU ms per operation, peak
+RSS and KiB per operation (``os.wait4``), polls per second (Get + Wait + List calls the server
+answered / the child's life), lag p50/p99 of the completions seen, and the ratios against the
+baseline. Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
+``--grace`` seconds after it started. Nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -32,43 +47,55 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PARENT = "projects/bench/locations/l"
-# Both sides start watching, then the operations begin to complete LEAD seconds later.
-LEAD = 5.0
+KINDS = ("get", "wait", "list")
+PROJECT = "bench-capacity"
+FIGURES = (
+    "CPU share",
+    "CPU ms/op",
+    "peak RSS MiB",
+    "KiB/op",
+    "polls/s",
+    "lag p50 s",
+    "lag p99 s",
+)
 
 
 def _done_times(ops: int, start: float, window: float) -> list[float]:
-    return [start + 2.0 + window * (i + 0.5) / ops for i in range(ops)]
+    return [start + window * (i + 0.5) / ops for i in range(ops)]
 
 
 def _name(prefix: str, i: int) -> str:
     return f"{PARENT}/operations/{prefix}-{i:06d}"
 
 
+def _index(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
 # -- child: the Operations server ---------------------------------------------------------------
 
 
 def run_server(args: argparse.Namespace) -> None:
-    from tests.support.operations_servers import FakeOperations, grpc_operations_server
+    from tests.support.operations_servers import FakeOperations, aio_grpc_operations_server
 
     backend = FakeOperations(clock=time.time, max_wait=30.0)
-    names = [_name(args.prefix, i) for i in range(args.ops)]
-    for name in names:
-        backend.add(name)  # pending until START says when each one completes
+    backend.wait_unimplemented = args.kind != "wait"
+    backend.list_unimplemented = args.kind != "list"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with grpc_operations_server(backend, max_workers=512) as url:
+    with aio_grpc_operations_server(backend) as url:
         print(url, flush=True)
         command, start = sys.stdin.readline().split()
         assert command == "START"
-        for name, done_at in zip(
-            names, _done_times(args.ops, float(start), args.window), strict=True
-        ):
-            backend.add(name, done_at=done_at)
+        names = [_name(args.prefix, i) for i in range(args.ops)]
+        backend.add_many(names, _done_times(args.ops, float(start), args.window))
+        print("READY", flush=True)
         while not stop.wait(0.5):
             pass
         calls = {m: backend.calls(m) for m in ("GetOperation", "WaitOperation", "ListOperations")}
@@ -110,10 +137,11 @@ def run_baseline(args: argparse.Namespace) -> None:
             break
         futures.append(future)
         started += 1
-    all_seen.wait(timeout=args.window + 300)
-    print(
-        json.dumps({"started": started, "seen": {str(k): v for k, v in seen.items()}}), flush=True
-    )
+    print(json.dumps({"started": started}), flush=True)
+    all_seen.wait(timeout=args.deadline)
+    with lock:
+        result = {str(k): v for k, v in seen.items()}
+    print(json.dumps({"seen": result}), flush=True)
     os._exit(0)  # the polling threads are not daemons; the measurement is over
 
 
@@ -128,102 +156,147 @@ def _wait4(process: subprocess.Popen[str]) -> tuple[float, float]:
 
 
 def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _server(ops: int, prefix: str, window: float) -> tuple[subprocess.Popen[str], str]:
-    args = ["--ops", str(ops), "--prefix", prefix, "--window", str(window)]
-    process = subprocess.Popen(
-        [sys.executable, __file__, "_server", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip()
+class _Server:
+    """An Operations server child: started empty, given its operations by :meth:`start`."""
+
+    def __init__(self, kind: str, ops: int, prefix: str, window: float) -> None:
+        args = ["--kind", kind, "--ops", str(ops), "--prefix", prefix, "--window", str(window)]
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "_server", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("grpc://127.0.0.1:"):
+            raise SystemExit(f"the {kind} server did not start")
+
+    def start(self, lead: float) -> float:
+        """The operations complete from ``lead`` seconds on; returns that moment."""
+        start = time.time() + lead
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"START {start}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "READY"
+        return start
+
+    def stop(self) -> dict[str, int]:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.stdout is not None
+        calls: dict[str, int] = json.loads(self.process.stdout.readline())
+        self.process.wait(timeout=30)
+        return calls
 
 
-def _start(server: subprocess.Popen[str]) -> float:
-    """Tell the server when the operations complete: from LEAD seconds on."""
-    start = time.time() + LEAD
-    assert server.stdin is not None
-    server.stdin.write(f"START {start}\n")
-    server.stdin.flush()
-    return start
+class _Completions:
+    """A pull subscriber recording, per operation, when its completion reached Pub/Sub."""
+
+    def __init__(self, subscription: str) -> None:
+        from google.cloud import pubsub_v1
+
+        self.published: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+        self._client = pubsub_v1.SubscriberClient()
+        self._future = self._client.subscribe(
+            subscription,
+            self._on_message,
+            flow_control=pubsub_v1.types.FlowControl(max_messages=5000),
+        )
+
+    def _on_message(self, message: Any) -> None:
+        operation = message.attributes.get("operation", "")
+        with self.changed:
+            self.published.setdefault(operation, message.publish_time.timestamp())
+            self.changed.notify_all()
+        message.ack()
+
+    def wait_for(self, count: int, deadline: float) -> None:
+        with self.changed:
+            while len(self.published) < count and time.time() < deadline:
+                self.changed.wait(min(1.0, max(deadline - time.time(), 0.01)))
+
+    def close(self) -> None:
+        self._future.cancel()
+        with contextlib.suppress(Exception):  # cancelled: the usual end of a streaming pull
+            self._future.result(timeout=10)
+        self._client.close()
 
 
-def _stop_server(process: subprocess.Popen[str]) -> dict[str, int]:
-    process.send_signal(signal.SIGTERM)
-    assert process.stdout is not None
-    calls = json.loads(process.stdout.readline())
-    process.wait(timeout=30)
-    return calls  # type: ignore[no-any-return]
-
-
-def measure_bridge(ops: int, window: float, emulator_host: str) -> dict[str, float]:
-    from lrobridge.adapters.pubsub import PubSubAdmin
+def _register(store_path: pathlib.Path, url: str, ops: int, prefix: str) -> None:
     from lrobridge.core.backoff import Backoff
     from lrobridge.storage.sqlite.store import SqliteStore
 
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="lrobridge-bench-"))
-    store_path = workdir / "bench.db"
-    server, url = _server(ops, "bridge", window)
     store = SqliteStore(str(store_path))
+    now = time.time()
     for i in range(ops):
         store.create_watch(
             source=url,
-            operation=_name("bridge", i),
+            operation=_name(prefix, i),
             expire_time=None,
             backoff=Backoff(),
             progress=False,
-            now=time.time(),
+            now=now,
         )
-    project = "bench"
+    store.close()
+
+
+def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> dict[str, float]:
+    from lrobridge.adapters.pubsub import PubSubAdmin
+
+    ops, window = args.ops, args.window
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"lrobridge-capacity-{kind}-"))
+    store_path = workdir / "watches.db"
+    server = _Server(kind, ops, kind, window)
+    print(f"  {kind}: registering {ops} watches ...", flush=True)
+    registering = time.time()
+    _register(store_path, server.url, ops, kind)
+    print(f"  {kind}: registered in {time.time() - registering:.0f}s", flush=True)
+    topic = f"projects/{PROJECT}/topics/lro-{kind}"
+    subscription = f"projects/{PROJECT}/subscriptions/lro-{kind}"
+    with PubSubAdmin() as admin:
+        admin.ensure_topic(topic)
+        admin.ensure_pull_subscription(subscription, topic, enable_message_ordering=False)
+    completions = _Completions(subscription)
     env = {
         **os.environ,
         "PUBSUB_EMULATOR_HOST": emulator_host,
-        "GOOGLE_CLOUD_PROJECT": project,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "LROBRIDGE_TOPIC": f"lro-{kind}",
         "LROBRIDGE_STORE": f"sqlite:///{store_path}",
         "LROBRIDGE_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }
-    with PubSubAdmin() as admin:
-        admin.ensure_topic(f"projects/{project}/topics/lro-completed")
+    start = server.start(args.lead)
     began = time.time()
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "lrobridge.cli.main", "watcher"], env=env, text=True
+        [sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True
     )
-    start = _start(server)
-    deadline = time.time() + window + 300
-    while time.time() < deadline:
-        done = store._read("SELECT COUNT(*) FROM watches WHERE state = 3")[0][0]
-        if done >= ops:
-            break
-        time.sleep(0.5)
-    last_seen = time.time()
+    print(f"  {kind}: watcher started, completions from {args.lead:.0f}s on", flush=True)
+    completions.wait_for(ops, start + window + args.grace)
     watcher.send_signal(signal.SIGTERM)
     cpu, rss = _wait4(watcher)  # type: ignore[arg-type]
-    calls = _stop_server(server)
+    life = time.time() - began
+    calls = server.stop()
+    completions.close()
     done_at = _done_times(ops, start, window)
-    rows = store._read("SELECT name, update_time FROM operations WHERE done = 1")
-    lags = [t - done_at[int(name.rsplit("-", 1)[1])] for name, t in rows]
-    polls = store._read("SELECT SUM(polls) FROM watches")[0][0] or 0
-    store.close()
-    return {
-        "ops": ops,
-        "seen": len(rows),
-        "cpu_s": cpu,
-        "rss_mib": rss,
-        "polls_per_s": (calls["GetOperation"] + calls["WaitOperation"]) / (last_seen - began),
-        "polls_total": polls,
-        "lag_p50": _percentile(lags, 0.5),
-        "lag_p99": _percentile(lags, 0.99),
-    }
+    lags = [t - done_at[_index(name)] for name, t in completions.published.items() if name]
+    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags)
 
 
-def measure_baseline(ops: int, window: float) -> dict[str, float]:
-    server, url = _server(ops, "baseline", window)
+def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
+    ops, window = args.baseline_ops, args.window
+    server = _Server("get", ops, "baseline", window)
+    deadline = args.lead + window + args.grace
+    start = server.start(args.lead)
     began = time.time()
     child = subprocess.Popen(
         [
@@ -233,33 +306,63 @@ def measure_baseline(ops: int, window: float) -> dict[str, float]:
             "--ops",
             str(ops),
             "--target",
-            url.removeprefix("grpc://"),
-            "--window",
-            str(window),
+            server.url.removeprefix("grpc://"),
+            "--deadline",
+            str(deadline),
         ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    start = _start(server)
     assert child.stdout is not None
-    result = json.loads(child.stdout.readline())
-    last_seen = time.time()
+    started = json.loads(child.stdout.readline())["started"]
+    seen = {int(k): v for k, v in json.loads(child.stdout.readline())["seen"].items()}
     cpu, rss = _wait4(child)  # type: ignore[arg-type]
-    calls = _stop_server(server)
+    life = time.time() - began
+    calls = server.stop()
     done_at = _done_times(ops, start, window)
-    seen = {int(k): v for k, v in result["seen"].items()}
     lags = [t - done_at[i] for i, t in seen.items()]
+    return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags)
+
+
+def _row(
+    ops: int, seen: int, cpu: float, rss: float, calls: int, life: float, lags: list[float]
+) -> dict[str, float]:
     return {
-        "ops": result["started"],
-        "seen": len(seen),
-        "cpu_s": cpu,
-        "rss_mib": rss,
-        "polls_per_s": calls["GetOperation"] / (last_seen - began),
-        "polls_total": calls["GetOperation"],
-        "lag_p50": _percentile(lags, 0.5) if lags else float("nan"),
-        "lag_p99": _percentile(lags, 0.99) if lags else float("nan"),
+        "ops": ops,
+        "seen": seen,
+        "CPU share": cpu / life,
+        "CPU ms/op": 1000 * cpu / max(ops, 1),
+        "peak RSS MiB": rss,
+        "KiB/op": 1024 * rss / max(ops, 1),
+        "polls/s": calls / life,
+        "lag p50 s": _percentile(lags, 0.5),
+        "lag p99 s": _percentile(lags, 0.99),
     }
+
+
+def report(rows: dict[str, dict[str, float]]) -> None:
+    print()
+    header = f"{'side':16} {'ops':>7} {'seen':>7} " + " ".join(f"{f:>12}" for f in FIGURES)
+    print(header)
+    for label, row in rows.items():
+        print(
+            f"{label:16} {row['ops']:7.0f} {row['seen']:7.0f} "
+            + " ".join(f"{row[f]:12.2f}" for f in FIGURES)
+        )
+    base = rows["baseline"]
+    print("\nratios, baseline / side (per operation; > 1 means the side is cheaper or sooner):")
+    for label, row in rows.items():
+        if label == "baseline":
+            continue
+        cpu = base["CPU ms/op"] / row["CPU ms/op"] if row["CPU ms/op"] else float("inf")
+        rss = base["KiB/op"] / row["KiB/op"] if row["KiB/op"] else float("inf")
+        p50 = base["lag p50 s"] / row["lag p50 s"] if row["lag p50 s"] else float("inf")
+        p99 = base["lag p99 s"] / row["lag p99 s"] if row["lag p99 s"] else float("inf")
+        print(
+            f"{label:16} CPU/op x{cpu:.2f}   RSS/op x{rss:.2f}   "
+            f"lag p50 x{p50:.2f}   lag p99 x{p99:.2f}"
+        )
 
 
 def main() -> None:
@@ -268,45 +371,50 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="role")
     server = sub.add_parser("_server")
+    server.add_argument("--kind", choices=KINDS, required=True)
     server.add_argument("--ops", type=int, required=True)
     server.add_argument("--prefix", required=True)
     server.add_argument("--window", type=float, required=True)
     baseline = sub.add_parser("_baseline")
     baseline.add_argument("--ops", type=int, required=True)
     baseline.add_argument("--target", required=True)
-    baseline.add_argument("--window", type=float, required=True)
-    parser.add_argument("--ops", type=int, default=10_000)
-    parser.add_argument("--baseline-ops", type=int, default=None, help="default: --ops")
-    parser.add_argument("--window", type=float, default=60.0)
+    baseline.add_argument("--deadline", type=float, required=True)
+    parser.add_argument("--ops", type=int, default=100_000, help="watches per server kind")
+    parser.add_argument("--baseline-ops", type=int, default=10_000)
+    parser.add_argument("--window", type=float, default=120.0, help="seconds of completions")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="of get,wait,list")
+    parser.add_argument("--lead", type=float, default=10.0, help="seconds before the first")
+    parser.add_argument(
+        "--grace", type=float, default=120.0, help="seconds after the last before giving up"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few hundred")
     args = parser.parse_args()
     if args.role == "_server":
         return run_server(args)
     if args.role == "_baseline":
         return run_baseline(args)
+    if args.quick:
+        args.ops, args.baseline_ops, args.window, args.lead, args.grace = 100, 100, 3.0, 3.0, 15.0
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        parser.error(f"--kinds: choose among {','.join(KINDS)}")
 
     from lrobridge.cli.emulator import PubSubEmulator
 
-    print(f"watch_capacity: {args.ops} operations completing over {args.window:.0f}s", flush=True)
+    print(
+        f"watch_capacity: {args.ops} watches per server kind ({','.join(kinds)}), "
+        f"{args.baseline_ops} api-core futures; completions over {args.window:.0f}s",
+        flush=True,
+    )
+    rows: dict[str, dict[str, float]] = {}
     with PubSubEmulator() as emulator:
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host_port
-        bridge = measure_bridge(args.ops, args.window, emulator.host_port)
-    base = measure_baseline(args.baseline_ops or args.ops, args.window)
-    print()
-    print(
-        f"{'':10} {'ops':>6} {'seen':>6} {'CPU s':>7} {'CPU ms/op':>10} {'peak RSS MiB':>13} "
-        f"{'KiB/op':>7} {'polls/s':>8} {'lag p50 s':>10} {'lag p99 s':>10}"
-    )
-    for label, row in (("lrobridge", bridge), ("baseline", base)):
-        print(
-            f"{label:10} {row['ops']:6.0f} {row['seen']:6.0f} {row['cpu_s']:7.1f} "
-            f"{1000 * row['cpu_s'] / row['ops']:10.2f} {row['rss_mib']:13.1f} "
-            f"{1024 * row['rss_mib'] / row['ops']:7.1f} {row['polls_per_s']:8.1f} "
-            f"{row['lag_p50']:10.2f} {row['lag_p99']:10.2f}"
-        )
-    cpu_ratio = (base["cpu_s"] / base["ops"]) / (bridge["cpu_s"] / bridge["ops"])
-    rss_ratio = (base["rss_mib"] / base["ops"]) / (bridge["rss_mib"] / bridge["ops"])
-    print(f"\nper operation, baseline / lrobridge: CPU x{cpu_ratio:.1f}, peak RSS x{rss_ratio:.1f}")
-    print(f"median lag: lrobridge {bridge['lag_p50']:.2f}s vs baseline {base['lag_p50']:.2f}s")
+        for kind in kinds:
+            rows[f"lrobridge {kind}"] = measure_bridge(kind, args, emulator.host_port)
+    print("  baseline: api-core futures ...", flush=True)
+    rows["baseline"] = measure_baseline(args)
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[[CompletionEvent], object])
 C = TypeVar("C", bound=Callable[[str], None])
-BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge (gunicorn hooks)
+BRIDGE_EXTENSION = "lrobridge.bridge"  # where create_app leaves the bridge (lrobridge serve)
 
 
 class Bridge:
@@ -214,11 +214,11 @@ class Bridge:
 
     def create_app(self) -> Flask:
         """The Flask app: push endpoint, Watch API, Operations facade, webhooks, health and the
-        added blueprints (the gunicorn target)."""
+        added blueprints (what `lrobridge serve` or any WSGI server serves)."""
         from lrobridge.adapters.web.app import create_app
 
         app = create_app(self.parts.app_parts())
-        app.extensions[BRIDGE_EXTENSION] = self  # the gunicorn hooks find the bridge here
+        app.extensions[BRIDGE_EXTENSION] = self  # `lrobridge serve --app module:app` finds it
         return app
 
     def create_watcher(self) -> Watcher:

@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
@@ -64,7 +65,19 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_PUSH_AUDIENCE": (
         "",
-        "Expected `aud` of push tokens; empty means the URL the push was sent to.",
+        "Expected `aud` of push tokens; empty means LROBRIDGE_PUBLIC_URL + `/pubsub/push` (or "
+        "`/pubsub/watch`). With push auth on and neither set, the bridge refuses to start.",
+    ),
+    "LROBRIDGE_PUBLIC_URL": (
+        "",
+        "The bridge's public base URL (`https://SERVICE-HASH.REGION.run.app`), the trusted "
+        "source of token audiences when LROBRIDGE_PUSH_AUDIENCE / LROBRIDGE_API_AUDIENCE are "
+        "empty; never taken from the request (Cloud Run does not tell a service its URL).",
+    ),
+    "LROBRIDGE_TRUSTED_PROXIES": (
+        "0",
+        "How many proxies in front set X-Forwarded-For/-Proto/-Host (werkzeug ProxyFix); 0 "
+        "trusts none. Cloud Run's front end is one. Only logs and request URLs use them.",
     ),
     "LROBRIDGE_PUSH_SERVICE_ACCOUNT": (
         "",
@@ -203,7 +216,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_API_AUDIENCE": (
         "",
-        "Expected `aud` of Google ID tokens on /v1; empty means the request URL or its origin.",
+        "Expected `aud` of Google ID tokens on /v1; empty means LROBRIDGE_PUBLIC_URL or a URL "
+        "under it. With LROBRIDGE_API_SERVICE_ACCOUNTS and neither set, the bridge won't start.",
     ),
     "LROBRIDGE_WEBHOOK_TIMEOUT": ("15s", "Timeout of one webhook request (connect + response)."),
     "LROBRIDGE_WEBHOOK_CONCURRENCY": ("16", "Webhook requests in flight at once per process."),
@@ -212,7 +226,24 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "`background` worker thread, or `request` (push + drain only); auto: request on Cloud Run.",
     ),
     "K_SERVICE": ("", "Set by Cloud Run; makes LROBRIDGE_WEBHOOK_DELIVERY=auto mean `request`."),
+    "LROBRIDGE_QUARANTINE_MAX_AGE": (
+        "7d",
+        "Quarantined messages older than this are dropped (1m-365d).",
+    ),
+    "LROBRIDGE_QUARANTINE_MAX_BYTES": (
+        "64MiB",
+        "Most body bytes the quarantine keeps (e.g. 64MiB, 1GiB; at least 1MiB); the oldest "
+        "entries are dropped first, the newest is always kept.",
+    ),
 }
+
+# The largest request body the HTTP server reads and the app accepts: Pub/Sub messages are at
+# most 10 MB, and base64 in a JSON envelope makes that about 13.4 MB. One definition: the server
+# (lrobridge.server) and Flask's MAX_CONTENT_LENGTH both use it.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The quarantine's bounds by default (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES).
+QUARANTINE_MAX_AGE = 7 * 86400.0
+QUARANTINE_MAX_BYTES = 64 * 1024 * 1024
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -260,6 +291,8 @@ class Settings:
     store_url: str = "sqlite://:memory:"
     push_auth: PushAuth = "oidc"
     push_audience: str = ""
+    public_url: str = ""
+    trusted_proxies: int = 0
     push_service_account: str = ""
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     payload_format: PayloadFormat = "binary"
@@ -293,6 +326,8 @@ class Settings:
     webhook_concurrency: int = 16
     webhook_delivery: WebhookDelivery = "auto"
     cloud_run_service: str = ""
+    quarantine_max_age: float = QUARANTINE_MAX_AGE
+    quarantine_max_bytes: int = QUARANTINE_MAX_BYTES
     tasks_location: str = ""
     tasks_queue: str = "lro-watch"
     tasks_source_queues: tuple[tuple[str, str], ...] = ()
@@ -369,6 +404,10 @@ class Settings:
                 ),
             ),
             push_audience=get("LROBRIDGE_PUSH_AUDIENCE"),
+            public_url=_public_url(get("LROBRIDGE_PUBLIC_URL")),
+            trusted_proxies=_non_negative_int(
+                get("LROBRIDGE_TRUSTED_PROXIES"), "LROBRIDGE_TRUSTED_PROXIES"
+            ),
             push_service_account=get("LROBRIDGE_PUSH_SERVICE_ACCOUNT"),
             push_certs_url=get("LROBRIDGE_PUSH_CERTS_URL"),
             payload_format=cast(
@@ -447,6 +486,15 @@ class Settings:
                 ),
             ),
             cloud_run_service=get("K_SERVICE"),
+            quarantine_max_age=_bounded_duration(
+                get("LROBRIDGE_QUARANTINE_MAX_AGE"),
+                "LROBRIDGE_QUARANTINE_MAX_AGE",
+                60.0,
+                365 * 86400.0,
+            ),
+            quarantine_max_bytes=_byte_size(
+                get("LROBRIDGE_QUARANTINE_MAX_BYTES"), "LROBRIDGE_QUARANTINE_MAX_BYTES", 1 << 20
+            ),
             tasks_location=get("LROBRIDGE_TASKS_LOCATION"),
             tasks_queue=_queue_id(get("LROBRIDGE_TASKS_QUEUE"), "LROBRIDGE_TASKS_QUEUE"),
             tasks_source_queues=_source_queues(get("LROBRIDGE_TASKS_SOURCE_QUEUES")),
@@ -477,6 +525,34 @@ class Settings:
                 "LROBRIDGE_PUSH_AUTH=cloudrun trusts that Cloud Run checked each token's "
                 "signature, but K_SERVICE is not set: this is not running on Cloud Run; use "
                 "oidc here"
+            )
+        if self.push_auth != "none" and not self.push_audiences:
+            raise ConfigError(
+                f"LROBRIDGE_PUSH_AUTH={self.push_auth} needs the audience push tokens must carry, "
+                "from configuration (never from the request's Host): set LROBRIDGE_PUSH_AUDIENCE "
+                "(the push subscription's OIDC audience) or LROBRIDGE_PUBLIC_URL (the bridge's "
+                "public base URL, e.g. https://SERVICE-HASH.REGION.run.app; the audience is then "
+                "LROBRIDGE_PUBLIC_URL/pubsub/push)"
+            )
+
+    @property
+    def push_audiences(self) -> frozenset[str]:
+        """The audiences a push token may carry: LROBRIDGE_PUSH_AUDIENCE, else the push routes
+        under LROBRIDGE_PUBLIC_URL (Pub/Sub's default audience is the push endpoint's URL)."""
+        if self.push_audience:
+            return frozenset({self.push_audience})
+        if self.public_url:
+            return frozenset({f"{self.public_url}/pubsub/push", f"{self.public_url}/pubsub/watch"})
+        return frozenset()
+
+    def check_api_auth(self) -> None:
+        """Fail early when /v1 accepts ID tokens but no trusted audience is configured."""
+        if self.api_service_accounts and not (self.api_audience or self.public_url):
+            raise ConfigError(
+                "LROBRIDGE_API_SERVICE_ACCOUNTS needs the audience their ID tokens must carry, "
+                "from configuration (never from the request's Host): set LROBRIDGE_API_AUDIENCE "
+                "or LROBRIDGE_PUBLIC_URL (the bridge's public base URL; tokens for it or any URL "
+                "under it are accepted)"
             )
 
 
@@ -517,6 +593,34 @@ def _watch_settings(get: Callable[[str], str]) -> dict[str, Any]:
         "watch_max_backoff": max_backoff,
         "watch_max_deliveries": max_deliveries,
     }
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_BYTE_SIZE_RE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def _byte_size(value: str, name: str, low: int) -> int:
+    """A size in bytes: ``67108864``, ``64MiB``, ``512KiB``, ``1GiB``; at least ``low``."""
+    match = _BYTE_SIZE_RE.fullmatch(value.strip().lower())
+    if match is None or match.group(2) not in _BYTE_UNITS:
+        raise ConfigError(f"{name}={value!r} is not a size; use e.g. 64MiB, 512KiB, 1GiB")
+    size = int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+    if size < low:
+        raise ConfigError(f"{name}={value!r} must be at least {low} bytes")
+    return size
+
+
+def _public_url(value: str) -> str:
+    """LROBRIDGE_PUBLIC_URL: ``http(s)://host[:port][/path]``, no query or fragment, no final /."""
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"LROBRIDGE_PUBLIC_URL={value!r} is not a base URL such as "
+            "https://SERVICE-HASH.REGION.run.app (http or https, a host, no query or fragment)"
+        )
+    return value.rstrip("/")
 
 
 _QUEUE_ID_RE = re.compile(r"[A-Za-z0-9-]{1,100}")

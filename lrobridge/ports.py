@@ -213,8 +213,8 @@ class Outbox(Protocol):
         ...
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        """:meth:`mark_published` for many entries (SQLite: one transaction; Firestore: one
-        each)."""
+        """:meth:`mark_published` for each of ``entry_ids``, in one transaction where the
+        backend can (SQLite); the relay settles what Pub/Sub acknowledged in bulk."""
         ...
 
     def retry_publish(
@@ -309,7 +309,17 @@ class EventLedger(Protocol):
         self, *, reason: str, body: bytes, headers: dict[str, str], now: float
     ) -> int: ...
 
-    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+    def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries, bodies included."""
+        ...
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        """The newest ``limit`` entries without their bodies (``body`` is b"", ``size`` set)."""
+        ...
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        """One entry with its body; NotFound when there is none (or it was dropped)."""
+        ...
 
 
 class Store(WatchStore, Outbox, OperationStore, EventLedger, Protocol):

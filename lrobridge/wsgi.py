@@ -1,11 +1,11 @@
-"""The container's WSGI entry point: ``gunicorn lrobridge.wsgi:app``.
+"""The container's WSGI entry point: ``lrobridge serve --app lrobridge.wsgi:app``.
 
 Owns one thing: a :class:`~lrobridge.bridge.Bridge` configured from the environment and its
-Flask app, created when gunicorn's worker imports this module (never in the master, so no store
-connection or Pub/Sub channel crosses a fork). This bridge has no Python callbacks: on Cloud Run
-deliver completions with webhooks or your own subscriptions to the completion topic. For
-callbacks, give gunicorn your own module instead, e.g. ``myservice.hooks:app`` with
-``app = bridge.create_app()``; the hooks in :mod:`lrobridge.gunicorn_conf` find that bridge too.
+Flask app, created when this module is imported. This bridge has no Python callbacks: on Cloud
+Run deliver completions with webhooks or your own subscriptions to the completion topic. For
+callbacks, serve your own module instead, e.g. ``lrobridge serve --app myservice.hooks:bridge``;
+any other WSGI server can serve ``app`` too, but ``lrobridge serve`` is the one that reads
+requests whole before a thread runs them (see :mod:`lrobridge.server`).
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ time checks by google-auth, the cached and rate-limited fetch of Google's signin
 from ``LROBRIDGE_PUSH_CERTS_URL``) and only changes which claims are accepted:
 
 * ``email`` must be one of ``LROBRIDGE_API_SERVICE_ACCOUNTS`` (case-insensitive), verified;
-* ``aud`` must be ``LROBRIDGE_API_AUDIENCE`` when set; when it is empty, the URL the request was
-  sent to (Cloud Scheduler's default audience for an HTTP target) or its origin
-  ``https://host`` (the audience Cloud Run itself uses for a service's URL).
+* ``aud`` must be ``LROBRIDGE_API_AUDIENCE`` when set; when it is empty, ``LROBRIDGE_PUBLIC_URL``
+  (with or without a final ``/``: the audience Cloud Run itself uses for a service's URL) or a
+  URL under it (Cloud Scheduler's default audience is the target URL,
+  ``https://SERVICE/v1/deliveries:drain``). Never the URL the request claims (its ``Host:``):
+  a token minted for another service must not pass by naming that service's host.
 
 :class:`lrobridge.core.access.ApiAuth` calls it through its ``IdTokenVerifier`` protocol for a
 bearer credential that is a JWT rather than an API key. Messages never contain the token.
@@ -16,7 +18,6 @@ bearer credential that is a JWT rather than an API key. Messages never contain t
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,42 +35,58 @@ class ApiTokenVerifier(PushTokenVerifier):
         service_accounts: Iterable[str],
         audience: str,
         certs_url: str,
+        public_url: str = "",
         platform_verified: bool = False,
     ) -> None:
         accounts = frozenset(a.strip().lower() for a in service_accounts if a.strip())
         if not accounts:
             raise ConfigError("ID tokens on /v1 need LROBRIDGE_API_SERVICE_ACCOUNTS")
+        if not (audience or public_url):
+            raise ConfigError(
+                "ID tokens on /v1 need LROBRIDGE_API_AUDIENCE or LROBRIDGE_PUBLIC_URL (the "
+                "audience they must carry; it never comes from the request)"
+            )
         super().__init__(
-            audience, sorted(accounts)[0], certs_url, platform_verified=platform_verified
+            audience or public_url,
+            sorted(accounts)[0],
+            certs_url,
+            platform_verified=platform_verified,
         )
         self._accounts = accounts
+        self._audience = audience
+        self._base = "" if audience else public_url.rstrip("/")
 
-    def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:
+    def verify_token(self, token: str) -> Mapping[str, Any]:
         """The claims of a valid token; Unauthenticated / PermissionDenied / Unavailable."""
         try:
-            return self.verify(f"Bearer {token}", request_url=request_url)
+            return self.verify(f"Bearer {token}")
         except (Unauthenticated, PermissionDenied, Unavailable) as exc:
             message = exc.message.replace("push token", "ID token").replace("push ", "")
             raise type(exc)(message) from None
 
-    def _check_claims(self, claims: Mapping[str, Any], request_url: str) -> None:
+    def _audience_ok(self, audience: object) -> bool:
+        if not isinstance(audience, str):
+            return False
+        if self._audience:
+            return audience == self._audience
+        return audience in (self._base, self._base + "/") or audience.startswith(self._base + "/")
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer not in ISSUERS:
             raise PermissionDenied(
                 f"ID token issuer {issuer!r} is not one of {', '.join(sorted(ISSUERS))}"
             )
-        expected = [self._audience] if self._audience else _own_urls(request_url)
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
-        if not any(a in expected for a in audiences):
+        if not any(self._audience_ok(a) for a in audiences):
             where = (
-                "LROBRIDGE_API_AUDIENCE"
+                f"LROBRIDGE_API_AUDIENCE {self._audience!r}"
                 if self._audience
-                else "this request's URL or origin (LROBRIDGE_API_AUDIENCE is empty)"
+                else f"LROBRIDGE_PUBLIC_URL {self._base!r} or a URL under it "
+                "(LROBRIDGE_API_AUDIENCE is empty)"
             )
-            raise PermissionDenied(
-                f"ID token audience {audience!r} does not match {where}: {', '.join(expected)}"
-            )
+            raise PermissionDenied(f"ID token audience {audience!r} does not match {where}")
         email = claims.get("email")
         if not isinstance(email, str) or email.strip().lower() not in self._accounts:
             raise PermissionDenied(
@@ -78,10 +95,3 @@ class ApiTokenVerifier(PushTokenVerifier):
         verified = claims.get("email_verified")
         if verified is not True and verified != "true":
             raise PermissionDenied(f"ID token email {email!r} is not verified")
-
-
-def _own_urls(request_url: str) -> list[str]:
-    parts = urllib.parse.urlsplit(request_url)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    without_query = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return list(dict.fromkeys([request_url, without_query, origin, origin + "/"]))

@@ -14,9 +14,9 @@ What is checked, and which error a failure raises:
   an expired token or one issued in the future (both beyond :data:`CLOCK_SKEW_SECONDS`).
   Signature and time checks are google-auth's ``google.auth.jwt.decode``.
 * ``PermissionDenied`` (HTTP 403), a genuine Google-signed token that is not meant for us:
-  issuer not in :data:`ISSUERS`, ``aud`` not the configured audience (or, when that is empty, the
-  URL the push was sent to), ``email`` not the configured service account (compared
-  case-insensitively), ``email_verified`` not true.
+  issuer not in :data:`ISSUERS`, ``aud`` not one of the configured audiences (from
+  configuration only, never from the request: see ``Settings.push_audiences``), ``email`` not
+  the configured service account (compared case-insensitively), ``email_verified`` not true.
 * ``Unavailable`` (HTTP 503, Pub/Sub redelivers), the signing certificates could not be fetched.
 
 Messages say what was wrong and never contain the token.
@@ -45,7 +45,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import google.auth.exceptions
@@ -87,7 +87,7 @@ class PushTokenVerifier:
 
     def __init__(
         self,
-        audience: str,
+        audience: str | Iterable[str],
         service_account: str,
         certs_url: str,
         *,
@@ -97,12 +97,18 @@ class PushTokenVerifier:
         platform_verified: bool = False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._audience = audience
+        audiences = frozenset([audience] if isinstance(audience, str) else audience)
+        self._audiences = frozenset(a for a in audiences if a)
         self._service_account = service_account.strip().lower()
         if not self._service_account:
             raise ConfigError(
                 "push token verification needs the push service account's email "
                 "(LROBRIDGE_PUSH_SERVICE_ACCOUNT)"
+            )
+        if not self._audiences:
+            raise ConfigError(
+                "push token verification needs the audience tokens must carry "
+                "(LROBRIDGE_PUSH_AUDIENCE or LROBRIDGE_PUBLIC_URL); it never comes from the request"
             )
         self._certs_url = certs_url
         self._clock = clock
@@ -115,13 +121,13 @@ class PushTokenVerifier:
         self._fetched_at = 0.0
         self._expires_at = 0.0
 
-    def verify(self, authorization_header: str | None, *, request_url: str) -> Mapping[str, Any]:
+    def verify(self, authorization_header: str | None) -> Mapping[str, Any]:
         """The claims of the push request's valid token; raises as the module docstring says."""
         token = _bearer_token(authorization_header)
         key_id = _key_id(token)
         if token.rsplit(".", 1)[1] == SIGNATURE_REMOVED:
             claims = self._platform_claims(token)
-            self._check_claims(claims, request_url)
+            self._check_claims(claims)
             return claims
         certs = self._certs_for(key_id)
         try:
@@ -130,7 +136,7 @@ class PushTokenVerifier:
             )
         except _DECODE_ERRORS as exc:
             raise Unauthenticated(f"push token rejected: {_describe(exc)}") from None
-        self._check_claims(claims, request_url)
+        self._check_claims(claims)
         return claims
 
     def _platform_claims(self, token: str) -> Mapping[str, Any]:
@@ -160,23 +166,19 @@ class PushTokenVerifier:
             raise Unauthenticated("push token rejected: the token has expired")
         return claims
 
-    def _check_claims(self, claims: Mapping[str, Any], request_url: str) -> None:
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer not in ISSUERS:
             raise PermissionDenied(
                 f"push token issuer {issuer!r} is not one of {', '.join(sorted(ISSUERS))}"
             )
-        expected = self._audience or request_url
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
-        if expected not in audiences:
-            where = (
-                "LROBRIDGE_PUSH_AUDIENCE"
-                if self._audience
-                else "the push URL (LROBRIDGE_PUSH_AUDIENCE is empty)"
-            )
+        if not any(a in self._audiences for a in audiences):
+            expected = ", ".join(repr(a) for a in sorted(self._audiences))
             raise PermissionDenied(
-                f"push token audience {audience!r} does not match {where} {expected!r}"
+                f"push token audience {audience!r} does not match the configured audience "
+                f"(LROBRIDGE_PUSH_AUDIENCE, else LROBRIDGE_PUBLIC_URL/pubsub/...): {expected}"
             )
         email = claims.get("email")
         if not isinstance(email, str) or email.strip().lower() != self._service_account:

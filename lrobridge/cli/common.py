@@ -14,15 +14,25 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from lrobridge.bridge import Bridge
+from lrobridge.bridge import BRIDGE_EXTENSION, Bridge
 from lrobridge.config import Settings
 from lrobridge.errors import BridgeError, ConfigError
 
+if TYPE_CHECKING:
+    from flask import Flask
 
-def load_bridge(spec: str | None) -> Bridge:
-    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None)."""
+
+@overload
+def load_bridge(spec: str | None) -> Bridge: ...
+@overload
+def load_bridge(spec: str | None, *, allow_app: Literal[True]) -> Bridge | Flask: ...
+
+
+def load_bridge(spec: str | None, *, allow_app: bool = False) -> Bridge | Flask:
+    """The Bridge named by ``module:attribute`` (a plain ``Bridge()`` when spec is None); with
+    ``allow_app``, also the Flask app a Bridge's ``create_app()`` made (``lrobridge.wsgi:app``)."""
     if spec is None:
         return Bridge()
     module_name, _, attribute = spec.partition(":")
@@ -36,9 +46,12 @@ def load_bridge(spec: str | None) -> Bridge:
     target = getattr(module, attribute, None)
     if target is None:
         raise ConfigError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}")
+    if allow_app and isinstance(getattr(target, "extensions", {}).get(BRIDGE_EXTENSION), Bridge):
+        return target  # type: ignore[no-any-return]
     if not isinstance(target, Bridge):
         raise ConfigError(
             f"--app {spec!r}: {attribute!r} is a {type(target).__name__}, not a lrobridge.Bridge"
+            + (" or the app its create_app() made" if allow_app else "")
         )
     return target
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -36,39 +37,36 @@ log = logging.getLogger("lrobridge")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    bridge = load_bridge(args.app)
+    from flask import Flask
+
+    from lrobridge.bridge import BRIDGE_EXTENSION
+    from lrobridge.server import Server, ServerOptions
+
+    target = load_bridge(args.app, allow_app=True)
+    bridge = target.extensions[BRIDGE_EXTENSION] if isinstance(target, Flask) else target
     if (args.watcher and bridge.settings.watch_mode == "poller") or (
         bridge.settings.watch_mode == "pubsub"
     ):
         from lrobridge.cli.preflight import check_publishing
 
         check_publishing(bridge.settings, "lrobridge serve")
-    from gunicorn.app.base import BaseApplication
+    app = target if isinstance(target, Flask) else bridge.create_app()
+    options = ServerOptions(
+        host=args.host,
+        port=args.port if args.port is not None else bridge.settings.port,
+        threads=args.threads,
+        connection_limit=args.connection_limit,
+        channel_timeout=args.channel_timeout,
+        graceful_timeout=args.graceful_timeout,
+    )
+    server = Server(bridge, app, options, run_watcher=args.watcher)
 
-    from lrobridge import gunicorn_conf
+    def handler(signum: int, frame: object) -> None:
+        server.stop()
 
-    flask_app = bridge.create_app()
-    port = args.port if args.port is not None else bridge.settings.port
-    gunicorn_conf.run_watcher = args.watcher
-
-    class _Gunicorn(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", 0)  # Cloud Run enforces request timeouts itself
-            self.cfg.set("graceful_timeout", 8)  # inside Cloud Run's 10 s SIGTERM grace
-            # The container's hooks: JSON logs, webhook worker, watcher (with --watcher),
-            # clean shutdown.
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logger_class", gunicorn_conf.Logger)
-            for hook in ("post_fork", "post_worker_init", "worker_exit"):
-                self.cfg.set(hook, getattr(gunicorn_conf, hook))
-
-        def load(self) -> Any:
-            return flask_app
-
-    _Gunicorn().run()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    server.serve()
     return 0
 
 
@@ -141,6 +139,7 @@ QUARANTINE_COLUMNS: list[Column] = [
     ("ID", lambda m: m.get("id")),
     ("RECEIVED", lambda m: m.get("receiveTime")),
     ("REASON", lambda m: m.get("reason")),
+    ("BYTES", lambda m: m.get("bodySize")),
 ]
 
 
@@ -153,7 +152,11 @@ def _watch_name(value: str) -> str:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     base, headers = api_endpoint(settings, args)
-    listing = call("GET", f"{base}/v1/quarantine?pageSize={args.limit}", headers)
+    if args.quarantine_command == "get":
+        print_json(call("GET", f"{base}/v1/quarantine/{args.id}", headers))
+        return 0
+    limit = args.limit or (10 if args.view == "FULL" else 50)
+    listing = call("GET", f"{base}/v1/quarantine?pageSize={limit}&view={args.view}", headers)
     print_listing(listing, "messages", QUARANTINE_COLUMNS, args.format)
     return 0
 
@@ -251,6 +254,36 @@ def _count_arg(text: str) -> int:
     return int(text)
 
 
+def _quarantine_id(text: str) -> str:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a quarantine id (a number)")
+    return text
+
+
+def _connections_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 100000")
+    return int(text)
+
+
+def _duration_arg(text: str, low: float, high: float, bounds: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if not low <= seconds <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between {bounds}")
+    return seconds
+
+
+def _seconds_arg(text: str) -> float:
+    return _duration_arg(text, 1.0, 3600.0, "1s and 1h")
+
+
+def _grace_arg(text: str) -> float:
+    return _duration_arg(text, 0.0, 3600.0, "0s and 1h")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrobridge",
@@ -280,22 +313,42 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--tasks-port", type=_port_arg, default=9022, help="Cloud Tasks emulator port")
     dev.set_defaults(func=cmd_dev)
 
-    serve = sub.add_parser("serve", help="serve the push endpoint and API with gunicorn")
-    serve.add_argument("--app", help="module:attribute of your Bridge")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument(
-        "--port", type=_port_arg, default=None, help="HTTP port (default $PORT or 8080)"
+    serve = sub.add_parser(
+        "serve",
+        help="serve the push endpoint and API (waitress: requests are read whole before a "
+        "thread runs them)",
     )
     serve.add_argument(
-        "--workers", type=_count_arg, default=1, help="gunicorn worker processes (default 1)"
+        "--app", help="module:attribute of your Bridge, or of the app its create_app() made"
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=_port_arg, default=None, help="port (default: $PORT)")
+    serve.add_argument(
+        "--threads", type=_count_arg, default=8, help="threads that run requests (default 8)"
     )
     serve.add_argument(
-        "--threads", type=_count_arg, default=8, help="request threads per worker (default 8)"
+        "--connection-limit",
+        type=_connections_arg,
+        default=1000,
+        help="open connections at most, slow ones included (default 1000)",
+    )
+    serve.add_argument(
+        "--channel-timeout",
+        type=_seconds_arg,
+        default=60.0,
+        help="close a connection silent for this long, e.g. 60s (default 60s)",
+    )
+    serve.add_argument(
+        "--graceful-timeout",
+        type=_grace_arg,
+        default=8.0,
+        help="on SIGTERM, how long requests in flight may finish (default 8s, inside Cloud "
+        "Run's 10 s)",
     )
     serve.add_argument(
         "--watcher",
         action="store_true",
-        help="also run the watcher in each worker (poller mode), as the container does",
+        help="also run the watcher in this process (poller mode), as the container does",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -338,12 +391,27 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", help="messages that could never be processed, newest first"
     )
     quarantine_sub = verbs_of(quarantine, "quarantine_command")
-    listing = quarantine_sub.add_parser("list", help="list quarantined messages, newest first")
+    listing = quarantine_sub.add_parser(
+        "list", help="quarantined messages, newest first, without their bodies unless --view FULL"
+    )
     listing.add_argument(
-        "--limit", type=int, default=50, help="messages to show (default 50, at most 1000)"
+        "--limit",
+        type=int,
+        default=0,
+        help="messages to show (default 50, at most 1000; 10 with --view FULL)",
+    )
+    listing.add_argument(
+        "--view",
+        type=str.upper,
+        choices=("BASIC", "FULL"),
+        default="BASIC",
+        help="BASIC: no bodies (default); FULL: with bodies (at most 10 entries)",
     )
     add_format_flag(listing)
     client_flags(listing)
+    getting = quarantine_sub.add_parser("get", help="one entry with its body (base64)")
+    getting.add_argument("id", type=_quarantine_id, help="the entry's id, from list")
+    client_flags(getting)
     quarantine.set_defaults(func=cmd_quarantine)
 
     pubsub = sub.add_parser("pubsub", help="Pub/Sub set-up")

@@ -13,8 +13,8 @@ refuses at start instead, with one line that says what to set or start:
   Pub/Sub answered but this identity may only publish (roles/pubsub.publisher cannot read
   topics), which is enough.
 
-REST over ``requests``, not a gRPC channel: ``lrobridge serve`` checks in gunicorn's master
-before it forks its workers, and a gRPC channel must not cross ``fork``.
+REST over ``requests``, not a gRPC channel: the check opens nothing that must not outlive it
+or cross a ``fork`` (a pre-forking WSGI server may import the app afterwards).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def platform_checked_credential(headers: Mapping[str, str]) -> str | None:
 class IdTokenVerifier(Protocol):
     """Checks a Google ID token for the API (the adapter is lrobridge.adapters.id_tokens)."""
 
-    def verify_token(self, token: str, *, request_url: str) -> Mapping[str, Any]:
+    def verify_token(self, token: str) -> Mapping[str, Any]:
         """Claims of a valid ID token; raises Unauthenticated / PermissionDenied."""
         ...
 
@@ -55,7 +55,6 @@ class ApiAuth:
         self,
         authorization: str | None,
         *,
-        url: str = "",
         serverless_authorization: str | None = None,
     ) -> None:
         """Raise Unauthenticated / PermissionDenied unless the caller may use the API.
@@ -84,7 +83,7 @@ class ApiAuth:
         if self._id_tokens is not None:
             id_token = _bearer(serverless_authorization) if serverless_authorization else token
             if id_token.strip().count(".") == 2:
-                self._id_tokens.verify_token(id_token.strip(), request_url=url)
+                self._id_tokens.verify_token(id_token.strip())
                 return
         raise Unauthenticated("API key not recognised")
 

@@ -114,8 +114,9 @@ class QuarantinedMessage:
     id: int
     receive_time: float
     reason: str
-    body: bytes
+    body: bytes  # b"" in a summary (list without bodies)
     headers: dict[str, str]
+    size: int = 0  # the body's length in bytes, also in a summary
 
 
 @dataclasses.dataclass(frozen=True)

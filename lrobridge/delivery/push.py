@@ -1,6 +1,6 @@
 """The push endpoint's logic, free of Flask: authenticate, decode, dispatch, choose a status.
 
-``PushEndpoint.handle(body, headers, url)`` returns the HTTP status and JSON body Pub/Sub gets.
+``PushEndpoint.handle(body, headers)`` returns the HTTP status and JSON body Pub/Sub gets.
 The one table that maps outcomes to status codes is :data:`STATUS_BY_VERDICT`: 2xx acks the
 message, anything else makes Pub/Sub redeliver it.
 """
@@ -32,7 +32,7 @@ STATUS_BY_VERDICT = {
 class TokenVerifier(Protocol):
     """Checks the OIDC token of a Pub/Sub push (the adapter is lrobridge.adapters.push_auth)."""
 
-    def verify(self, authorization_header: str | None, *, request_url: str) -> Mapping[str, Any]:
+    def verify(self, authorization_header: str | None) -> Mapping[str, Any]:
         """Claims of a valid push token; raises Unauthenticated / PermissionDenied."""
         ...
 
@@ -58,7 +58,6 @@ def receive(
     body: bytes,
     headers: Mapping[str, str],
     *,
-    url: str,
     verifier: TokenVerifier | None,
     ledger: EventLedger,
     decode: Callable[[PushMessage], T],
@@ -71,7 +70,7 @@ def receive(
     lowered = {k.lower(): v for k, v in headers.items()}
     if verifier is not None:
         try:
-            verifier.verify(platform_checked_credential(lowered), request_url=url)
+            verifier.verify(platform_checked_credential(lowered))
         except BridgeError as exc:
             log.warning("%s refused: %s", what, exc.message)
             return PushResponse(exc.code.http_status, exc.to_status_json())
@@ -112,11 +111,10 @@ class PushEndpoint:
         self._clock = clock
         self._on_event = on_event
 
-    def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         received = receive(
             body,
             headers,
-            url=url,
             verifier=self._verifier,
             ledger=self._ledger,
             decode=lambda message: message,

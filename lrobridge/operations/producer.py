@@ -91,7 +91,7 @@ class ProducedOperation:
         op = self._final()
         if response is not None:
             op.response.CopyFrom(_pack(response))
-        self._producer.finish(op, "succeeded")
+        self._producer.finish(op, "succeeded", progress=self.progress)
 
     def fail(self, code: int, message: str, details: Iterable[Message | any_pb2.Any] = ()) -> None:
         """End with an error (``code`` is a google.rpc.Code other than OK)."""
@@ -107,7 +107,8 @@ class ProducedOperation:
                 code=int(rpc_code), message=message, details=[_pack(d) for d in details]
             )
         )
-        self._producer.finish(op, "cancelled" if rpc_code == Code.CANCELLED else "failed")
+        outcome: codec.Outcome = "cancelled" if rpc_code == Code.CANCELLED else "failed"
+        self._producer.finish(op, outcome, progress=self.progress)
 
     def cancelled(self, message: str = "cancelled") -> None:
         """End as cancelled (error code 1), e.g. from the cancel hook."""
@@ -217,7 +218,11 @@ class Producer:
         if entry is not None:
             self._relay.publish(entry)
 
-    def finish(self, op: operations_pb2.Operation, outcome: codec.Outcome) -> None:
+    def finish(
+        self, op: operations_pb2.Operation, outcome: codec.Outcome, *, progress: bool
+    ) -> None:
+        """Store and publish the end of ``op``; ``progress``: its handle sends progress events
+        (then the completion is ordered after them)."""
         now = self._clock()
         done = relay.completion(
             codec.snapshot_from_proto(op),
@@ -225,6 +230,7 @@ class Producer:
             source=self.source,
             payload_format=self._payload_format,
             now=now,
+            progress=progress,
         )
         entry = self.store.complete_produced_operation(done, now=now)
         self._throttle.forget(op.name)

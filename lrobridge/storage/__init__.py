@@ -31,7 +31,7 @@ from lrobridge.config import firestore_database
 from lrobridge.core.records import ClaimResult, Completion
 from lrobridge.errors import ConfigError
 from lrobridge.ports import EventLedger, OperationStore, Outbox, Store, WatchStore
-from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS
+from lrobridge.storage.rules import PUBLISH_LEASE_SECONDS, QuarantineLimits
 
 __all__ = [
     "PUBLISH_LEASE_SECONDS",
@@ -40,25 +40,31 @@ __all__ = [
     "EventLedger",
     "OperationStore",
     "Outbox",
+    "QuarantineLimits",
     "Store",
     "WatchStore",
     "open_store",
 ]
 
 
-def open_store(url: str, *, project: str = "") -> Store:
+def open_store(
+    url: str, *, project: str = "", quarantine_limits: QuarantineLimits | None = None
+) -> Store:
     """The store an ``LROBRIDGE_STORE`` URL names; ``project`` is Firestore's (Settings.project)."""
+    limits = quarantine_limits or QuarantineLimits()
     if url.startswith("sqlite://"):
         from lrobridge.storage.sqlite.store import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return SqliteStore(path)
+        return SqliteStore(path, quarantine_limits=limits)
     if url.startswith("firestore://"):
         from lrobridge.storage.firestore.store import FirestoreStore
 
-        return FirestoreStore(project=project, database=firestore_database(url))
+        return FirestoreStore(
+            project=project, database=firestore_database(url), quarantine_limits=limits
+        )
     raise ConfigError(
         f"LROBRIDGE_STORE={url!r}: unsupported store; use sqlite:///path or firestore://[DATABASE]"
     )

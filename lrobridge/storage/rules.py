@@ -34,6 +34,7 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, cast
 
+from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import (
@@ -721,13 +722,28 @@ def outbox_entry(row: Row) -> OutboxEntry:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class QuarantineLimits:
+    """How much the quarantine keeps (LROBRIDGE_QUARANTINE_MAX_AGE / _MAX_BYTES): entries older
+    than ``max_age`` seconds go, and the oldest go while the kept bodies total more than
+    ``max_bytes`` (the newest entry is always kept). Applied on every write to the quarantine."""
+
+    max_age: float = QUARANTINE_MAX_AGE
+    max_bytes: int = QUARANTINE_MAX_BYTES
+
+
 def quarantined_message(row: Row) -> QuarantinedMessage:
+    """A quarantine row; one read without ``body`` is a summary (``body`` b"", ``size`` from the
+    row: the body's length, which the listing shows instead of the body)."""
+    body = bytes(row["body"]) if row.get("body") is not None else b""
+    size = row.get("size")
     return QuarantinedMessage(
         id=row["id"],
         receive_time=row["receive_time"],
         reason=row["reason"],
-        body=bytes(row["body"]),
+        body=body,
         headers=json.loads(row["headers"]),
+        size=int(size) if size is not None else len(body),
     )
 
 

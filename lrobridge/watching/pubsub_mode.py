@@ -404,7 +404,7 @@ class WatchHandlerStats:
 
 
 class WatchHandler:
-    """Handles one push of a watch message: ``handle(body, headers, url)`` -> status and body."""
+    """Handles one push of a watch message: ``handle(body, headers)`` -> status and body."""
 
     def __init__(
         self,
@@ -436,11 +436,10 @@ class WatchHandler:
         self._clock = clock
         self.stats = WatchHandlerStats()
 
-    def handle(self, body: bytes, headers: Mapping[str, str], *, url: str) -> PushResponse:
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         received = receive(
             body,
             headers,
-            url=url,
             verifier=self._verifier,
             ledger=self._ledger,
             decode=decode_watch,

@@ -302,7 +302,7 @@ class TaskWatchHandler:
         if self._verifier is not None:
             try:
                 # The audience is configuration, never the URL the request names.
-                self._verifier.verify(lowered.get("authorization"), request_url=self._audience)
+                self._verifier.verify(lowered.get("authorization"))
             except BridgeError as exc:
                 return PushResponse(exc.code.http_status, exc.to_status_json())
         lowered.pop("authorization", None)
@@ -408,7 +408,7 @@ class TaskWatchHandler:
                 done.event_id,
             )
             entry = OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
-            settled = self._relay.publish(entry)
+            settled = self._relay.publish_settled(entry)
             if settled is not None:
                 wait([settled], timeout=PUBLISH_SETTLE)
             return self._published(watch, body)

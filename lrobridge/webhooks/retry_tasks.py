@@ -110,7 +110,7 @@ class RetryTaskHandler:
         lowered = {k.lower(): v for k, v in headers.items()}
         if self._verifier is not None:
             try:
-                self._verifier.verify(lowered.get("authorization"), request_url=self._audience)
+                self._verifier.verify(lowered.get("authorization"))
             except BridgeError as exc:
                 return PushResponse(exc.code.http_status, exc.to_status_json())
         try:

@@ -5,11 +5,18 @@ Rules (checked when a webhook is registered and again before every attempt):
 * the URL is ``https://`` with a host name or IP literal, no user info, no fragment, at most
   :data:`MAX_URL_LENGTH` characters; ``http://`` only when ``LROBRIDGE_WEBHOOK_ALLOW_NETWORKS``
   lists networks, and then every address the host resolves to must be inside them;
-* every address the host resolves to must be public: loopback, private (RFC 1918), link-local
-  (169.254.0.0/16 holds cloud metadata servers at 169.254.169.254; fe80::/10), carrier-grade
-  NAT (100.64.0.0/10), unique-local (fc00::/7), IPv4-mapped (::ffff:0:0/96) and other
-  IPv4-embedding IPv6 forms (6to4, Teredo, NAT64), multicast, unspecified, reserved and any
-  other non-global address are refused, unless the address lies in one of the networks
+* the port is 443 for ``https://`` (80 for ``http://``) or an unprivileged port, 1024-65535:
+  the ports below 1024 belong to other services (SMTP, SSH, ...) that a webhook must not be
+  able to talk to;
+* every address the host resolves to must be globally reachable, judged by the project's own
+  copy of IANA's special-purpose registries (:mod:`lrobridge.core.addresses`, the same on every
+  Python): loopback, private (RFC 1918), link-local (169.254.0.0/16 holds cloud metadata
+  servers at 169.254.169.254; fe80::/10), shared address space (100.64.0.0/10), unique-local
+  (fc00::/7), documentation, benchmarking, IETF protocol assignments (192.0.0.0/24 except the
+  globally reachable anycast addresses), multicast, broadcast, reserved 240.0.0.0/4 and the
+  rest are refused; so are IPv4-mapped (::ffff:0:0/96) and the other IPv4-embedding IPv6 forms
+  (NAT64 64:ff9b::/96 too, though IANA calls it global: the translator would connect to the
+  embedded IPv4 address), unless the address lies in one of the networks
   ``LROBRIDGE_WEBHOOK_ALLOW_NETWORKS`` lists;
 * a name that resolves to any refused address is refused as a whole.
 
@@ -30,15 +37,16 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Protocol
 
+from lrobridge.core.addresses import non_global_reason
 from lrobridge.errors import InvalidArgument
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
-
-_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+# The port policy: the scheme's own port, or an unprivileged one.
+DEFAULT_PORTS = {"https": 443, "http": 80}
+LOWEST_UNPRIVILEGED_PORT = 1024
 _IPV4_EMBEDDING = (
     (ipaddress.IPv6Network("::ffff:0:0/96"), "an IPv4-mapped IPv6 address"),
     (ipaddress.IPv6Network("64:ff9b::/96"), "a NAT64 address (embeds an IPv4 address)"),
@@ -47,6 +55,9 @@ _IPV4_EMBEDDING = (
     (ipaddress.IPv6Network("2001::/32"), "a Teredo address (embeds an IPv4 address)"),
     (ipaddress.IPv6Network("::/96"), "an IPv4-compatible IPv6 address"),
 )
+
+
+_LOOPBACK_AND_UNSPECIFIED = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
 
 
 class Resolver(Protocol):
@@ -120,8 +131,12 @@ def parse_url(url: str) -> Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise InvalidArgument(f"webhook url host {host!r} is not a valid name") from None
-    if port == 0:
-        raise InvalidArgument("webhook url port must be between 1 and 65535")
+    if port is not None and port != DEFAULT_PORTS[scheme] and port < LOWEST_UNPRIVILEGED_PORT:
+        raise InvalidArgument(
+            f"webhook url port {port} is refused: a webhook uses port {DEFAULT_PORTS[scheme]} "
+            f"for {scheme}:// or a port from {LOWEST_UNPRIVILEGED_PORT} to 65535 (the ports "
+            "below belong to other services, such as SMTP and SSH)"
+        )
     request_target = parts.path or "/"
     if parts.query:
         request_target += "?" + parts.query
@@ -129,7 +144,7 @@ def parse_url(url: str) -> Target:
         url=url,
         scheme=scheme,
         host=host.lower(),
-        port=port if port is not None else (443 if scheme == "https" else 80),
+        port=port if port is not None else DEFAULT_PORTS[scheme],
         request_target=request_target,
     )
 
@@ -138,29 +153,11 @@ def classify(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | None:
     """Why ``address`` must not be a webhook target, or None when it may be."""
     if any(address.version == net.version and address in net for net in allow):
         return None
-    if isinstance(address, ipaddress.IPv6Address):
+    if isinstance(address, ipaddress.IPv6Address) and address not in _LOOPBACK_AND_UNSPECIFIED:
         for network, reason in _IPV4_EMBEDDING:
-            if address in network and not address.is_unspecified and not address.is_loopback:
+            if address in network:
                 return reason
-        if address in _UNIQUE_LOCAL:
-            return "a unique-local IPv6 address (fc00::/7)"
-    elif address in _CGNAT:
-        return "a carrier-grade NAT address (100.64.0.0/10)"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address (169.254.0.0/16 or fe80::/10, cloud metadata servers)"
-    if address.is_unspecified:
-        return "the unspecified address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_private:
-        return "a private address"
-    if address.is_reserved:
-        return "a reserved address"
-    if not address.is_global:
-        return "not a public address"
-    return None
+    return non_global_reason(address)
 
 
 class Guard:

@@ -16,8 +16,8 @@ after an HTTP response has been sent):
 ``background`` (``auto`` outside Cloud Run: ``lrobridge dev``, ``lrobridge serve`` on a VM):
     a worker thread per process drains continuously; a push that writes deliveries wakes it,
     so the first attempt starts at once. It starts with
-    :meth:`lrobridge.wiring.runtime.Runtime.start_webhook_worker` (``lrobridge dev`` and each
-    gunicorn worker of ``lrobridge serve`` call it) or, in any other WSGI server, with the
+    :meth:`lrobridge.wiring.runtime.Runtime.start_webhook_worker` (``lrobridge dev`` and
+    ``lrobridge serve`` call it) or, in any other WSGI server, with the
     first request the process serves.
 ``request`` (``auto`` on Cloud Run, where ``K_SERVICE`` is set):
     no thread. The push request that wrote deliveries makes their first attempt itself, after
@@ -51,7 +51,7 @@ from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
 from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store, TaskQueue
-from lrobridge.storage import open_store
+from lrobridge.storage import QuarantineLimits, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
 from lrobridge.watching.resource import WatchService
@@ -315,6 +315,12 @@ class Parts:
         return tuple(p for p in (self._publisher, self._watch_publisher) if p is not None)
 
     @property
+    def built_relays(self) -> tuple[OutboxRelay, ...]:
+        """The outbox relays made so far (the producer's and drainer's, the watcher's)."""
+        watcher_relay = self.watcher.relay if self.watcher is not None else None
+        return tuple(r for r in (self._relay, watcher_relay) if r is not None)
+
+    @property
     def built_task_queue(self) -> TaskQueue | None:
         return self._task_queue
 
@@ -324,7 +330,14 @@ class Parts:
     def store(self) -> Store:
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.settings.store_url, project=self.settings.project)
+                self._store = open_store(
+                    self.settings.store_url,
+                    project=self.settings.project,
+                    quarantine_limits=QuarantineLimits(
+                        max_age=self.settings.quarantine_max_age,
+                        max_bytes=self.settings.quarantine_max_bytes,
+                    ),
+                )
                 path = getattr(self._store, "path", None)
                 where = f"SQLite file {path}" if isinstance(path, str) else "Firestore"
                 log.info("store: %s (LROBRIDGE_STORE=%s)", where, self.settings.store_url)
@@ -434,11 +447,13 @@ class Parts:
     def api_auth(self) -> ApiAuth:
         if not self.settings.api_service_accounts:
             return ApiAuth(self.settings)
+        self.settings.check_api_auth()
         from lrobridge.adapters.id_tokens import ApiTokenVerifier
 
         verifier = ApiTokenVerifier(
             service_accounts=self.settings.api_service_accounts,
             audience=self.settings.api_audience,
+            public_url=self.settings.public_url,
             certs_url=self.settings.push_certs_url,
             # Behind Cloud Run's IAM check, ID tokens arrive with their signature removed.
             platform_verified=self.settings.push_auth == "cloudrun",
@@ -508,7 +523,7 @@ class Parts:
         from lrobridge.adapters.push_auth import PushTokenVerifier
 
         return PushTokenVerifier(
-            audience=self.settings.push_audience,
+            audience=self.settings.push_audiences,
             service_account=self.settings.push_service_account,
             certs_url=self.settings.push_certs_url,
             platform_verified=self.settings.push_auth == "cloudrun",
@@ -677,6 +692,7 @@ class Parts:
                 ),
             ),
             blueprints=tuple(self.blueprints),
+            trusted_proxies=self.settings.trusted_proxies,
             task_watch_endpoint=self.task_watch_endpoint,
             webhook_task_endpoint=self.webhook_task_endpoint,
         )

@@ -4,7 +4,7 @@
 process without a watcher republishes what failed to publish), the webhook delivery worker
 thread (``background`` delivery mode, see :mod:`lrobridge.wiring.parts`), the gRPC server, and
 :meth:`Runtime.close`, which stops them and closes every part that was built. Each thread is
-per process: started again after ``fork`` (gunicorn workers), never shared across one.
+per process: started again after ``fork`` (a pre-forking WSGI server), never shared across one.
 """
 
 from __future__ import annotations
@@ -152,6 +152,10 @@ class Runtime:
                 hub.close()
             for publisher in parts.built_publishers:
                 publisher.close()
+            # Closing a publisher waited for Pub/Sub's answers; settle them before the store
+            # closes (what is not settled is published again after its lease, never lost).
+            for relay in parts.built_relays:
+                relay.flush()
             task_queue = parts.built_task_queue
             if task_queue is not None:
                 task_queue.close()

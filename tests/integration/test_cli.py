@@ -183,7 +183,8 @@ def test_dev_tasks_polls_by_cloud_tasks_on_the_emulator_and_runs_the_callback(
         (["serve", "--app", "nosuchmodule:bridge"], {}, "cannot import 'nosuchmodule'"),
         (["serve", "--app", "justamodule"], {}, "module:attribute"),
         (["serve", "--port", "99999"], {}, "not a port number"),
-        (["serve", "--workers", "0"], {}, "from 1 to 1024"),
+        (["serve", "--threads", "0"], {}, "from 1 to 1024"),
+        (["serve", "--channel-timeout", "0.5s"], {}, "between 1s and 1h"),
         (["watch", "operations/\udcff", "--source", "grpc://h:1"], {}, "not a character"),
     ],
 )

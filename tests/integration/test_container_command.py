@@ -1,7 +1,7 @@
-"""The Dockerfile's command line, run for real (Docker has no engine here): gunicorn bound to
-$PORT with the lrobridge hooks. /healthz answers the startup probe, SIGTERM lets a push in
-flight finish and gunicorn exit inside Cloud Run's 10 s grace, logs are JSON lines carrying the
-request's trace, and in poller mode the watcher runs inside the worker."""
+"""The Dockerfile's command line, run for real (Docker has no engine here): ``lrobridge serve``
+on $PORT. /healthz answers the startup probe, SIGTERM lets a push in flight finish and the
+server exit inside Cloud Run's 10 s grace, logs are JSON lines carrying the request's trace, and
+in poller mode the watcher runs in the same process."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.stderr.read_text()[-3000:]}")
+                raise AssertionError(f"the server exited: {self.stderr.read_text()[-3000:]}")
             try:
                 response = requests.get(f"{self.url}/healthz", timeout=1)
                 if response.status_code == 200:
@@ -119,12 +119,27 @@ def completion_envelope() -> bytes:
     return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
 
 
-def test_sigterm_lets_a_push_in_flight_finish_and_gunicorn_exit_within_the_grace(
-    tmp_path: pathlib.Path, containers: list[Container]
+def _publishing_env(project: str, emulator: str) -> dict[str, str]:
+    """A project on the session's emulator with the topics: a process that publishes checks at
+    start that Pub/Sub answers and has them (lrobridge.cli.preflight)."""
+    from lrobridge.adapters.pubsub import PubSubAdmin
+
+    with PubSubAdmin() as admin:
+        for topic in ("lro-completed", "lro-watch"):
+            admin.ensure_topic(f"projects/{project}/topics/{topic}")
+    return {"GOOGLE_CLOUD_PROJECT": project, "PUBSUB_EMULATOR_HOST": emulator}
+
+
+def test_sigterm_lets_a_push_in_flight_finish_and_the_server_exit_within_the_grace(
+    tmp_path: pathlib.Path, containers: list[Container], pubsub_project: str, pubsub_emulator: str
 ) -> None:
     container = Container(
         tmp_path,
-        {"LROBRIDGE_WATCH_MODE": "pubsub", "LROBRIDGE_TEST_MARKERS": str(tmp_path)},
+        {
+            "LROBRIDGE_WATCH_MODE": "pubsub",
+            "LROBRIDGE_TEST_MARKERS": str(tmp_path),
+            **_publishing_env(pubsub_project, pubsub_emulator),
+        },
         "tests.support.container_app:app",
     )
     containers.append(container)
@@ -159,21 +174,21 @@ def test_sigterm_lets_a_push_in_flight_finish_and_gunicorn_exit_within_the_grace
     assert entries and all("severity" in e and "message" in e for e in entries)
     (callback_line,) = [e for e in entries if e["message"] == f"callback for {NAME}"]
     assert callback_line["severity"] == "INFO"
-    assert callback_line["logging.googleapis.com/trace"] == f"projects/p/traces/{TRACE}"
+    trace = f"projects/{pubsub_project}/traces/{TRACE}"
+    assert callback_line["logging.googleapis.com/trace"] == trace
     assert callback_line["logging.googleapis.com/spanId"] == "b7ad6b7169203331"
-    assert any(e.get("logger") == "gunicorn.error" for e in entries)
+    assert any(e.get("logger") == "lrobridge.server" for e in entries)
 
 
-def test_in_poller_mode_the_watcher_runs_in_the_worker_and_stops_on_sigterm(
-    tmp_path: pathlib.Path, containers: list[Container]
+def test_in_poller_mode_the_watcher_runs_in_the_server_process_and_stops_on_sigterm(
+    tmp_path: pathlib.Path, containers: list[Container], pubsub_project: str, pubsub_emulator: str
 ) -> None:
     backend = FakeOperations()
     backend.add(NAME)  # stays pending: the watcher holds a long poll when SIGTERM comes
     with grpc_operations_server(backend) as source:
         container = Container(
             tmp_path,
-            # The watcher publishes only completions; nothing completes, so no emulator.
-            {"LROBRIDGE_WATCH_MODE": "poller", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"},
+            {"LROBRIDGE_WATCH_MODE": "poller", **_publishing_env(pubsub_project, pubsub_emulator)},
             "lrobridge.wsgi:app",
         )
         containers.append(container)

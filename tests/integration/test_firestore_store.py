@@ -174,9 +174,9 @@ def test_the_webhook_runtime_keeps_its_store_in_the_firestore_database(project: 
     elsewhere = FirestoreWebhookStore(project=project)  # as another instance sees it
     try:
         assert isinstance(runtime.store, FirestoreWebhookStore)
-        webhook, _ = runtime.service.create("http://127.0.0.1:9/hook")
+        webhook, _ = runtime.service.create("http://127.0.0.1:9999/hook")
         seen = elsewhere.get_webhook(webhook.id)
-        assert seen is not None and seen.url == "http://127.0.0.1:9/hook"
+        assert seen is not None and seen.url == "http://127.0.0.1:9999/hook"
     finally:
         runtime.close()
         elsewhere.close()

@@ -15,6 +15,7 @@ from lrobridge.cli.emulator import free_port
 from lrobridge.cli.preflight import check_publishing
 from lrobridge.config import Settings
 from lrobridge.errors import FailedPrecondition, Unavailable
+from tests.support.container import command_argv, parse_dockerfile
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +76,12 @@ def test_a_publishing_command_without_a_project_refuses_in_one_line(
 def test_the_container_without_a_project_refuses_in_one_line(
     tmp_path: pathlib.Path, env: dict[str, str]
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{free_port()}",
-        "--config",
-        "python:lrobridge.gunicorn_conf",
-        "lrobridge.wsgi:app",
-    ]
+    # The Dockerfile's command (tests/support/container.py reads it), on a free port.
+    argv = command_argv(parse_dockerfile().command)
+    assert argv[:2] == ["lrobridge", "serve"]
+    command = [sys.executable, "-m", "lrobridge.cli", *argv[1:]]
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command += ["--port", str(free_port())]
     code, stderr = _run(command, env, tmp_path)
     assert code == 2, stderr
     assert "lrobridge: error: no Google Cloud project" in stderr

@@ -5,16 +5,23 @@ ordering key, and stopping the emulator's whole process group."""
 from __future__ import annotations
 
 import os
+import pathlib
 import time
 from collections.abc import Iterator
 
 import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud import pubsub_v1
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import wrappers_pb2
 
 from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
 from lrobridge.cli.emulator import PubSubEmulator, emulator_answers, port_is_free
+from lrobridge.delivery.relay import OutboxRelay
 from lrobridge.errors import FailedPrecondition, NotFound
+from lrobridge.operations.producer import Producer
+from lrobridge.operations.waiters import CompletionHub
+from lrobridge.storage.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +222,42 @@ def test_stopping_the_emulator_kills_its_process_group_and_frees_the_port(
     assert port_is_free("127.0.0.1", emulator.port)
     assert not emulator_answers(emulator.host_port)
     assert emulator.pid is None
+
+
+def test_progress_events_and_the_completion_of_one_operation_arrive_in_order_with_its_key(
+    topic: str,
+    pull_subscription: str,
+    subscriber: pubsub_v1.SubscriberClient,
+    tmp_path: pathlib.Path,
+) -> None:
+    store = SqliteStore(str(tmp_path / "producer.db"))
+    with PubSubPublisher(topic) as publisher:
+        relay = OutboxRelay(store, publisher)
+        producer = Producer(
+            store,
+            relay,
+            CompletionHub(store),
+            source="lrobridge://test",
+            progress_interval=0.0,
+        )
+        loud = producer.create(parent="projects/p", operation_id="loud", progress=True)
+        for percent in range(1, 21):
+            loud.update(wrappers_pb2.Int32Value(value=percent))
+        loud.succeed()
+        producer.create(parent="projects/p", operation_id="quiet").succeed()
+        relay.flush(timeout=30)
+    messages = pull_all(subscriber, pull_subscription, 22)
+    store.close()
+
+    of_loud = [m for m in messages if m.attributes["operation"] == loud.name]
+    assert [m.attributes["outcome"] for m in of_loud] == ["progress"] * 20 + ["succeeded"]
+    percents = [
+        wrappers_pb2.Int32Value.FromString(
+            operations_pb2.Operation.FromString(m.data).metadata.value
+        ).value
+        for m in of_loud
+    ]
+    assert percents == [*range(1, 21), 20]  # the completion keeps the last metadata
+    assert {m.ordering_key for m in of_loud} == {loud.name}
+    (quiet,) = [m for m in messages if m.attributes["operation"] == "projects/p/operations/quiet"]
+    assert quiet.ordering_key == ""  # completion-only: no key, batched with the rest

@@ -50,7 +50,7 @@ def _bearer(token: str) -> str:
 
 def _rejection(verifier: PushTokenVerifier, header: str | None, error: type[Exception]) -> str:
     with pytest.raises(error) as info:
-        verifier.verify(header, request_url=PUSH_URL)
+        verifier.verify(header)
     message = str(info.value)
     parts = (header or "").split(None, 1)
     if len(parts) == 2:
@@ -61,7 +61,7 @@ def _rejection(verifier: PushTokenVerifier, header: str | None, error: type[Exce
 def test_a_valid_push_token_is_accepted_and_its_claims_returned(
     authority: TokenAuthority, verifier: PushTokenVerifier
 ) -> None:
-    claims = verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)), request_url=PUSH_URL)
+    claims = verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)))
     assert (claims["aud"], claims["email"], claims["iss"]) == (
         AUDIENCE,
         ACCOUNT,
@@ -73,25 +73,22 @@ def test_the_bare_issuer_and_a_lowercase_bearer_scheme_are_accepted(
     authority: TokenAuthority, verifier: PushTokenVerifier
 ) -> None:
     token = authority.mint(AUDIENCE, ACCOUNT, issuer="accounts.google.com")
-    assert verifier.verify(f"bearer  {token} ", request_url=PUSH_URL)["iss"] == (
-        "accounts.google.com"
-    )
+    assert verifier.verify(f"bearer  {token} ")["iss"] == ("accounts.google.com")
 
 
-def test_with_no_configured_audience_the_push_url_is_the_audience(
+def test_a_verifier_without_a_configured_audience_cannot_be_made(
     authority: TokenAuthority,
 ) -> None:
-    verifier = PushTokenVerifier("", ACCOUNT, authority.certs_url)
-    token = authority.mint(PUSH_URL, ACCOUNT)
-    assert verifier.verify(_bearer(token), request_url=PUSH_URL)["aud"] == PUSH_URL
-    message = _rejection_at(verifier, token, "https://elsewhere.example/pubsub/push")
-    assert "the push URL (LROBRIDGE_PUSH_AUDIENCE is empty)" in message
+    with pytest.raises(ConfigError, match="LROBRIDGE_PUSH_AUDIENCE or LROBRIDGE_PUBLIC_URL"):
+        PushTokenVerifier("", ACCOUNT, authority.certs_url)
 
 
-def _rejection_at(verifier: PushTokenVerifier, token: str, url: str) -> str:
-    with pytest.raises(PermissionDenied) as info:
-        verifier.verify(_bearer(token), request_url=url)
-    return str(info.value)
+def test_any_of_several_configured_audiences_is_accepted(authority: TokenAuthority) -> None:
+    verifier = PushTokenVerifier({PUSH_URL, AUDIENCE}, ACCOUNT, authority.certs_url)
+    for audience in (PUSH_URL, AUDIENCE):
+        assert verifier.verify(_bearer(authority.mint(audience, ACCOUNT)))["aud"] == audience
+    with pytest.raises(PermissionDenied, match="configured audience"):
+        verifier.verify(_bearer(authority.mint("https://elsewhere.example/pubsub/push", ACCOUNT)))
 
 
 # -- 401: no valid credential -----------------------------------------------------------------
@@ -221,7 +218,7 @@ def test_the_service_account_email_is_compared_case_insensitively(
     authority: TokenAuthority,
 ) -> None:
     verifier = PushTokenVerifier(AUDIENCE, ACCOUNT.upper(), authority.certs_url)
-    assert verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)), request_url=PUSH_URL)
+    assert verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)))
 
 
 # -- certificate cache ---------------------------------------------------------------------------
@@ -231,9 +228,9 @@ def test_certificates_are_fetched_once_and_reused_while_fresh(
     authority: TokenAuthority, verifier: PushTokenVerifier
 ) -> None:
     for _ in range(5):
-        verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)), request_url=PUSH_URL)
+        verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)))
     with pytest.raises(PermissionDenied):
-        verifier.verify(_bearer(authority.mint("other", ACCOUNT)), request_url=PUSH_URL)
+        verifier.verify(_bearer(authority.mint("other", ACCOUNT)))
     assert authority.cert_requests == 1
 
 
@@ -242,12 +239,12 @@ def test_certificates_are_refetched_after_cache_control_max_age(
 ) -> None:
     authority.cache_control = "public, max-age=120, must-revalidate"
     token = _bearer(authority.mint(AUDIENCE, ACCOUNT))
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     clock.now += 119
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     assert authority.cert_requests == 1
     clock.now += 1
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     assert authority.cert_requests == 2
 
 
@@ -256,26 +253,26 @@ def test_without_cache_control_certificates_are_kept_for_an_hour(
 ) -> None:
     authority.cache_control = None
     token = _bearer(authority.mint(AUDIENCE, ACCOUNT))
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     clock.now += 3599
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     assert authority.cert_requests == 1
     clock.now += 1
-    verifier.verify(token, request_url=PUSH_URL)
+    verifier.verify(token)
     assert authority.cert_requests == 2
 
 
 def test_a_rotated_key_is_picked_up_by_an_early_refetch_at_most_once_a_minute(
     authority: TokenAuthority, verifier: PushTokenVerifier, clock: FakeClock
 ) -> None:
-    verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)), request_url=PUSH_URL)
+    verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)))
     authority.rotate()
     new_token = _bearer(authority.mint(AUDIENCE, ACCOUNT))
     # Just fetched: an unknown key id does not trigger a fetch (forged kids cannot amplify).
     _rejection(verifier, new_token, Unauthenticated)
     assert authority.cert_requests == 1
     clock.now += MIN_REFETCH_INTERVAL
-    assert verifier.verify(new_token, request_url=PUSH_URL)["email"] == ACCOUNT
+    assert verifier.verify(new_token)["email"] == ACCOUNT
     assert authority.cert_requests == 2
 
 
@@ -287,7 +284,7 @@ def test_concurrent_verifications_share_one_certificate_fetch(
 
     def verify() -> None:
         try:
-            verifier.verify(token, request_url=PUSH_URL)
+            verifier.verify(token)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -306,7 +303,7 @@ def test_a_certificate_server_error_is_unavailable(
     message = _rejection(verifier, _bearer(authority.mint(AUDIENCE, ACCOUNT)), Unavailable)
     assert "answered HTTP 500" in message
     authority.fail_with = None
-    assert verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)), request_url=PUSH_URL)
+    assert verifier.verify(_bearer(authority.mint(AUDIENCE, ACCOUNT)))
 
 
 def test_an_unreachable_certificate_server_is_unavailable(authority: TokenAuthority) -> None:

@@ -217,6 +217,7 @@ def test_the_task_routes_accept_only_the_configured_service_accounts_tokens_for_
             project="p",
             store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
             push_auth="oidc",
+            push_audience="https://bridge.example/pubsub/push",  # configured, never the request's
             push_service_account="pubsub-push@p.iam.gserviceaccount.com",
             push_certs_url=authority.certs_url,
             api_auth="none",

@@ -153,7 +153,7 @@ def test_list_unimplemented_falls_back_to_polling_each_operation_and_is_remember
 def test_a_refused_filter_is_dropped_and_the_collection_is_listed_unfiltered(
     engine: Engine, backend: FakeOperations
 ) -> None:
-    backend.list_filter_refused = True
+    backend.filter_refused = True
     ops = names("nofilter", 8)
     add_all(backend, ops, first=4.0, spread=3.0)
     for name in ops:
@@ -196,7 +196,7 @@ def test_an_operation_that_vanishes_from_the_listing_is_still_seen_completing(
 def test_a_listing_of_many_pages_is_followed_to_the_end(
     engine: Engine, backend: FakeOperations
 ) -> None:
-    backend.list_page_cap = 3  # the server returns 3 per page whatever is asked
+    backend.max_page_size = 3  # the server returns 3 per page whatever is asked
     ops = names("paged", 14)
     add_all(backend, ops, first=1.5, spread=1.5)
     for name in ops:

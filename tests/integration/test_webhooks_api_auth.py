@@ -37,6 +37,7 @@ def _bridge(tmp_path: pathlib.Path, authority: TokenAuthority, **overrides: Any)
         project="p",
         store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
         api_service_accounts=frozenset({SCHEDULER}),
+        public_url="http://localhost",  # the test client's requests are sent there
         push_certs_url=authority.certs_url,
         webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
         **overrides,
@@ -87,7 +88,7 @@ def test_the_scheduler_drains_pending_deliveries_with_its_id_token(
         assert len(receiver.received) == 2
 
 
-def test_the_origin_of_the_service_is_also_an_accepted_audience(
+def test_the_public_url_of_the_service_is_also_an_accepted_audience(
     client: FlaskClient, authority: TokenAuthority
 ) -> None:
     assert _drain(client, authority.mint("http://localhost", SCHEDULER)).status_code == 200

@@ -9,11 +9,9 @@ import json
 import logging
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +22,7 @@ from lrobridge import Bridge
 from lrobridge.config import Settings
 from lrobridge.storage.sqlite.webhooks import SqliteWebhookStore
 from lrobridge.webhooks.model import DeliveryState
+from tests.support.serve import Serve
 from tests.support.webhooks import (
     Answer,
     LiveServer,
@@ -35,50 +34,6 @@ from tests.support.webhooks import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-class Serve:
-    """``python -m lrobridge.cli.main serve`` in its own process group."""
-
-    def __init__(self, env: dict[str, str], port: int, log: pathlib.Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "lrobridge.cli", "serve", "--host", "127.0.0.1"),
-                *("--port", str(port), "--workers", "1", "--threads", "8"),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or the worker is still booting (the socket is)
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"lrobridge serve did not start; see {log}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
 
 
 def test_a_bridge_killed_during_delivery_loses_nothing_after_a_restart(
@@ -272,12 +227,12 @@ def test_every_list_command_prints_a_table_by_default_and_the_apis_json_on_reque
         headers=auth,
         timeout=10,
     ).json()
-    assert main(["webhooks", "add", "http://127.0.0.1:9/hook"]) == 0
+    assert main(["webhooks", "add", "http://127.0.0.1:9999/hook"]) == 0
     assert requests.post(f"{url}/pubsub/push", data=b"not json", timeout=10).status_code == 200
     commands = {
         ("watches", "list"): ("watches", ["NAME", "STATE", "POLLS"], watch["name"]),
         ("quarantine", "list"): ("messages", ["ID", "RECEIVED", "REASON"], "not JSON"),
-        ("webhooks", "list"): ("webhooks", ["NAME", "STATE", "URL"], "http://127.0.0.1:9/hook"),
+        ("webhooks", "list"): ("webhooks", ["NAME", "STATE", "URL"], "http://127.0.0.1:9999/hook"),
         ("webhooks", "deliveries"): ("deliveries", ["NAME", "STATE", "EVENT"], None),
     }
     capsys.readouterr()

@@ -49,7 +49,7 @@ def parse_dockerfile(path: pathlib.Path = DOCKERFILE) -> Image:
     )
 
 
-def gunicorn_argv(command: str) -> list[str]:
+def command_argv(command: str) -> list[str]:
     """The CMD's words after ``exec`` (the shell form, as /bin/sh would split it)."""
     words = shlex.split(command)
     if words[:1] == ["exec"]:

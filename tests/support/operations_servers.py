@@ -2,9 +2,13 @@
 
 * :class:`FakeOperations` — a thread-safe in-memory Operations backend with OPERATIONS.md's
   Get/List/Cancel/Delete/Wait semantics, operations that complete by themselves at a given time,
-  per-method call counters and failure injection.
+  per-method call counters and failure injection; ListOperations pages by bisection with the
+  AIP-160 ``done = true`` filter, and the variants real services show (UNIMPLEMENTED,
+  PERMISSION_DENIED, filters refused, a small maximum page size, operations left out).
 * :func:`grpc_operations_server` — a real ``grpc.server`` on 127.0.0.1 port 0 serving a backend
   through googleapis-common-protos' ``OperationsServicer``; yields ``grpc://127.0.0.1:PORT``.
+* :func:`aio_grpc_operations_server` — the same on ``grpc.aio`` (a held WaitOperation is a
+  sleeping coroutine), for benchmarks holding 100,000 operations.
 * :func:`rest_operations_server` — a real HTTP server on 127.0.0.1 port 0 serving the default
   HTTP mapping and JSON representation; yields ``http://127.0.0.1:PORT/v1``.
 
@@ -17,17 +21,21 @@ Both servers can serve the same backend at once and stop cleanly and in bounded 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import bisect
 import builtins
 import collections
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import json
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -120,17 +128,19 @@ class FakeOperations:
         self._calls: collections.Counter[str] = collections.Counter()
         self._failures: list[tuple[Code, frozenset[str] | None]] = []
         self._raw: list[_RawResponse] = []
+        self._order: list[_Op] = []  # every op ever added, in seq order (replaced ones stale)
+        self._due: list[tuple[float, int, str]] = []  # heap of (done_at, seq, name) pending
+        self._done_seqs: list[int] = []  # seqs of done ops, sorted (a `done = true` listing)
         self.max_wait = max_wait
         self.wait_unimplemented = False
         self.list_unimplemented = False
-        # Listing fallbacks a sweep must survive: a filter refused (INVALID_ARGUMENT), names a
-        # listing leaves out (partial listings, operations that vanish from them), a server
-        # that returns at most this many per page whatever the page size asked.
-        self.list_filter_refused = False
-        self.unlisted: set[str] = set()
-        self.list_page_cap: int | None = None
         self.cancel_unimplemented = False
         self.delete_unimplemented = False
+        # ListOperations variants (what real services do):
+        self.list_denied = False  # PERMISSION_DENIED for every List
+        self.filter_refused = False  # INVALID_ARGUMENT for any non-empty filter
+        self.max_page_size: int | None = None  # pages never hold more (a "paged" listing)
+        self.unlisted: set[str] = set()  # names a listing omits (partial listing, vanished)
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -152,9 +162,32 @@ class FakeOperations:
             elif done_at is not None:
                 op.done_at = done_at
             self._ops[name] = op
+            self._order.append(op)
+            if op.done_at is not None:
+                heapq.heappush(self._due, (op.done_at, op.seq, name))
             self._settle(op)
             self._cond.notify_all()
         return name
+
+    def add_many(self, names: Iterable[str], done_at: Iterable[float | None]) -> None:
+        """Register many pending operations at once, each done at its time (or never, None),
+        with an empty response: the cheap way to hold 100,000 of them."""
+        with self._cond:
+            for name, at in zip(names, done_at, strict=True):
+                self._seq += 1
+                op = _Op(name=name, seq=self._seq, done_at=at)
+                self._ops[name] = op
+                self._order.append(op)
+                if at is not None:
+                    self._due.append((at, op.seq, name))
+            heapq.heapify(self._due)
+            self._cond.notify_all()
+
+    def hide_from_list(self, *names: str) -> None:
+        """Listings omit ``names`` from now on (Get still finds them): an operation that
+        vanishes from the listing, or a partial listing."""
+        with self._cond:
+            self.unlisted.update(names)
 
     def complete(self, name: str, result: Result | Callable[[], Result] | None = None) -> None:
         """Finish ``name`` now with ``result`` (or the result given to :meth:`add`)."""
@@ -235,6 +268,27 @@ class FakeOperations:
                 until = end if op.done_at is None else min(end, op.done_at)
                 self._cond.wait(timeout=max(until - now, 0.0) + 0.001)
 
+    def begin_wait(self, name: str, timeout: float) -> tuple[_Op, float]:
+        """A WaitOperation that the caller sleeps out itself (the asyncio server): the state
+        now and when the wait ends, in this backend's clock."""
+        with self._cond:
+            self._enter("WaitOperation")
+            if self.wait_unimplemented:
+                raise BackendError(Code.UNIMPLEMENTED, "WaitOperation is not implemented")
+            op = self._find(name)
+            self._settle(op)
+            return dataclasses.replace(op), self._clock() + min(max(timeout, 0.0), self.max_wait)
+
+    def peek(self, name: str) -> _Op:
+        """The latest state of ``name`` without counting a call."""
+        with self._cond:
+            op = self._find(name)
+            self._settle(op)
+            return dataclasses.replace(op)
+
+    def now(self) -> float:
+        return self._clock()
+
     def cancel(self, name: str) -> None:
         with self._cond:
             self._enter("CancelOperation")
@@ -245,6 +299,7 @@ class FakeOperations:
             if not op.done:
                 op.done, op.done_at, op.result = True, self._clock(), None
                 op.error = status(Code.CANCELLED, "operation was cancelled")
+                bisect.insort(self._done_seqs, op.seq)
             self._cond.notify_all()
 
     def delete(self, name: str) -> None:
@@ -260,13 +315,17 @@ class FakeOperations:
         self, parent: str, filter: str, page_size: int, page_token: str
     ) -> tuple[builtins.list[_Op], str]:
         """Operations under ``parent`` (``{parent}/operations/...``; ``operations/...`` when it is
-        empty); ``filter`` is empty, ``done=true`` or ``done=false``."""
+        empty) in creation order; ``filter`` is empty, ``done = true`` or ``done = false``
+        (AIP-160). Pages are found by bisection, a ``done = true`` page from the done ones
+        only, so a listing over 100,000 operations costs about its page."""
         with self._cond:
             self._enter("ListOperations")
             if self.list_unimplemented:
                 raise BackendError(Code.UNIMPLEMENTED, "ListOperations is not implemented")
-            if self.list_filter_refused and filter.strip():
-                raise BackendError(Code.INVALID_ARGUMENT, f"filter {filter!r} is not supported")
+            if self.list_denied:
+                raise BackendError(Code.PERMISSION_DENIED, "the caller may not list operations")
+            if self.filter_refused and filter.strip():
+                raise BackendError(Code.INVALID_ARGUMENT, f"filtering is not supported: {filter!r}")
             want_done = _parse_filter(filter)
             after = _parse_token(page_token)
             if parent in ("", "operations") or parent.endswith("/operations"):
@@ -274,18 +333,31 @@ class FakeOperations:
             else:
                 prefix = f"{parent}/operations/"
             size = page_size if page_size > 0 else DEFAULT_PAGE_SIZE
-            if self.list_page_cap is not None:
-                size = min(size, self.list_page_cap)
-            matching = []
-            for op in sorted(self._ops.values(), key=lambda o: o.seq):
-                self._settle(op)
-                if op.seq <= after or not op.name.startswith(prefix) or op.name in self.unlisted:
-                    continue
+            if self.max_page_size is not None:
+                size = min(size, self.max_page_size)
+            self._settle_due()
+            if want_done:
+                seqs = self._done_seqs
+                candidates: Iterable[_Op] = (
+                    self._by_seq(seq) for seq in seqs[bisect.bisect_right(seqs, after) :]
+                )
+            else:
+                start = bisect.bisect_right(self._order, after, key=lambda o: o.seq)
+                candidates = itertools.islice(self._order, start, None)
+            page: builtins.list[_Op] = []
+            more = False
+            for op in candidates:
+                if self._ops.get(op.name) is not op or not op.name.startswith(prefix):
+                    continue  # replaced or deleted, or another parent
                 if want_done is not None and op.done != want_done:
                     continue
-                matching.append(op)
-            page = [dataclasses.replace(op) for op in matching[:size]]
-            token = _make_token(page[-1].seq) if len(matching) > size else ""
+                if op.name in self.unlisted:
+                    continue
+                if len(page) == size:
+                    more = True
+                    break
+                page.append(dataclasses.replace(op))
+            token = _make_token(page[-1].seq) if more and page else ""
             return page, token
 
     # -- internals ---------------------------------------------------------------------------
@@ -307,11 +379,24 @@ class FakeOperations:
             raise BackendError(Code.NOT_FOUND, f"operation {name!r} not found")
         return op
 
+    def _by_seq(self, seq: int) -> _Op:
+        return self._order[bisect.bisect_left(self._order, seq, key=lambda o: o.seq)]
+
+    def _settle_due(self) -> None:
+        """Complete every operation whose time has come (the listings see them done)."""
+        now = self._clock()
+        while self._due and self._due[0][0] <= now:
+            _, _, name = heapq.heappop(self._due)
+            op = self._ops.get(name)
+            if op is not None:
+                self._settle(op)
+
     def _settle(self, op: _Op) -> None:
         if op.done or op.done_at is None or self._clock() < op.done_at:
             return
         result = op.result() if callable(op.result) else op.result
         op.done = True
+        bisect.insort(self._done_seqs, op.seq)
         if isinstance(result, status_pb2.Status):
             op.error = result
         elif result is not None:
@@ -447,6 +532,115 @@ def grpc_operations_server(backend: FakeOperations, *, max_workers: int = 32) ->
         backend.wake()
         server.stop(grace=1.0).wait(timeout=5.0)
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+# -- gRPC on asyncio (many held waits, no thread each) ----------------------------------------
+
+
+class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
+    """The same methods on ``grpc.aio``: a held WaitOperation is a sleeping coroutine."""
+
+    # A wait also wakes this often to see a completion nobody scheduled (``complete()``).
+    RECHECK_SECONDS = 0.5
+
+    def __init__(self, backend: FakeOperations) -> None:
+        self._backend = backend
+
+    async def _run(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Any]
+    ) -> Any:
+        try:
+            return call()
+        except BackendError as exc:
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+
+    async def GetOperation(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await self._run(context, lambda: to_proto(self._backend.get(request.name)))
+
+    async def ListOperations(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        def call() -> Any:
+            ops, token = self._backend.list(
+                request.name, request.filter, request.page_size, request.page_token
+            )
+            return operations_pb2.ListOperationsResponse(
+                operations=[to_proto(op) for op in ops], next_page_token=token
+            )
+
+        return await self._run(context, call)
+
+    async def CancelOperation(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        await self._run(context, lambda: self._backend.cancel(request.name))
+        return empty_pb2.Empty()
+
+    async def DeleteOperation(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        await self._run(context, lambda: self._backend.delete(request.name))
+        return empty_pb2.Empty()
+
+    async def WaitOperation(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        backend = self._backend
+        timeout = backend.max_wait
+        if request.HasField("timeout"):
+            timeout = request.timeout.ToNanoseconds() / 1e9
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining - 0.05, 0.0))
+        try:
+            op, end = backend.begin_wait(request.name, timeout)
+            while not op.done:
+                now = backend.now()
+                if now >= end:
+                    break
+                until = end if op.done_at is None else min(end, op.done_at)
+                await asyncio.sleep(min(max(until - now, 0.0) + 0.001, self.RECHECK_SECONDS))
+                op = backend.peek(request.name)
+        except BackendError as exc:
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+        return to_proto(op)
+
+
+@contextlib.contextmanager
+def aio_grpc_operations_server(backend: FakeOperations) -> Iterator[str]:
+    """A ``grpc.aio`` Operations server for ``backend`` on an event loop of its own thread
+    (what the benchmarks use: 100,000 held waits cost coroutines, not threads); yields
+    ``grpc://127.0.0.1:PORT``."""
+    loop = asyncio.new_event_loop()
+    started: futures.Future[tuple[asyncio.Event, int]] = futures.Future()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
+        operations_grpc_pb2.add_OperationsServicer_to_server(_AioServicer(backend), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        started.set_result((stop, port))
+        await stop.wait()
+        await server.stop(grace=1.0)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="fake-ops-aio", daemon=True)
+    thread.start()
+    stop, port = started.result(timeout=30)
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
 
 
 # -- REST -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pathlib
 import uuid
 from typing import Any
 
-from lrobridge.storage import Store
+from lrobridge.storage import QuarantineLimits, Store
 from lrobridge.storage.firestore.store import FirestoreStore
 from lrobridge.storage.firestore.webhooks import FirestoreWebhookStore
 from lrobridge.storage.sqlite.store import SqliteStore
@@ -33,13 +33,14 @@ class Backend:
     def store_url(self) -> str:
         return f"sqlite:///{self.path}" if self.kind == "sqlite" else "firestore://"
 
-    def open(self, **options: Any) -> Store:
+    def open(self, *, quarantine_limits: QuarantineLimits | None = None, **options: Any) -> Store:
         """A new store object over this backend's data (``options``: Firestore's only)."""
         store: Store
+        limits = quarantine_limits or QuarantineLimits()
         if self.kind == "sqlite":
-            store = SqliteStore(self.path)
+            store = SqliteStore(self.path, quarantine_limits=limits)
         else:
-            store = FirestoreStore(project=self.project, **options)
+            store = FirestoreStore(project=self.project, quarantine_limits=limits, **options)
         self._opened.append(store)
         return store
 

@@ -263,9 +263,59 @@ def test_operators_read_the_quarantine_newest_first(client: FlaskClient) -> None
     for body in (b"not json", b'{"message": 5}'):
         assert client.post("/pubsub/push", data=body).status_code == 200
     listed = client.get("/v1/quarantine?pageSize=10", headers=AUTH).get_json()["messages"]
-    assert [base64.b64decode(m["body"]) for m in listed] == [b'{"message": 5}', b"not json"]
+    assert [m["bodySize"] for m in listed] == [len(b'{"message": 5}'), len(b"not json")]
+    assert all("body" not in m for m in listed)  # a listing leaves the bodies out (BASIC view)
     assert "not an object" in listed[0]["reason"] and listed[0]["receiveTime"].endswith("Z")
+    full = client.get("/v1/quarantine?view=FULL", headers=AUTH).get_json()["messages"]
+    assert [base64.b64decode(m["body"]) for m in full] == [b'{"message": 5}', b"not json"]
+    one = client.get(f"/v1/quarantine/{listed[1]['id']}", headers=AUTH).get_json()
+    assert base64.b64decode(one["body"]) == b"not json" and one["id"] == listed[1]["id"]
+    basic = client.get(f"/v1/quarantine/{listed[1]['id']}?view=basic", headers=AUTH).get_json()
+    assert "body" not in basic and basic["bodySize"] == len(b"not json")
     assert client.get("/v1/quarantine", headers={}).status_code in (401, 403)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/v1/quarantine?view=EVERYTHING", 400, "view='EVERYTHING' is not one of BASIC, FULL"),
+        ("/v1/quarantine?view=FULL&pageSize=50", 400, "with view=FULL"),
+        ("/v1/quarantine/12345", 404, "does not exist"),
+        ("/v1/quarantine/x1", 400, "is not a number"),
+    ],
+)
+def test_bad_quarantine_reads_say_what_was_wrong(
+    client: FlaskClient, path: str, status: int, message: str
+) -> None:
+    response = client.get(path, headers=AUTH)
+    assert response.status_code == status
+    assert message in str(_error(response)["message"])
+
+
+def test_the_quarantine_is_bounded_by_the_configured_bytes_through_the_bridge(
+    tmp_path: object,
+) -> None:
+    import pathlib
+
+    env = {
+        "LROBRIDGE_PUSH_AUTH": "none",
+        "LROBRIDGE_API_AUTH": "none",
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "LROBRIDGE_STORE": f"sqlite:///{pathlib.Path(str(tmp_path)) / 'q.db'}",
+        "LROBRIDGE_QUARANTINE_MAX_BYTES": "1MiB",
+        "LROBRIDGE_QUARANTINE_MAX_AGE": "1h",
+    }
+    bridge = Bridge(Settings.from_env(env))
+    try:
+        client = bridge.create_app().test_client()
+        hostile = b"x" * (300 * 1024)  # not JSON: quarantined
+        for _ in range(10):
+            assert client.post("/pubsub/push", data=hostile).status_code == 200
+        listed = client.get("/v1/quarantine?pageSize=100").get_json()["messages"]
+        assert len(listed) == 3  # 3 x 300 KiB fit in 1 MiB, a fourth would not
+        assert sum(m["bodySize"] for m in listed) <= 1024 * 1024
+    finally:
+        bridge.close()
 
 
 def test_unpaired_surrogate_escapes_are_refused_by_name_not_crashed_on(
@@ -292,6 +342,7 @@ def test_a_token_nested_too_deeply_is_unauthenticated_not_a_crash(tmp_path: obje
     settings = dataclasses.replace(
         Settings(),
         push_auth="oidc",
+        push_audience="https://bridge.example/pubsub/push",
         push_service_account="pusher@p.iam.gserviceaccount.com",
         push_certs_url="http://127.0.0.1:1/certs",
         project="p",
@@ -303,3 +354,45 @@ def test_a_token_nested_too_deeply_is_unauthenticated_not_a_crash(tmp_path: obje
     )
     assert response.status_code == 401
     assert "malformed" in _error(response)["message"]
+
+
+# -- bodies: a body cut short is refused, never processed or quarantined ---------------------
+
+
+@pytest.mark.parametrize("path", ["/pubsub/push", "/pubsub/watch", "/v1/watches"])
+@pytest.mark.parametrize("terminated", [True, False])  # gunicorn says the input is terminated
+def test_a_body_shorter_than_its_content_length_is_a_400_and_not_quarantined(
+    bridge: Bridge, client: FlaskClient, path: str, terminated: bool
+) -> None:
+    import io
+
+    from tests.support.webhooks import push_bytes
+
+    data = push_bytes("projects/p/operations/cut")
+    response = client.post(
+        path,
+        input_stream=io.BytesIO(data),
+        headers={**AUTH, "Content-Type": "application/json"},
+        environ_overrides={
+            "CONTENT_LENGTH": str(len(data) + 9),
+            **({"wsgi.input_terminated": True} if terminated else {}),
+        },
+    )
+    assert response.status_code == 400
+    assert "Content-Length" in str(_error(response)["message"])
+    assert bridge.store.list_quarantine(limit=10) == []
+
+
+def test_a_body_over_the_limit_is_a_413_status_error_and_not_quarantined(
+    bridge: Bridge, client: FlaskClient
+) -> None:
+    from lrobridge.config import MAX_REQUEST_BYTES
+
+    response = client.post(
+        "/pubsub/push",
+        data=b"{" + b" " * MAX_REQUEST_BYTES + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert _error(response)["code"] == 413
+    assert bridge.store.list_quarantine(limit=10) == []

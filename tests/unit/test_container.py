@@ -4,20 +4,19 @@ run for real by tests/integration/test_container_command.py)."""
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import re
 import tomllib
 
-from lrobridge.config import ENVIRONMENT
-from lrobridge.gunicorn_conf import Logger
-from tests.support.container import ROOT, gunicorn_argv, parse_dockerfile
+from lrobridge.cli.main import build_parser
+from lrobridge.config import ENVIRONMENT, parse_duration
+from tests.support.container import ROOT, command_argv, parse_dockerfile
 
 IMAGE = parse_dockerfile()
-ARGV = gunicorn_argv(IMAGE.command)
+ARGV = command_argv(IMAGE.command)
 
 
 def option(name: str) -> str:
-    assert name in ARGV, f"the Dockerfile's gunicorn command has no {name}"
+    assert name in ARGV, f"the Dockerfile's command has no {name}"
     return ARGV[ARGV.index(name) + 1]
 
 
@@ -47,23 +46,21 @@ def test_the_image_logs_json_for_cloud_logging() -> None:
     assert set(IMAGE.env) - {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"} <= set(ENVIRONMENT)
 
 
-def test_the_command_is_gunicorn_as_pid_1_bound_to_port_with_no_worker_timeout() -> None:
-    assert IMAGE.command.startswith("exec gunicorn ")  # exec: gunicorn itself gets SIGTERM
-    assert ARGV[0] == "gunicorn"
-    assert re.fullmatch(r"0\.0\.0\.0:\$\{?PORT\}?", option("--bind"))
-    assert option("--timeout") == "0"
-    assert int(option("--workers")) >= 1 and int(option("--threads")) >= 1
+def test_the_command_is_lrobridge_serve_as_pid_1_on_all_interfaces_and_the_port() -> None:
+    assert IMAGE.command.startswith("exec lrobridge serve ")  # exec: it gets SIGTERM itself
+    assert ARGV[:2] == ["lrobridge", "serve"]
+    assert option("--host") == "0.0.0.0"
+    assert "--port" not in ARGV  # $PORT, which Cloud Run sets, is the default
+    assert int(option("--threads")) >= 1
     # Requests in flight finish before Cloud Run's SIGKILL, 10 s after SIGTERM.
-    assert 0 < int(option("--graceful-timeout")) < 10
+    assert 0 < parse_duration(option("--graceful-timeout")) < 10
 
 
-def test_the_command_loads_the_lrobridge_hooks_and_the_wsgi_app() -> None:
-    assert option("--config") == "python:lrobridge.gunicorn_conf"
-    hooks = importlib.import_module("lrobridge.gunicorn_conf")
-    for hook in ("post_fork", "post_worker_init", "worker_exit"):
-        assert callable(getattr(hooks, hook))
-    assert hooks.logger_class is Logger and hooks.accesslog is None
-    module, _, attribute = ARGV[-1].partition(":")
+def test_the_command_parses_and_serves_the_wsgi_app_with_the_watcher() -> None:
+    args = build_parser().parse_args(ARGV[1:])
+    assert args.func.__name__ == "cmd_serve"
+    assert args.watcher  # poller mode: one process does everything
+    module, _, attribute = args.app.partition(":")
     assert (module, attribute) == ("lrobridge.wsgi", "app")
     assert (ROOT / "lrobridge" / "wsgi.py").is_file()
 

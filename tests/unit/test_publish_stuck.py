@@ -152,6 +152,7 @@ def test_a_publish_pubsub_never_answers_shows_on_the_watch_and_in_the_log_once(
     assert len(_warnings(caplog)) == 1, _warnings(caplog)
     assert "no answer from Pub/Sub" in _warnings(caplog)[0]
     publisher.futures[0].set_result("late-id")  # it went through in the end
+    assert outbox_relay.flush(timeout=10)  # acknowledgements are settled by a thread, in bulk
     done = store.get_watch(watch.id)
     assert done is not None and done.state is WatchState.COMPLETED
 

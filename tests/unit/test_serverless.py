@@ -316,7 +316,7 @@ def test_a_done_watch_publishes_its_completion_then_acks(parts: Parts) -> None:
     response = push_watch(parts)
     assert response.status_code == 204  # type: ignore[attr-defined]
     ((data, attributes, key),) = parts.completions.published
-    assert key == NAME and attributes["outcome"] == "succeeded"
+    assert key == "" and attributes["outcome"] == "succeeded"
     assert attributes["event_id"] == codec.event_id(SOURCE, NAME, "succeeded")
     assert operations_pb2.Operation.FromString(data).done
 
@@ -372,6 +372,7 @@ def test_watch_pushes_without_a_token_are_refused_when_push_auth_is_on() -> None
     settings = dataclasses.replace(
         Settings(),
         push_auth="oidc",
+        push_audience="https://bridge.example/pubsub/push",
         push_service_account="pusher@p.iam.gserviceaccount.com",
         push_certs_url="http://127.0.0.1:9/certs",
         project="p",

@@ -17,7 +17,7 @@ from lrobridge.core.opfilter import parse_filter
 from lrobridge.core.records import PendingMessage, PendingUpdate, WatchState
 from lrobridge.delivery import relay
 from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
-from lrobridge.storage import Completion, Store
+from lrobridge.storage import Completion, QuarantineLimits, Store
 from tests.support.stores import Backend
 
 SRC = "grpc://127.0.0.1:1"
@@ -452,6 +452,48 @@ def test_quarantine_keeps_the_message_whole_with_its_reason_newest_first(store: 
     )
 
 
+def test_the_quarantine_drops_entries_older_than_its_max_age(store_backend: Backend) -> None:
+    store = store_backend.open(quarantine_limits=QuarantineLimits(max_age=100.0, max_bytes=10**6))
+    store.quarantine(reason="old", body=b"a", headers={}, now=1000.0)
+    kept = store.quarantine(reason="recent", body=b"b", headers={}, now=1050.0)
+    newest = store.quarantine(reason="new", body=b"c", headers={}, now=1101.0)
+    assert [m.id for m in store.list_quarantine(limit=10)] == [newest, kept]
+
+
+def test_the_quarantine_keeps_at_most_its_max_bytes_of_bodies_dropping_the_oldest(
+    store_backend: Backend,
+) -> None:
+    store = store_backend.open(quarantine_limits=QuarantineLimits(max_age=86400.0, max_bytes=250))
+    ids = [
+        store.quarantine(reason=f"r{i}", body=bytes(100), headers={}, now=1000.0 + i)
+        for i in range(5)
+    ]
+    assert [m.id for m in store.list_quarantine(limit=10)] == [ids[4], ids[3]]
+    # The newest entry is kept even when it alone is over the bound; nothing else is.
+    big = store.quarantine(reason="big", body=bytes(1000), headers={}, now=2000.0)
+    assert [m.id for m in store.list_quarantine(limit=10)] == [big]
+
+
+def test_quarantine_summaries_leave_the_bodies_out_and_one_entry_comes_whole(
+    store: Store,
+) -> None:
+    first = store.quarantine(reason="not JSON", body=b"\xff\x00", headers={"a": "b"}, now=5.0)
+    second = store.quarantine(reason="no data", body=b"{}", headers={}, now=6.0)
+    [newest, summary] = store.quarantine_summaries(limit=10)
+    assert newest.id == second
+    assert (summary.id, summary.reason, summary.body, summary.size, summary.headers) == (
+        first,
+        "not JSON",
+        b"",
+        2,
+        {"a": "b"},
+    )
+    whole = store.get_quarantined(first)
+    assert (whole.body, whole.size, whole.receive_time) == (b"\xff\x00", 2, 5.0)
+    with pytest.raises(NotFound):
+        store.get_quarantined(first + second + 1)
+
+
 # -- several store objects on the same data (processes, instances) ----------------------------
 
 
@@ -519,6 +561,25 @@ def test_a_publish_settled_under_a_lease_another_instance_took_over_is_refused(
     watch = second.get_watch(watch_id)
     assert watch is not None and watch.state == WatchState.COMPLETED
     assert second.outbox_size() == 0
+
+
+def test_published_entries_settle_in_bulk_except_one_whose_lease_was_taken_over(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    watch_ids = [_create(first, f"operations/{i}") for i in range(4)]
+    entry_ids = [
+        first.record_completion(w, _completion(f"operations/{i}"), now=100.0)
+        for i, w in enumerate(watch_ids)
+    ]
+    assert None not in entry_ids
+    [taken] = second.claim_due_publishes(now=1000.0, limit=1, lease=30.0)  # one stalled
+    first.mark_published_many([*entry_ids, 999_999], now=1001.0)  # 999,999: already gone
+    states = [first.get_watch(w).state for w in watch_ids]  # type: ignore[union-attr]
+    assert states == [
+        WatchState.PUBLISHING if e == taken.id else WatchState.COMPLETED for e in entry_ids
+    ]
+    assert first.outbox_size() == 1
 
 
 def test_a_callback_run_finished_under_a_lease_another_instance_took_over_is_refused(

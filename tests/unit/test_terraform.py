@@ -22,7 +22,7 @@ from lrobridge.storage.firestore.client import DEFAULT_PREFIX
 from lrobridge.storage.firestore.store import COMPOSITE_INDEXES as STORE_INDEXES
 from lrobridge.storage.firestore.webhooks import COMPOSITE_INDEXES as WEBHOOK_INDEXES
 from lrobridge.storage.sqlite.store import SqliteStore
-from tests.support.container import gunicorn_argv, parse_dockerfile
+from tests.support.container import command_argv, parse_dockerfile
 from tests.support.terraform import EXAMPLE, MODULE, OPTIONS, ROOT, Config, load, one
 
 # Set by terraform, read by code that other branches add (webhooks: the drain endpoint's
@@ -126,6 +126,7 @@ def test_the_defaults_make_a_configuration_the_app_accepts_with_the_same_retry_p
     env = {name: v for name, value in ENV.items() if (v := _resolve(value)) is not None}
     env["LROBRIDGE_PUSH_SERVICE_ACCOUNT"] = "pusher@p.iam.gserviceaccount.com"
     env["K_SERVICE"] = "lrobridge"  # Cloud Run sets it on every instance
+    env["LROBRIDGE_PUSH_AUDIENCE"] = "https://lrobridge.p.lrobridge/pubsub"  # local.push_audience
     settings = Settings.from_env(env)
     settings.check_push_auth()
     assert settings.project and settings.topic_path.endswith("/lro-completed")
@@ -223,11 +224,10 @@ def test_the_service_requires_iam_which_is_what_makes_cloudrun_push_auth_sound()
 def test_the_image_port_and_request_concurrency_are_the_dockerfiles() -> None:
     image = parse_dockerfile()
     assert str(one(CONTAINER["ports"])["container_port"]) == image.env["PORT"]
-    argv = gunicorn_argv(image.command)
-    workers = int(argv[argv.index("--workers") + 1])
-    threads = int(argv[argv.index("--threads") + 1])
+    argv = command_argv(image.command)
+    threads = int(argv[argv.index("--threads") + 1])  # one process per instance
     assert TEMPLATE["max_instance_request_concurrency"] == "${var.concurrency}"
-    assert TF.variables["concurrency"]["default"] == workers * threads
+    assert TF.variables["concurrency"]["default"] == threads
 
 
 def _grants(config: Config) -> set[tuple[str, str, str, str]]:

@@ -135,7 +135,7 @@ def test_rotating_the_secret_returns_a_new_one_and_the_old_ones_expiry(
         (json.dumps({"url": "https://[::ffff:10.0.0.1]/"}).encode(), "IPv4-mapped"),
         (json.dumps({"url": "https://100.64.1.1/"}).encode(), "carrier-grade NAT"),
         (json.dumps({"url": "https://intra.test/"}).encode(), "resolves to 10.1.1.1"),
-        (json.dumps({"url": "https://[::1]:9/"}).encode(), "loopback"),
+        (json.dumps({"url": "https://[::1]:9999/"}).encode(), "loopback"),
         (json.dumps({"url": "https://gone.test/"}).encode(), "cannot resolve"),
         (json.dumps({"url": "http://hooks.example.com/"}).encode(), "http:// is only allowed"),
     ],

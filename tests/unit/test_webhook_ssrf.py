@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 
 import pytest
 
@@ -35,8 +36,8 @@ class DictResolver:
         ("100.127.255.254", "carrier-grade NAT"),
         ("0.0.0.0", "unspecified"),
         ("224.0.0.251", "multicast"),
-        ("240.0.0.1", "private"),  # 240.0.0.0/4: reserved, which ipaddress counts private
-        ("192.0.2.10", "private"),  # TEST-NET-1: documentation, never a real target
+        ("240.0.0.1", "reserved"),  # 240.0.0.0/4
+        ("192.0.2.10", "documentation"),  # TEST-NET-1: never a real target
         ("::1", "loopback"),
         ("::", "unspecified"),
         ("fc00::1", "unique-local"),
@@ -151,3 +152,95 @@ def test_the_pinned_address_is_the_first_checked_one() -> None:
 def test_a_name_that_does_not_resolve_raises_the_resolvers_transient_error() -> None:
     with pytest.raises(Unavailable):
         Guard(DictResolver({})).pin("https://nowhere.test/")
+
+
+# -- the project's own table of non-global ranges (IANA special-purpose registries) ----------
+# The same answer on every supported Python: 3.11 and 3.12's ipaddress call 192.0.0.192 global.
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("192.0.0.192", False),  # IETF protocol assignments (192.0.0.0/24): not global
+        ("192.0.0.8", False),  # IPv4 dummy address
+        ("192.0.0.9", True),  # PCP anycast: globally reachable per IANA, inside 192.0.0.0/24
+        ("192.0.0.10", True),  # TURN anycast: globally reachable per IANA
+        ("192.0.0.170", False),  # NAT64/DNS64 discovery
+        ("100.64.0.0", False),  # shared address space 100.64.0.0/10, first and last
+        ("100.127.255.255", False),
+        ("100.128.0.1", True),  # just outside it
+        ("198.18.0.1", False),  # benchmarking
+        ("198.51.100.7", False),  # TEST-NET-2
+        ("203.0.113.7", False),  # TEST-NET-3
+        ("192.88.99.1", False),  # deprecated 6to4 relay anycast: N/A
+        ("255.255.255.255", False),  # limited broadcast
+        ("240.0.0.1", False),  # reserved 240/4
+        ("239.255.255.250", False),  # multicast
+        ("0.1.2.3", False),  # "this network"
+        ("192.31.196.1", True),  # AS112-v4: globally reachable
+        ("192.175.48.1", True),  # direct delegation AS112: globally reachable
+        ("2001:db8::1", False),  # documentation
+        ("3fff::1", False),  # documentation (RFC 9637)
+        ("64:ff9b:1::1", False),  # local-use IPv4/IPv6 translation 64:ff9b:1::/48
+        ("64:ff9b:1:ffff::1", False),
+        ("100::1", False),  # discard-only
+        ("2001:2::1", False),  # benchmarking
+        ("2001:10::1", False),  # deprecated ORCHID: N/A
+        ("2001:1::1", True),  # PCP anycast: globally reachable exception inside 2001::/23
+        ("2001:20::1", True),  # ORCHIDv2: globally reachable
+        ("2001:4:112::1", True),  # AS112-v6
+        ("2001:100::1", False),  # still inside 2001::/23 (IETF protocol assignments)
+        ("5f00::1", False),  # SRv6 SIDs
+        ("fec0::1", False),  # deprecated site-local: outside the global unicast 2000::/3
+        ("::ffff:10.0.0.1", False),  # IPv4-mapped private
+        ("::ffff:192.168.1.1", False),
+        ("::ffff:169.254.169.254", False),
+        ("::ffff:100.64.0.1", False),
+        ("2607:f8b0:4004:800::200e", True),  # a public IPv6 address
+        ("8.8.4.4", True),
+    ],
+)
+def test_addresses_are_judged_by_the_projects_own_iana_table(address: str, allowed: bool) -> None:
+    reason = classify(ipaddress.ip_address(address))
+    assert (reason is None) is allowed, reason
+
+
+def test_the_table_holds_every_non_global_iana_entry_and_no_globally_reachable_one() -> None:
+    from lrobridge.core.addresses import GLOBALLY_REACHABLE, NOT_GLOBALLY_REACHABLE
+
+    non_global = {str(entry.network) for entry in NOT_GLOBALLY_REACHABLE}
+    assert {"192.0.0.0/24", "100.64.0.0/10", "64:ff9b:1::/48", "2001:db8::/32"} <= non_global
+    assert {"224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32", "ff00::/8"} <= non_global
+    exceptions = {str(entry.network) for entry in GLOBALLY_REACHABLE}
+    assert {"192.0.0.9/32", "192.0.0.10/32", "2001:1::1/128", "2001:3::/32"} <= exceptions
+    for entry in (*NOT_GLOBALLY_REACHABLE, *GLOBALLY_REACHABLE):
+        assert entry.name and entry.reference.startswith("RFC")
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://hooks.example.com/", True),
+        ("https://hooks.example.com:443/", True),
+        ("https://hooks.example.com:8443/", True),
+        ("https://hooks.example.com:1024/", True),
+        ("https://hooks.example.com:65535/", True),
+        ("https://hooks.example.com:25/", False),  # SMTP
+        ("https://hooks.example.com:22/", False),
+        ("https://hooks.example.com:80/", False),  # https on the plain-HTTP port
+        ("https://hooks.example.com:1023/", False),
+    ],
+)
+def test_webhook_urls_use_443_or_an_unprivileged_port(url: str, accepted: bool) -> None:
+    if accepted:
+        assert parse_url(url).port == (urllib.parse.urlsplit(url).port or 443)
+    else:
+        with pytest.raises(InvalidArgument, match="port"):
+            parse_url(url)
+
+
+def test_plain_http_in_an_allowed_network_may_use_80_or_an_unprivileged_port() -> None:
+    assert parse_url("http://10.0.0.5/").port == 80
+    assert parse_url("http://10.0.0.5:8080/").port == 8080
+    with pytest.raises(InvalidArgument, match="port"):
+        parse_url("http://10.0.0.5:443/")

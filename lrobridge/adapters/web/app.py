@@ -25,10 +25,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from lrobridge.adapters.web.http import bool_arg, int_arg, json_body, json_response, request_url
+from lrobridge.adapters.web.http import (
+    bool_arg,
+    int_arg,
+    json_body,
+    json_response,
+    request_body,
+)
 from lrobridge.adapters.web.webhooks import WebhookViews
 from lrobridge.adapters.web.webhooks import blueprint as webhooks_blueprint
+from lrobridge.config import MAX_REQUEST_BYTES
 from lrobridge.core import codec
 from lrobridge.core.access import ApiAuth
 from lrobridge.core.records import QuarantinedMessage, WatchState
@@ -49,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pub/Sub messages are at most 10 MB; base64 in a JSON envelope makes that about 13.4 MB.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 _HTTP_TO_CODE = {
     400: Code.INVALID_ARGUMENT,
@@ -78,9 +84,14 @@ class TaskEndpoint(Protocol):
 
 
 class QuarantineLedger(Protocol):
-    """What the quarantine view reads: the newest quarantined pushes."""
+    """What the quarantine views read: the newest quarantined pushes, with or without their
+    bodies, and one by id."""
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]: ...
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]: ...
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +108,7 @@ class AppParts:
     facade: OperationsFacade
     webhooks: WebhookViews
     blueprints: Sequence[Blueprint] = ()
+    trusted_proxies: int = 0  # LROBRIDGE_TRUSTED_PROXIES: proxies whose X-Forwarded-* count
     # Cloud Tasks handlers (made on first use): POST /tasks/watch, POST /tasks/webhook.
     task_watch_endpoint: Callable[[], TaskEndpoint] | None = None
     webhook_task_endpoint: Callable[[], TaskEndpoint] | None = None
@@ -106,6 +118,13 @@ def create_app(parts: AppParts) -> Flask:
     app = Flask("lrobridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.wsgi_app = TraceContextMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    proxies = parts.trusted_proxies
+    if proxies:
+        # X-Forwarded-* are believed only from the configured proxies (the rightmost values);
+        # token audiences never depend on them (they come from configuration).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
+        )
     push = parts.push
     watches = parts.watches
     api_auth = parts.api_auth
@@ -144,7 +163,6 @@ def create_app(parts: AppParts) -> Flask:
         if request.path.startswith("/v1/"):
             api_auth.check(
                 request.headers.get("Authorization"),
-                url=request_url(),
                 serverless_authorization=request.headers.get("X-Serverless-Authorization"),
             )
 
@@ -154,14 +172,14 @@ def create_app(parts: AppParts) -> Flask:
 
     @app.post("/pubsub/push")
     def pubsub_push() -> Response:
-        body, headers = request.get_data(cache=False), dict(request.headers)
-        result = push.handle(body, headers, url=request_url())
+        body, headers = request_body(), dict(request.headers)
+        result = push.handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/pubsub/watch")
     def pubsub_watch() -> Response:
-        body, headers = request.get_data(cache=False), dict(request.headers)
-        result = parts.watch_endpoint().handle(body, headers, url=request_url())
+        body, headers = request_body(), dict(request.headers)
+        result = parts.watch_endpoint().handle(body, headers)
         return json_response(result.body, result.status)
 
     @app.post("/tasks/watch")
@@ -214,11 +232,27 @@ def create_app(parts: AppParts) -> Flask:
 
     @app.get("/v1/quarantine")
     def list_quarantine() -> Response:
-        limit = int_arg("pageSize") or 50
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument(f"pageSize {limit} is outside 1-1000")
-        kept = parts.ledger.list_quarantine(limit=limit)
-        return json_response({"messages": [_quarantined_json(m) for m in kept]})
+        full = _quarantine_view()
+        most = MAX_FULL_QUARANTINE_PAGE if full else 1000
+        limit = int_arg("pageSize") or min(50, most)
+        if not 1 <= limit <= most:
+            raise InvalidArgument(
+                f"pageSize {limit} is outside 1-{most}"
+                + (" with view=FULL (bodies are up to 16 MiB each)" if full else "")
+            )
+        store = parts.ledger
+        kept = (
+            store.list_quarantine(limit=limit) if full else store.quarantine_summaries(limit=limit)
+        )
+        return json_response({"messages": [_quarantined_json(m, full=full) for m in kept]})
+
+    @app.get("/v1/quarantine/<entry_id>")
+    def get_quarantined(entry_id: str) -> Response:
+        if not entry_id.isdigit():
+            raise InvalidArgument(f"quarantine id {entry_id!r} is not a number")
+        full = _quarantine_view(default="FULL")
+        message = parts.ledger.get_quarantined(int(entry_id))
+        return json_response(_quarantined_json(message, full=full))
 
     app.register_blueprint(webhooks_blueprint(parts.webhooks))
     for blueprint in parts.blueprints:
@@ -275,16 +309,32 @@ def _task_endpoint(make: Callable[[], TaskEndpoint] | None, route: str) -> TaskE
     return make()
 
 
-def _quarantined_json(message: QuarantinedMessage) -> dict[str, Any]:
-    return {
+# Largest page of quarantined messages with their bodies (each up to MAX_REQUEST_BYTES).
+MAX_FULL_QUARANTINE_PAGE = 10
+_QUARANTINE_VIEWS = ("BASIC", "FULL")
+
+
+def _quarantine_view(default: str = "BASIC") -> bool:
+    """Whether ``?view=`` asks for bodies (AIP-157 partial responses: BASIC, FULL)."""
+    view = request.args.get("view", default).upper()
+    if view not in _QUARANTINE_VIEWS:
+        raise InvalidArgument(f"view={view!r} is not one of {', '.join(_QUARANTINE_VIEWS)}")
+    return view == "FULL"
+
+
+def _quarantined_json(message: QuarantinedMessage, *, full: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "id": str(message.id),
         "receiveTime": datetime.datetime.fromtimestamp(message.receive_time, datetime.UTC)
         .isoformat()
         .replace("+00:00", "Z"),
         "reason": message.reason,
         "headers": message.headers,
-        "body": base64.b64encode(message.body).decode(),
+        "bodySize": message.size,
     }
+    if full:
+        entry["body"] = base64.b64encode(message.body).decode()
+    return entry
 
 
 # The bridge's own collections: a path under them that no route took is a wrong request for

@@ -1,8 +1,7 @@
 """Request and response helpers shared by the Flask views (the app and its blueprints).
 
 JSON responses, JSON request bodies and query arguments, each refusing bad input with an
-:class:`~lrobridge.errors.InvalidArgument` that names it; and the URL a client used behind
-Cloud Run's TLS-terminating front end. Adapter module (Flask).
+:class:`~lrobridge.errors.InvalidArgument` that names it. Adapter module (Flask).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import json
 from typing import Any
 
 from flask import Response, request
+from werkzeug.exceptions import ClientDisconnected
 
 from lrobridge.core.codec import check_json_text
 from lrobridge.errors import InvalidArgument
@@ -25,9 +25,26 @@ def json_response(body: Any, status: int = 200) -> Response:
     )
 
 
+def request_body() -> bytes:
+    """The request's whole body; InvalidArgument (400) when it is shorter than its
+    ``Content-Length`` (the client stopped sending: never treat half a body as the message).
+    Bodies over MAX_CONTENT_LENGTH are refused by Flask with 413 before they are read."""
+    expected = request.content_length
+    try:
+        data = request.get_data(cache=False)
+    except ClientDisconnected:  # werkzeug's own length check, when the server leaves it on
+        data = b""
+    if expected is not None and len(data) < expected:
+        raise InvalidArgument(
+            f"the request body ended before the {expected} bytes its Content-Length "
+            f"announced ({len(data)} read)"
+        )
+    return data
+
+
 def json_body(*, required: bool = True) -> object:
     """The request's JSON body; ``None`` when it is empty and not ``required``."""
-    data = request.get_data(cache=False)
+    data = request_body()
     if not data.strip():
         if required:
             raise InvalidArgument("request body is empty; send a JSON object")
@@ -59,11 +76,3 @@ def bool_arg(name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise InvalidArgument(f"{name}={value!r} is not true or false")
     return value in ("true", "1")
-
-
-def request_url() -> str:
-    """The URL the client used (Cloud Run terminates TLS and forwards plain HTTP)."""
-    url = request.url
-    if request.headers.get("X-Forwarded-Proto") == "https":
-        url = "https://" + url.split("://", 1)[1]
-    return url

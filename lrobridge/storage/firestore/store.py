@@ -78,7 +78,7 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, Unavailable
+from lrobridge.errors import AlreadyExists, NotFound, Unavailable
 from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
@@ -93,6 +93,7 @@ from lrobridge.storage.firestore.client import (
     random_int_id,
     usable_id,
 )
+from lrobridge.storage.rules import QuarantineLimits
 
 ASC = "ASCENDING"
 # (collection without prefix, ((field, order), ...)): what the queries below need.
@@ -134,7 +135,9 @@ class FirestoreStore:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         scan_budget: int = SCAN_BUDGET,
+        quarantine_limits: QuarantineLimits | None = None,
     ) -> None:
+        self._quarantine_limits = quarantine_limits or QuarantineLimits()
         self.db = FirestoreDatabase(
             project=project, database=database, prefix=prefix, timeout=timeout
         )
@@ -552,11 +555,6 @@ class FirestoreStore:
             self._leases.took(_ENTRY, row["id"], token)
         return [rules.outbox_entry(row) for row in held]
 
-    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        """One transaction per entry (each settles its watch too)."""
-        for entry_id in entry_ids:
-            self.mark_published(entry_id, now=now)
-
     def mark_published(self, entry_id: int, *, now: float) -> None:
         ref = self._doc(_OUTBOX, str(entry_id))
         held = self._leases.held(_ENTRY, entry_id)
@@ -578,6 +576,12 @@ class FirestoreStore:
 
         wrote = self.db.transact("settle the published message", body)
         self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        # A transaction each: Firestore's per-document write rate, not a commit per batch, is
+        # what limits it (a batched settle is future work).
+        for entry_id in entry_ids:
+            self.mark_published(entry_id, now=now)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
@@ -629,6 +633,7 @@ class FirestoreStore:
                     f" (body truncated to {QUARANTINE_BODY_LIMIT} of {len(data)} bytes)"
                 )
                 kept["body"] = data[:QUARANTINE_BODY_LIMIT]
+            kept["size"] = len(kept["body"])
             tx.create(self._doc(_QUARANTINE, str(quarantine_id)), {"id": quarantine_id, **kept})
             tx.delete(ref)
             if watch is not None and watch.exists:
@@ -637,6 +642,7 @@ class FirestoreStore:
 
         wrote = self.db.transact("abandon the publish", body)
         self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+        self._bound_quarantine(quarantine_id, now)
 
     def outbox_size(self) -> int:
         return self.db.count("count the outbox", self._col(_OUTBOX))
@@ -911,8 +917,44 @@ class FirestoreStore:
         quarantine_id = random_int_id()
         kept = rules.new_quarantined(reason=reason, body=body, headers=headers, now=now)
         with self.db.errors("quarantine the message"):
-            self._doc(_QUARANTINE, str(quarantine_id)).create({"id": quarantine_id, **kept})
+            doc = self._doc(_QUARANTINE, str(quarantine_id))
+            doc.create({"id": quarantine_id, **kept, "size": len(body)})
+        self._bound_quarantine(quarantine_id, now)
         return quarantine_id
+
+    def _bound_quarantine(self, newest: int, now: float) -> None:
+        """Drop what QuarantineLimits says goes, never the entry just written (``newest``).
+
+        Age: the entries received before the cut-off. Size: Firestore sums the ``size`` fields
+        (one aggregation, no body is read); while over the bound, the oldest entries go (read
+        by projection, without their bodies). Two instances bounding at once may drop a little
+        more than needed, never less. Entries written before ``size`` existed count as 0 and
+        leave by age."""
+        limits = self._quarantine_limits
+        col = self._col(_QUARANTINE)
+        doomed: list[Doc] = []
+        aged = col.where(filter=firestore.FieldFilter("receive_time", "<", now - limits.max_age))
+        for doc in self.db.query("bound the quarantine", aged.select(["id"]).limit(500)):
+            if doc.get("id") != newest:
+                doomed.append(doc)
+        with self.db.errors("bound the quarantine"):
+            aggregation: Any = col.sum("size", alias="total")
+            result: Any = aggregation.get(retry=self.db.retries.read, timeout=self.db.timeout)
+            total = int(result[0][0].value or 0)
+        if total > limits.max_bytes:
+            oldest = col.order_by("receive_time").select(["id", "size"]).limit(500)
+            for doc in self.db.query("bound the quarantine", oldest):
+                if total <= limits.max_bytes:
+                    break
+                if doc.get("id") == newest:
+                    continue
+                total -= int((doc.to_dict() or {}).get("size") or 0)
+                doomed.append(doc)
+        if doomed:
+            batch = self.db.client.batch()
+            for doc in {d.reference.path: d for d in doomed}.values():
+                batch.delete(doc.reference)
+            self.db.commit("bound the quarantine", batch)
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         query = (
@@ -924,6 +966,22 @@ class FirestoreStore:
             rules.quarantined_message(fields(d))
             for d in self.db.query("list the quarantine", query)
         ]
+
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        query = (
+            self._col(_QUARANTINE)
+            .order_by("receive_time", direction=firestore.Query.DESCENDING)
+            .select(["id", "receive_time", "reason", "headers", "size"])
+            .limit(limit)
+        )
+        found = self.db.query("list the quarantine", query)
+        return [rules.quarantined_message(fields(d)) for d in found]
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        doc = self.db.read("read the quarantine", self._doc(_QUARANTINE, str(entry_id)))
+        if not doc.exists:
+            raise NotFound(f"quarantined message {entry_id} does not exist (or was dropped)")
+        return rules.quarantined_message(fields(doc))
 
 
 def _exact_name(query: OperationFilter) -> str | None:

@@ -43,8 +43,9 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, InvalidArgument
+from lrobridge.errors import AlreadyExists, InvalidArgument, NotFound
 from lrobridge.storage import rules
+from lrobridge.storage.rules import QuarantineLimits
 from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,
@@ -60,6 +61,8 @@ from lrobridge.storage.sqlite.schema import MIGRATIONS
 _WATCH_SELECT = "seq, " + ", ".join(rules.WATCH_FIELDS)
 _OPERATION_SELECT = ", ".join(rules.OPERATION_FIELDS)
 _OUTBOX_SELECT = ", ".join(rules.OUTBOX_FIELDS)
+# Outbox entries settled per statement in bulk (SQLite allows 32,766 parameters).
+_SETTLE_CHUNK = 500
 # The kinds of rows leased (keys of the LeaseBook).
 _WATCH = "watch"
 _ENTRY = "outbox"
@@ -72,8 +75,9 @@ class SqliteStore:
     Every method reads the rows a rule of :mod:`lrobridge.storage.rules` needs and writes its
     answer in one ``BEGIN IMMEDIATE`` transaction; the rules, not the SQL, decide."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, quarantine_limits: QuarantineLimits | None = None) -> None:
         self.path = path
+        self._quarantine_limits = quarantine_limits or QuarantineLimits()
         self._db = SqliteDatabase(path, MIGRATIONS)
         self._leases = rules.LeaseBook()
 
@@ -454,18 +458,35 @@ class SqliteStore:
         self.mark_published_many([entry_id], now=now)
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        settled: list[tuple[int, bool]] = []
+        # The same rules as one entry at a time, a statement per chunk: read the entries,
+        # drop those still leased to us, complete their PUBLISHING watches.
+        held = {entry_id: self._leases.held(_ENTRY, entry_id) for entry_id in entry_ids}
+        wrote = dict.fromkeys(entry_ids, True)  # an entry already gone counts as settled
         with self._write() as conn:
-            for entry_id in entry_ids:
-                held = self._leases.held(_ENTRY, entry_id)
-                entry = select_one(conn, "outbox", _OUTBOX_SELECT, "id = ?", (entry_id,))
-                wrote = entry is None or rules.settle_publish(entry, held)
-                if entry is not None and wrote:
-                    conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-                    self._settle_watch(conn, entry["watch_id"], now)
-                settled.append((entry_id, wrote))
-        for entry_id, wrote in settled:
-            self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+            for start in range(0, len(entry_ids), _SETTLE_CHUNK):
+                chunk = tuple(entry_ids[start : start + _SETTLE_CHUNK])
+                entries = select_all(conn, "outbox", _OUTBOX_SELECT, _in("id", chunk), chunk)
+                dropped = []
+                for entry in entries:
+                    wrote[entry["id"]] = rules.settle_publish(entry, held[entry["id"]])
+                    if wrote[entry["id"]]:
+                        dropped.append(entry)
+                if not dropped:
+                    continue
+                ids = tuple(entry["id"] for entry in dropped)
+                conn.execute(f"DELETE FROM outbox WHERE {_in('id', ids)}", ids)
+                watch_ids = tuple(e["watch_id"] for e in dropped if e["watch_id"] is not None)
+                if not watch_ids:
+                    continue
+                watches = select_all(
+                    conn, "watches", _WATCH_SELECT, _in("id", watch_ids), watch_ids
+                )
+                completing = tuple(w["id"] for w in watches if rules.settle_watch(w))
+                if completing:
+                    state = {"state": int(WatchState.COMPLETED), "update_time": now}
+                    update_where(conn, "watches", _in("id", completing), completing, state)
+        for entry_id, settled in wrote.items():
+            self._leases.settled(_ENTRY, entry_id, wrote=settled)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
@@ -491,6 +512,7 @@ class SqliteStore:
             if entry is not None and quarantined is not None:
                 conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
                 insert(conn, "quarantine", quarantined)
+                self._bound_quarantine(conn, now)
                 if entry["watch_id"] is not None:
                     failed = rules.abandoned_watch(reason, now=now)
                     update(conn, "watches", "id", entry["watch_id"], failed)
@@ -688,7 +710,24 @@ class SqliteStore:
     def quarantine(self, *, reason: str, body: bytes, headers: dict[str, str], now: float) -> int:
         with self._write() as conn:
             kept = rules.new_quarantined(reason=reason, body=body, headers=headers, now=now)
-            return insert(conn, "quarantine", kept)
+            entry_id = insert(conn, "quarantine", kept)
+            self._bound_quarantine(conn, now)
+            return entry_id
+
+    def _bound_quarantine(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop what QuarantineLimits says goes (in the transaction that added an entry)."""
+        limits = self._quarantine_limits
+        newest = "(SELECT MAX(id) FROM quarantine)"
+        conn.execute(
+            f"DELETE FROM quarantine WHERE receive_time < ? AND id < {newest}",
+            (now - limits.max_age,),
+        )
+        conn.execute(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM (SELECT id, SUM(length(body)) "
+            "OVER (ORDER BY id DESC) AS kept FROM quarantine) WHERE kept > ?) "
+            f"AND id < {newest}",
+            (limits.max_bytes,),
+        )
 
     def list_quarantine(self, *, limit: int) -> list[QuarantinedMessage]:
         columns = ("id", "receive_time", "reason", "body", "headers")
@@ -697,8 +736,29 @@ class SqliteStore:
         )
         return [rules.quarantined_message(dict(zip(columns, r, strict=True))) for r in rows]
 
+    def quarantine_summaries(self, *, limit: int) -> list[QuarantinedMessage]:
+        columns = ("id", "receive_time", "reason", "headers", "size")
+        rows = self._read(
+            "SELECT id, receive_time, reason, headers, length(body) FROM quarantine "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [rules.quarantined_message(dict(zip(columns, r, strict=True))) for r in rows]
+
+    def get_quarantined(self, entry_id: int) -> QuarantinedMessage:
+        columns = ("id", "receive_time", "reason", "body", "headers")
+        rows = self._read(f"SELECT {', '.join(columns)} FROM quarantine WHERE id = ?", (entry_id,))
+        if not rows:
+            raise NotFound(f"quarantined message {entry_id} does not exist (or was dropped)")
+        return rules.quarantined_message(dict(zip(columns, rows[0], strict=True)))
+
 
 _RUN_SELECT = ", ".join(rules.CALLBACK_RUN_FIELDS)
+
+
+def _in(column: str, values: Sequence[object]) -> str:
+    """``column IN (?, ?, ...)`` for ``values``."""
+    return f"{column} IN ({', '.join('?' * len(values))})"
 
 
 def _watch_row(row: Sequence[Any]) -> dict[str, Any]:

@@ -138,7 +138,7 @@ variable "max_instances" {
 }
 
 variable "concurrency" {
-  description = "Requests per instance: the Dockerfile's gunicorn workers x threads."
+  description = "Requests per instance: the threads of the Dockerfile's lrobridge serve command."
   type        = number
   default     = 8
 }
