@@ -48,7 +48,6 @@ from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import (
     Completion,
     OutboxEntry,
-    PendingMessage,
     PendingUpdate,
     WatchRecord,
 )
@@ -152,10 +151,8 @@ class Watcher:
         self._woken = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
-        # Pub/Sub's acknowledgements are settled in the store in groups too (one transaction per
-        # group), by the loop; before and after it runs, one at a time.
-        self._settling = _SettlingOutbox(store)
-        self.relay = relay.OutboxRelay(self._settling, publisher, clock=clock)
+        # The relay settles Pub/Sub's acknowledgements in the store in groups of its own.
+        self.relay = relay.OutboxRelay(store, publisher, clock=clock)
         self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._no_wait_sources: set[str] = set()
         self._long_polls: dict[str, int] = {}
@@ -200,15 +197,9 @@ class Watcher:
             self._lease,
         )
         try:
-            self._settling.batch(True)
             asyncio.run(self._run())
         finally:
             self._publish_thread.shutdown(wait=True)
-            self._settling.batch(False)  # acknowledgements still to come settle at once
-            try:
-                self._settling.flush(now=self._clock())
-            except BridgeError as exc:
-                log.warning("could not settle published messages (republished later): %s", exc)
             self._store_thread.shutdown(wait=True)
             log.info("watcher stopped")
 
@@ -253,8 +244,6 @@ class Watcher:
                         next_recover = mono + RECOVER_INTERVAL
                     if self._completions:
                         await self._flush_completions()
-                    if self._settling.pending():
-                        await self._db(self._settling.flush, now=self._clock())
                     self._start_due()
                     self._start_sweeps()
                     if len(self._updates) >= FLUSH_BATCH or (self._updates and mono >= next_flush):
@@ -634,7 +623,6 @@ class Watcher:
                 await self._flush()
             # What was handed to the publish thread has reached the publisher when this returns.
             await asyncio.wrap_future(self._publish_thread.submit(lambda: None))
-            await self._db(self._settling.flush, now=self._clock())
         finally:
             sources, self._opened = list(self._opened.values()), {}
             for source in sources:
@@ -912,65 +900,6 @@ class Watcher:
         except RuntimeError:  # shut down: the entry stays leased and a drain republishes it
             return
         future.add_done_callback(_log_failure("hand a message to Pub/Sub"))
-
-
-class _SettlingOutbox:
-    """The store's outbox as the relay sees it, except that, while the loop runs, a settled
-    publish (``mark_published``) is queued and written with others in one transaction by the
-    loop (:meth:`flush`); a crash before that republishes it (same event id), loses nothing."""
-
-    def __init__(self, store: Outbox) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._queued: list[int] = []
-        self._batching = False
-
-    def batch(self, on: bool) -> None:
-        with self._lock:
-            self._batching = on
-
-    def pending(self) -> bool:
-        return bool(self._queued)
-
-    def flush(self, *, now: float) -> None:
-        with self._lock:
-            queued, self._queued = self._queued, []
-        if queued:
-            try:
-                self._store.mark_published_many(queued, now=now)
-            except BridgeError:
-                with self._lock:
-                    self._queued[:0] = queued
-                raise
-
-    def mark_published(self, entry_id: int, *, now: float) -> None:
-        with self._lock:
-            if self._batching:
-                self._queued.append(entry_id)
-                return
-        self._store.mark_published(entry_id, now=now)
-
-    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        self._store.mark_published_many(entry_ids, now=now)
-
-    def enqueue(self, message: PendingMessage, *, event_id: str, operation: str, now: float) -> int:
-        return self._store.enqueue(message, event_id=event_id, operation=operation, now=now)
-
-    def claim_due_publishes(self, *, now: float, limit: int, lease: float) -> list[OutboxEntry]:
-        return self._store.claim_due_publishes(now=now, limit=limit, lease=lease)
-
-    def retry_publish(
-        self, entry_id: int, *, next_attempt: float, error_message: str, now: float
-    ) -> None:
-        self._store.retry_publish(
-            entry_id, next_attempt=next_attempt, error_message=error_message, now=now
-        )
-
-    def abandon_publish(self, entry_id: int, *, reason: str, now: float) -> None:
-        self._store.abandon_publish(entry_id, reason=reason, now=now)
-
-    def outbox_size(self) -> int:
-        return self._store.outbox_size()
 
 
 def _log_failure(what: str) -> Callable[[object], None]:
