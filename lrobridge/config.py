@@ -118,12 +118,24 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "How long a page token is honoured (1m-7d); an expired one is refused with "
         "INVALID_ARGUMENT and the listing starts again from the first page.",
     ),
-    "LROBRIDGE_WATCHER_CONCURRENCY": ("64", "Polls the watcher runs at once."),
+    "LROBRIDGE_WATCHER_CONCURRENCY": (
+        "64",
+        "Polls the watcher runs at once besides its held long polls (and Get/List calls at once "
+        "per source).",
+    ),
     "LROBRIDGE_LONG_POLL_SLOTS": (
         "32",
         "WaitOperation long polls held open at once per source; other due watches use Get.",
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
+    "LROBRIDGE_WATCHER_LEASE": (
+        "10m",
+        "How long the watcher holds the watches it claimed before it renews them in bulk (1m-1h): "
+        "the schedule lives in its memory meanwhile. A watcher that dies without stopping hands "
+        "its watches on after at most this long (on SQLite, a watcher on the same machine takes "
+        "them back within 30 s). Longer means fewer store writes (Firestore: see "
+        "docs/architecture.md).",
+    ),
     "LROBRIDGE_RPC_TIMEOUT": (
         "30s",
         "Deadline of one GetOperation / REST GET to a source (at most 10m).",
@@ -324,6 +336,7 @@ class Settings:
     watcher_concurrency: int = 64
     long_poll_slots: int = 32
     long_poll_timeout: float = 30.0
+    watcher_lease: float = 600.0
     rpc_timeout: float = 30.0
     progress_interval: float = 5.0
     wait_max: float = 60.0
@@ -465,6 +478,9 @@ class Settings:
             ),
             long_poll_timeout=_bounded_duration(
                 get("LROBRIDGE_LONG_POLL_TIMEOUT"), "LROBRIDGE_LONG_POLL_TIMEOUT", 1.0, 600.0
+            ),
+            watcher_lease=_bounded_duration(
+                get("LROBRIDGE_WATCHER_LEASE"), "LROBRIDGE_WATCHER_LEASE", 60.0, 3600.0
             ),
             rpc_timeout=_bounded_duration(
                 get("LROBRIDGE_RPC_TIMEOUT"), "LROBRIDGE_RPC_TIMEOUT", 0.1, 600.0

@@ -27,6 +27,7 @@ from lrobridge.core.records import (
     OperationRecord,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
@@ -68,6 +69,24 @@ class OperationsSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class AsyncOperationsSource(Protocol):
+    """The asyncio twin of :class:`OperationsSource`, for the watcher's event loop: the same
+    calls, answers and errors. ``wait_operation`` raises ``Unimplemented`` when the server has
+    no WaitOperation; a source bounds its own concurrent Get/List calls."""
+
+    url: str
+
+    async def get_operation(self, name: str, *, timeout: float) -> Snapshot: ...
+
+    async def wait_operation(self, name: str, *, wait: float, timeout: float) -> Snapshot: ...
+
+    async def list_operations(
+        self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[Snapshot], str]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Publisher(Protocol):
@@ -140,6 +159,21 @@ class WatchStore(Protocol):
         """Reschedule an ACTIVE watch; with ``snapshot``, store it as the operation's state.
 
         Returns whether the stored state changed (a progress event may be due)."""
+        ...
+
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        """Write many :class:`~lrobridge.core.records.PendingUpdate` of watches this process
+        leased (rule ``storage.rules.record_polls``) in one transaction (SQLite) or one bulk
+        write (Firestore), each state that changed with its watch. Returns, per update, whether
+        it applied (False: the watch was deleted, ended, or taken over: forget it)."""
+        ...
+
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        """:meth:`record_completion` for many watches (SQLite: one transaction for all, each
+        completion with its own outbox entry; Firestore: a transaction each); the entry ids,
+        None where nothing was written."""
         ...
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:

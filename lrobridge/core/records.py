@@ -5,7 +5,8 @@
   which the Operations facade serves;
 * :class:`OutboxEntry`: a message committed to the store before it is handed to Pub/Sub;
 * :class:`QuarantinedMessage`: a push that can never be processed, kept whole with its reason;
-* :class:`Completion`: how an operation ended, with the message announcing it.
+* :class:`Completion`: how an operation ended, with the message announcing it;
+* :class:`PendingUpdate`: what the watcher writes of a watch it holds (group commits).
 
 Pure module: dataclasses only. ``WatchState`` mirrors ``lrobridge.v1.Watch.State`` numbers.
 """
@@ -126,3 +127,23 @@ class Completion:
     event_id: str
     snapshot: codec.Snapshot
     message: PendingMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingUpdate:
+    """What the watcher learned of one watch it holds since it last wrote it; many are written
+    in one transaction (``record_pending_many``, rule ``storage.rules.record_polls``).
+
+    ``next_poll`` is stored as the watch's due time: the end of this process's lease while it
+    keeps the watch (``release`` False), the real next poll when it gives the watch back.
+    ``polls`` is how many polls the source answered since the last write (added to the count);
+    ``snapshot`` the state to store (given only when it changed)."""
+
+    watch_id: str
+    next_poll: float
+    attempt: int
+    polls: int = 0
+    snapshot: codec.Snapshot | None = None
+    error_code: int = 0
+    error_message: str = ""
+    release: bool = False

@@ -44,6 +44,7 @@ from lrobridge.core.records import (
     Origin,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
@@ -277,6 +278,30 @@ def record_pending(
         "last_error_message": error_message,
         "lease_owner": "",
     }
+
+
+def record_polls(
+    watch: Row | None, held: object | None, update: PendingUpdate, *, now: float
+) -> Fields | None:
+    """A group commit's write of an ACTIVE watch the watcher holds: its poll count, backoff
+    step and last error, and ``next_poll`` = the lease's end while it keeps the lease (a
+    renewal) or the real next poll once it gives it back (``release``). Refused when the
+    watch ended or the lease was taken over (the watcher then forgets the watch)."""
+    if watch is None or watch["state"] != WatchState.ACTIVE:
+        return None
+    if not lease_holds(watch["lease_owner"], held):
+        return None
+    changes: Fields = {
+        "update_time": now,
+        "next_poll": update.next_poll,
+        "attempt": update.attempt,
+        "polls": watch["polls"] + update.polls,
+        "last_error_code": update.error_code,
+        "last_error_message": update.error_message,
+    }
+    if update.release:
+        changes["lease_owner"] = ""
+    return changes
 
 
 def record_completion(

@@ -125,6 +125,21 @@ def context_from_traceparent(traceparent: str) -> otel_context.Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+@contextlib.contextmanager
+def resumed(traceparent: str) -> Iterator[None]:
+    """Make the context a stored ``traceparent`` stands for current for the block: a step that
+    runs after the span it belongs to has ended (a batched commit, say)."""
+    ctx = context_from_traceparent(traceparent)
+    if ctx is None:
+        yield
+        return
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def current_ids() -> tuple[str, str, bool] | None:
     """(trace id, span id, sampled) of the current span in lower-case hex, if one is recording
     or was propagated; None otherwise (log lines then use the request's headers)."""

@@ -1,32 +1,57 @@
 """The watcher: polls every ACTIVE watch on its schedule and publishes each completion.
 
-No thread per operation: the schedule lives in the store (``next_poll`` per watch), a single
-loop claims due watches in batches and a bounded thread pool runs the polls. Per source it holds
-at most ``long_poll_slots`` WaitOperation long polls at once; other due watches use a plain
-GetOperation. A source answering UNIMPLEMENTED to WaitOperation gets GetOperation from then on.
+One asyncio event loop, on the thread that calls :meth:`Watcher.run`, drives every poll: the
+asyncio sources (``grpc.aio``, ``httpx``; :class:`lrobridge.ports.AsyncOperationsSource`) are
+called on it, so thousands of polls and long polls are in flight without a thread each. What one
+poll means is :func:`lrobridge.core.poll.decide`; this module only executes the answer.
 
-Every observation is stored as the operation's latest state (the Operations facade serves
-it). Completions go through the outbox (:mod:`lrobridge.delivery.relay`): the completion message is
-committed to the store with the final state (watch state PUBLISHING) before it is handed to
-Pub/Sub, and the watch becomes COMPLETED only when Pub/Sub acknowledged it. A watcher killed at
-any moment therefore republishes what was not acknowledged (same ``event_id``, so subscribers
-deduplicate) and resumes every pending watch. Watches with ``progress`` on also publish
-throttled ``progress`` events when the operation's metadata changes.
+The schedule lives in memory under a lease. The watcher claims due watches from the store in
+batches with a long lease (``LROBRIDGE_WATCHER_LEASE``; the stored ``next_poll`` is then the
+lease's end, so no other process takes them), keeps each one's real next poll in a heap, and
+writes to the store only what changed, grouped: new states, new errors, watches it gives back
+(their next poll beyond the lease) and lease renewals, many per transaction
+(:meth:`~lrobridge.storage.WatchStore.record_pending_many`). An unchanged pending observation
+costs no write at all; the poll count and backoff step are persisted with the next write (at
+the latest the renewal, at half the lease).
+
+The store is synchronous (sqlite3, Firestore): every call goes to ONE dedicated store thread,
+never blocking the loop. Completions keep their own transaction: the completion is committed
+with its outbox message (:mod:`lrobridge.delivery.relay`) before it is handed to Pub/Sub, and the
+watch becomes COMPLETED only when Pub/Sub acknowledged it. A watcher killed at any moment
+therefore loses no watch (its leases end, or :meth:`~lrobridge.storage.WatchStore.recover` takes
+them back at once on SQLite) and no completion (republished with the same ``event_id``); what
+it loses is at most the poll counts since the last write. Stopping gives every held watch back
+with its real next poll, so a successor resumes at once.
+
+Per source at most ``long_poll_slots`` WaitOperation long polls are held at once; other due
+watches use GetOperation. A source answering UNIMPLEMENTED to WaitOperation gets GetOperation
+from then on. Watches with ``progress`` on also publish throttled ``progress`` events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import heapq
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from lrobridge.config import Settings
-from lrobridge.core import codec
+from lrobridge.core import codec, sweep
 from lrobridge.core.poll import PollDecision, Step, decide
-from lrobridge.core.records import OutboxEntry, WatchRecord
+from lrobridge.core.records import (
+    Completion,
+    OutboxEntry,
+    PendingUpdate,
+    WatchRecord,
+)
+from lrobridge.core.source_url import split_source_url
 from lrobridge.delivery import relay
 from lrobridge.errors import (
     BridgeError,
@@ -34,10 +59,18 @@ from lrobridge.errors import (
     InvalidArgument,
     OtherTransientError,
     TransientError,
+    Unavailable,
     Unimplemented,
     classify_api_error,
 )
-from lrobridge.ports import OperationsSource, OperationStore, Outbox, Publisher, WatchStore
+from lrobridge.ports import (
+    AsyncOperationsSource,
+    OperationsSource,
+    OperationStore,
+    Outbox,
+    Publisher,
+    WatchStore,
+)
 from lrobridge.telemetry import metrics, tracing
 
 
@@ -46,20 +79,52 @@ class _Store(WatchStore, Outbox, OperationStore, Protocol):
 
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# How often the loop looks at the store when nothing is due sooner (other processes may have
-# added watches).
+# How often the loop asks the store for newly due watches when nothing wakes it (other
+# processes may have added watches): one indexed "anything due?" read.
 IDLE_RECHECK = 0.5
 STORE_RETRY_SECONDS = 1.0  # pause after the store failed transiently
 # A long poll that comes back pending sooner than this share of its wait is treated as a
 # plain poll (the server implements Wait as Get), so it cannot turn into a busy loop.
 SHORT_WAIT_SHARE = 0.5
 MIN_HELD_SECONDS = 0.5
+# Claims take watches due within CLAIM_AHEAD seconds, at most CLAIM_BATCH per transaction.
+CLAIM_AHEAD = 2.0
+CLAIM_BATCH = 2000
+MAX_HELD = 500_000
+# Group commits: pending writes wait at most FLUSH_INTERVAL, at most FLUSH_BATCH per transaction.
+FLUSH_INTERVAL = 0.25
+FLUSH_BATCH = 1000
+# Outbox entries left by failures or dead processes are looked for this often.
+DRAIN_INTERVAL = 1.0
+# SQLite: leases of processes on this machine that died are taken back this often.
+RECOVER_INTERVAL = 30.0
+MAX_LOOP_FAILURES = 5  # unexpected errors in a row after which the watcher stops
+
+
+@dataclasses.dataclass
+class _Held:
+    """A watch this process holds under its lease."""
+
+    record: WatchRecord  # as the decision sees it: attempt, next_poll, errors kept current
+    lease_end: float
+    version: int  # bumped when the record is replaced; older heap entries are skipped
+    data: bytes | None = None  # the encoded state last written (changes are what is written)
+    unsaved_polls: int = 0
+    polling: bool = False
+    group: tuple[str, str] = ("", "")  # (source, parent collection)
+    last_single: float = 0.0  # when it was last polled on its own
+    safety_poll: bool = False  # the poll under way is a covered watch's safety net
 
 
 class Watcher:
-    """The in-process poller: claims due watches, polls their sources on a thread pool, records what
-    it learned and publishes completions."""
+    """Polls the watches in the store and publishes their completions (module docstring).
+
+    ``sources`` opens the sync source of a URL; ``async_sources`` (called on the watcher's loop)
+    its asyncio twin. Without ``async_sources``, the sync sources are called in worker threads
+    (test doubles and custom sources).
+    """
 
     def __init__(
         self,
@@ -70,126 +135,588 @@ class Watcher:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         on_completion: Callable[[str], None] | None = None,
+        async_sources: Callable[[str], AsyncOperationsSource] | None = None,
     ) -> None:
         self._store = store
         self._sources = sources
+        self._async_opener = async_sources
         self._settings = settings
         self._clock = clock
         self._on_completion = on_completion
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.watcher_concurrency, thread_name_prefix="lrobridge-poll"
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrobridge-store")
+        # Handing a message to the Pub/Sub client costs CPU of its own: not on the store thread.
+        self._publish_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="lrobridge-publish"
         )
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self._wake = threading.Event()
-        self.relay = relay.OutboxRelay(store, publisher, clock=clock, on_settled=self._wake.set)
-        self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._stop = threading.Event()
+        self._woken = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_event: asyncio.Event | None = None
+        # The relay settles Pub/Sub's acknowledgements in the store in groups of its own.
+        self.relay = relay.OutboxRelay(store, publisher, clock=clock)
+        self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._no_wait_sources: set[str] = set()
-        self._long_poll_slots: dict[str, threading.Semaphore] = {}
+        self._long_polls: dict[str, int] = {}
+        self._opened: dict[str, AsyncOperationsSource] = {}
+        # The schedule under the lease.
+        self._held: dict[str, _Held] = {}
+        self._heap: list[tuple[float, int, str, int]] = []  # (due, tiebreak, watch id, version)
+        self._tiebreak = itertools.count()
+        self._updates: dict[str, PendingUpdate] = {}
+        self._completions: list[tuple[WatchRecord, codec.Snapshot | None, codec.Outcome, str]] = []
+        self._in_flight = 0  # polls started and not holding a long-poll slot
+        self._tasks: set[asyncio.Task[None]] = set()
+        # ListOperations sweeps: per (source, parent) what is learned, and the held watches.
+        self._plans: dict[tuple[str, str], sweep.SweepPlan] = {}
+        self._groups: dict[tuple[str, str], dict[str, str]] = {}  # operation name -> watch id
+        self._sweeping: set[tuple[str, str]] = set()
+        # A poll in flight (a long poll, say) ends well before the lease does.
+        self._margin = settings.rpc_timeout + settings.long_poll_timeout + 30.0
+        self._lease = max(settings.watcher_lease, 3 * self._margin)
         self.stats = WatcherStats()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Look at the store now (a watch was added in this process)."""
-        self._wake.set()
+        """Look at the store now (a watch was added in this process). Any thread."""
+        self._woken.set()
+        loop, event = self._loop, self._wake_event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(event.set)
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self.wake()
 
     def run(self) -> None:
-        """Run until :meth:`stop`; then wait for polls in flight and close the pool."""
+        """Run until :meth:`stop`; then give back every held watch and close the sources."""
         log.info(
-            "watcher started: concurrency %d, long-poll slots per source %d",
+            "watcher started: concurrency %d, long-poll slots per source %d, lease %.0fs",
             self._settings.watcher_concurrency,
             self._settings.long_poll_slots,
+            self._lease,
         )
-        recovered = self._store.recover(now=self._clock())
-        if recovered:
-            log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
         try:
-            while not self._stop.is_set():
-                try:
-                    self.step()
-                    pause = self._idle_time()
-                except TransientError as exc:  # a shared store (Firestore) can be out a while
-                    log.warning("the store is unavailable, retrying in 1s: %s", exc.message)
-                    pause = STORE_RETRY_SECONDS
-                self._wake.wait(pause)
-                self._wake.clear()
+            asyncio.run(self._run())
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._publish_thread.shutdown(wait=True)
+            self._store_thread.shutdown(wait=True)
             log.info("watcher stopped")
 
     def step(self) -> int:
-        """Hand due publishes and polls to the pool once; returns how many were started."""
-        now = self._clock()
-        started = 0
-        lease = self._settings.rpc_timeout + self._settings.long_poll_timeout + 30.0
-        started += self.relay.drain(lease=lease)
-        with self._lock:
-            free = self._settings.watcher_concurrency - self._in_flight
-        for watch in self._store.claim_due_polls(now=now, limit=free, lease=lease):
-            with self._lock:
-                self._in_flight += 1
-            self._pool.submit(self._poll_safely, watch)
-            started += 1
-        return started
+        """One pass without the loop (tests, tools): publish due outbox entries, then poll every
+        due watch once and write what was learned; how many publishes and polls were started."""
+        return asyncio.run(self._step())
 
-    def _idle_time(self) -> float:
-        with self._lock:
-            saturated = self._in_flight >= self._settings.watcher_concurrency
-        if saturated:
-            return IDLE_RECHECK / 10
-        due = self._store.next_due_time()
-        if due is None:
+    def poll(self, watch: WatchRecord) -> None:
+        """Poll one watch (claimed by the caller) once and record what was learned."""
+        asyncio.run(self._poll_claimed([watch]))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        recovered = await self._db(self._store.recover, now=self._clock())
+        if recovered:
+            log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
+        next_claim = next_drain = next_renew = 0.0
+        next_recover = time.monotonic() + RECOVER_INTERVAL
+        next_flush = time.monotonic() + FLUSH_INTERVAL
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                pause = IDLE_RECHECK
+                try:
+                    mono = time.monotonic()
+                    if self._woken.is_set() or mono >= next_claim:
+                        self._woken.clear()
+                        full = await self._claim()
+                        next_claim = mono + (0.0 if full else IDLE_RECHECK)
+                    if mono >= next_drain:
+                        await self._db(self.relay.drain, lease=self._margin)
+                        next_drain = mono + DRAIN_INTERVAL
+                    if mono >= next_renew:
+                        self._renew()
+                        next_renew = mono + self._lease / 10
+                    if mono >= next_recover:
+                        await self._db(self._store.recover, now=self._clock())
+                        next_recover = mono + RECOVER_INTERVAL
+                    if self._completions:
+                        await self._flush_completions()
+                    self._start_due()
+                    self._start_sweeps()
+                    if len(self._updates) >= FLUSH_BATCH or (self._updates and mono >= next_flush):
+                        await self._flush()
+                        next_flush = time.monotonic() + FLUSH_INTERVAL
+                    pause = min(self._until_due(), next_claim - mono, IDLE_RECHECK)
+                    if self._updates:
+                        pause = min(pause, next_flush - mono)
+                except TransientError as exc:  # a shared store (Firestore) can be out a while
+                    log.warning("the store is unavailable, retrying in 1s: %s", exc.message)
+                    pause = STORE_RETRY_SECONDS
+                except Exception:  # one failure must not end the watcher; nothing held is lost
+                    failures += 1
+                    if failures > MAX_LOOP_FAILURES:
+                        log.error("the watcher's loop failed %d times in a row: stopping", failures)
+                        raise
+                    log.exception("the watcher's loop failed unexpectedly; going on in 1s")
+                    pause = STORE_RETRY_SECONDS
+                else:
+                    failures = 0
+                await self._pause(pause)
+        finally:
+            await self._shutdown()
+
+    async def _pause(self, seconds: float) -> None:
+        assert self._wake_event is not None
+        if seconds > 0 and not self._wake_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_event.wait(), timeout=seconds)
+        self._wake_event.clear()
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            while self._completions:
+                await self._flush_completions()
+        except BridgeError as exc:
+            log.warning("could not record completions (they are polled again): %s", exc)
+        now = self._clock()
+        for held in self._held.values():  # hand them on: a successor polls them on time
+            self._queue(held, release=True, next_poll=max(now, held.record.next_poll))
+        self._held.clear()
+        try:
+            while self._updates:
+                await self._flush()
+        except BridgeError as exc:
+            log.warning("could not give back the held watches (their leases will end): %s", exc)
+        for source in self._opened.values():
+            try:
+                await source.aclose()
+            except Exception:
+                log.exception("closing %s failed", source.url)
+        self._opened.clear()
+        self._loop = self._wake_event = None
+
+    async def _db(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """``call`` on the store thread (the store is synchronous)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_thread, lambda: call(*args, **kwargs))
+
+    def _until_due(self) -> float:
+        if not self._heap or self._in_flight >= self._settings.watcher_concurrency:
             return IDLE_RECHECK
-        return max(0.0, min(IDLE_RECHECK, due - self._clock()))
+        return max(0.0, self._heap[0][0] - self._clock())
+
+    # -- the schedule ----------------------------------------------------------------------
+
+    async def _claim(self) -> bool:
+        """Claim watches due soon; whether the batch was full (claim again at once)."""
+        room = min(CLAIM_BATCH, MAX_HELD - len(self._held))
+        if room <= 0:
+            return False
+        now = self._clock()
+        ahead = now + CLAIM_AHEAD
+        claimed = await self._db(
+            self._store.claim_due_polls, now=ahead, limit=room, lease=self._lease
+        )
+        for record in claimed:
+            self._hold(record, lease_end=ahead + self._lease)
+        return len(claimed) == room
+
+    def _hold(self, record: WatchRecord, *, lease_end: float) -> None:
+        held = self._held.get(record.id)
+        if held is None:
+            group = (record.source, codec.operation_parent(record.operation))
+            held = _Held(record, lease_end, version=0, group=group, last_single=self._clock())
+            self._held[record.id] = held
+            self._groups.setdefault(group, {})[record.operation] = record.id
+        else:  # claimed again: made due by a cancel (poll_soon) while held
+            held.record, held.lease_end = record, lease_end
+            held.version += 1
+        self._schedule(held)
+
+    def _forget(self, watch_id: str) -> None:
+        held = self._held.pop(watch_id, None)
+        if held is None:
+            return
+        group = self._groups.get(held.group)
+        if group is not None:
+            group.pop(held.record.operation, None)
+            if not group:
+                del self._groups[held.group]
+        plan = self._plans.get(held.group)
+        if plan is not None:
+            plan.forget(held.record.operation)
+
+    def _schedule(self, held: _Held) -> None:
+        record = held.record
+        heapq.heappush(
+            self._heap, (record.next_poll, next(self._tiebreak), record.id, held.version)
+        )
+
+    def _start_due(self) -> None:
+        now = self._clock()
+        cap = self._settings.watcher_concurrency
+        while self._heap and self._in_flight < cap and self._heap[0][0] <= now:
+            _, _, watch_id, version = heapq.heappop(self._heap)
+            held = self._held.get(watch_id)
+            if held is None or held.version != version or held.polling:
+                continue
+            if self._defer(held, now):
+                continue
+            held.polling = True
+            self._in_flight += 1
+            task = asyncio.create_task(self._poll_task(held))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _defer(self, held: _Held, now: float) -> bool:
+        """Push a covered watch's single poll back to its safety net; whether it was."""
+        record = held.record
+        plan = self._plans.get(held.group)
+        held.safety_poll = False
+        if plan is None or record.progress or not plan.covers(record.operation):
+            return False
+        if len(self._groups.get(held.group, ())) < sweep.MIN_WATCHES:
+            return False  # not swept any more
+        safety = held.last_single + sweep.SAFETY_NET
+        if record.expire_time is not None:
+            safety = min(safety, record.expire_time)
+        if safety <= now:
+            held.safety_poll = True
+            return False
+        heapq.heappush(self._heap, (safety, next(self._tiebreak), record.id, held.version))
+        return True
+
+    def _renew(self) -> None:
+        """Extend, in bulk, the leases that reach half-time; the counts go with them."""
+        now = self._clock()
+        for held in self._held.values():
+            if held.lease_end - now < self._lease / 2:
+                held.lease_end = now + self._lease
+                self._queue(held)
+
+    def _queue(
+        self,
+        held: _Held,
+        *,
+        snapshot: codec.Snapshot | None = None,
+        release: bool = False,
+        next_poll: float | None = None,
+    ) -> None:
+        record = held.record
+        previous = self._updates.get(record.id)
+        if snapshot is None and previous is not None:
+            snapshot = previous.snapshot
+        self._updates[record.id] = PendingUpdate(
+            watch_id=record.id,
+            next_poll=next_poll if next_poll is not None else held.lease_end,
+            attempt=record.attempt,
+            polls=held.unsaved_polls,
+            snapshot=snapshot,
+            error_code=record.last_error_code,
+            error_message=record.last_error_message,
+            release=release,
+        )
+        held.unsaved_polls = 0
+
+    async def _flush(self) -> None:
+        """One group commit of up to FLUSH_BATCH queued writes."""
+        batch: list[PendingUpdate] = []
+        for watch_id in itertools.islice(list(self._updates), FLUSH_BATCH):
+            batch.append(self._updates.pop(watch_id))
+        try:
+            applied = await self._db(self._store.record_pending_many, batch, now=self._clock())
+        except BridgeError:
+            for update in batch:  # written with the next flush
+                self._updates.setdefault(update.watch_id, update)
+            raise
+        self.stats.flushes += 1
+        self.stats.writes += len(batch)
+        for update, ok in zip(batch, applied, strict=True):
+            if not ok and not update.release:
+                # Deleted, ended, or taken over by another process: not ours any more.
+                self._forget(update.watch_id)
+
+    # -- ListOperations sweeps ----------------------------------------------------------------
+
+    def _start_sweeps(self) -> None:
+        if not self._groups:
+            return
+        now = self._clock()
+        for key, group in self._groups.items():
+            if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
+                continue
+            plan = self._plans.get(key)
+            if plan is None:
+                grpc = split_source_url(key[0]).scheme in ("grpc", "grpcs")
+                plan = self._plans[key] = sweep.SweepPlan.for_parent(key[1], grpc=grpc)
+            if not plan.due(now):
+                continue
+            self._sweeping.add(key)
+            task = asyncio.create_task(self._sweep(key, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self, key: tuple[str, str], plan: sweep.SweepPlan) -> None:
+        """List every page of one parent collection; each watched operation found done is a
+        poll observation (the one decision); the plan learns from what was listed."""
+        request = plan.request(self._groups.get(key, {}))
+        listed: set[str] = set()
+        found_done = pages = count = 0
+        try:
+            try:
+                source = self._source(key[0])
+            except BridgeError:
+                return  # stopping
+            token = ""
+            while True:
+                try:
+                    snapshots, token = await source.list_operations(
+                        request.name,
+                        filter=request.filter,
+                        page_size=sweep.PAGE_SIZE,
+                        page_token=token,
+                        timeout=self._settings.rpc_timeout,
+                    )
+                except BridgeError as exc:
+                    self._sweep_failed(key, plan, request, exc)
+                    return
+                except Exception as exc:  # an adapter let a library error through
+                    self._sweep_failed(key, plan, request, classify_api_error(exc))
+                    return
+                pages += 1
+                count += len(snapshots)
+                self.stats.sweep_pages += 1
+                group = self._groups.get(key, {})
+                for snapshot in snapshots:
+                    name = snapshot.operation.name
+                    listed.add(name)
+                    if snapshot.done and name in group:
+                        found_done += await self._swept_done(group[name], snapshot)
+                if not token or self._stop.is_set():
+                    break
+            group = self._groups.get(key, {})
+            missed_before = set(plan.uncovered)
+            plan.listed(
+                request,
+                listed=listed,
+                watched=set(group),
+                found_done=found_done,
+                pages=pages,
+                operations=count,
+                polls_per_second=self._poll_rate(group),
+                now=self._clock(),
+            )
+            self.stats.sweeps += 1
+            for name in plan.uncovered - missed_before:  # polled on their own from now on
+                held = self._held.get(group.get(name, ""))
+                if held is not None and not held.polling:
+                    held.version += 1
+                    held.record = dataclasses.replace(held.record, next_poll=self._clock())
+                    self._schedule(held)
+        finally:
+            self._sweeping.discard(key)
+
+    def _sweep_failed(
+        self,
+        key: tuple[str, str],
+        plan: sweep.SweepPlan,
+        request: sweep.SweepRequest,
+        error: BridgeError,
+    ) -> None:
+        plan.failed(request, error, now=self._clock())
+        if isinstance(error, TransientError):
+            log.warning("ListOperations sweep of %r on %s failed: %s", key[1], key[0], error)
+        # Watches the sweep covered poll on their own again, from now.
+        now = self._clock()
+        for watch_id in list(self._groups.get(key, {}).values()):
+            held = self._held.get(watch_id)
+            if held is not None and not held.polling and not plan.covers(held.record.operation):
+                held.version += 1
+                held.record = dataclasses.replace(
+                    held.record, next_poll=max(now, held.record.next_poll)
+                )
+                self._schedule(held)
+        if plan.status is sweep.SweepStatus.FAILED:
+            log.info(
+                "%s: no ListOperations sweeps of %r (%s); polling each operation",
+                key[0],
+                key[1],
+                plan.reason,
+            )
+
+    async def _swept_done(self, watch_id: str, snapshot: codec.Snapshot) -> int:
+        held = self._held.get(watch_id)
+        if held is None or held.polling:
+            return 0
+        held.polling = True
+        try:
+            watch = held.record
+            self.stats.polls_swept += 1
+            # A completion seen by a sweep starts its trace here, as a polled one does.
+            attributes = {**_span_attributes(watch), "lrobridge.swept": "true"}
+            with tracing.span("lrobridge.poll", attributes=attributes):
+                await self._execute(watch, decide(watch, snapshot, now=self._clock()), held)
+        finally:
+            held.polling = False
+        return 1
+
+    def _poll_rate(self, group: dict[str, str]) -> float:
+        """Polls per second the group's watches would make on their own (sampled)."""
+        ids = list(itertools.islice(group.values(), 64))
+        delays = [
+            held.record.backoff.base_delay(held.record.attempt)
+            for held in (self._held.get(i) for i in ids)
+            if held is not None
+        ]
+        if not delays:
+            return 0.0
+        return len(group) * sum(1.0 / d for d in delays) / len(delays)
 
     # -- polling ---------------------------------------------------------------------------
 
-    def _poll_safely(self, watch: WatchRecord) -> None:
+    async def _poll_task(self, held: _Held) -> None:
+        watch = held.record
         try:
             # The root span of a completion's trace (lrobridge.telemetry.tracing).
             with tracing.span("lrobridge.poll", attributes=_span_attributes(watch)):
-                self.poll(watch)
+                observed, was_held = await self._observe(watch)
+                decision = decide(watch, observed, now=self._clock(), held=was_held)
+                await self._execute(watch, decision, held)
+        except asyncio.CancelledError:
+            raise
         except Exception:  # the loop must survive anything one poll does
             log.exception("poll of %s (%s) failed unexpectedly", watch.operation, watch.name)
             internal = OtherTransientError(
                 "internal error while polling; see the watcher's log", code=Code.INTERNAL
             )
             try:
-                self._apply(watch, decide(watch, internal, now=self._clock()))
+                await self._execute(watch, decide(watch, internal, now=self._clock()), held)
             except Exception:
                 log.exception("could not record the failed poll of %s", watch.name)
         finally:
-            with self._lock:
-                self._in_flight -= 1
-                # Claim in batches: wake the loop once half the pool is free, not for every
-                # poll that ends (a claim is a store transaction; one per slot costs more than
-                # the poll). A saturated loop also looks again every IDLE_RECHECK / 10.
-                refill = self._in_flight <= self._settings.watcher_concurrency // 2
-            if refill:
-                self._wake.set()
+            held.polling = False
+            self._in_flight -= 1
+            if self._wake_event is not None and self._heap:
+                self._wake_event.set()
 
-    def poll(self, watch: WatchRecord) -> None:
-        """Poll one watch once and record what was learned (:func:`lrobridge.core.poll.decide`
-        says what it means)."""
-        held = False
+    async def _step(self) -> int:
+        now = self._clock()
+        started = await self._db(self.relay.drain, lease=self._margin)
+        claimed = await self._db(
+            self._store.claim_due_polls,
+            now=now,
+            limit=self._settings.watcher_concurrency,
+            lease=self._margin,
+        )
+        await self._poll_claimed(claimed)
+        return started + len(claimed)
+
+    async def _poll_claimed(self, watches: Sequence[WatchRecord]) -> None:
+        """Poll watches claimed outside the loop, each written back (released) at once."""
+        try:
+            await asyncio.gather(*(self._poll_once(watch) for watch in watches))
+            while self._completions:
+                await self._flush_completions()
+            while self._updates:
+                await self._flush()
+            # What was handed to the publish thread has reached the publisher when this returns.
+            await asyncio.wrap_future(self._publish_thread.submit(lambda: None))
+        finally:
+            sources, self._opened = list(self._opened.values()), {}
+            for source in sources:
+                await source.aclose()
+
+    async def _poll_once(self, watch: WatchRecord) -> None:
+        with tracing.span("lrobridge.poll", attributes=_span_attributes(watch)):
+            observed, was_held = await self._observe(watch)
+            decision = decide(watch, observed, now=self._clock(), held=was_held)
+            await self._execute(watch, decision, None)
+
+    async def _observe(self, watch: WatchRecord) -> tuple[codec.Snapshot | BridgeError, bool]:
+        """What one poll of ``watch`` saw (or the error it met), and whether a long poll was
+        held for most of its wait."""
         observed: codec.Snapshot | BridgeError
         try:
-            source = self._sources(watch.source)
-            observed, held = self._fetch(source, watch)
+            source = self._source(watch.source)
+            observed, was_held = await self._fetch(source, watch)
             self.stats.polls += 1
         except BridgeError as exc:
-            observed = exc
+            observed, was_held = exc, False
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # an adapter let a library error through
+            observed, was_held = classify_api_error(exc), False
         metrics.poll(watch.source, metrics.poll_result(observed))
-        self._apply(watch, decide(watch, observed, now=self._clock(), held=held))
+        return observed, was_held
 
-    def _apply(self, watch: WatchRecord, decision: PollDecision) -> None:
-        """Execute one poll decision against the store (and the outbox)."""
+    def _source(self, url: str) -> AsyncOperationsSource:
+        source = self._opened.get(url)
+        if source is None:
+            if self._stop.is_set() and self._loop is not None:
+                raise Unavailable("the watcher is stopping")
+            if self._async_opener is not None:
+                source = self._async_opener(url)
+            else:
+                source = _ThreadedSource(self._sources(url))
+            self._opened[url] = source
+        return source
+
+    async def _fetch(
+        self, source: AsyncOperationsSource, watch: WatchRecord
+    ) -> tuple[codec.Snapshot, bool]:
+        settings = self._settings
+        url = source.url
+        slots = settings.long_poll_slots
+        if slots == 0 or url in self._no_wait_sources or self._long_polls.get(url, 0) >= slots:
+            return await source.get_operation(watch.operation, timeout=settings.rpc_timeout), False
+        self._long_polls[url] = self._long_polls.get(url, 0) + 1
+        self._in_flight -= 1  # a held long poll does not count against the concurrency
+        try:
+            wait = settings.long_poll_timeout
+            if watch.expire_time is not None:
+                wait = min(wait, max(0.0, watch.expire_time - self._clock()))
+            started = time.monotonic()
+            try:
+                snapshot = await source.wait_operation(
+                    watch.operation, wait=wait, timeout=wait + settings.rpc_timeout
+                )
+            except Unimplemented:
+                self._no_wait_sources.add(url)
+                log.info("%s has no WaitOperation: polling it with GetOperation", url)
+                return await source.get_operation(watch.operation, timeout=settings.rpc_timeout), (
+                    False
+                )
+            elapsed = time.monotonic() - started
+            held = not snapshot.done and elapsed >= max(wait * SHORT_WAIT_SHARE, MIN_HELD_SECONDS)
+            if held:
+                self.stats.long_polls_held += 1
+            return snapshot, held
+        finally:
+            self._long_polls[url] -= 1
+            self._in_flight += 1
+
+    async def _execute(
+        self, watch: WatchRecord, decision: PollDecision, held: _Held | None
+    ) -> None:
+        """Execute one poll decision: in memory and the group commit for a pending watch, the
+        store (one transaction) for a completion or a failure."""
+        if decision.step is Step.PENDING:
+            self._pending(watch, decision, held)
+            return
+        if held is not None:
+            self._forget(watch.id)
+            self._updates.pop(watch.id, None)
+            plan = self._plans.get(held.group)
+            if held.safety_poll and plan is not None and plan.covers(watch.operation):
+                plan.missed(watch.operation)
         if decision.step is Step.COMPLETE:
             assert decision.outcome is not None
             if decision.error is not None:
@@ -201,15 +728,25 @@ class Watcher:
                     watch.source,
                     decision.error.message,
                 )
-            snapshot = decision.snapshot or self._last_seen(watch)
-            self._complete(watch, snapshot, decision.outcome)
+            # Committed with the next group of completions (one transaction), then published.
+            # The trace of the poll that saw it travels with the batched commit.
+            trace = tracing.current_traceparent()
+            self._completions.append((watch, decision.snapshot, decision.outcome, trace))
+            if held is None or len(self._completions) >= FLUSH_BATCH:
+                await self._flush_completions()
+            elif self._wake_event is not None:
+                self._wake_event.set()
         elif decision.step is Step.FAIL:
             assert decision.error is not None
             exc = decision.error
             self.stats.failed += 1
             metrics.watch_failed(watch.source)
-            self._store.record_failure(
-                watch.id, code=int(exc.code), message=exc.message, now=self._clock()
+            await self._db(
+                self._store.record_failure,
+                watch.id,
+                code=int(exc.code),
+                message=exc.message,
+                now=self._clock(),
             )
             log.error(
                 "watch %s stopped: %s %s on %s: %s",
@@ -219,86 +756,60 @@ class Watcher:
                 watch.source,
                 exc.message,
             )
-        elif decision.step is Step.PENDING:
-            assert decision.next_poll is not None
-            error = decision.error
-            if error is not None:
-                self.stats.transient_errors += 1
-            changed = self._store.record_pending(
-                watch.id,
-                now=self._clock(),
-                next_poll=decision.next_poll,
-                attempt=decision.attempt,
-                polled=decision.polled,
-                snapshot=decision.snapshot,
-                error_code=int(error.code) if error else 0,
-                error_message=error.message if error else "",
-            )
-            if error is not None:
-                log.warning("%s on %s: %s (retrying)", watch.operation, watch.source, error.message)
-            elif decision.snapshot is not None:
-                self._maybe_progress(watch, decision.snapshot, changed)
         # Step.STOP: the operation was deleted; record_completion already refuses to revive it.
 
-    def _last_seen(self, watch: WatchRecord) -> codec.Snapshot:
-        record = self._store.get_operation(watch.operation)
-        if record is None or record.data is None:
-            return codec.Snapshot(operation=codec.empty_operation(watch.operation))
-        return record.snapshot()
+    def _pending(self, watch: WatchRecord, decision: PollDecision, held: _Held | None) -> None:
+        assert decision.next_poll is not None
+        error = decision.error
+        if error is not None:
+            self.stats.transient_errors += 1
+            log.warning("%s on %s: %s (retrying)", watch.operation, watch.source, error.message)
+        record = dataclasses.replace(
+            watch,
+            attempt=decision.attempt,
+            next_poll=decision.next_poll,
+            polls=watch.polls + int(decision.polled),
+            last_error_code=int(error.code) if error else 0,
+            last_error_message=error.message if error else "",
+        )
+        snapshot = decision.snapshot
+        data = codec.encode_payload(snapshot, "binary")[0] if snapshot is not None else None
+        if held is None:  # polled outside the loop: written back and released at once
+            held = _Held(record, lease_end=decision.next_poll, version=0)
+            held.unsaved_polls = int(decision.polled)
+            self._queue(held, snapshot=snapshot, release=True, next_poll=decision.next_poll)
+            if snapshot is not None and error is None:
+                self._maybe_progress(record, snapshot, changed=True)
+            return
+        changed = data is not None and data != held.data
+        error_changed = (record.last_error_code, record.last_error_message) != (
+            watch.last_error_code,
+            watch.last_error_message,
+        )
+        held.record = record
+        held.unsaved_polls += int(decision.polled)
+        held.last_single = self._clock()
+        if changed:
+            held.data = data
+        if decision.next_poll > held.lease_end - self._margin:
+            # Due after the lease: give it back; a claim takes it again when it is due.
+            self._queue(
+                held,
+                snapshot=snapshot if changed else None,
+                release=True,
+                next_poll=decision.next_poll,
+            )
+            self._held.pop(watch.id, None)
+        else:
+            if changed or error_changed:
+                self._queue(held, snapshot=snapshot if changed else None)
+            self._schedule(held)
+        if snapshot is not None and error is None:
+            self._maybe_progress(record, snapshot, changed=changed)
 
-    def _fetch(self, source: OperationsSource, watch: WatchRecord) -> tuple[codec.Snapshot, bool]:
-        """The operation's state, and whether a long poll was held for most of its wait."""
-        settings = self._settings
-        slot = self._long_poll_slot(source.url)
-        if slot is None or not slot.acquire(blocking=False):
-            return self._get(source, watch), False
-        try:
-            wait = settings.long_poll_timeout
-            if watch.expire_time is not None:
-                wait = min(wait, max(0.0, watch.expire_time - self._clock()))
-            started = time.monotonic()
-            try:
-                snapshot = source.wait_operation(
-                    watch.operation, wait=wait, timeout=wait + settings.rpc_timeout
-                )
-            except Unimplemented:
-                with self._lock:
-                    self._no_wait_sources.add(source.url)
-                log.info("%s has no WaitOperation: polling it with GetOperation", source.url)
-                return self._get(source, watch), False
-            except BridgeError:
-                raise
-            except Exception as exc:  # an adapter let a library error through
-                raise classify_api_error(exc) from exc
-            elapsed = time.monotonic() - started
-            held = not snapshot.done and elapsed >= max(wait * SHORT_WAIT_SHARE, MIN_HELD_SECONDS)
-            if held:
-                self.stats.long_polls_held += 1
-            return snapshot, held
-        finally:
-            slot.release()
-
-    def _get(self, source: OperationsSource, watch: WatchRecord) -> codec.Snapshot:
-        try:
-            return source.get_operation(watch.operation, timeout=self._settings.rpc_timeout)
-        except BridgeError:
-            raise
-        except Exception as exc:
-            raise classify_api_error(exc) from exc
-
-    def _long_poll_slot(self, url: str) -> threading.Semaphore | None:
-        if self._settings.long_poll_slots == 0:
-            return None
-        with self._lock:
-            if url in self._no_wait_sources:
-                return None
-            slot = self._long_poll_slots.get(url)
-            if slot is None:
-                slot = threading.Semaphore(self._settings.long_poll_slots)
-                self._long_poll_slots[url] = slot
-            return slot
-
-    def _maybe_progress(self, watch: WatchRecord, snapshot: codec.Snapshot, changed: bool) -> None:
+    def _maybe_progress(
+        self, watch: WatchRecord, snapshot: codec.Snapshot, *, changed: bool
+    ) -> None:
         if not watch.progress:
             return
         now = self._clock()
@@ -307,25 +818,62 @@ class Watcher:
         message, event_id = relay.progress_message(
             snapshot, source=watch.source, payload_format=self._settings.payload_format, now=now
         )
-        entry_id = self._store.enqueue(
-            message, event_id=event_id, operation=watch.operation, now=now
-        )
-        self.stats.progress_events += 1
-        self.relay.publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
 
-    # -- completion and publishing ---------------------------------------------------------
+        def send() -> None:
+            entry_id = self._store.enqueue(
+                message, event_id=event_id, operation=watch.operation, now=now
+            )
+            self.stats.progress_events += 1
+            self._publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
 
-    def _complete(
-        self, watch: WatchRecord, snapshot: codec.Snapshot, outcome: codec.Outcome
+        future = self._store_thread.submit(send)
+        future.add_done_callback(_log_failure("publish a progress event"))
+
+    # -- completion and publishing (on the store thread) -----------------------------------
+
+    def _last_seen(self, watch: WatchRecord) -> codec.Snapshot:
+        record = self._store.get_operation(watch.operation)
+        if record is None or record.data is None:
+            return codec.Snapshot(operation=codec.empty_operation(watch.operation))
+        return record.snapshot()
+
+    async def _flush_completions(self) -> None:
+        batch, self._completions = self._completions[:FLUSH_BATCH], self._completions[FLUSH_BATCH:]
+        try:
+            await self._db(self._complete_many, batch)
+        except BridgeError:
+            self._completions[:0] = batch  # committed with the next flush
+            raise
+
+    def _complete_many(
+        self, batch: Sequence[tuple[WatchRecord, codec.Snapshot | None, codec.Outcome, str]]
     ) -> None:
+        """Commit completions in one call (store thread), then hand each to Pub/Sub."""
         now = self._clock()
-        done = relay.completion(
-            snapshot,
-            outcome,
-            source=watch.source,
-            payload_format=self._settings.payload_format,
-            now=now,
-        )
+        done = []
+        for watch, snapshot, outcome, trace in batch:
+            with tracing.resumed(trace):  # the message carries its poll's trace context
+                message = relay.completion(
+                    snapshot if snapshot is not None else self._last_seen(watch),
+                    outcome,
+                    source=watch.source,
+                    payload_format=self._settings.payload_format,
+                    now=now,
+                    progress=watch.progress,
+                )
+            done.append((watch, outcome, message))
+        try:
+            entry_ids = self._store.record_completions([(w.id, c) for w, _, c in done], now=now)
+        except InvalidArgument:  # one of them can never be stored: find it, one at a time
+            for watch, outcome, completion in done:
+                self._complete_one(watch, outcome, completion, now)
+            return
+        for (watch, outcome, completion), entry_id in zip(done, entry_ids, strict=True):
+            self._announce(watch, outcome, completion, entry_id)
+
+    def _complete_one(
+        self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, now: float
+    ) -> None:
         try:
             entry_id = self._store.record_completion(watch.id, done, now=now)
         except InvalidArgument as exc:  # the store can never hold it (too large, say)
@@ -338,19 +886,75 @@ class Watcher:
                 now=now,
             )
             return
+        self._announce(watch, outcome, done, entry_id)
+
+    def _announce(
+        self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, entry_id: int | None
+    ) -> None:
         if entry_id is None:
             return  # deleted meanwhile
         self._progress.forget(watch.id)
         self.stats.completions += 1
         # Seen done now; last seen pending when the watch was last updated.
-        metrics.detection_lag(now - watch.update_time, source=watch.source)
+        metrics.detection_lag(self._clock() - watch.update_time, source=watch.source)
         log.info("%s on %s: %s (event %s)", watch.operation, watch.source, outcome, done.event_id)
         if self._on_completion is not None:
             self._on_completion(watch.operation)
         # The entry was written leased to us: publish it now; a later drain retries failures.
-        self.relay.publish(
+        self._publish(
             OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
         )
+
+    def _publish(self, entry: OutboxEntry) -> None:
+        """Hand a committed outbox entry to Pub/Sub on the publish thread (the relay settles
+        it in the store when Pub/Sub answers; a drain republishes what never got there)."""
+        try:
+            future = self._publish_thread.submit(self.relay.publish, entry)
+        except RuntimeError:  # shut down: the entry stays leased and a drain republishes it
+            return
+        future.add_done_callback(_log_failure("hand a message to Pub/Sub"))
+
+
+def _log_failure(what: str) -> Callable[[object], None]:
+    def check(future: object) -> None:
+        exc = future.exception()  # type: ignore[attr-defined]
+        if exc is not None:
+            log.warning("could not %s: %s", what, exc)
+
+    return check
+
+
+class _ThreadedSource:
+    """A sync :class:`~lrobridge.ports.OperationsSource` seen as an asyncio one: each call in a
+    worker thread (test doubles and custom sources; the real sources have asyncio twins)."""
+
+    def __init__(self, source: OperationsSource) -> None:
+        self._source = source
+        self.url = source.url
+
+    async def get_operation(self, name: str, *, timeout: float) -> codec.Snapshot:
+        return await _in_thread(lambda: self._source.get_operation(name, timeout=timeout))
+
+    async def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
+        return await _in_thread(
+            lambda: self._source.wait_operation(name, wait=wait, timeout=timeout)
+        )
+
+    async def list_operations(
+        self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[codec.Snapshot], str]:
+        return await _in_thread(
+            lambda: self._source.list_operations(
+                parent, filter=filter, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+        )
+
+    async def aclose(self) -> None:
+        """The sync source belongs to its registry, which closes it."""
+
+
+def _in_thread(call: Callable[[], T]) -> Awaitable[T]:
+    return asyncio.to_thread(call)
 
 
 def _span_attributes(watch: WatchRecord) -> dict[str, str]:
@@ -362,7 +966,7 @@ def _span_attributes(watch: WatchRecord) -> dict[str, str]:
 
 
 class WatcherStats:
-    """Counters for progress display and benchmarks (approximate under concurrency)."""
+    """Counters for progress display and benchmarks."""
 
     def __init__(self) -> None:
         self.polls = 0
@@ -371,3 +975,8 @@ class WatcherStats:
         self.transient_errors = 0
         self.failed = 0
         self.progress_events = 0
+        self.sweeps = 0  # ListOperations sweeps that listed every page
+        self.sweep_pages = 0
+        self.polls_swept = 0  # completions a sweep found
+        self.flushes = 0  # group commits
+        self.writes = 0  # watch rows they wrote

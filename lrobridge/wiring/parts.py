@@ -53,7 +53,7 @@ from lrobridge.errors import BridgeError, FailedPrecondition
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import OperationsSource, Publisher, Store, TaskQueue
+from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store, TaskQueue
 from lrobridge.storage import QuarantineLimits, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
@@ -510,6 +510,17 @@ class Parts:
                 self._sources = registry.get
         return self._sources(url)
 
+    def async_source(self, url: str) -> AsyncOperationsSource:
+        """A new asyncio source for ``url`` (the watcher opens one per URL on its loop), under
+        the same URL and credential-host rules as :meth:`source`."""
+        from lrobridge.adapters.sources import open_async_source
+
+        return open_async_source(
+            url,
+            credential_hosts=self.settings.credential_hosts,
+            max_concurrency=self.settings.watcher_concurrency,
+        )
+
     def push_verifier(self) -> TokenVerifier | None:
         if self.settings.push_auth == "none":
             return None
@@ -674,6 +685,7 @@ class Parts:
                     publisher=self.lazy_publisher(),
                     settings=self.settings,
                     on_completion=self.hub.notify,
+                    async_sources=self.async_source,
                 )
             return self.watcher
 

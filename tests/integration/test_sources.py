@@ -1,6 +1,6 @@
-"""The gRPC and REST Operations sources against real servers on 127.0.0.1 port 0
-(tests/support/operations_servers.py): what each method returns, that unknown types survive
-byte for byte, and how every failure lands in lrobridge's error tree."""
+"""The gRPC and REST Operations sources, sync and asyncio twins alike, against real servers on
+127.0.0.1 port 0 (tests/support/operations_servers.py): what each method returns, that unknown
+types survive byte for byte, and how every failure lands in lrobridge's error tree."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 
-from lrobridge.adapters.sources import open_source
+from lrobridge.adapters.sources import open_async_source, open_source
 from lrobridge.errors import (
     Code,
     FailedPrecondition,
@@ -23,6 +23,7 @@ from lrobridge.errors import (
     Unimplemented,
 )
 from lrobridge.ports import OperationsSource
+from tests.support.async_sources import BlockingAsyncSource
 from tests.support.operations_servers import (
     FakeOperations,
     grpc_operations_server,
@@ -43,35 +44,56 @@ def backend() -> FakeOperations:
     return FakeOperations()
 
 
+def _open(url: str, flavour: str) -> OperationsSource:
+    if flavour == "asyncio":
+        return BlockingAsyncSource(lambda: open_async_source(url))
+    return open_source(url)
+
+
+def _close(opened: OperationsSource) -> None:
+    if isinstance(opened, BlockingAsyncSource):
+        opened.shutdown()
+    else:
+        opened.close()
+
+
+@pytest.fixture(params=["sync", "asyncio"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    """Each test runs against the sync source and its asyncio twin (the watcher's)."""
+    return str(request.param)
+
+
 @pytest.fixture(params=["grpc", "rest"])
-def source(request: pytest.FixtureRequest, backend: FakeOperations) -> Iterator[OperationsSource]:
+def source(
+    request: pytest.FixtureRequest, backend: FakeOperations, flavour: str
+) -> Iterator[OperationsSource]:
     server = grpc_operations_server if request.param == "grpc" else rest_operations_server
     with server(backend) as url:
-        opened = open_source(url)
+        opened = _open(url, flavour)
         try:
             yield opened
         finally:
-            opened.close()
+            _close(opened)
 
 
 @pytest.fixture
-def grpc_source(backend: FakeOperations) -> Iterator[OperationsSource]:
+def grpc_source(backend: FakeOperations, flavour: str) -> Iterator[OperationsSource]:
     with grpc_operations_server(backend) as url:
-        opened = open_source(url)
+        opened = _open(url, flavour)
         try:
             yield opened
         finally:
-            opened.close()
+            _close(opened)
 
 
 @pytest.fixture
-def rest_source(backend: FakeOperations) -> Iterator[OperationsSource]:
+def rest_source(backend: FakeOperations, flavour: str) -> Iterator[OperationsSource]:
     with rest_operations_server(backend) as url:
-        opened = open_source(url)
+        opened = _open(url, flavour)
         try:
             yield opened
         finally:
-            opened.close()
+            _close(opened)
 
 
 def _is_rest(source: OperationsSource) -> bool:

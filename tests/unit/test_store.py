@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, duration_pb2
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.opfilter import parse_filter
-from lrobridge.core.records import PendingMessage, WatchState
+from lrobridge.core.records import PendingMessage, PendingUpdate, WatchState
 from lrobridge.delivery import relay
 from lrobridge.errors import AlreadyExists, FailedPrecondition, NotFound
 from lrobridge.storage import Completion, QuarantineLimits, Store
@@ -234,6 +234,45 @@ def test_a_polled_state_is_stored_and_reported_as_changed_only_when_it_changes(
     assert stored.metadata_type == further.metadata_type and not stored.done
     assert store.get_operation("operations/unknown") is None
     assert not store.record_pending("no-such-watch", now=1.0, next_poll=2.0, attempt=0, polled=True)
+
+
+def test_a_group_commit_keeps_the_lease_writes_changed_states_and_releases_on_request(
+    store: Store,
+) -> None:
+    kept, released, gone = (_create(store, f"operations/g{i}") for i in range(3))
+    claimed = store.claim_due_polls(now=100.0, limit=3, lease=300.0)
+    assert len(claimed) == 3
+    assert store.delete_watch(gone)
+    running = _snapshot("operations/g0", metadata=_progress(3))
+    applied = store.record_pending_many(
+        [
+            PendingUpdate(kept, next_poll=400.0, attempt=4, polls=4, snapshot=running),
+            PendingUpdate(released, next_poll=150.0, attempt=2, polls=2, release=True),
+            PendingUpdate(gone, next_poll=400.0, attempt=1, polls=1),
+        ],
+        now=120.0,
+    )
+    assert applied == [True, True, False]
+    held = store.get_watch(kept)
+    assert held is not None and (held.next_poll, held.attempt, held.polls) == (400.0, 4, 4)
+    stored = store.get_operation("operations/g0")
+    assert stored is not None and stored.snapshot().operation == running.operation
+    # The kept one stays leased (not claimable before 400); the released one is due at 150.
+    assert [w.id for w in store.claim_due_polls(now=200.0, limit=5, lease=30.0)] == [released]
+
+
+def test_a_group_commit_under_a_lease_another_instance_took_over_is_refused(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    watch_id = _create(first)
+    assert len(first.claim_due_polls(now=100.0, limit=1, lease=30.0)) == 1
+    assert len(second.claim_due_polls(now=131.0, limit=1, lease=30.0)) == 1
+    late = PendingUpdate(watch_id, next_poll=999.0, attempt=5, polls=5)
+    assert first.record_pending_many([late], now=140.0) == [False]
+    watch = second.get_watch(watch_id)
+    assert watch is not None and (watch.next_poll, watch.attempt, watch.polls) == (161.0, 0, 0)
+    assert second.record_pending_many([late], now=141.0) == [True]
 
 
 def test_a_failed_watch_is_no_longer_polled(store: Store) -> None:

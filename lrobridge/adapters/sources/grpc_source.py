@@ -108,35 +108,23 @@ class GrpcSource:
             return self._stub
 
     def _call(self, method: str, request: object, timeout: float) -> Any:
-        _check_timeout(timeout)
+        check_timeout(timeout)
         stub = self._get_stub()
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            api_error = api_exceptions.from_grpc_error(exc)  # type: ignore[no-untyped-call]
-            raise self._error(method, api_error) from None
+            raise self._error(method, exc) from None
         except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
             raise Unavailable(f"{method} on {self._url}: {exc}") from None
 
     def _error(self, method: str, exc: BaseException) -> BridgeError:
-        error = classify_api_error(exc)
-        error.message = f"{method} on {self._url}: {error.message}"
-        error.args = (error.message,)
-        return error
+        return call_error(method, self._url, exc)
 
     def get_operation(self, name: str, *, timeout: float) -> Snapshot:
-        validate_operation_name(name)
-        request = operations_pb2.GetOperationRequest(name=name)
-        return snapshot_from_proto(self._call("GetOperation", request, timeout))
+        return snapshot_from_proto(self._call("GetOperation", get_request(name), timeout))
 
     def wait_operation(self, name: str, *, wait: float, timeout: float) -> Snapshot:
-        validate_operation_name(name)
-        if not wait >= 0:
-            raise InvalidArgument(f"wait must be a non-negative number of seconds, got {wait!r}")
-        duration = duration_pb2.Duration()
-        duration.FromNanoseconds(round(wait * 1e9))
-        request = operations_pb2.WaitOperationRequest(name=name, timeout=duration)
-        return snapshot_from_proto(self._call("WaitOperation", request, timeout))
+        return snapshot_from_proto(self._call("WaitOperation", wait_request(name, wait), timeout))
 
     def cancel_operation(self, name: str, *, timeout: float) -> None:
         validate_operation_name(name)
@@ -149,16 +137,8 @@ class GrpcSource:
     def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
     ) -> tuple[list[Snapshot], str]:
-        if parent:
-            validate_operation_name(parent)
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must not be negative, got {page_size}")
-        request = operations_pb2.ListOperationsRequest(
-            name=parent, filter=filter, page_size=page_size, page_token=page_token
-        )
-        response = self._call("ListOperations", request, timeout)
-        operations = [snapshot_from_proto(op) for op in response.operations]
-        return operations, str(response.next_page_token)
+        request = list_request(parent, filter, page_size, page_token)
+        return list_page(self._call("ListOperations", request, timeout))
 
     def close(self) -> None:
         with self._lock:
@@ -171,6 +151,50 @@ class GrpcSource:
         return f"GrpcSource({self._url!r})"
 
 
-def _check_timeout(timeout: float) -> None:
+# -- shared by the sync and the asyncio sources (one set of rules) ------------------------------
+
+
+def get_request(name: str) -> operations_pb2.GetOperationRequest:
+    validate_operation_name(name)
+    return operations_pb2.GetOperationRequest(name=name)
+
+
+def wait_request(name: str, wait: float) -> operations_pb2.WaitOperationRequest:
+    validate_operation_name(name)
+    if not wait >= 0:
+        raise InvalidArgument(f"wait must be a non-negative number of seconds, got {wait!r}")
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(wait * 1e9))
+    return operations_pb2.WaitOperationRequest(name=name, timeout=duration)
+
+
+def list_request(
+    parent: str, filter: str, page_size: int, page_token: str
+) -> operations_pb2.ListOperationsRequest:
+    if parent:
+        validate_operation_name(parent)
+    if page_size < 0:
+        raise InvalidArgument(f"page_size must not be negative, got {page_size}")
+    return operations_pb2.ListOperationsRequest(
+        name=parent, filter=filter, page_size=page_size, page_token=page_token
+    )
+
+
+def list_page(response: Any) -> tuple[list[Snapshot], str]:
+    operations = [snapshot_from_proto(op) for op in response.operations]
+    return operations, str(response.next_page_token)
+
+
+def call_error(method: str, url: str, exc: BaseException) -> BridgeError:
+    """A failed call as lrobridge's error tree, naming the method and the source."""
+    if isinstance(exc, grpc.RpcError):
+        exc = api_exceptions.from_grpc_error(exc)  # type: ignore[no-untyped-call]
+    error = classify_api_error(exc)
+    error.message = f"{method} on {url}: {error.message}"
+    error.args = (error.message,)
+    return error
+
+
+def check_timeout(timeout: float) -> None:
     if not timeout > 0:
         raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")

@@ -31,7 +31,9 @@ is not the expected JSON a FailedPrecondition that names the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import http.cookiejar
+import json as json_module
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -163,58 +165,24 @@ class RestSource:
 
     def get_operation(self, name: str, *, timeout: float) -> Snapshot:
         validate_operation_name(name)
-        response = self._request("GET", _path(name), timeout=timeout)
-        return self._operation(response)
+        return operation_from(self._request("GET", operation_path(name), timeout=timeout))
 
     def wait_operation(self, name: str, *, wait: float, timeout: float) -> Snapshot:
-        validate_operation_name(name)
-        raise Unimplemented(
-            f"WaitOperation on {self._url}: the Operations REST mapping has no WaitOperation "
-            "method; use GetOperation"
-        )
+        raise wait_unimplemented(self._url, name)
 
     def cancel_operation(self, name: str, *, timeout: float) -> None:
         validate_operation_name(name)
-        self._request("POST", _path(name) + ":cancel", timeout=timeout, json={})
+        self._request("POST", operation_path(name) + ":cancel", timeout=timeout, json={})
 
     def delete_operation(self, name: str, *, timeout: float) -> None:
         validate_operation_name(name)
-        self._request("DELETE", _path(name), timeout=timeout)
+        self._request("DELETE", operation_path(name), timeout=timeout)
 
     def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
     ) -> tuple[list[Snapshot], str]:
-        if parent:
-            validate_operation_name(parent)
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must not be negative, got {page_size}")
-        params: dict[str, str] = {}
-        if filter:
-            params["filter"] = filter
-        if page_size:
-            params["pageSize"] = str(page_size)
-        if page_token:
-            params["pageToken"] = page_token
-        path = (_path(parent) + "/operations") if parent else "operations"
-        response = self._request("GET", path, timeout=timeout, params=params)
-        body = self._json(response)
-        if not isinstance(body, Mapping):
-            raise self._bad_body(response, "the ListOperations response is not a JSON object")
-        operations = body.get("operations", [])
-        token = body.get("nextPageToken", "")
-        if not isinstance(operations, list) or not isinstance(token, str):
-            raise self._bad_body(
-                response, "'operations' must be a list and 'nextPageToken' a string"
-            )
-        snapshots = []
-        for item in operations:
-            try:
-                snapshots.append(snapshot_from_json(item))
-            except InvalidArgument as exc:
-                raise self._bad_body(
-                    response, f"an item of 'operations' is invalid: {exc}"
-                ) from None
-        return snapshots, token
+        path, params = list_path(parent, filter, page_size, page_token)
+        return page_from(self._request("GET", path, timeout=timeout, params=params))
 
     def close(self) -> None:
         with self._lock:
@@ -244,9 +212,8 @@ class RestSource:
         timeout: float,
         params: Mapping[str, str] | None = None,
         json: Any = None,
-    ) -> requests.Response:
-        if not timeout > 0:
-            raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
+    ) -> HttpReply:
+        check_timeout(timeout)
         url = f"{self._url}/{path}"
         session = self._get_session()
         try:
@@ -258,65 +225,151 @@ class RestSource:
         except requests.RequestException as exc:
             raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
         except google.auth.exceptions.GoogleAuthError as exc:  # AuthorizedSession refresh
-            raise _auth_error(method, url, exc) from None
+            raise auth_error(method, url, exc) from None
         with response:
-            response.content  # noqa: B018  read it all, so the connection returns to the pool
-        if 300 <= response.status_code < 400:
-            location = response.headers.get("Location", "")
-            raise FailedPrecondition(
-                f"{method} {url}: HTTP {response.status_code} redirect to {location!r}; "
-                "redirects are not followed: use the final URL as the source"
+            reply = HttpReply(
+                method=method,
+                url=str(response.url),
+                status_code=response.status_code,
+                headers={k.lower(): v for k, v in response.headers.items()},
+                content=response.content,
             )
-        if response.status_code >= 400:
-            raise _http_error(response)
-        return response
-
-    def _json(self, response: requests.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            content_type = response.headers.get("Content-Type", "no Content-Type")
-            raise self._bad_body(response, f"the body is not JSON ({content_type})") from None
-
-    def _operation(self, response: requests.Response) -> Snapshot:
-        body = self._json(response)
-        try:
-            return snapshot_from_json(body)
-        except InvalidArgument as exc:
-            raise self._bad_body(response, f"the body is not an Operation: {exc}") from None
-
-    def _bad_body(self, response: requests.Response, problem: str) -> BridgeError:
-        # The body goes to the log only: the error is shown to API callers (a watch's
-        # lastError), who must not be able to read arbitrary URLs through the bridge.
-        log.warning(
-            "%s %s: %s; body starts %r",
-            response.request.method,
-            response.url,
-            problem,
-            response.text[:_BODY_EXCERPT],
-        )
-        return FailedPrecondition(
-            f"{response.request.method} {response.url}: HTTP {response.status_code}, {problem} "
-            "(the bridge's log shows the start of the body)"
-        )
+        return checked(reply)
 
 
-def _path(name: str) -> str:
+# -- shared by the sync and the asyncio REST sources (one set of rules) ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpReply:
+    """An HTTP answer in plain values, whichever client received it."""
+
+    method: str
+    url: str
+    status_code: int
+    headers: Mapping[str, str]  # names lowercased
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+def check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def operation_path(name: str) -> str:
+    """The URL path of an operation: its ``/`` kept, everything else not a pchar escaped."""
     return quote(name, safe=_PATH_SAFE)
 
 
-def _http_error(response: requests.Response) -> BridgeError:
+def list_path(
+    parent: str, filter: str, page_size: int, page_token: str
+) -> tuple[str, dict[str, str]]:
+    """The path and query of one ListOperations page."""
+    if parent:
+        validate_operation_name(parent)
+    if page_size < 0:
+        raise InvalidArgument(f"page_size must not be negative, got {page_size}")
+    params: dict[str, str] = {}
+    if filter:
+        params["filter"] = filter
+    if page_size:
+        params["pageSize"] = str(page_size)
+    if page_token:
+        params["pageToken"] = page_token
+    path = (operation_path(parent) + "/operations") if parent else "operations"
+    return path, params
+
+
+def wait_unimplemented(url: str, name: str) -> BridgeError:
+    validate_operation_name(name)
+    return Unimplemented(
+        f"WaitOperation on {url}: the Operations REST mapping has no WaitOperation "
+        "method; use GetOperation"
+    )
+
+
+def checked(reply: HttpReply) -> HttpReply:
+    """``reply`` if it is a success; the error it means otherwise (redirects are refused)."""
+    if 300 <= reply.status_code < 400:
+        location = reply.headers.get("location", "")
+        raise FailedPrecondition(
+            f"{reply.method} {reply.url}: HTTP {reply.status_code} redirect to {location!r}; "
+            "redirects are not followed: use the final URL as the source"
+        )
+    if reply.status_code >= 400:
+        raise http_error(reply)
+    return reply
+
+
+def operation_from(reply: HttpReply) -> Snapshot:
+    """The Operation a GetOperation answer carries, its JSON kept as sent."""
+    body = _json(reply)
     try:
-        api_error = api_exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
+        return snapshot_from_json(body)
+    except InvalidArgument as exc:
+        raise _bad_body(reply, f"the body is not an Operation: {exc}") from None
+
+
+def page_from(reply: HttpReply) -> tuple[list[Snapshot], str]:
+    """The operations and next page token of a ListOperations answer."""
+    body = _json(reply)
+    if not isinstance(body, Mapping):
+        raise _bad_body(reply, "the ListOperations response is not a JSON object")
+    operations = body.get("operations", [])
+    token = body.get("nextPageToken", "")
+    if not isinstance(operations, list) or not isinstance(token, str):
+        raise _bad_body(reply, "'operations' must be a list and 'nextPageToken' a string")
+    snapshots = []
+    for item in operations:
+        try:
+            snapshots.append(snapshot_from_json(item))
+        except InvalidArgument as exc:
+            raise _bad_body(reply, f"an item of 'operations' is invalid: {exc}") from None
+    return snapshots, token
+
+
+def _json(reply: HttpReply) -> Any:
+    try:
+        return json_module.loads(reply.content)
+    except ValueError:
+        content_type = reply.headers.get("content-type", "no Content-Type")
+        raise _bad_body(reply, f"the body is not JSON ({content_type})") from None
+
+
+def _bad_body(reply: HttpReply, problem: str) -> BridgeError:
+    # The body goes to the log only: the error is shown to API callers (a watch's
+    # lastError), who must not be able to read arbitrary URLs through the bridge.
+    log.warning(
+        "%s %s: %s; body starts %r", reply.method, reply.url, problem, reply.text[:_BODY_EXCERPT]
+    )
+    return FailedPrecondition(
+        f"{reply.method} {reply.url}: HTTP {reply.status_code}, {problem} "
+        "(the bridge's log shows the start of the body)"
+    )
+
+
+def http_error(reply: HttpReply) -> BridgeError:
+    """An HTTP error status as lrobridge's error tree (google-api-core's mapping)."""
+    try:
+        payload = json_module.loads(reply.content)
+    except ValueError:
+        payload = {"error": {"message": reply.text or "unknown error"}}
+    try:
+        api_error = api_exceptions.format_http_response_error(
+            reply, reply.method, reply.url, payload
+        )
     except (AttributeError, TypeError):  # JSON that is not a google.rpc.Status body
         api_error = api_exceptions.from_http_status(  # type: ignore[no-untyped-call]
-            response.status_code,
-            f"{response.request.method} {response.url}: {response.text[:_BODY_EXCERPT]}",
+            reply.status_code, f"{reply.method} {reply.url}: {reply.text[:_BODY_EXCERPT]}"
         )
     return classify_api_error(api_error)
 
 
-def _auth_error(method: str, url: str, exc: google.auth.exceptions.GoogleAuthError) -> BridgeError:
+def auth_error(method: str, url: str, exc: google.auth.exceptions.GoogleAuthError) -> BridgeError:
     if isinstance(exc, google.auth.exceptions.TransportError) or getattr(exc, "retryable", False):
         return Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}")
     return Unauthenticated(f"{method} {url}: credentials failed: {type(exc).__name__}: {exc}")

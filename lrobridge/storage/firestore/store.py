@@ -73,6 +73,7 @@ from lrobridge.core.records import (
     OperationRecord,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
@@ -350,6 +351,70 @@ class FirestoreStore:
         changed, wrote = self.db.transact("record the poll", body)
         self._leases.settled(_WATCH, watch_id, wrote=wrote)
         return changed
+
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        """Per chunk of at most 400: one read of every watch (``get_all``), then one bulk write
+        whose each write holds only if the document did not change since it was read (the
+        writes are independent: one that lost a race is reported as not applied, and the
+        watcher forgets that watch), then the same for the states that changed."""
+        applied: set[str] = set()
+        for start in range(0, len(updates), 400):
+            applied |= self._record_polls(updates[start : start + 400], now=now)
+        return [u.watch_id in applied for u in updates]
+
+    def _record_polls(self, updates: Sequence[PendingUpdate], *, now: float) -> set[str]:
+        by_id = {u.watch_id: u for u in updates}
+        docs = self.db.read_many(
+            "read the polled watches", [self._doc(_WATCHES, u.watch_id) for u in updates]
+        )
+        planned: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            watch = _row(doc)
+            changes = rules.record_polls(
+                watch, self._leases.held(_WATCH, doc.id), by_id[doc.id], now=now
+            )
+            if watch is None:
+                self._leases.settled(_WATCH, doc.id, wrote=True)
+            elif changes is not None:
+                planned[doc.id] = changes
+        written = self.db.claim(
+            "record the polls", [d for d in docs if d.id in planned], lambda d: planned[d.id]
+        )
+        for doc in written:
+            if by_id[doc.id].release:
+                self._leases.settled(_WATCH, doc.id, wrote=True)
+        observed: dict[str, tuple[PendingUpdate, str]] = {}
+        for doc in written:
+            update = by_id[doc.id]
+            if update.snapshot is not None:
+                observed[doc.get("operation")] = (update, doc.get("source"))
+        if observed:
+            tracked = self.db.read_many(
+                "read the polled operations", [self._operation_ref(n) for n in observed]
+            )
+            states: dict[str, dict[str, Any]] = {}
+            for doc in tracked:
+                operation = _row(doc)
+                if operation is None:
+                    continue
+                update, source = observed[operation["name"]]
+                assert update.snapshot is not None
+                change = rules.observed_pending(operation, update.snapshot, source=source, now=now)
+                if change is not None:
+                    states[doc.reference.path] = change
+            self.db.claim(
+                "record the polled states",
+                [d for d in tracked if d.reference.path in states],
+                lambda d: states[d.reference.path],
+            )
+        return {d.id for d in written}
+
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        """One transaction per completion (a Firestore transaction holds its documents' locks:
+        one per completion keeps contention with other instances small)."""
+        return [self.record_completion(w, c, now=now) for w, c in completions]
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         ref = self._doc(_WATCHES, watch_id)

@@ -39,6 +39,7 @@ from lrobridge.core.records import (
     Origin,
     OutboxEntry,
     PendingMessage,
+    PendingUpdate,
     QuarantinedMessage,
     WatchRecord,
     WatchState,
@@ -246,27 +247,67 @@ class SqliteStore:
         self._leases.settled(_WATCH, watch_id, wrote=wrote or watch is None)
         return changed
 
-    def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
-        held = self._leases.held(_WATCH, watch_id)
+    def record_pending_many(self, updates: Sequence[PendingUpdate], *, now: float) -> list[bool]:
+        applied: list[bool] = []
+        if not updates:
+            return applied
+        settled: list[tuple[str, bool]] = []
         with self._write() as conn:
-            watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
-            changes = rules.record_completion(watch, held, completion, now=now)
-            entry_id: int | None = None
-            wrote = watch is None or changes is not None
-            if watch is not None and changes is not None:
+            for pending in updates:
+                watch_id = pending.watch_id
+                held = self._leases.held(_WATCH, watch_id)
+                watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+                changes = rules.record_polls(watch, held, pending, now=now)
+                applied.append(changes is not None)
+                if watch is None or changes is None:
+                    settled.append((watch_id, watch is None))
+                    continue
                 update(conn, "watches", "id", watch_id, changes)
-                operation, source = watch["operation"], watch["source"]
-                self._store_final(conn, operation, source, "watch", completion, now)
-                entry_id = self._enqueue(
-                    conn,
-                    completion.message,
-                    event_id=completion.event_id,
-                    operation=operation,
-                    watch_id=watch_id,
-                    now=now,
-                )
-        self._leases.settled(_WATCH, watch_id, wrote=wrote)
-        return entry_id
+                if pending.release:
+                    settled.append((watch_id, True))
+                if pending.snapshot is not None:
+                    name = watch["operation"]
+                    current = select_one(conn, "operations", _OPERATION_SELECT, "name = ?", (name,))
+                    observed = rules.observed_pending(
+                        current, pending.snapshot, source=watch["source"], now=now
+                    )
+                    if observed is not None:
+                        update(conn, "operations", "name", name, observed)
+        for watch_id, wrote in settled:
+            self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        return applied
+
+    def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
+        return self.record_completions([(watch_id, completion)], now=now)[0]
+
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        entry_ids: list[int | None] = []
+        settled: list[tuple[str, bool]] = []
+        with self._write() as conn:
+            for watch_id, completion in completions:
+                held = self._leases.held(_WATCH, watch_id)
+                watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
+                changes = rules.record_completion(watch, held, completion, now=now)
+                entry_id: int | None = None
+                settled.append((watch_id, watch is None or changes is not None))
+                if watch is not None and changes is not None:
+                    update(conn, "watches", "id", watch_id, changes)
+                    operation, source = watch["operation"], watch["source"]
+                    self._store_final(conn, operation, source, "watch", completion, now)
+                    entry_id = self._enqueue(
+                        conn,
+                        completion.message,
+                        event_id=completion.event_id,
+                        operation=operation,
+                        watch_id=watch_id,
+                        now=now,
+                    )
+                entry_ids.append(entry_id)
+        for watch_id, wrote in settled:
+            self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        return entry_ids
 
     def _store_final(
         self,

@@ -1,0 +1,257 @@
+"""The watcher's asyncio engine against real gRPC and REST Operations servers on port 0:
+ListOperations sweeps and each of their fallbacks, long polls held on the loop, and group
+commits (an unchanged pending observation writes nothing)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from lrobridge.adapters.sources import open_async_source, open_source
+from lrobridge.config import Settings
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.records import WatchState
+from lrobridge.errors import Code
+from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.watching.poller import Watcher
+from tests.support.operations_servers import FakeOperations
+from tests.support.stack import wait_until
+
+pytestmark = pytest.mark.integration
+
+PARENT = "projects/p/locations/l"
+
+
+class CountingPublisher:
+    """Accepts every message at once and counts them per event id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.event_ids: collections.Counter[str] = collections.Counter()
+        self.operations: dict[str, str] = {}
+
+    def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
+        with self._lock:
+            self.event_ids[attributes["event_id"]] += 1
+            self.operations[attributes["operation"]] = attributes["outcome"]
+        future: Future[str] = Future()
+        future.set_result("1")
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class Engine:
+    watcher: Watcher
+    store: SqliteStore
+    publisher: CountingPublisher
+    url: str
+
+    def watch(self, name: str, backoff: Backoff | None = None) -> None:
+        self.store.create_watch(
+            source=self.url,
+            operation=name,
+            expire_time=None,
+            backoff=backoff or Backoff(initial_delay=0.2, max_delay=1.0),
+            progress=False,
+            now=time.time(),
+        )
+        self.watcher.wake()
+
+    def wait_published(self, names: list[str], timeout: float = 60.0) -> None:
+        wait_until(
+            lambda: set(names) <= set(self.publisher.operations),
+            timeout=timeout,
+            what=f"{len(names)} completions published",
+        )
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def url(request: pytest.FixtureRequest) -> str:
+    fixture = "grpc_url" if request.param == "grpc" else "rest_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def engine(url: str, tmp_path: pathlib.Path) -> Iterator[Engine]:
+    store = SqliteStore(str(tmp_path / "engine.db"))
+    publisher = CountingPublisher()
+    settings = dataclasses.replace(Settings(), long_poll_slots=4, long_poll_timeout=2.0)
+    watcher = Watcher(
+        store=store,
+        sources=open_source,
+        publisher=publisher,
+        settings=settings,
+        async_sources=open_async_source,
+    )
+    thread = threading.Thread(target=watcher.run, name="engine-under-test")
+    thread.start()
+    try:
+        yield Engine(watcher, store, publisher, url)
+    finally:
+        watcher.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        store.close()
+
+
+def names(prefix: str, n: int) -> list[str]:
+    return [f"{PARENT}/operations/{prefix}-{i:03d}" for i in range(n)]
+
+
+def add_all(backend: FakeOperations, ops: list[str], *, first: float, spread: float) -> None:
+    for i, name in enumerate(ops):
+        backend.add(name, done_after=first + spread * i / len(ops))
+
+
+def assert_each_published_once(engine: Engine, ops: list[str]) -> None:
+    assert set(engine.publisher.operations) == set(ops)
+    assert all(outcome == "succeeded" for outcome in engine.publisher.operations.values())
+    assert set(engine.publisher.event_ids.values()) == {1}
+    wait_until(
+        lambda: engine.store.count_by_state()[WatchState.COMPLETED] == len(ops),
+        what="every watch COMPLETED",
+    )
+
+
+def test_a_sweep_lists_a_shared_parent_and_finds_the_completions_of_its_watches(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    ops = names("swept", 12)
+    add_all(backend, ops, first=1.5, spread=2.0)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert backend.calls("ListOperations") >= 2
+    assert engine.watcher.stats.polls_swept >= len(ops) // 2  # the sweeps saw most of them
+
+
+def test_list_unimplemented_falls_back_to_polling_each_operation_and_is_remembered(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    backend.list_unimplemented = True
+    ops = names("unlisted", 6)
+    add_all(backend, ops, first=1.0, spread=1.5)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert backend.calls("ListOperations") == 1
+    assert engine.watcher.stats.polls_swept == 0
+
+
+def test_a_refused_filter_is_dropped_and_the_collection_is_listed_unfiltered(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    backend.filter_refused = True
+    ops = names("nofilter", 8)
+    add_all(backend, ops, first=4.0, spread=3.0)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert engine.watcher.stats.polls_swept >= 1  # sweeps went on without the filter
+
+
+def test_names_a_partial_listing_misses_are_polled_on_their_own(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    ops = names("partial", 8)
+    hidden = ops[:3]
+    backend.unlisted.update(hidden)
+    add_all(backend, ops, first=2.0, spread=2.0)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert backend.calls("GetOperation") + backend.calls("WaitOperation") >= len(hidden)
+
+
+def test_an_operation_that_vanishes_from_the_listing_is_still_seen_completing(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    ops = names("vanish", 6)
+    for name in ops:
+        backend.add(name)  # pending until completed below
+        engine.watch(name)
+    wait_until(lambda: engine.watcher.stats.sweeps >= 2, what="two sweeps")
+    backend.unlisted.add(ops[0])  # gone from the listing, still there for GetOperation
+    wait_until(lambda: engine.watcher.stats.sweeps >= 4, what="sweeps without it")
+    for name in ops:
+        backend.complete(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+
+
+def test_a_listing_of_many_pages_is_followed_to_the_end(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    backend.max_page_size = 3  # the server returns 3 per page whatever is asked
+    ops = names("paged", 14)
+    add_all(backend, ops, first=1.5, spread=1.5)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert engine.watcher.stats.sweep_pages >= 5  # 14 operations at 3 a page
+    assert engine.watcher.stats.polls_swept >= 1
+
+
+def test_permission_denied_on_list_stops_the_sweeps_of_that_collection(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    backend.fail_next(1, Code.PERMISSION_DENIED, methods=("ListOperations",))
+    ops = names("denied", 5)
+    add_all(backend, ops, first=1.0, spread=1.0)
+    for name in ops:
+        engine.watch(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+    assert backend.calls("ListOperations") == 1
+
+
+def test_unchanged_pending_observations_cost_no_store_write(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    backend.list_unimplemented = True
+    backend.wait_unimplemented = True
+    ops = names("quiet", 5)
+    for name in ops:
+        backend.add(name)  # pending, never changing
+        engine.watch(name, Backoff(initial_delay=0.05, multiplier=1.0, max_delay=0.05))
+    wait_until(lambda: engine.watcher.stats.polls >= 20 * len(ops), what="many polls")
+    stats = engine.watcher.stats
+    # Each watch's first observation is written (its state is new); the rest change nothing.
+    assert stats.writes <= 2 * len(ops) < stats.polls
+    for name in ops:
+        backend.complete(name)
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+
+
+def test_long_polls_are_held_on_the_loop_and_answer_at_completion(
+    engine: Engine, backend: FakeOperations, url: str
+) -> None:
+    if not url.startswith("grpc"):
+        pytest.skip("the REST mapping has no WaitOperation")
+    backend.list_unimplemented = True
+    ops = names("held", 3)
+    for name in ops:
+        backend.add(name)
+        engine.watch(name, Backoff(initial_delay=5.0, max_delay=5.0))
+    wait_until(lambda: engine.watcher.stats.long_polls_held >= 1, what="a held long poll")
+    for name in ops:
+        backend.complete(name)
+    engine.wait_published(ops, timeout=10)
+    assert_each_published_once(engine, ops)
+    assert backend.calls("WaitOperation") >= len(ops)
