@@ -32,7 +32,7 @@ import json
 import secrets
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES
 from lrobridge.core import codec
@@ -142,6 +142,16 @@ def lease_holds(current: object, held: object | None) -> bool:
     writer's claim stamped) goes through only while the row still carries that token; once the
     lease was taken over, the write is refused. ``None``: the writer took no lease."""
     return held is None or current == held
+
+
+def _active_under(watch: Row | None, held: object | None) -> TypeGuard[Row]:
+    """The guard of every poll-state write: the watch is ACTIVE and the lease it was written
+    under still holds (the fencing rule)."""
+    return (
+        watch is not None
+        and watch["state"] == WatchState.ACTIVE
+        and lease_holds(watch["lease_owner"], held)
+    )
 
 
 def lease_token(owner: str) -> str:
@@ -265,9 +275,7 @@ def record_pending(
 ) -> Fields | None:
     """An ACTIVE watch rescheduled after a poll that found its operation running (or a
     transient error); its lease is released."""
-    if watch is None or watch["state"] != WatchState.ACTIVE:
-        return None
-    if not lease_holds(watch["lease_owner"], held):
+    if not _active_under(watch, held):
         return None
     return {
         "update_time": now,
@@ -287,9 +295,7 @@ def record_polls(
     step and last error, and ``next_poll`` = the lease's end while it keeps the lease (a
     renewal) or the real next poll once it gives it back (``release``). Refused when the
     watch ended or the lease was taken over (the watcher then forgets the watch)."""
-    if watch is None or watch["state"] != WatchState.ACTIVE:
-        return None
-    if not lease_holds(watch["lease_owner"], held):
+    if not _active_under(watch, held):
         return None
     changes: Fields = {
         "update_time": now,
@@ -308,9 +314,7 @@ def record_completion(
     watch: Row | None, held: object | None, completion: Completion, *, now: float
 ) -> Fields | None:
     """ACTIVE -> PUBLISHING: the operation ended; its completion waits in the outbox."""
-    if watch is None or watch["state"] != WatchState.ACTIVE:
-        return None
-    if not lease_holds(watch["lease_owner"], held):
+    if not _active_under(watch, held):
         return None
     return {
         "state": int(WatchState.PUBLISHING),
@@ -328,9 +332,7 @@ def record_failure(
     watch: Row | None, held: object | None, *, code: int, message: str, now: float
 ) -> Fields | None:
     """ACTIVE -> FAILED: the source answered with an error that retrying cannot fix."""
-    if watch is None or watch["state"] != WatchState.ACTIVE:
-        return None
-    if not lease_holds(watch["lease_owner"], held):
+    if not _active_under(watch, held):
         return None
     return {
         "state": int(WatchState.FAILED),
