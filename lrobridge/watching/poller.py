@@ -350,9 +350,26 @@ class Watcher:
             group.pop(held.record.operation, None)
             if not group:
                 del self._groups[held.group]
+            elif len(group) < sweep.MIN_WATCHES:
+                # No longer swept: a watch the sweeps covered was pushed back to its safety net.
+                for remaining in list(group.values()):
+                    self._poll_on_own(remaining)
         plan = self._plans.get(held.group)
         if plan is not None:
             plan.forget(held.record.operation)
+
+    def _poll_on_own(self, watch_id: str, *, now: bool = False) -> None:
+        """Poll a watch on its own again, at once (``now``) or at its own next poll: the sweep
+        that covered it stopped, failed, or missed it (its heap entry may be a safety net)."""
+        held = self._held.get(watch_id)
+        if held is None or held.polling:
+            return
+        at = self._clock()
+        held.version += 1
+        held.record = dataclasses.replace(
+            held.record, next_poll=at if now else max(at, held.record.next_poll)
+        )
+        self._schedule(held)
 
     def _schedule(self, held: _Held) -> None:
         record = held.record
@@ -516,11 +533,7 @@ class Watcher:
             )
             self.stats.sweeps += 1
             for name in plan.uncovered - missed_before:  # polled on their own from now on
-                held = self._held.get(group.get(name, ""))
-                if held is not None and not held.polling:
-                    held.version += 1
-                    held.record = dataclasses.replace(held.record, next_poll=self._clock())
-                    self._schedule(held)
+                self._poll_on_own(group.get(name, ""), now=True)
         finally:
             self._sweeping.discard(key)
 
@@ -535,15 +548,9 @@ class Watcher:
         if isinstance(error, TransientError):
             log.warning("ListOperations sweep of %r on %s failed: %s", key[1], key[0], error)
         # Watches the sweep covered poll on their own again, from now.
-        now = self._clock()
-        for watch_id in list(self._groups.get(key, {}).values()):
-            held = self._held.get(watch_id)
-            if held is not None and not held.polling and not plan.covers(held.record.operation):
-                held.version += 1
-                held.record = dataclasses.replace(
-                    held.record, next_poll=max(now, held.record.next_poll)
-                )
-                self._schedule(held)
+        for name, watch_id in list(self._groups.get(key, {}).items()):
+            if not plan.covers(name):
+                self._poll_on_own(watch_id)
         if plan.status is sweep.SweepStatus.FAILED:
             log.info(
                 "%s: no ListOperations sweeps of %r (%s); polling each operation",

@@ -163,6 +163,22 @@ def test_a_refused_filter_is_dropped_and_the_collection_is_listed_unfiltered(
     assert engine.watcher.stats.polls_swept >= 1  # sweeps went on without the filter
 
 
+def test_the_last_watch_of_a_swept_collection_is_polled_on_its_own_once_the_others_end(
+    engine: Engine, backend: FakeOperations
+) -> None:
+    ops = names("last", 4)
+    for name in ops:
+        backend.add(name)  # pending until completed below
+        engine.watch(name)
+    wait_until(lambda: engine.watcher.stats.sweeps >= 2, what="two sweeps covering them")
+    for name in ops[:-1]:
+        backend.complete(name)
+    engine.wait_published(ops[:-1])
+    backend.complete(ops[-1])  # one watch left: no more sweeps, so its own polls must see it
+    engine.wait_published(ops)
+    assert_each_published_once(engine, ops)
+
+
 def test_names_a_partial_listing_misses_are_polled_on_their_own(
     engine: Engine, backend: FakeOperations
 ) -> None:

@@ -334,7 +334,11 @@ def test_a_slow_receiver_times_out_and_the_delivery_is_retried(make_env: EnvFact
         assert delivery["state"] == "PENDING"
         assert delivery["attempts"][0]["error"] == "no response within 0.3s"
         assert env.walk_to_next_attempt()["succeeded"] == 1
-        assert len(receiver.received) == 2 and len(receiver.successes()) == 1
+        # The receiver's own log of what it answered trails the sender reading the answer, and
+        # whether the late answer to the timed-out attempt reached a closed socket is a race.
+        [delivery] = env.deliveries(name)
+        assert delivery["state"] == "SUCCEEDED" and delivery["attemptCount"] == 2
+        assert len(receiver.received) == 2
 
 
 def test_a_rotated_secret_signs_alongside_the_old_one_until_the_overlap_ends(
