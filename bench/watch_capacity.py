@@ -30,8 +30,12 @@ default) is what this machine's thread limit allows; fewer start if threads run 
 Per side: CPU share of one core (CPU seconds / the child's life), CPU ms per operation, peak
 RSS and KiB per operation (``os.wait4``), polls per second (Get + Wait + List calls the server
 answered / the child's life), lag p50/p99 of the completions seen, and the ratios against the
-baseline. Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
-``--grace`` seconds after it started. Nothing here asserts a time.
+baseline. The ``wait`` side also prints how many completions were answered by a held long poll
+(the server records each operation that completed while its WaitOperation was held) and the lag
+p50/p99 in ms of just those ("held lag"): the all-watch lag mixes in the watches that had no
+long-poll slot and were polled with Get. Every side stops by itself: once every completion was
+seen, or ``--window`` + LEAD + ``--grace`` seconds after it started. Nothing here asserts a
+time.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ def run_server(args: argparse.Namespace) -> None:
             pass
         calls = {m: backend.calls(m) for m in ("GetOperation", "WaitOperation", "ListOperations")}
         print(json.dumps(calls), flush=True)
+        # The operations whose WaitOperation was held when they completed (answered by it).
+        print(json.dumps(list(backend.completed_while_held)), flush=True)
 
 
 # -- child: the baseline --------------------------------------------------------------------------
@@ -188,12 +194,15 @@ class _Server:
         assert self.process.stdout.readline().strip() == "READY"
         return start
 
-    def stop(self) -> dict[str, int]:
+    def stop(self) -> tuple[dict[str, int], list[str]]:
+        """The calls answered per method, and the operations that completed while their
+        WaitOperation was held."""
         self.process.send_signal(signal.SIGTERM)
         assert self.process.stdout is not None
         calls: dict[str, int] = json.loads(self.process.stdout.readline())
+        held: list[str] = json.loads(self.process.stdout.readline())
         self.process.wait(timeout=30)
-        return calls
+        return calls, held
 
 
 class _Completions:
@@ -285,11 +294,18 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     watcher.send_signal(signal.SIGTERM)
     cpu, rss = _wait4(watcher)  # type: ignore[arg-type]
     life = time.time() - began
-    calls = server.stop()
+    calls, held = server.stop()
     completions.close()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[_index(name)] for name, t in completions.published.items() if name]
-    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags)
+    row = _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags)
+    if kind == "wait":
+        published = completions.published
+        held_lags = [published[n] - done_at[_index(n)] for n in set(held) if n in published]
+        row["held"] = len(held_lags)
+        row["held lag p50 ms"] = 1000 * _percentile(held_lags, 0.5)
+        row["held lag p99 ms"] = 1000 * _percentile(held_lags, 0.99)
+    return row
 
 
 def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
@@ -319,7 +335,7 @@ def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
     seen = {int(k): v for k, v in json.loads(child.stdout.readline())["seen"].items()}
     cpu, rss = _wait4(child)  # type: ignore[arg-type]
     life = time.time() - began
-    calls = server.stop()
+    calls, _ = server.stop()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[i] for i, t in seen.items()]
     return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags)
@@ -350,6 +366,13 @@ def report(rows: dict[str, dict[str, float]]) -> None:
             f"{label:16} {row['ops']:7.0f} {row['seen']:7.0f} "
             + " ".join(f"{row[f]:12.2f}" for f in FIGURES)
         )
+    for label, row in rows.items():
+        if "held" in row:
+            print(
+                f"{label}: {row['held']:.0f} completions answered by a held long poll, "
+                f"held lag p50 {row['held lag p50 ms']:.1f} ms, "
+                f"p99 {row['held lag p99 ms']:.1f} ms"
+            )
     base = rows["baseline"]
     print("\nratios, baseline / side (per operation; > 1 means the side is cheaper or sooner):")
     for label, row in rows.items():

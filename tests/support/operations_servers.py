@@ -141,6 +141,10 @@ class FakeOperations:
         self.filter_refused = False  # INVALID_ARGUMENT for any non-empty filter
         self.max_page_size: int | None = None  # pages never hold more (a "paged" listing)
         self.unlisted: set[str] = set()  # names a listing omits (partial listing, vanished)
+        # The asyncio server's held waits: how many are held now, and the names whose wait
+        # returned because the operation completed while the call was held (in that order).
+        self.waits_held = 0
+        self.completed_while_held: list[str] = []
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -592,6 +596,12 @@ class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc
             timeout = min(timeout, max(remaining - 0.05, 0.0))
         try:
             op, end = backend.begin_wait(request.name, timeout)
+        except BackendError as exc:
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+        if op.done:
+            return to_proto(op)
+        backend.waits_held += 1  # only this server's loop thread touches these two
+        try:
             while not op.done:
                 now = backend.now()
                 if now >= end:
@@ -601,20 +611,36 @@ class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc
                 op = backend.peek(request.name)
         except BackendError as exc:
             await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+        finally:
+            backend.waits_held -= 1
+        if op.done:
+            backend.completed_while_held.append(request.name)
         return to_proto(op)
 
 
 @contextlib.contextmanager
-def aio_grpc_operations_server(backend: FakeOperations) -> Iterator[str]:
+def aio_grpc_operations_server(
+    backend: FakeOperations, *, max_concurrent_streams: int = 1 << 20
+) -> Iterator[str]:
     """A ``grpc.aio`` Operations server for ``backend`` on an event loop of its own thread
     (what the benchmarks use: 100,000 held waits cost coroutines, not threads); yields
-    ``grpc://127.0.0.1:PORT``."""
+    ``grpc://127.0.0.1:PORT``. ``max_concurrent_streams`` caps the calls one connection
+    carries at once (a Google front end allows about 100); calls beyond it queue in the client.
+    """
     loop = asyncio.new_event_loop()
     started: futures.Future[tuple[asyncio.Event, int]] = futures.Future()
 
     async def serve() -> None:
         stop = asyncio.Event()
-        server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_concurrent_streams", max_concurrent_streams),
+                # gRPC core cancels calls beyond 1,000 (3,000 hard) that arrived before the
+                # loop asked for them: a burst of thousands of waits would end CANCELLED.
+                ("grpc.server.max_pending_requests", 1 << 20),
+                ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
+            ]
+        )
         operations_grpc_pb2.add_OperationsServicer_to_server(_AioServicer(backend), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

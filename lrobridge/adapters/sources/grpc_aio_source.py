@@ -1,17 +1,22 @@
-"""The asyncio gRPC Operations source: google.longrunning.Operations over one ``grpc.aio``
-channel, for the watcher's event loop.
+"""The asyncio gRPC Operations source: google.longrunning.Operations over ``grpc.aio``
+channels, for the watcher's event loop.
 
 Implements :class:`lrobridge.ports.AsyncOperationsSource` with googleapis-common-protos'
 ``OperationsStub`` on a ``grpc.aio`` channel. The requests, the answers and the error mapping are
 those of :mod:`lrobridge.adapters.sources.grpc_source` (one set of rules for both); only the
-transport differs. The channel is created on first use, on the loop that calls (a ``grpc.aio``
+transport differs. Channels are created on first use, on the loop that calls (a ``grpc.aio``
 channel belongs to one loop), with the same options as the sync channel. ``grpcs://`` uses TLS and
 Application Default Credentials (google-api-core's ``grpc_helpers_async.create_channel``, the
 credentials from :func:`lrobridge.adapters.sources.adc.credentials_for`).
 
 Get and List calls of one source run at most ``max_concurrency`` at once (an
-``asyncio.Semaphore``); WaitOperation long polls are bounded by the watcher's slots instead,
-since they mostly wait.
+``asyncio.Semaphore``) on the main channel. WaitOperation long polls are bounded by the watcher's
+slots instead, since they mostly wait, and run on channels of their own: a pool that grows on
+demand, each channel carrying at most ``waits_per_channel`` held waits (90 by default) and each
+its own HTTP/2 connection (``grpc.use_local_subchannel_pool``; channels with equal arguments
+would otherwise share one). Google front ends cap the concurrent streams of one connection (about
+100): thousands of held waits on the main channel would queue the Get and List calls behind them.
+:meth:`AsyncGrpcSource.aclose` closes every channel.
 """
 
 from __future__ import annotations
@@ -36,15 +41,22 @@ from lrobridge.adapters.sources.grpc_source import (
 from lrobridge.core.codec import Snapshot, snapshot_from_proto
 from lrobridge.errors import Unavailable
 
-AioChannelFactory = Callable[[], grpc.aio.Channel]
+ChannelOptions = tuple[tuple[str, int | str], ...]
+# Makes a channel with CHANNEL_OPTIONS plus the given extra options.
+AioChannelFactory = Callable[[ChannelOptions], grpc.aio.Channel]
 DEFAULT_MAX_CONCURRENCY = 64
+# Held WaitOperation calls per long-poll channel: under the ~100 concurrent streams a Google
+# front end allows on one connection.
+DEFAULT_WAITS_PER_CHANNEL = 90
+# A long-poll channel is a connection of its own, not one shared through the global pool.
+WAIT_CHANNEL_OPTIONS: ChannelOptions = (("grpc.use_local_subchannel_pool", 1),)
 
 
 def insecure_aio_channel_factory(target: str) -> AioChannelFactory:
     """Plaintext ``grpc.aio`` channel to ``host:port`` (``grpc://``)."""
 
-    def make() -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def make(extra: ChannelOptions = ()) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS + extra)
 
     return make
 
@@ -52,16 +64,27 @@ def insecure_aio_channel_factory(target: str) -> AioChannelFactory:
 def secure_aio_channel_factory(target: str, credentials: object | None = None) -> AioChannelFactory:
     """TLS ``grpc.aio`` channel authorized with ``credentials`` (default ADC, ``grpcs://``)."""
 
-    def make() -> grpc.aio.Channel:
+    def make(extra: ChannelOptions = ()) -> grpc.aio.Channel:
         from google.api_core import grpc_helpers_async
 
         creds = credentials_for(f"grpcs://{target}", credentials)
         channel: grpc.aio.Channel = grpc_helpers_async.create_channel(
-            target, credentials=creds, options=CHANNEL_OPTIONS
+            target, credentials=creds, options=CHANNEL_OPTIONS + extra
         )
         return channel
 
     return make
+
+
+class _WaitChannel:
+    """One long-poll channel of the pool and how many waits it carries now."""
+
+    __slots__ = ("channel", "held", "stub")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.stub = operations_grpc_pb2.OperationsStub(channel)
+        self.held = 0
 
 
 class AsyncGrpcSource:
@@ -73,31 +96,59 @@ class AsyncGrpcSource:
         channel_factory: AioChannelFactory,
         *,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        waits_per_channel: int = DEFAULT_WAITS_PER_CHANNEL,
     ) -> None:
+        if waits_per_channel < 1:
+            raise ValueError(f"waits_per_channel must be at least 1, not {waits_per_channel}")
         self.url = url
         self._channel_factory = channel_factory
         self._channel: grpc.aio.Channel | None = None
         self._stub: operations_grpc_pb2.OperationsStub | None = None
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._waits_per_channel = waits_per_channel
+        self._wait_channels: list[_WaitChannel] = []
         self._closed = False
+
+    @property
+    def wait_channels(self) -> int:
+        """How many long-poll channels are open."""
+        return len(self._wait_channels)
 
     def _get_stub(self) -> operations_grpc_pb2.OperationsStub:
         if self._closed:
             raise Unavailable(f"source {self.url} is closed")
         if self._stub is None:
-            self._channel = self._channel_factory()
+            self._channel = self._channel_factory(())
             self._stub = operations_grpc_pb2.OperationsStub(self._channel)
         return self._stub
 
-    async def _call(self, method: str, request: object, timeout: float) -> Any:
-        check_timeout(timeout)
-        stub = self._get_stub()
+    def _take_wait_channel(self) -> _WaitChannel:
+        """The least loaded long-poll channel with room, a new one when all are full."""
+        if self._closed:
+            raise Unavailable(f"source {self.url} is closed")
+        best: _WaitChannel | None = None
+        for entry in self._wait_channels:
+            if entry.held < self._waits_per_channel and (best is None or entry.held < best.held):
+                best = entry
+        if best is None:
+            best = _WaitChannel(self._channel_factory(WAIT_CHANNEL_OPTIONS))
+            self._wait_channels.append(best)
+        best.held += 1
+        return best
+
+    async def _invoke(
+        self, stub: operations_grpc_pb2.OperationsStub, method: str, request: object, timeout: float
+    ) -> Any:
         try:
             return await getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise call_error(method, self.url, exc) from None
         except (ValueError, grpc.aio.UsageError) as exc:  # the channel was closed meanwhile
             raise Unavailable(f"{method} on {self.url}: {exc}") from None
+
+    async def _call(self, method: str, request: object, timeout: float) -> Any:
+        check_timeout(timeout)
+        return await self._invoke(self._get_stub(), method, request, timeout)
 
     async def get_operation(self, name: str, *, timeout: float) -> Snapshot:
         request = get_request(name)
@@ -106,7 +157,13 @@ class AsyncGrpcSource:
 
     async def wait_operation(self, name: str, *, wait: float, timeout: float) -> Snapshot:
         request = wait_request(name, wait)
-        return snapshot_from_proto(await self._call("WaitOperation", request, timeout))
+        check_timeout(timeout)
+        entry = self._take_wait_channel()
+        try:
+            answer = await self._invoke(entry.stub, "WaitOperation", request, timeout)
+        finally:
+            entry.held -= 1
+        return snapshot_from_proto(answer)
 
     async def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
@@ -118,8 +175,11 @@ class AsyncGrpcSource:
     async def aclose(self) -> None:
         self._closed = True
         channel, self._channel, self._stub = self._channel, None, None
+        pool, self._wait_channels = self._wait_channels, []
+        channels = [entry.channel for entry in pool]
         if channel is not None:
-            await channel.close(None)
+            channels.append(channel)
+        await asyncio.gather(*(c.close(None) for c in channels))
 
     def __repr__(self) -> str:
         return f"AsyncGrpcSource({self.url!r})"
