@@ -686,6 +686,8 @@ class Watcher:
             return await source.get_operation(watch.operation, timeout=settings.rpc_timeout), False
         self._long_polls[url] = self._long_polls.get(url, 0) + 1
         self._in_flight -= 1  # a held long poll does not count against the concurrency
+        if self._wake_event is not None and self._heap:
+            self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
             wait = settings.long_poll_timeout
             if watch.expire_time is not None:

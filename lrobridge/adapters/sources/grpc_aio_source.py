@@ -16,6 +16,8 @@ demand, each channel carrying at most ``waits_per_channel`` held waits (90 by de
 its own HTTP/2 connection (``grpc.use_local_subchannel_pool``; channels with equal arguments
 would otherwise share one). Google front ends cap the concurrent streams of one connection (about
 100): thousands of held waits on the main channel would queue the Get and List calls behind them.
+``max_concurrency`` (the watcher's concurrency, 64 by default) keeps the main channel under that
+cap too.
 :meth:`AsyncGrpcSource.aclose` closes every channel.
 """
 
