@@ -48,11 +48,12 @@ def url(backend: FakeOperations) -> Iterator[str]:
 
 def source_for(url: str) -> AsyncGrpcSource:
     target = url.removeprefix("grpc://")
-    # Get/List at most the cap at once too, as the watcher's 64 stay under a front end's ~100.
+    # Get/List well under the cap at once too, as the watcher's 64 under a front end's ~100
+    # (a server may refuse a stream over its cap, REFUSED_STREAM, while one just ended).
     return AsyncGrpcSource(
         url,
         insecure_aio_channel_factory(target),
-        max_concurrency=STREAM_CAP,
+        max_concurrency=STREAM_CAP // 2,
         waits_per_channel=STREAM_CAP,
     )
 

@@ -145,6 +145,7 @@ class FakeOperations:
         # returned because the operation completed while the call was held (in that order).
         self.waits_held = 0
         self.completed_while_held: list[str] = []
+        self._listeners: list[Callable[[str], None]] = []
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class FakeOperations:
             if op.done_at is not None:
                 heapq.heappush(self._due, (op.done_at, op.seq, name))
             self._settle(op)
-            self._cond.notify_all()
+            self._changed(name)
         return name
 
     def add_many(self, names: Iterable[str], done_at: Iterable[float | None]) -> None:
@@ -201,7 +202,7 @@ class FakeOperations:
                 op.result = result
             op.done_at = self._clock()
             self._settle(op)
-            self._cond.notify_all()
+            self._changed(name)
 
     def set_metadata(self, name: str, metadata: AnyValue | Message | None) -> None:
         with self._cond:
@@ -304,7 +305,7 @@ class FakeOperations:
                 op.done, op.done_at, op.result = True, self._clock(), None
                 op.error = status(Code.CANCELLED, "operation was cancelled")
                 bisect.insort(self._done_seqs, op.seq)
-            self._cond.notify_all()
+            self._changed(name)
 
     def delete(self, name: str) -> None:
         with self._cond:
@@ -313,7 +314,7 @@ class FakeOperations:
                 raise BackendError(Code.UNIMPLEMENTED, "DeleteOperation is not implemented")
             self._find(name)
             del self._ops[name]
-            self._cond.notify_all()
+            self._changed(name)
 
     def list(
         self, parent: str, filter: str, page_size: int, page_token: str
@@ -376,6 +377,24 @@ class FakeOperations:
     def take_raw(self) -> _RawResponse | None:
         with self._cond:
             return self._raw.pop(0) if self._raw else None
+
+    def listen(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(name)`` whenever ``name`` is added, completed, cancelled or deleted
+        out of schedule (the asyncio server's held waits); returns the function that stops it.
+        Called under the backend's lock: it must not call back into the backend."""
+        with self._cond:
+            self._listeners.append(listener)
+
+        def stop() -> None:
+            with self._cond:
+                self._listeners.remove(listener)
+
+        return stop
+
+    def _changed(self, name: str) -> None:
+        self._cond.notify_all()
+        for listener in self._listeners:
+            listener(name)
 
     def _find(self, name: str) -> _Op:
         op = self._ops.get(name)
@@ -544,11 +563,19 @@ def grpc_operations_server(backend: FakeOperations, *, max_workers: int = 32) ->
 class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc]
     """The same methods on ``grpc.aio``: a held WaitOperation is a sleeping coroutine."""
 
-    # A wait also wakes this often to see a completion nobody scheduled (``complete()``).
-    RECHECK_SECONDS = 0.5
+    # A held wait sleeps until its operation's scheduled completion or its end, and is woken
+    # early by a change nobody scheduled (``complete()``, a cancel, a delete); it also wakes this
+    # often, as a safety net. 100,000 held waits cost coroutines, not wake-ups.
+    RECHECK_SECONDS = 5.0
 
     def __init__(self, backend: FakeOperations) -> None:
         self._backend = backend
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def changed(self, name: str) -> None:
+        """On the server's loop: wake the waits held on ``name``."""
+        for event in self._events.get(name, ()):
+            event.set()
 
     async def _run(
         self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Any]
@@ -601,18 +628,27 @@ class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc
         if op.done:
             return to_proto(op)
         backend.waits_held += 1  # only this server's loop thread touches these two
+        event = asyncio.Event()
+        events = self._events.setdefault(request.name, set())
+        events.add(event)
         try:
             while not op.done:
                 now = backend.now()
                 if now >= end:
                     break
                 until = end if op.done_at is None else min(end, op.done_at)
-                await asyncio.sleep(min(max(until - now, 0.0) + 0.001, self.RECHECK_SECONDS))
+                pause = min(max(until - now, 0.0) + 0.001, self.RECHECK_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), pause)
+                event.clear()
                 op = backend.peek(request.name)
         except BackendError as exc:
             await context.abort(grpc.StatusCode[exc.code.name], exc.message)
         finally:
             backend.waits_held -= 1
+            events.discard(event)
+            if not events:
+                self._events.pop(request.name, None)
         if op.done:
             backend.completed_while_held.append(request.name)
         return to_proto(op)
@@ -632,6 +668,13 @@ def aio_grpc_operations_server(
 
     async def serve() -> None:
         stop = asyncio.Event()
+        servicer = _AioServicer(backend)
+
+        def changed(name: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(servicer.changed, name)
+
+        unlisten = backend.listen(changed)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_concurrent_streams", max_concurrent_streams),
@@ -641,12 +684,15 @@ def aio_grpc_operations_server(
                 ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
             ]
         )
-        operations_grpc_pb2.add_OperationsServicer_to_server(_AioServicer(backend), server)
+        operations_grpc_pb2.add_OperationsServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        started.set_result((stop, port))
-        await stop.wait()
-        await server.stop(grace=1.0)
+        try:
+            await server.start()
+            started.set_result((stop, port))
+            await stop.wait()
+            await server.stop(grace=1.0)
+        finally:
+            unlisten()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
