@@ -24,8 +24,10 @@ it loses is at most the poll counts since the last write. Stopping gives every h
 with its real next poll, so a successor resumes at once.
 
 Per source at most ``long_poll_slots`` WaitOperation long polls are held at once; other due
-watches use GetOperation. A source answering UNIMPLEMENTED to WaitOperation gets GetOperation
-from then on. Watches with ``progress`` on also publish throttled ``progress`` events.
+watches use GetOperation. A held long poll does not count against the concurrency: once a poll
+takes hold of a slot the loop is woken to start the next due one. A source answering
+UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Watches with ``progress`` on
+also publish throttled ``progress`` events.
 """
 
 from __future__ import annotations
