@@ -30,7 +30,10 @@ default) is what this machine's thread limit allows; fewer start if threads run 
 Per side: CPU share of one core (CPU seconds / the child's life), CPU ms per operation, peak
 RSS and KiB per operation (``os.wait4``), polls per second (Get + Wait + List calls the server
 answered / the child's life), lag p50/p99 of the completions seen, and the ratios against the
-baseline. Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
+baseline. ``late p99`` (lrobridge sides): how far behind its own schedule the watcher told a
+completion, the p99 of lag minus the watch's current backoff delay at the completion (the
+default backoff from the watcher's start, upper-bounded for jitter): at most ~0 when every
+poll is on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
 ``--grace`` seconds after it started. Nothing here asserts a time.
 """
 
@@ -63,7 +66,23 @@ FIGURES = (
     "polls/s",
     "lag p50 s",
     "lag p99 s",
+    "late p99 s",
 )
+
+
+def _allowed_lag(since_start: float) -> float:
+    """The longest a watch with the default backoff may take to see a completion that happens
+    ``since_start`` seconds after the watcher started, were every poll on time: its current
+    delay, upper-bounded (the soonest the jittered schedule can have reached that attempt, and
+    the largest draw of its delay)."""
+    from lrobridge.core.backoff import JITTER, Backoff
+
+    backoff, attempt, t = Backoff(), 0, 0.0
+    while True:
+        t += backoff.base_delay(attempt) * (1 - JITTER)
+        if t >= since_start or backoff.base_delay(attempt) >= backoff.max_delay:
+            return min(backoff.max_delay, backoff.base_delay(attempt) * (1 + JITTER))
+        attempt += 1
 
 
 def _done_times(ops: int, start: float, window: float) -> list[float]:
@@ -289,7 +308,12 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     completions.close()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[_index(name)] for name, t in completions.published.items() if name]
-    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags)
+    late = [
+        t - done_at[_index(name)] - _allowed_lag(done_at[_index(name)] - began)
+        for name, t in completions.published.items()
+        if name
+    ]
+    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags, late)
 
 
 def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
@@ -326,7 +350,14 @@ def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _row(
-    ops: int, seen: int, cpu: float, rss: float, calls: int, life: float, lags: list[float]
+    ops: int,
+    seen: int,
+    cpu: float,
+    rss: float,
+    calls: int,
+    life: float,
+    lags: list[float],
+    late: list[float] | None = None,
 ) -> dict[str, float]:
     return {
         "ops": ops,
@@ -338,6 +369,7 @@ def _row(
         "polls/s": calls / life,
         "lag p50 s": _percentile(lags, 0.5),
         "lag p99 s": _percentile(lags, 0.99),
+        "late p99 s": _percentile(late, 0.99) if late is not None else float("nan"),
     }
 
 
