@@ -33,8 +33,9 @@ answered / the child's life), lag p50/p99 of the completions seen, and the ratio
 baseline. ``late p99`` (lrobridge sides): how far behind its own schedule the watcher told a
 completion, the p99 of lag minus the watch's current backoff delay at the completion (the
 default backoff from the watcher's start, upper-bounded for jitter): at most ~0 when every
-poll is on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
-``--grace`` seconds after it started. Nothing here asserts a time.
+poll is on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every
+side stops by itself: once every completion was seen, or ``--window`` + LEAD + ``--grace``
+seconds after it started. Nothing here asserts a time.
 """
 
 from __future__ import annotations
