@@ -30,10 +30,10 @@ default) is what this machine's thread limit allows; fewer start if threads run 
 Per side: CPU share of one core (CPU seconds / the child's life), CPU ms per operation, peak
 RSS and KiB per operation (``os.wait4``), polls per second (Get + Wait + List calls the server
 answered / the child's life), lag p50/p99 of the completions seen, and the ratios against the
-baseline. ``late p99`` (lrobridge sides): how far behind its own schedule the watcher told a
-completion, the p99 of lag minus the watch's current backoff delay at the completion (the
-default backoff from the watcher's start, upper-bounded for jitter): at most ~0 when every
-poll is on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every
+baseline. ``late p99``: how far behind its own schedule a side told a completion, the p99 of
+lag minus the current backoff delay at the completion (from the side's start, upper-bounded
+for jitter; the futures' own polling backoff for the baseline): at most ~0 when every poll is
+on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every
 side stops by itself: once every completion was seen, or ``--window`` + LEAD + ``--grace``
 seconds after it started. Nothing here asserts a time.
 """
@@ -71,18 +71,26 @@ FIGURES = (
 )
 
 
-def _allowed_lag(since_start: float) -> float:
-    """The longest a watch with the default backoff may take to see a completion that happens
-    ``since_start`` seconds after the watcher started, were every poll on time: its current
-    delay, upper-bounded (the soonest the jittered schedule can have reached that attempt, and
-    the largest draw of its delay)."""
-    from lrobridge.core.backoff import JITTER, Backoff
-
-    backoff, attempt, t = Backoff(), 0, 0.0
+def _allowed_lag(
+    since_start: float,
+    *,
+    initial: float = 1.0,
+    multiplier: float = 1.5,
+    maximum: float = 60.0,
+    draw: tuple[float, float] = (0.8, 1.2),
+) -> float:
+    """The longest a poller may take to see a completion that happens ``since_start`` seconds
+    after it started, were every poll on time: the current delay of its backoff (each delay
+    drawn from ``draw`` times the base), upper-bounded: the soonest the schedule can have reached
+    that attempt, and the largest draw. The defaults are lrobridge's default backoff; the
+    api-core futures sleep uniform(0, d) with d from 1 s, x1.5, at most 20 s."""
+    low, high = draw
+    attempt, t = 0, 0.0
     while True:
-        t += backoff.base_delay(attempt) * (1 - JITTER)
-        if t >= since_start or backoff.base_delay(attempt) >= backoff.max_delay:
-            return min(backoff.max_delay, backoff.base_delay(attempt) * (1 + JITTER))
+        base = min(maximum, initial * multiplier**attempt)
+        t += base * low
+        if t >= since_start or base >= maximum:
+            return min(maximum, base * high)
         attempt += 1
 
 
@@ -347,7 +355,11 @@ def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
     calls = server.stop()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[i] for i, t in seen.items()]
-    return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags)
+    late = [
+        t - done_at[i] - _allowed_lag(done_at[i] - began, maximum=20.0, draw=(0.0, 1.0))
+        for i, t in seen.items()
+    ]
+    return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags, late)
 
 
 def _row(
