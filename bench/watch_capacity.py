@@ -15,7 +15,8 @@ seconds, the first LEAD seconds after the side starts. Server kinds (``--kinds``
 * ``wait``: GetOperation and WaitOperation (ListOperations UNIMPLEMENTED);
 * ``list``: GetOperation and ListOperations with the ``done = true`` filter (no Wait).
 
-lrobridge side: ``python -m lrobridge.cli watcher`` as a child process, its watches registered
+lrobridge side: ``python -m lrobridge.cli watcher`` as a child process (``--watchers`` N: N of
+them sharing the store by lease; CPU and RSS are their sums), its watches registered
 beforehand in a SQLite store in a temporary folder, completions published to a Pub/Sub emulator
 this script starts on 127.0.0.1. A subscriber in this process pulls them; the detection lag of
 an operation is the moment its completion reached Pub/Sub (the message's publish time) minus
@@ -305,13 +306,20 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     }
     start = server.start(args.lead)
     began = time.time()
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True
+    watchers = [
+        subprocess.Popen([sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True)
+        for _ in range(args.watchers)
+    ]
+    print(
+        f"  {kind}: {len(watchers)} watcher process(es) started, completions from "
+        f"{args.lead:.0f}s on",
+        flush=True,
     )
-    print(f"  {kind}: watcher started, completions from {args.lead:.0f}s on", flush=True)
     completions.wait_for(ops, start + window + args.grace)
-    watcher.send_signal(signal.SIGTERM)
-    cpu, rss = _wait4(watcher)  # type: ignore[arg-type]
+    for watcher in watchers:
+        watcher.send_signal(signal.SIGTERM)
+    usage = [_wait4(watcher) for watcher in watchers]  # type: ignore[arg-type]
+    cpu, rss = sum(u[0] for u in usage), sum(u[1] for u in usage)
     life = time.time() - began
     calls = server.stop()
     completions.close()
@@ -432,6 +440,12 @@ def main() -> None:
     parser.add_argument(
         "--grace", type=float, default=120.0, help="seconds after the last before giving up"
     )
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=1,
+        help="watcher processes per side, sharing its SQLite store by lease (figures summed)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few hundred")
     args = parser.parse_args()
     if args.role == "_server":
@@ -440,6 +454,8 @@ def main() -> None:
         return run_baseline(args)
     if args.quick:
         args.ops, args.baseline_ops, args.window, args.lead, args.grace = 100, 100, 3.0, 3.0, 15.0
+    if args.watchers < 1:
+        parser.error("--watchers: at least 1")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
@@ -448,8 +464,9 @@ def main() -> None:
     from lrobridge.cli.emulator import PubSubEmulator
 
     print(
-        f"watch_capacity: {args.ops} watches per server kind ({','.join(kinds)}), "
-        f"{args.baseline_ops} api-core futures; completions over {args.window:.0f}s",
+        f"watch_capacity: {args.ops} watches per server kind ({','.join(kinds)}) on "
+        f"{args.watchers} watcher process(es), {args.baseline_ops} api-core futures; "
+        f"completions over {args.window:.0f}s",
         flush=True,
     )
     rows: dict[str, dict[str, float]] = {}
