@@ -23,6 +23,8 @@ Adapter module (the sqlite3 driver).
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import socket
 import sqlite3
@@ -173,9 +175,10 @@ class SqliteDatabase:
 # -- the few statements every SQLite store builds from plain field mappings ---------------
 
 
-def _names(select: str) -> list[str]:
-    """The field names of a column list (``d.state`` is ``state``)."""
-    return [name.strip().rpartition(".")[2] for name in select.split(",")]
+@functools.lru_cache(maxsize=256)
+def _names(select: str) -> tuple[str, ...]:
+    """The field names of a column list (``d.state`` is ``state``); the stores use a few."""
+    return tuple(name.strip().rpartition(".")[2] for name in select.split(","))
 
 
 def as_row(select: str, row: Sequence[Any]) -> dict[str, Any]:
@@ -194,7 +197,8 @@ def select_all(
     conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
 ) -> list[dict[str, Any]]:
     rows = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchall()
-    return [as_row(select, row) for row in rows]
+    names = _names(select)
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def insert(conn: sqlite3.Connection, table: str, fields: Mapping[str, Any]) -> int:
@@ -297,10 +301,21 @@ def _grouped(
 ) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
     """``rows`` grouped by their columns (``last`` moved to the end): the columns, the values."""
     groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    orders: dict[tuple[str, ...], tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
     for row in rows:
-        columns = tuple(c for c in row if c != last) + ((last,) if last is not None else ())
-        groups.setdefault(columns, []).append(tuple(row[c] for c in columns))
+        keys = tuple(row)
+        order = orders.get(keys)
+        if order is None:
+            columns = tuple(c for c in keys if c != last) + ((last,) if last is not None else ())
+            pick = operator.itemgetter(*columns)
+            order = orders[keys] = (columns, pick if len(columns) > 1 else _single(pick))
+        columns, values = order
+        groups.setdefault(columns, []).append(values(row))
     return list(groups.items())
+
+
+def _single(pick: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda row: (pick(row),)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, path: str) -> int:
