@@ -18,7 +18,9 @@ Collections (names prefixed with ``lrobridge_`` so a database can be shared with
 
 Transactions: every read-modify-write that spans documents (registering a watch, recording a
 poll or a completion, settling an outbox entry, producer updates, deletes) is one Firestore
-transaction. Lease claims (due polls, due publishes, callback runs) are conditional writes
+transaction; a batch of completions or of settles is one transaction per chunk
+(:data:`COMPLETIONS_PER_COMMIT`, :data:`SETTLES_PER_COMMIT`: a commit holds 500 writes), its
+documents read at once (``get_all``). Lease claims (due polls, due publishes, callback runs) are conditional writes
 instead (see :mod:`lrobridge.storage.firestore.client`): several instances claim the same due
 documents concurrently and each document is handed to one of them.
 
