@@ -782,3 +782,20 @@ def test_a_deleted_operation_leaves_a_tombstone_that_nothing_but_a_new_watch_rev
     _create(store, name, now=4.0)  # watching it again brings it back
     record = store.get_operation(name)
     assert record is not None and record.outcome == "" and not record.done
+
+
+def test_outbox_entry_ids_are_never_reused_once_entries_were_settled(store: Store) -> None:
+    """A settled entry's id must not come back (a lease kept on it would fence the new one)."""
+    watch_ids = [_create(store, f"operations/{i}") for i in range(4)]
+    first = store.record_completions(
+        [(w, _done(f"operations/{i}", f"e{i}")) for i, w in enumerate(watch_ids[:2])], now=100.0
+    )
+    settled = [e for e in first if e is not None]
+    store.mark_published_many(settled, now=101.0)  # the newest ids are gone now
+    alone = store.enqueue(PendingMessage(b"x", {}, ""), event_id="ex", operation="o", now=102.0)
+    store.mark_published(alone, now=103.0)
+    later = store.record_completions(
+        [(w, _done(f"operations/{i}", f"f{i}")) for i, w in enumerate(watch_ids[2:])], now=104.0
+    )
+    issued = [*settled, alone, *[e for e in later if e is not None]]
+    assert len(issued) == 5 and len(set(issued)) == 5
