@@ -117,6 +117,7 @@ _QUARANTINE = "quarantine"
 # and published entries settled per transaction (two: entry, watch); a commit holds 500 writes.
 COMPLETIONS_PER_COMMIT = 150
 SETTLES_PER_COMMIT = 200
+COMMIT_BYTES = 4 << 20  # operation data per batched commit (a request holds 10 MiB)
 # Old callback runs forgotten per call (the dispatcher calls it once an hour).
 PRUNE_BATCH = 400
 _ACTIVE = int(WatchState.ACTIVE)
@@ -418,11 +419,22 @@ class FirestoreStore:
     def record_completions(
         self, completions: Sequence[tuple[str, Completion]], *, now: float
     ) -> list[int | None]:
-        """One transaction per :data:`COMPLETIONS_PER_COMMIT` completions (each writes three
-        documents; a commit holds at most 500 writes): :meth:`_record_completions`."""
+        """One transaction per chunk (:meth:`_record_completions`): at most
+        :data:`COMPLETIONS_PER_COMMIT` completions (each writes three documents; a commit
+        holds at most 500 writes) and about :data:`COMMIT_BYTES` of operation data (each
+        completion's is written twice: its operation and its outbox entry; a request holds at
+        most 10 MiB)."""
         entry_ids: list[int | None] = []
-        for start in range(0, len(completions), COMPLETIONS_PER_COMMIT):
-            chunk = completions[start : start + COMPLETIONS_PER_COMMIT]
+        chunk: list[tuple[str, Completion]] = []
+        size = 0
+        for item in completions:
+            cost = 2 * len(item[1].message.data) + 2048
+            if chunk and (len(chunk) == COMPLETIONS_PER_COMMIT or size + cost > COMMIT_BYTES):
+                entry_ids += self._record_completions(chunk, now=now)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += cost
+        if chunk:
             entry_ids += self._record_completions(chunk, now=now)
         return entry_ids
 
