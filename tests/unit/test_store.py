@@ -799,3 +799,22 @@ def test_outbox_entry_ids_are_never_reused_once_entries_were_settled(store: Stor
     )
     issued = [*settled, alone, *[e for e in later if e is not None]]
     assert len(issued) == 5 and len(set(issued)) == 5
+
+
+def test_a_batch_of_large_operations_is_recorded_whole(store: Store) -> None:
+    """Eight operations of 600 KB: more than one Firestore request holds (the batch is cut
+    into commits by size too), nothing for SQLite."""
+    batch = []
+    for i in range(8):
+        name = f"operations/{i}"
+        watch_id = _create(store, name)
+        response = any_pb2.Any(type_url="type.googleapis.com/big", value=bytes([i]) * 600_000)
+        snapshot = _snapshot(name, done=True, response=response)
+        data = snapshot.operation.SerializeToString()
+        message = PendingMessage(data=data, attributes={}, ordering_key="")
+        batch.append((watch_id, Completion("succeeded", f"e{i}", snapshot, message)))
+    entry_ids = store.record_completions(batch, now=100.0)
+    assert None not in entry_ids and store.outbox_size() == 8
+    record = store.get_operation("operations/7")
+    assert record is not None and record.done
+    assert record.snapshot().operation == batch[7][1].snapshot.operation
