@@ -12,10 +12,11 @@ by :func:`lrobridge.delivery.relay.completion` for completion-only watches.
   end: what the client library can do (the baseline).
 * ``raw ordered, key/msg``: the same with message ordering on and the operation name as key of
   every message, which is what the bridge used to send: each message is a batch of its own.
-* ``bridge, watcher path``: what the watcher does after ``record_completion``: ``OutboxRelay.
-  publish`` of each leased outbox entry through ``PubSubPublisher`` (ordering enabled on the
-  client, as deployed), every entry settled in the SQLite store (dropped, watch COMPLETED)
-  before it counts.
+* ``bridge, watcher path``: what the watcher does after a group commit of completions:
+  ``OutboxRelay.publish_many`` of the leased outbox entries, ``FLUSH_BATCH`` at a time, through
+  ``PubSubPublisher`` (ordering enabled on the client, as deployed; completions carry no key, so
+  they go as shared Publish requests, ``publish_batch``), every entry settled in the SQLite store
+  (dropped, watch COMPLETED) before it counts.
 * ``bridge, drain path``: ``OutboxRelay.drain`` taking the same number of due entries back from
   the store (a restarted watcher's republish), claimed, published and settled.
 
@@ -56,6 +57,7 @@ from lrobridge.core.backoff import Backoff  # noqa: E402
 from lrobridge.core.records import OutboxEntry, PendingMessage  # noqa: E402
 from lrobridge.delivery import relay  # noqa: E402
 from lrobridge.storage.sqlite.store import SqliteStore  # noqa: E402
+from lrobridge.watching.poller import FLUSH_BATCH  # noqa: E402
 
 PROJECT = "bench-publish"
 SOURCE = "grpc://127.0.0.1:9"
@@ -147,8 +149,8 @@ def _bridge(topic: str, count: int, *, drain: bool) -> Timing:
             if drain:
                 relay_.drain(limit=count, settle=600.0)
             else:
-                for entry in entries:
-                    relay_.publish(entry)
+                for start in range(0, len(entries), FLUSH_BATCH):
+                    relay_.publish_many(entries[start : start + FLUSH_BATCH])
                 relay_.flush(timeout=600.0)
             elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
             left = store.outbox_size()

@@ -15,7 +15,8 @@ seconds, the first LEAD seconds after the side starts. Server kinds (``--kinds``
 * ``wait``: GetOperation and WaitOperation (ListOperations UNIMPLEMENTED);
 * ``list``: GetOperation and ListOperations with the ``done = true`` filter (no Wait).
 
-lrobridge side: ``python -m lrobridge.cli watcher`` as a child process, its watches registered
+lrobridge side: ``python -m lrobridge.cli watcher`` as a child process (``--watchers`` N: N of
+them sharing the store by lease; CPU and RSS are their sums), its watches registered
 beforehand in a SQLite store in a temporary folder, completions published to a Pub/Sub emulator
 this script starts on 127.0.0.1. A subscriber in this process pulls them; the detection lag of
 an operation is the moment its completion reached Pub/Sub (the message's publish time) minus
@@ -30,8 +31,12 @@ default) is what this machine's thread limit allows; fewer start if threads run 
 Per side: CPU share of one core (CPU seconds / the child's life), CPU ms per operation, peak
 RSS and KiB per operation (``os.wait4``), polls per second (Get + Wait + List calls the server
 answered / the child's life), lag p50/p99 of the completions seen, and the ratios against the
-baseline. Every side stops by itself: once every completion was seen, or ``--window`` + LEAD +
-``--grace`` seconds after it started. Nothing here asserts a time.
+baseline. ``late p99``: how far behind its own schedule a side told a completion, the p99 of
+lag minus the current backoff delay at the completion (from the side's start, upper-bounded
+for jitter; the futures' own polling backoff for the baseline): at most ~0 when every poll is
+on time, whatever the backoff; the Get-only target is "lag <= backoff + 1 s". Every
+side stops by itself: once every completion was seen, or ``--window`` + LEAD + ``--grace``
+seconds after it started. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -63,7 +68,31 @@ FIGURES = (
     "polls/s",
     "lag p50 s",
     "lag p99 s",
+    "late p99 s",
 )
+
+
+def _allowed_lag(
+    since_start: float,
+    *,
+    initial: float = 1.0,
+    multiplier: float = 1.5,
+    maximum: float = 60.0,
+    draw: tuple[float, float] = (0.8, 1.2),
+) -> float:
+    """The longest a poller may take to see a completion that happens ``since_start`` seconds
+    after it started, were every poll on time: the current delay of its backoff (each delay
+    drawn from ``draw`` times the base), upper-bounded: the soonest the schedule can have reached
+    that attempt, and the largest draw. The defaults are lrobridge's default backoff; the
+    api-core futures sleep uniform(0, d) with d from 1 s, x1.5, at most 20 s."""
+    low, high = draw
+    attempt, t = 0, 0.0
+    while True:
+        base = min(maximum, initial * multiplier**attempt)
+        t += base * low
+        if t >= since_start or base >= maximum:
+            return min(maximum, base * high)
+        attempt += 1
 
 
 def _done_times(ops: int, start: float, window: float) -> list[float]:
@@ -277,19 +306,31 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     }
     start = server.start(args.lead)
     began = time.time()
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True
+    watchers = [
+        subprocess.Popen([sys.executable, "-m", "lrobridge.cli", "watcher"], env=env, text=True)
+        for _ in range(args.watchers)
+    ]
+    print(
+        f"  {kind}: {len(watchers)} watcher process(es) started, completions from "
+        f"{args.lead:.0f}s on",
+        flush=True,
     )
-    print(f"  {kind}: watcher started, completions from {args.lead:.0f}s on", flush=True)
     completions.wait_for(ops, start + window + args.grace)
-    watcher.send_signal(signal.SIGTERM)
-    cpu, rss = _wait4(watcher)  # type: ignore[arg-type]
+    for watcher in watchers:
+        watcher.send_signal(signal.SIGTERM)
+    usage = [_wait4(watcher) for watcher in watchers]  # type: ignore[arg-type]
+    cpu, rss = sum(u[0] for u in usage), sum(u[1] for u in usage)
     life = time.time() - began
     calls = server.stop()
     completions.close()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[_index(name)] for name, t in completions.published.items() if name]
-    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags)
+    late = [
+        t - done_at[_index(name)] - _allowed_lag(done_at[_index(name)] - began)
+        for name, t in completions.published.items()
+        if name
+    ]
+    return _row(ops, len(lags), cpu, rss, sum(calls.values()), life, lags, late)
 
 
 def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
@@ -322,11 +363,22 @@ def measure_baseline(args: argparse.Namespace) -> dict[str, float]:
     calls = server.stop()
     done_at = _done_times(ops, start, window)
     lags = [t - done_at[i] for i, t in seen.items()]
-    return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags)
+    late = [
+        t - done_at[i] - _allowed_lag(done_at[i] - began, maximum=20.0, draw=(0.0, 1.0))
+        for i, t in seen.items()
+    ]
+    return _row(started, len(seen), cpu, rss, sum(calls.values()), life, lags, late)
 
 
 def _row(
-    ops: int, seen: int, cpu: float, rss: float, calls: int, life: float, lags: list[float]
+    ops: int,
+    seen: int,
+    cpu: float,
+    rss: float,
+    calls: int,
+    life: float,
+    lags: list[float],
+    late: list[float] | None = None,
 ) -> dict[str, float]:
     return {
         "ops": ops,
@@ -338,6 +390,7 @@ def _row(
         "polls/s": calls / life,
         "lag p50 s": _percentile(lags, 0.5),
         "lag p99 s": _percentile(lags, 0.99),
+        "late p99 s": _percentile(late, 0.99) if late is not None else float("nan"),
     }
 
 
@@ -387,6 +440,12 @@ def main() -> None:
     parser.add_argument(
         "--grace", type=float, default=120.0, help="seconds after the last before giving up"
     )
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=1,
+        help="watcher processes per side, sharing its SQLite store by lease (figures summed)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few hundred")
     args = parser.parse_args()
     if args.role == "_server":
@@ -395,6 +454,8 @@ def main() -> None:
         return run_baseline(args)
     if args.quick:
         args.ops, args.baseline_ops, args.window, args.lead, args.grace = 100, 100, 3.0, 3.0, 15.0
+    if args.watchers < 1:
+        parser.error("--watchers: at least 1")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
@@ -403,8 +464,9 @@ def main() -> None:
     from lrobridge.cli.emulator import PubSubEmulator
 
     print(
-        f"watch_capacity: {args.ops} watches per server kind ({','.join(kinds)}), "
-        f"{args.baseline_ops} api-core futures; completions over {args.window:.0f}s",
+        f"watch_capacity: {args.ops} watches per server kind ({','.join(kinds)}) on "
+        f"{args.watchers} watcher process(es), {args.baseline_ops} api-core futures; "
+        f"completions over {args.window:.0f}s",
         flush=True,
     )
     rows: dict[str, dict[str, float]] = {}

@@ -14,9 +14,9 @@ above :mod:`lrobridge.core` in the layers (pyproject.toml's import-linter contra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.codec import Snapshot
@@ -97,6 +97,18 @@ class Publisher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchPublisher(Publisher, Protocol):
+    """A publisher that also takes many unordered messages at once (the watcher's batches of
+    completions), in fewer requests than one message at a time would cost."""
+
+    def publish_batch(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[Future[str]]:
+        """One future of the server-assigned message id per message, in order."""
+        ...
 
 
 # -- the store ---------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """The Pub/Sub adapter: publishing completion messages and creating the topic and subscriptions.
 
-* :class:`PubSubPublisher` implements :class:`lrobridge.ports.Publisher` with google-cloud-pubsub's
-  batching ``PublisherClient`` and message ordering on. google-cloud-pubsub *pauses* an ordering
-  key after a publish fails for good (every later publish with that key fails at once until
+* :class:`PubSubPublisher` implements :class:`lrobridge.ports.BatchPublisher` with
+  google-cloud-pubsub's ``PublisherClient``. One message at a time (``publish``) goes through the
+  library's batching, with message ordering on. google-cloud-pubsub *pauses* an ordering key
+  after a publish fails for good (every later publish with that key fails at once until
   ``resume_publish``); this adapter resumes the key before it reports the failure, so the
-  caller's own retry (the watcher's backoff) goes through.
+  caller's own retry (the watcher's backoff) goes through. Messages that come already batched
+  and need no order (``publish_batch``: completions) skip the library's per-message batching
+  and go as Publish requests of up to 1,000 messages (and the batch size) each, through the client's
+  GAPIC ``publish`` with its default retry, on a few threads of the adapter's own.
 * :class:`PubSubAdmin` makes topics and subscriptions exist as asked, idempotently, and says what
   it did (``created`` / ``updated`` / ``unchanged``), for ``lrobridge pubsub init``, ``lrobridge
   dev`` and the tests.
@@ -20,7 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as api_exceptions
@@ -28,6 +32,8 @@ from google.api_core import retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient, types
 from google.protobuf import duration_pb2, field_mask_pb2
+from google.pubsub_v1.services.publisher import client as gapic_publisher
+from google.pubsub_v1.types import pubsub as pubsub_types
 
 from lrobridge.errors import (
     AlreadyExists,
@@ -49,6 +55,14 @@ DEFAULT_BATCH_SETTINGS = types.BatchSettings(
     max_messages=100, max_bytes=1_000_000, max_latency=0.01
 )
 DEFAULT_CLOSE_TIMEOUT = 30.0
+# One Publish request carries at most 1,000 messages and 10 MB (Pub/Sub's limits, as
+# google-cloud-pubsub enforces them); publish_batch fills requests up to the client's own batch
+# size (DEFAULT_BATCH_SETTINGS.max_bytes), a larger message goes alone.
+MAX_REQUEST_MESSAGES = 1000
+SERVER_MAX_REQUEST_BYTES = 10_000_000
+BATCH_THREADS = 4  # Publish requests of publish_batch in flight at once
+_PubsubMessagePb = pubsub_types.PubsubMessage.pb()
+_PublishRequestPb = pubsub_types.PublishRequest.pb()
 
 
 def _client_error(exc: BaseException) -> BridgeError:
@@ -98,6 +112,8 @@ class PubSubPublisher:
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[str]] = set()
         self._closed = False
+        self._requests: concurrent.futures.ThreadPoolExecutor | None = None
+        self._request_bytes = batch_settings.max_bytes
 
     def publish(
         self, data: bytes, attributes: dict[str, str], ordering_key: str
@@ -125,6 +141,93 @@ class PubSubPublisher:
             raise FailedPrecondition(f"cannot publish to {self.topic_path}: {exc}") from exc
         inner.add_done_callback(lambda f: self._settle(f, out, ordering_key))
         return out
+
+    def publish_batch(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[concurrent.futures.Future[str]]:
+        """Publish unordered messages in as few Publish requests as the limits allow; one
+        future per message, in order, each resolving to its message id or failing with a
+        ``BridgeError`` (every message of a request fails with it). A message over the request
+        limit goes alone, so Pub/Sub's refusal names it. Raises FailedPrecondition after
+        :meth:`close`."""
+        futures: list[concurrent.futures.Future[str]] = []
+        for _ in messages:
+            future: concurrent.futures.Future[str] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()
+            futures.append(future)
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition(f"the publisher for {self.topic_path} is closed")
+            if self._requests is None:
+                self._requests = concurrent.futures.ThreadPoolExecutor(
+                    BATCH_THREADS, thread_name_prefix="lrobridge-publish-request"
+                )
+            requests = self._requests
+            self._pending.update(futures)
+        for start, end in _request_bounds(messages, self._request_bytes):
+            chunk = futures[start:end]
+            if end - start == 1 and (refusal := self._too_large(messages[start])) is not None:
+                self._fail(chunk, refusal)
+                continue
+            try:
+                requests.submit(self._send, messages[start:end], chunk)
+            except RuntimeError as exc:  # closed meanwhile
+                self._fail(chunk, FailedPrecondition(f"cannot publish: {exc}"))
+        return futures
+
+    def _too_large(self, message: tuple[bytes, Mapping[str, str]]) -> InvalidArgument | None:
+        """Why Pub/Sub would refuse ``message`` for its size (the library's own check), if so."""
+        data, attributes = message
+        if len(data) + sum(len(k) + len(v) for k, v in attributes.items()) < self._request_bytes:
+            return None
+        size = _PublishRequestPb(
+            topic=self.topic_path,
+            messages=[_PubsubMessagePb(data=data, attributes=attributes)],
+        ).ByteSize()
+        if size <= SERVER_MAX_REQUEST_BYTES:
+            return None
+        return InvalidArgument(
+            f"cannot publish to {self.topic_path}: the message takes {size} bytes, over "
+            f"Pub/Sub's {SERVER_MAX_REQUEST_BYTES} per publish request"
+        )
+
+    def _send(
+        self,
+        messages: Sequence[tuple[bytes, Mapping[str, str]]],
+        futures: list[concurrent.futures.Future[str]],
+    ) -> None:
+        """One Publish request (a thread of the adapter's): resolve its messages' futures."""
+        try:
+            request = _PublishRequestPb(
+                topic=self.topic_path,
+                messages=[
+                    _PubsubMessagePb(data=data, attributes=attributes)
+                    for data, attributes in messages
+                ],
+            )
+            response = gapic_publisher.PublisherClient.publish(
+                self._client, request=pubsub_types.PublishRequest.wrap(request)
+            )
+            ids = list(response.message_ids)
+            if len(ids) != len(futures):
+                raise Unavailable(
+                    f"Pub/Sub answered {len(ids)} message ids for {len(futures)} messages"
+                )
+        except Exception as exc:
+            error = classify_api_error(exc)
+            error.__cause__ = exc
+            self._fail(futures, error)
+            return
+        for future, message_id in zip(futures, ids, strict=True):
+            future.set_result(message_id)
+        with self._lock:
+            self._pending.difference_update(futures)
+
+    def _fail(self, futures: list[concurrent.futures.Future[str]], error: BridgeError) -> None:
+        for future in futures:
+            future.set_exception(error)
+        with self._lock:
+            self._pending.difference_update(futures)
 
     def _settle(
         self,
@@ -167,6 +270,8 @@ class PubSubPublisher:
             pending = list(self._pending)
         with contextlib.suppress(RuntimeError):  # already stopped
             self._client.stop()
+        if self._requests is not None:
+            self._requests.shutdown(wait=False)  # the requests under way go on
         if pending:
             _, not_done = concurrent.futures.wait(pending, timeout=self.close_timeout)
             if not_done:
@@ -182,6 +287,25 @@ class PubSubPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _request_bounds(
+    messages: Sequence[tuple[bytes, Mapping[str, str]]], max_bytes: int
+) -> list[tuple[int, int]]:
+    """Split ``messages`` into runs of one Publish request each, at most MAX_REQUEST_MESSAGES
+    and ``max_bytes`` (unless a message is larger alone): [(start, end), ...]."""
+    bounds: list[tuple[int, int]] = []
+    start = size = 0
+    for i, (data, attributes) in enumerate(messages):
+        # Framing aside, a message costs its data and its attributes' keys and values.
+        cost = len(data) + sum(len(k) + len(v) for k, v in attributes.items())
+        if i > start and (i - start >= MAX_REQUEST_MESSAGES or size + cost > max_bytes):
+            bounds.append((start, i))
+            start, size = i, 0
+        size += cost
+    if start < len(messages):
+        bounds.append((start, len(messages)))
+    return bounds
 
 
 def _call(what: str, fn: Callable[[], T]) -> T:

@@ -26,14 +26,14 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import Completion, OutboxEntry, PendingMessage
 from lrobridge.errors import ConfigError, InvalidArgument
-from lrobridge.ports import Outbox, Publisher
+from lrobridge.ports import BatchPublisher, Outbox, Publisher
 from lrobridge.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
@@ -198,15 +198,7 @@ class OutboxRelay:
         in shared batches. ``settle`` > 0 waits up to that many seconds for them to be settled,
         for callers that get no CPU once they return (a request on Cloud Run)."""
         entries = self._outbox.claim_due_publishes(now=self._clock(), limit=limit, lease=lease)
-        if settle <= 0:
-            for entry in entries:
-                self._publish(entry, None)
-            return len(entries)
-        futures: list[Future[None]] = []
-        for entry in entries:
-            settled: Future[None] = Future()
-            if self._publish(entry, settled):
-                futures.append(settled)
+        futures = self._hand_over(entries, track=settle > 0)
         if futures:
             wait(futures, timeout=settle)
         return len(entries)
@@ -215,6 +207,12 @@ class OutboxRelay:
         """Hand one entry to Pub/Sub; it is settled in the store (published and dropped, or
         rescheduled) once Pub/Sub answers. False if it is in flight already."""
         return self._publish(entry, None)
+
+    def publish_many(self, entries: Sequence[OutboxEntry]) -> None:
+        """Hand entries to Pub/Sub together: those without an ordering key in shared Publish
+        requests (when the publisher takes batches, :class:`~lrobridge.ports.BatchPublisher`),
+        the others one by one; each is settled as :meth:`publish` says."""
+        self._hand_over(entries, track=False)
 
     def publish_settled(self, entry: OutboxEntry) -> Future[None] | None:
         """:meth:`publish`, with a future that resolves once the entry is settled in the store
@@ -235,22 +233,43 @@ class OutboxRelay:
                 self._settled.wait(left)
         return True
 
-    def _publish(self, entry: OutboxEntry, settled: Future[None] | None) -> bool:
+    def _hand_over(self, entries: Sequence[OutboxEntry], *, track: bool) -> list[Future[None]]:
+        """Publish ``entries``, batched where they can be; with ``track``, a future per entry
+        handed over that resolves once it is settled."""
+        settle_futures: list[Future[None]] = []
+        batched: list[tuple[OutboxEntry, Future[None] | None]] = []
+        can_batch = isinstance(self._publisher, BatchPublisher)
+        for entry in entries:
+            settled: Future[None] | None = Future() if track else None
+            if not can_batch or entry.message.ordering_key:
+                if self._publish(entry, settled) and settled is not None:
+                    settle_futures.append(settled)
+            elif self._take(entry):
+                batched.append((entry, settled))
+                if settled is not None:
+                    settle_futures.append(settled)
+        if batched:
+            self._publish_batch(batched)
+        return settle_futures
+
+    def _take(self, entry: OutboxEntry) -> bool:
+        """Mark ``entry`` in flight; False if it was already (its lease ended first while
+        Pub/Sub has not answered: noted on the watch, once)."""
         now = self._clock()
         with self._lock:
             handed = self._in_flight.get(entry.id)
             if handed is None:
                 self._in_flight[entry.id] = now
-            elif entry.id in self._silence_noted:
+                return True
+            if entry.id in self._silence_noted:
                 return False
-            else:
-                self._silence_noted.add(entry.id)
-        if handed is not None:
-            # Claimed again while its publish is still unanswered: its lease ended first.
-            self._note_silence(entry, waited=now - handed, now=now)
-            return False
-        message = entry.message
-        attributes = message.attributes
+            self._silence_noted.add(entry.id)
+        self._note_silence(entry, waited=now - handed, now=now)
+        return False
+
+    def _traced(self, entry: OutboxEntry) -> tuple[tracing.Span | None, dict[str, str]]:
+        """The publish span of ``entry`` and the attributes to send (carrying its context)."""
+        attributes = entry.message.attributes
         span = tracing.start(
             "lrobridge.publish",
             parent=tracing.extract_message(attributes),
@@ -263,6 +282,13 @@ class OutboxRelay:
         if span is not None:  # the message carries the publish span's context on
             attributes = dict(attributes)
             tracing.inject_message(attributes, span)
+        return span, attributes
+
+    def _publish(self, entry: OutboxEntry, settled: Future[None] | None) -> bool:
+        if not self._take(entry):
+            return False
+        message = entry.message
+        span, attributes = self._traced(entry)
         started = time.monotonic()
         try:
             with tracing.activate(span):
@@ -271,12 +297,57 @@ class OutboxRelay:
             _observe_publish(span, started, exc)
             self._settle_failure(entry, exc, settled)
             return True
-        future.add_done_callback(lambda f: _observe_publish(span, started, f.exception()))
-        if future.done():  # answered already (a publisher that failed fast, a test double)
-            self._answered(entry, future, settled, inline=True)
-        else:
-            future.add_done_callback(lambda f: self._answered(entry, f, settled, inline=False))
+        self._await(entry, future, settled, span, started, alone=True)
         return True
+
+    def _publish_batch(self, batch: list[tuple[OutboxEntry, Future[None] | None]]) -> None:
+        assert isinstance(self._publisher, BatchPublisher)
+        traced = [self._traced(entry) for entry, _ in batch]
+        started = time.monotonic()
+        try:
+            futures = self._publisher.publish_batch(
+                [
+                    (entry.message.data, attributes)
+                    for (entry, _), (_, attributes) in zip(batch, traced, strict=True)
+                ]
+            )
+        except Exception as exc:
+            for (entry, settled), (span, _) in zip(batch, traced, strict=True):
+                _observe_publish(span, started, exc)
+                self._settle_failure(entry, exc, settled)
+            return
+        alone = len(batch) == 1
+        for (entry, settled), (span, _), future in zip(batch, traced, futures, strict=True):
+            self._await(entry, future, settled, span, started, alone=alone)
+
+    def _await(
+        self,
+        entry: OutboxEntry,
+        future: Future[str],
+        settled: Future[None] | None,
+        span: tracing.Span | None,
+        started: float,
+        *,
+        alone: bool,
+    ) -> None:
+        """Settle ``entry`` once ``future`` (its publish) resolves. A message Pub/Sub refuses
+        for good in a shared request is published again alone, so the refusal is its own."""
+
+        def answered(done: Future[str], *, inline: bool) -> None:
+            error = done.exception()
+            if error is not None and not alone and _permanent(error):
+                tracing.end(span, None)
+                with self._lock:
+                    self._in_flight.pop(entry.id, None)
+                self._publish(entry, settled)
+                return
+            _observe_publish(span, started, error)
+            self._answered(entry, done, settled, inline=inline)
+
+        if future.done():  # answered already (a publisher that failed fast, a test double)
+            answered(future, inline=True)
+        else:
+            future.add_done_callback(lambda f: answered(f, inline=False))
 
     def _answered(
         self,
@@ -386,7 +457,7 @@ class OutboxRelay:
     ) -> None:
         now = self._clock()
         try:
-            if isinstance(error, InvalidArgument) and not isinstance(error, ConfigError):
+            if _permanent(error):
                 # Pub/Sub can never take this message (too large, say): retrying would keep it
                 # forever. It goes to the quarantine whole, and its watch fails saying why.
                 self.errors += 1
@@ -427,6 +498,11 @@ def _observe_publish(
     if error is None:
         metrics.published(took)
     else:
-        permanent = isinstance(error, InvalidArgument) and not isinstance(error, ConfigError)
-        metrics.publish_failed(took, next_step="quarantine" if permanent else "retry")
+        metrics.publish_failed(took, next_step="quarantine" if _permanent(error) else "retry")
     tracing.end(span, error)
+
+
+def _permanent(error: BaseException) -> bool:
+    """Whether Pub/Sub can never take the message (too large, say): it goes to the quarantine.
+    A missing project (ConfigError) is not: it is fixed by configuration and a restart."""
+    return isinstance(error, InvalidArgument) and not isinstance(error, ConfigError)

@@ -875,8 +875,12 @@ class Watcher:
             for watch, outcome, completion in done:
                 self._complete_one(watch, outcome, completion, now)
             return
-        for (watch, outcome, completion), entry_id in zip(done, entry_ids, strict=True):
-            self._announce(watch, outcome, completion, entry_id)
+        entries = [
+            entry
+            for (watch, outcome, completion), entry_id in zip(done, entry_ids, strict=True)
+            if (entry := self._announce(watch, outcome, completion, entry_id)) is not None
+        ]
+        self._publish(*entries)
 
     def _complete_one(
         self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, now: float
@@ -893,13 +897,17 @@ class Watcher:
                 now=now,
             )
             return
-        self._announce(watch, outcome, done, entry_id)
+        entry = self._announce(watch, outcome, done, entry_id)
+        if entry is not None:
+            self._publish(entry)
 
     def _announce(
         self, watch: WatchRecord, outcome: codec.Outcome, done: Completion, entry_id: int | None
-    ) -> None:
+    ) -> OutboxEntry | None:
+        """Count and log a committed completion; the outbox entry to publish (None: the watch
+        was deleted meanwhile)."""
         if entry_id is None:
-            return  # deleted meanwhile
+            return None
         self._progress.forget(watch.id)
         self.stats.completions += 1
         # Seen done now; last seen pending when the watch was last updated.
@@ -907,16 +915,17 @@ class Watcher:
         log.info("%s on %s: %s (event %s)", watch.operation, watch.source, outcome, done.event_id)
         if self._on_completion is not None:
             self._on_completion(watch.operation)
-        # The entry was written leased to us: publish it now; a later drain retries failures.
-        self._publish(
-            OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
-        )
+        # The entry was written leased to us: published now; a later drain retries failures.
+        return OutboxEntry(entry_id, done.event_id, watch.operation, watch.id, done.message, 0)
 
-    def _publish(self, entry: OutboxEntry) -> None:
-        """Hand a committed outbox entry to Pub/Sub on the publish thread (the relay settles
-        it in the store when Pub/Sub answers; a drain republishes what never got there)."""
+    def _publish(self, *entries: OutboxEntry) -> None:
+        """Hand committed outbox entries to Pub/Sub on the publish thread, together (the relay
+        settles each in the store when Pub/Sub answers; a drain republishes what never got
+        there)."""
+        if not entries:
+            return
         try:
-            future = self._publish_thread.submit(self.relay.publish, entry)
+            future = self._publish_thread.submit(self.relay.publish_many, entries)
         except RuntimeError:  # shut down: the entry stays leased and a drain republishes it
             return
         future.add_done_callback(_log_failure("hand a message to Pub/Sub"))

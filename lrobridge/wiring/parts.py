@@ -37,7 +37,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,7 +53,14 @@ from lrobridge.errors import BridgeError, FailedPrecondition
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.service import OperationsFacade
 from lrobridge.operations.waiters import CompletionHub
-from lrobridge.ports import AsyncOperationsSource, OperationsSource, Publisher, Store, TaskQueue
+from lrobridge.ports import (
+    AsyncOperationsSource,
+    BatchPublisher,
+    OperationsSource,
+    Publisher,
+    Store,
+    TaskQueue,
+)
 from lrobridge.storage import QuarantineLimits, open_store
 from lrobridge.watching.poller import Watcher
 from lrobridge.watching.pubsub_mode import PubSubWatchScheduler, RedeliveryPolicy, WatchHandler
@@ -740,8 +747,26 @@ class _LazyPublisher:
     def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
         return self._factory().publish(data, attributes, ordering_key)
 
+    def publish_batch(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[Future[str]]:
+        publisher = self._factory()
+        if isinstance(publisher, BatchPublisher):
+            return publisher.publish_batch(messages)
+        return [_one_by_one(publisher, data, attributes) for data, attributes in messages]
+
     def close(self) -> None:
         """The runtime closes the real publisher."""
+
+
+def _one_by_one(publisher: Publisher, data: bytes, attributes: Mapping[str, str]) -> Future[str]:
+    """A message of a batch for a publisher that takes one at a time; a refusal is its future's."""
+    try:
+        return publisher.publish(data, dict(attributes), "")
+    except Exception as exc:
+        failed: Future[str] = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 class _LazyTaskQueue:

@@ -18,7 +18,7 @@ from google.protobuf import wrappers_pb2
 from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
 from lrobridge.cli.emulator import PubSubEmulator, emulator_answers, port_is_free
 from lrobridge.delivery.relay import OutboxRelay
-from lrobridge.errors import FailedPrecondition, NotFound
+from lrobridge.errors import FailedPrecondition, InvalidArgument, NotFound
 from lrobridge.operations.producer import Producer
 from lrobridge.operations.waiters import CompletionHub
 from lrobridge.storage.sqlite.store import SqliteStore
@@ -261,3 +261,41 @@ def test_progress_events_and_the_completion_of_one_operation_arrive_in_order_wit
     assert {m.ordering_key for m in of_loud} == {loud.name}
     (quiet,) = [m for m in messages if m.attributes["operation"] == "projects/p/operations/quiet"]
     assert quiet.ordering_key == ""  # completion-only: no key, batched with the rest
+
+
+def test_a_batch_of_unordered_messages_goes_out_in_requests_within_the_limits(
+    publisher: PubSubPublisher,
+    subscriber: pubsub_v1.SubscriberClient,
+    pull_subscription: str,
+) -> None:
+    messages = [(f"m{i}".encode(), {"operation": f"operations/op-{i}"}) for i in range(2500)]
+    futures = publisher.publish_batch(messages)  # 1,000 per request at most: three requests
+    ids = [future.result(timeout=60) for future in futures]
+    assert len(set(ids)) == 2500
+    pulled = pull_all(subscriber, pull_subscription, 2500, timeout=60)
+    assert {(m.data, m.attributes["operation"]) for m in pulled} == {
+        (data, attributes["operation"]) for data, attributes in messages
+    }
+    assert {m.ordering_key for m in pulled} == {""}
+
+
+def test_a_message_over_the_request_limit_is_refused_alone_and_the_rest_are_published(
+    publisher: PubSubPublisher,
+    subscriber: pubsub_v1.SubscriberClient,
+    pull_subscription: str,
+) -> None:
+    huge = b"x" * (11 * 1024 * 1024)  # over Pub/Sub's 10 MB per request
+    futures = publisher.publish_batch([(b"before", {}), (huge, {}), (b"after", {})])
+    first, refused, last = futures
+    assert first.result(timeout=60) and last.result(timeout=60)
+    error = refused.exception(timeout=60)
+    assert isinstance(error, InvalidArgument), error
+    pulled = pull_all(subscriber, pull_subscription, 2)
+    assert sorted(m.data for m in pulled) == [b"after", b"before"]
+
+
+def test_a_closed_publisher_refuses_a_batch_clearly(topic: str) -> None:
+    publisher = PubSubPublisher(topic)
+    publisher.close()
+    with pytest.raises(FailedPrecondition, match="closed"):
+        publisher.publish_batch([(b"late", {})])
