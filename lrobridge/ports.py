@@ -183,9 +183,11 @@ class WatchStore(Protocol):
     def record_completions(
         self, completions: Sequence[tuple[str, Completion]], *, now: float
     ) -> list[int | None]:
-        """:meth:`record_completion` for many watches (SQLite: one transaction for all, each
-        completion with its own outbox entry; Firestore: a transaction each); the entry ids,
-        None where nothing was written."""
+        """:meth:`record_completion` for many watches, each completion with its own outbox
+        entry and the outcome it would get alone, in order (a watch twice in one batch: the
+        second is refused), in one transaction for all (SQLite) or per chunk (Firestore: 150
+        completions per commit); the entry ids in input order, None where nothing was
+        written."""
         ...
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
@@ -225,8 +227,9 @@ class Outbox(Protocol):
         ...
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        """:meth:`mark_published` for each of ``entry_ids``, in one transaction where the
-        backend can (SQLite); the relay settles what Pub/Sub acknowledged in bulk."""
+        """:meth:`mark_published` for each of ``entry_ids`` (repeats and unknown ids are
+        harmless), in one transaction for all (SQLite) or per chunk (Firestore: 200 entries
+        per commit); the relay settles what Pub/Sub acknowledged in bulk."""
         ...
 
     def retry_publish(

@@ -32,7 +32,7 @@ import json
 import secrets
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, TypeGuard, cast
+from typing import Any, Generic, TypeGuard, TypeVar, cast
 
 from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES
 from lrobridge.core import codec
@@ -60,6 +60,7 @@ PUBLISHING_ERROR_CODE = int(Code.UNAVAILABLE)
 
 Row = Mapping[str, Any]  # a row or a document as read: field name -> value
 Fields = dict[str, Any]  # fields to write
+K = TypeVar("K", bound=Hashable)  # the key of a row in a batch (a watch id, a name)
 
 # The fields both backends keep, in the order the SQLite backend selects them.
 WATCH_FIELDS = (
@@ -132,6 +133,42 @@ class Put:
 
     fields: Fields
     create: bool = False
+
+
+class BatchRows(Generic[K]):
+    """The rows one batched write reads and writes, keyed by id: what the rules see of each
+    row as the batch goes (a row written earlier in the batch is read as written, so a second
+    completion of one watch in one batch meets the watch the first left, as it would one call
+    after the other), and each row's writes folded into one :class:`Put` for the backend to
+    execute at the end (a row created then changed is one creation)."""
+
+    def __init__(self, rows: Mapping[K, Row | None]) -> None:
+        self._rows: dict[K, Row | None] = dict(rows)
+        self._puts: dict[K, Put] = {}
+
+    def get(self, key: K) -> Row | None:
+        """The row as the batch sees it now (None: there is none)."""
+        return self._rows.get(key)
+
+    def write(self, key: K, write: Put | Fields | None) -> None:
+        """A rule's answer for the row ``key``: a :class:`Put`, fields to update, or None."""
+        if write is None:
+            return
+        put = write if isinstance(write, Put) else Put(write)
+        earlier = self._puts.get(key)
+        if put.create:
+            self._rows[key] = dict(put.fields)
+            self._puts[key] = Put(dict(put.fields), create=True)
+            return
+        self._rows[key] = {**(self._rows.get(key) or {}), **put.fields}
+        if earlier is None:
+            self._puts[key] = Put(dict(put.fields))
+        else:
+            self._puts[key] = Put({**earlier.fields, **put.fields}, create=earlier.create)
+
+    def puts(self) -> dict[K, Put]:
+        """Each written row's one write, in the order the rows were first written."""
+        return dict(self._puts)
 
 
 # -- leases and the fencing rule ------------------------------------------------------------

@@ -12,14 +12,20 @@ from typing import Any
 import grpc
 import pytest
 from google.api_core import exceptions as api_exceptions
+from google.longrunning import operations_proto_pb2 as operations_pb2
 
+from lrobridge.core import codec
+from lrobridge.core.backoff import Backoff
+from lrobridge.core.records import Completion, PendingMessage, WatchState
 from lrobridge.errors import Unavailable
 from lrobridge.storage.firestore.client import FirestoreDatabase, Retries
+from lrobridge.storage.firestore.store import FirestoreStore
 from tests.support.grpc_faults import FaultyProxy
 
 pytestmark = pytest.mark.integration
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+ABORTED = grpc.StatusCode.ABORTED
 
 
 @pytest.fixture
@@ -115,3 +121,45 @@ def test_past_its_deadline_the_retry_gives_up_and_the_store_says_unavailable(
         assert retried and proxy.failed["RunQuery"] == len(retried)  # each one seen, then given up
     finally:
         db.close()
+
+
+def test_a_batch_that_conflicts_on_a_read_runs_again_and_writes_each_completion_once(
+    proxy: FaultyProxy,
+) -> None:
+    """A batched transaction whose read is aborted (a lock another instance held) is run again
+    whole: the completions' outbox entries are the ones chosen before, each written once, and
+    a batched settle aborted the same way settles each entry once."""
+    store = FirestoreStore(project=f"test-{uuid.uuid4().hex[:10]}")
+    try:
+        names = [f"operations/{i}" for i in range(3)]
+        watch_ids = [
+            store.create_watch(
+                source="grpc://127.0.0.1:1",
+                operation=name,
+                expire_time=None,
+                backoff=Backoff(),
+                progress=False,
+                now=100.0,
+            )[0].id
+            for name in names
+        ]
+        batch = []
+        for name, watch_id in zip(names, watch_ids, strict=True):
+            snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=True))
+            message = PendingMessage(data=name.encode(), attributes={}, ordering_key="")
+            batch.append((watch_id, Completion("succeeded", f"e-{name}", snapshot, message)))
+        begun = proxy.calls["BeginTransaction"]
+        proxy.fail("BatchGetDocuments", times=1, code=ABORTED)
+        entry_ids = store.record_completions(batch, now=200.0)
+        assert proxy.failed["BatchGetDocuments"] == 1 and None not in entry_ids
+        assert proxy.calls["BeginTransaction"] == begun + 2  # run again, once
+        due = store.claim_due_publishes(now=1000.0, limit=10, lease=30.0)
+        assert sorted((e.id, e.watch_id) for e in due) == sorted(
+            zip(entry_ids, watch_ids, strict=True)
+        )
+        proxy.fail("BatchGetDocuments", times=1, code=ABORTED)
+        store.mark_published_many([e.id for e in due], now=1001.0)
+        assert proxy.failed["BatchGetDocuments"] == 2 and store.outbox_size() == 0
+        assert store.count_by_state()[WatchState.COMPLETED] == 3
+    finally:
+        store.close()

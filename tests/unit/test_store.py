@@ -585,6 +585,86 @@ def test_published_entries_settle_in_bulk_except_one_whose_lease_was_taken_over(
     assert first.outbox_size() == 1
 
 
+def _done(name: str, event_id: str) -> Completion:
+    snapshot = _snapshot(name, done=True)
+    message = PendingMessage(data=name.encode(), attributes={"event": event_id}, ordering_key="")
+    return Completion("succeeded", event_id, snapshot, message)
+
+
+def test_a_batch_of_completions_gives_each_the_outcome_it_would_get_alone(
+    store_backend: Backend,
+) -> None:
+    first, second = store_backend.open(), store_backend.open()
+    lost = _create(first, "operations/lost", now=50.0)  # due first
+    ok = _create(first, "operations/ok")
+    gone = _create(first, "operations/gone")
+    shared = [_create(first, "operations/shared", src=f"grpc://127.0.0.1:{p}") for p in (1, 2)]
+    assert [w.id for w in first.claim_due_polls(now=1000.0, limit=1, lease=30.0)] == [lost]
+    assert len(first.claim_due_polls(now=1020.0, limit=10, lease=300.0)) == 4
+    # The first stalls on "lost" past its lease: the second takes it over.
+    assert [w.id for w in second.claim_due_polls(now=1031.0, limit=10, lease=30.0)] == [lost]
+    assert first.delete_operation("operations/gone") is True  # its watch goes with it
+    batch = [
+        (ok, _done("operations/ok", "e-ok")),
+        (lost, _done("operations/lost", "e-lost")),
+        (gone, _done("operations/gone", "e-gone")),
+        (ok, _done("operations/ok", "e-ok-again")),  # the same watch twice in one batch
+        (shared[0], _done("operations/shared", "e-shared-1")),
+        (shared[1], _done("operations/shared", "e-shared-2")),
+    ]
+    entry_ids = first.record_completions(batch, now=1040.0)
+    assert [e is None for e in entry_ids] == [False, True, True, True, False, False]
+    assert len(set(entry_ids)) == 4
+    due = {e.id: e for e in second.claim_due_publishes(now=2000.0, limit=10, lease=30.0)}
+    assert sorted(due) == sorted(e for e in entry_ids if e is not None)  # nothing else written
+    for entry_id, (watch_id, completion) in zip(entry_ids, batch, strict=True):
+        if entry_id is not None:  # each entry is its own completion's, in input order
+            entry = due[entry_id]
+            assert (entry.watch_id, entry.event_id) == (watch_id, completion.event_id)
+            assert entry.message == completion.message
+    watch = first.get_watch(ok)
+    assert watch is not None and watch.state == WatchState.PUBLISHING
+    assert (watch.event_id, watch.polls) == ("e-ok", 1)  # the first completion of the two
+    held = first.get_watch(lost)
+    assert held is not None and held.state == WatchState.ACTIVE
+    assert (held.next_poll, held.polls) == (1061.0, 0)  # still the second's lease
+    assert first.get_watch(gone) is None
+    deleted = first.get_operation("operations/gone")
+    assert deleted is not None and deleted.outcome == "deleted"  # not revived
+    ended = first.get_operation("operations/shared")
+    assert ended is not None and ended.done and ended.outcome == "succeeded"
+    for watch_id in shared:
+        record = first.get_watch(watch_id)
+        assert record is not None and record.state == WatchState.PUBLISHING
+    # The lost lease stays fenced after the batch; its holder completes it.
+    assert first.record_completion(lost, _done("operations/lost", "e-late"), now=1050.0) is None
+    assert second.record_completion(lost, _done("operations/lost", "e-2"), now=1050.0) is not None
+
+
+def test_batches_larger_than_one_statement_or_commit_keep_every_completion_in_order(
+    store_backend: Backend,
+) -> None:
+    # Past SQLite's IN chunk (500) and Firestore's completions and settles per commit.
+    count = 503 if store_backend.kind == "sqlite" else 203
+    store = store_backend.open()
+    watch_ids = [_create(store, f"operations/{i}") for i in range(count)]
+    batch = [(w, _done(f"operations/{i}", f"e{i}")) for i, w in enumerate(watch_ids)]
+    batch.append((watch_ids[0], _done("operations/0", "e-again")))  # in another chunk: refused
+    entry_ids = store.record_completions(batch, now=100.0)
+    assert entry_ids[-1] is None and None not in entry_ids[:-1]
+    due = store.claim_due_publishes(now=1000.0, limit=count + 10, lease=30.0)
+    assert {e.id: (e.watch_id, e.event_id) for e in due} == {
+        entry_id: (watch_id, completion.event_id)
+        for entry_id, (watch_id, completion) in zip(entry_ids[:-1], batch, strict=False)
+    }
+    settled = [e for e in entry_ids if e is not None]
+    store.mark_published_many([*settled, settled[0], 999_999], now=1001.0)  # repeats, unknown
+    assert store.outbox_size() == 0
+    assert store.count_by_state()[WatchState.COMPLETED] == count
+    store.mark_published_many(settled[:3], now=1002.0)  # settling again is harmless
+    assert store.count_by_state()[WatchState.COMPLETED] == count
+
+
 def test_a_callback_run_finished_under_a_lease_another_instance_took_over_is_refused(
     store_backend: Backend,
 ) -> None:
@@ -702,3 +782,39 @@ def test_a_deleted_operation_leaves_a_tombstone_that_nothing_but_a_new_watch_rev
     _create(store, name, now=4.0)  # watching it again brings it back
     record = store.get_operation(name)
     assert record is not None and record.outcome == "" and not record.done
+
+
+def test_outbox_entry_ids_are_never_reused_once_entries_were_settled(store: Store) -> None:
+    """A settled entry's id must not come back (a lease kept on it would fence the new one)."""
+    watch_ids = [_create(store, f"operations/{i}") for i in range(4)]
+    first = store.record_completions(
+        [(w, _done(f"operations/{i}", f"e{i}")) for i, w in enumerate(watch_ids[:2])], now=100.0
+    )
+    settled = [e for e in first if e is not None]
+    store.mark_published_many(settled, now=101.0)  # the newest ids are gone now
+    alone = store.enqueue(PendingMessage(b"x", {}, ""), event_id="ex", operation="o", now=102.0)
+    store.mark_published(alone, now=103.0)
+    later = store.record_completions(
+        [(w, _done(f"operations/{i}", f"f{i}")) for i, w in enumerate(watch_ids[2:])], now=104.0
+    )
+    issued = [*settled, alone, *[e for e in later if e is not None]]
+    assert len(issued) == 5 and len(set(issued)) == 5
+
+
+def test_a_batch_of_large_operations_is_recorded_whole(store: Store) -> None:
+    """Eight operations of 600 KB: more than one Firestore request holds (the batch is cut
+    into commits by size too), nothing for SQLite."""
+    batch = []
+    for i in range(8):
+        name = f"operations/{i}"
+        watch_id = _create(store, name)
+        response = any_pb2.Any(type_url="type.googleapis.com/big", value=bytes([i]) * 600_000)
+        snapshot = _snapshot(name, done=True, response=response)
+        data = snapshot.operation.SerializeToString()
+        message = PendingMessage(data=data, attributes={}, ordering_key="")
+        batch.append((watch_id, Completion("succeeded", f"e{i}", snapshot, message)))
+    entry_ids = store.record_completions(batch, now=100.0)
+    assert None not in entry_ids and store.outbox_size() == 8
+    record = store.get_operation("operations/7")
+    assert record is not None and record.done
+    assert record.snapshot().operation == batch[7][1].snapshot.operation

@@ -41,6 +41,11 @@ def _pending(watch: dict[str, Any] | None, held: object | None) -> dict[str, Any
     )
 
 
+def _done() -> Completion:
+    snapshot = codec.snapshot_from_proto(operations_pb2.Operation(name="operations/1", done=True))
+    return Completion("succeeded", "e1", snapshot, PendingMessage(b"", {}, ""))
+
+
 @pytest.mark.parametrize(
     ("current", "held", "holds"),
     [
@@ -120,3 +125,22 @@ def test_a_callback_runs_once_and_an_expired_run_may_be_claimed_again() -> None:
     succeeded = {**running, "state": "succeeded"}
     assert rules.claim_callback(succeeded, "e", "cb", now=99.0, lease=5.0) == ("done", None)
     assert rules.finish_callback({**running, "attempts": 2}, 1, ok=True, error="", now=17.0) is None
+
+
+def test_a_batch_sees_each_row_as_written_and_folds_its_writes_into_one_per_row() -> None:
+    watch = _watch()
+    rows = rules.BatchRows({"w1": watch, "w2": None})
+    assert rows.get("w1") == watch and rows.get("w2") is None and rows.get("w3") is None
+    first = rules.record_completion(rows.get("w1"), None, _done(), now=20.0)
+    assert first is not None
+    rows.write("w1", first)
+    assert rows.get("w1") == {**watch, **first}
+    assert rules.record_completion(rows.get("w1"), None, _done(), now=21.0) is None  # ended
+    rows.write("w1", rules.record_completion(rows.get("w1"), None, _done(), now=21.0))
+    rows.write("w2", rules.Put({"name": "w2", "outcome": ""}, create=True))
+    rows.write("w2", {"outcome": "succeeded"})  # created, then changed: still one creation
+    assert rows.puts() == {
+        "w1": rules.Put(first),
+        "w2": rules.Put({"name": "w2", "outcome": "succeeded"}, create=True),
+    }
+    assert rows.get("w2") == {"name": "w2", "outcome": "succeeded"}

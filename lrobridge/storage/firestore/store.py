@@ -18,9 +18,11 @@ Collections (names prefixed with ``lrobridge_`` so a database can be shared with
 
 Transactions: every read-modify-write that spans documents (registering a watch, recording a
 poll or a completion, settling an outbox entry, producer updates, deletes) is one Firestore
-transaction. Lease claims (due polls, due publishes, callback runs) are conditional writes
-instead (see :mod:`lrobridge.storage.firestore.client`): several instances claim the same due
-documents concurrently and each document is handed to one of them.
+transaction; a batch of completions or of settles is one transaction per chunk
+(:data:`COMPLETIONS_PER_COMMIT`, :data:`SETTLES_PER_COMMIT`: a commit holds 500 writes), its
+documents read at once (``get_all``). Lease claims (due polls, due publishes, callback runs)
+are conditional writes instead (see :mod:`lrobridge.storage.firestore.client`): several
+instances claim the same due documents concurrently and each document is handed to one of them.
 
 Leases simply expire: Firestore is shared by many machines, so whether the process holding a
 lease is alive cannot be checked; :meth:`FirestoreStore.recover` takes nothing back (returns 0)
@@ -111,6 +113,12 @@ _OPERATIONS = "operations"
 _OUTBOX = "outbox"
 _CALLBACK_RUNS = "callback_runs"
 _QUARANTINE = "quarantine"
+# Completions recorded per transaction (three writes each: watch, operation, outbox entry)
+# and published entries settled per transaction (two: entry, watch); a commit holds 500 writes.
+COMPLETIONS_PER_COMMIT = 150
+SETTLES_PER_COMMIT = 200
+# Operation data per batched commit: a Firestore request holds 10 MiB (the emulator's 4 MiB).
+COMMIT_BYTES = 3 << 20
 # Old callback runs forgotten per call (the dispatcher calls it once an hour).
 PRUNE_BATCH = 400
 _ACTIVE = int(WatchState.ACTIVE)
@@ -412,46 +420,105 @@ class FirestoreStore:
     def record_completions(
         self, completions: Sequence[tuple[str, Completion]], *, now: float
     ) -> list[int | None]:
-        """One transaction per completion (a Firestore transaction holds its documents' locks:
-        one per completion keeps contention with other instances small)."""
-        return [self.record_completion(w, c, now=now) for w, c in completions]
+        """One transaction per chunk (:meth:`_record_completions`): at most
+        :data:`COMPLETIONS_PER_COMMIT` completions (each writes three documents; a commit
+        holds at most 500 writes) and about :data:`COMMIT_BYTES` of operation data (each
+        completion's is written twice: its operation and its outbox entry)."""
+        entry_ids: list[int | None] = []
+        chunk: list[tuple[str, Completion]] = []
+        size = 0
+        for item in completions:
+            cost = 2 * len(item[1].message.data) + 2048
+            if chunk and (len(chunk) == COMPLETIONS_PER_COMMIT or size + cost > COMMIT_BYTES):
+                entry_ids += self._record_completions(chunk, now=now)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += cost
+        if chunk:
+            entry_ids += self._record_completions(chunk, now=now)
+        return entry_ids
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
-        ref = self._doc(_WATCHES, watch_id)
-        entry_id = random_int_id()
+        return self._record_completions([(watch_id, completion)], now=now)[0]
+
+    def _record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        """In one transaction: the watches read at once (``get_all``), then their operations;
+        the rules applied per completion in order (a watch completed twice in one batch is
+        met the second time as the first left it: refused); then every write. The entry ids
+        and the lease token are chosen before the transaction, so a run again after a conflict
+        writes the same entries (never two of one completion)."""
+        if not completions:
+            return []
         token = rules.lease_token(self.owner)
-        held = self._leases.held(_WATCH, watch_id)
+        held = [self._leases.held(_WATCH, watch_id) for watch_id, _ in completions]
+        new_ids = [random_int_id() for _ in completions]
+        watch_refs = {w: self._doc(_WATCHES, w) for w, _ in completions}
 
-        def body(tx: Transaction) -> tuple[int | None, bool]:
-            watch = _row(ref.get(transaction=tx, **self.db.reads))
-            changes = rules.record_completion(watch, held, completion, now=now)
-            if watch is None or changes is None:
-                return None, watch is None
-            operation, source = watch["operation"], watch["source"]
-            op_ref = self._operation_ref(operation)
-            tracked = _row(op_ref.get(transaction=tx, **self.db.reads))
-            tx.update(ref, changes)
-            final = rules.store_final(
-                tracked, operation, source=source, origin="watch", completion=completion, now=now
-            )
-            _put(tx, op_ref, final)
-            self._enqueue(
-                tx,
-                entry_id,
-                completion.message,
-                event_id=completion.event_id,
-                operation=operation,
-                watch_id=watch_id,
-                now=now,
-                token=token,
-            )
-            return entry_id, True
+        def body(tx: Transaction) -> tuple[list[int | None], list[tuple[str, bool]]]:
+            watches = rules.BatchRows(self._read_all(tx, watch_refs))
+            entry_ids: list[int | None] = [None] * len(completions)
+            settled: list[tuple[str, bool]] = []
+            ended: list[tuple[int, str, Completion, str, str]] = []
+            for index, (watch_id, completion) in enumerate(completions):
+                watch = watches.get(watch_id)
+                changes = rules.record_completion(watch, held[index], completion, now=now)
+                settled.append((watch_id, watch is None or changes is not None))
+                if watch is None or changes is None:
+                    continue
+                watches.write(watch_id, changes)
+                ended.append((index, watch_id, completion, watch["operation"], watch["source"]))
+            if not ended:
+                return entry_ids, settled
+            op_refs = {name: self._operation_ref(name) for _, _, _, name, _ in ended}
+            operations = rules.BatchRows(self._read_all(tx, op_refs))
+            for _, _, completion, name, source in ended:
+                final = rules.store_final(
+                    operations.get(name),
+                    name,
+                    source=source,
+                    origin="watch",
+                    completion=completion,
+                    now=now,
+                )
+                operations.write(name, final)
+            for watch_id, put in watches.puts().items():
+                _put(tx, watch_refs[watch_id], put)
+            for name, put in operations.puts().items():
+                _put(tx, op_refs[name], put)
+            for index, watch_id, completion, name, _ in ended:
+                self._enqueue(
+                    tx,
+                    new_ids[index],
+                    completion.message,
+                    event_id=completion.event_id,
+                    operation=name,
+                    watch_id=watch_id,
+                    now=now,
+                    token=token,
+                )
+                entry_ids[index] = new_ids[index]
+            return entry_ids, settled
 
-        written, wrote = self.db.transact("record the completion", body)
-        self._leases.settled(_WATCH, watch_id, wrote=wrote)
-        if written is not None:
-            self._leases.took(_ENTRY, written, token)
-        return written
+        entry_ids, settled = self.db.transact("record the completions", body)
+        for watch_id, wrote in settled:
+            self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        for written in entry_ids:
+            if written is not None:
+                self._leases.took(_ENTRY, written, token)
+        return entry_ids
+
+    def _read_all(
+        self, tx: Transaction, refs: dict[str, DocumentReference]
+    ) -> dict[str, dict[str, Any] | None]:
+        """Each document of ``refs`` (key -> reference) read in ``tx`` by one ``get_all``: its
+        fields by key, None for a missing one."""
+        by_path = {ref.path: key for key, ref in refs.items()}
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(refs)
+        for snapshot in tx.get_all(list(refs.values()), **self.db.reads):
+            found[by_path[snapshot.reference.path]] = _row(snapshot)
+        return found
 
     def record_failure(self, watch_id: str, *, code: int, message: str, now: float) -> None:
         ref = self._doc(_WATCHES, watch_id)
@@ -556,32 +623,47 @@ class FirestoreStore:
         return [rules.outbox_entry(row) for row in held]
 
     def mark_published(self, entry_id: int, *, now: float) -> None:
-        ref = self._doc(_OUTBOX, str(entry_id))
-        held = self._leases.held(_ENTRY, entry_id)
-
-        def body(tx: Transaction) -> bool:
-            entry = _row(ref.get(transaction=tx, **self.db.reads))
-            if entry is None or not rules.settle_publish(entry, held):
-                return entry is None
-            watch_id = entry["watch_id"]
-            watch = (
-                self._doc(_WATCHES, watch_id).get(transaction=tx, **self.db.reads)
-                if watch_id
-                else None
-            )
-            tx.delete(ref)
-            if watch is not None and rules.settle_watch(_row(watch)):
-                tx.update(watch.reference, {"state": int(WatchState.COMPLETED), "update_time": now})
-            return True
-
-        wrote = self.db.transact("settle the published message", body)
-        self._leases.settled(_ENTRY, entry_id, wrote=wrote)
+        self.mark_published_many([entry_id], now=now)
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        # A transaction each: Firestore's per-document write rate, not a commit per batch, is
-        # what limits it (a batched settle is future work).
-        for entry_id in entry_ids:
-            self.mark_published(entry_id, now=now)
+        """One transaction per :data:`SETTLES_PER_COMMIT` entries (each deletes its entry and
+        completes its watch: two writes; a commit holds at most 500)."""
+        wanted = list(dict.fromkeys(entry_ids))
+        for start in range(0, len(wanted), SETTLES_PER_COMMIT):
+            self._mark_published(wanted[start : start + SETTLES_PER_COMMIT], now=now)
+
+    def _mark_published(self, entry_ids: Sequence[int], *, now: float) -> None:
+        """In one transaction: the entries read at once, those still leased to us
+        (:func:`~lrobridge.storage.rules.settle_publish`) deleted, their PUBLISHING watches
+        (read at once too) completed."""
+        held = {entry_id: self._leases.held(_ENTRY, entry_id) for entry_id in entry_ids}
+        refs = {str(entry_id): self._doc(_OUTBOX, str(entry_id)) for entry_id in entry_ids}
+
+        def body(tx: Transaction) -> dict[int, bool]:
+            entries = self._read_all(tx, refs)
+            wrote: dict[int, bool] = {}
+            dropped: list[dict[str, Any]] = []
+            for entry_id in entry_ids:
+                entry = entries[str(entry_id)]
+                settles = rules.settle_publish(entry, held[entry_id])
+                wrote[entry_id] = entry is None or settles
+                if entry is not None and settles:
+                    dropped.append(entry)
+            watch_refs = {
+                e["watch_id"]: self._doc(_WATCHES, e["watch_id"]) for e in dropped if e["watch_id"]
+            }
+            watches = self._read_all(tx, watch_refs) if watch_refs else {}
+            for entry in dropped:
+                tx.delete(refs[str(entry["id"])])
+            completed = {"state": int(WatchState.COMPLETED), "update_time": now}
+            for watch_id, watch in watches.items():
+                if rules.settle_watch(watch):
+                    tx.update(watch_refs[watch_id], completed)
+            return wrote
+
+        wrote = self.db.transact("settle the published messages", body)
+        for entry_id, settled in wrote.items():
+            self._leases.settled(_ENTRY, entry_id, wrote=settled)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float

@@ -23,11 +23,13 @@ Adapter module (the sqlite3 driver).
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -173,9 +175,10 @@ class SqliteDatabase:
 # -- the few statements every SQLite store builds from plain field mappings ---------------
 
 
-def _names(select: str) -> list[str]:
-    """The field names of a column list (``d.state`` is ``state``)."""
-    return [name.strip().rpartition(".")[2] for name in select.split(",")]
+@functools.lru_cache(maxsize=256)
+def _names(select: str) -> tuple[str, ...]:
+    """The field names of a column list (``d.state`` is ``state``); the stores use a few."""
+    return tuple(name.strip().rpartition(".")[2] for name in select.split(","))
 
 
 def as_row(select: str, row: Sequence[Any]) -> dict[str, Any]:
@@ -194,7 +197,8 @@ def select_all(
     conn: sqlite3.Connection, table: str, select: str, where: str, params: tuple[Any, ...]
 ) -> list[dict[str, Any]]:
     rows = conn.execute(f"SELECT {select} FROM {table} WHERE {where}", params).fetchall()
-    return [as_row(select, row) for row in rows]
+    names = _names(select)
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def insert(conn: sqlite3.Connection, table: str, fields: Mapping[str, Any]) -> int:
@@ -237,6 +241,81 @@ def put(conn: sqlite3.Connection, table: str, key: str, value: Any, write: Put |
         insert(conn, table, write.fields)
     else:
         update(conn, table, key, value, write.fields)
+
+
+# Values bound per ``IN (...)`` (SQLite allows 32,766 parameters per statement).
+IN_CHUNK = 500
+
+
+def select_in(
+    conn: sqlite3.Connection, table: str, select: str, column: str, values: Iterable[Any]
+) -> list[dict[str, Any]]:
+    """The rows of ``table`` whose ``column`` is one of ``values`` (each asked once), a
+    statement per :data:`IN_CHUNK` of them."""
+    wanted = list(dict.fromkeys(values))
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = tuple(wanted[start : start + IN_CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        rows += select_all(conn, table, select, f"{column} IN ({marks})", chunk)
+    return rows
+
+
+def insert_many(conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Insert ``rows``: one ``executemany`` per set of columns."""
+    for columns, values in _grouped(rows):
+        marks = ", ".join("?" * len(columns))
+        conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
+
+
+def put_many(conn: sqlite3.Connection, table: str, key: str, writes: Mapping[Any, Put]) -> None:
+    """Execute the rules' :class:`~lrobridge.storage.rules.Put` of many rows (keyed by their
+    ``key`` value, one each, e.g. :meth:`~lrobridge.storage.rules.BatchRows.puts`): the
+    creations (a tombstone replaced) by one ``executemany`` each for their deletes and inserts,
+    the updates by one per set of columns changed."""
+    created = [(value, write.fields) for value, write in writes.items() if write.create]
+    if created:
+        conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(v,) for v, _ in created])
+        insert_many(conn, table, [fields for _, fields in created])
+    updates = [{**write.fields, key: value} for value, write in writes.items() if not write.create]
+    for columns, values in _grouped(updates, last=key):
+        assignments = ", ".join(f"{column} = ?" for column in columns[:-1])
+        conn.executemany(f"UPDATE {table} SET {assignments} WHERE {key} = ?", values)
+
+
+def next_ids(conn: sqlite3.Connection, table: str, count: int) -> range:
+    """The ids the next ``count`` rows of ``table`` (an ``INTEGER PRIMARY KEY AUTOINCREMENT``)
+    get, as SQLite would number them: past the largest id the table ever had. Call it inside
+    the write transaction that inserts them with these ids (nobody else inserts meanwhile)."""
+    found = conn.execute(
+        f"SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?), 0), "
+        f"COALESCE((SELECT MAX(rowid) FROM {table}), 0))",
+        (table,),
+    ).fetchone()
+    first = int(found[0]) + 1
+    return range(first, first + count)
+
+
+def _grouped(
+    rows: Iterable[Mapping[str, Any]], *, last: str | None = None
+) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    """``rows`` grouped by their columns (``last`` moved to the end): the columns, the values."""
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    orders: dict[tuple[str, ...], tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
+    for row in rows:
+        keys = tuple(row)
+        order = orders.get(keys)
+        if order is None:
+            columns = tuple(c for c in keys if c != last) + ((last,) if last is not None else ())
+            pick = operator.itemgetter(*columns)
+            order = orders[keys] = (columns, pick if len(columns) > 1 else _single(pick))
+        columns, values = order
+        groups.setdefault(columns, []).append(values(row))
+    return list(groups.items())
+
+
+def _single(pick: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda row: (pick(row),)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, path: str) -> int:

@@ -51,8 +51,12 @@ from lrobridge.storage.sqlite.database import (
     SqliteDatabase,
     as_row,
     insert,
+    insert_many,
+    next_ids,
     put,
+    put_many,
     select_all,
+    select_in,
     select_one,
     update,
     update_where,
@@ -62,8 +66,6 @@ from lrobridge.storage.sqlite.schema import MIGRATIONS
 _WATCH_SELECT = "seq, " + ", ".join(rules.WATCH_FIELDS)
 _OPERATION_SELECT = ", ".join(rules.OPERATION_FIELDS)
 _OUTBOX_SELECT = ", ".join(rules.OUTBOX_FIELDS)
-# Outbox entries settled per statement in bulk (SQLite allows 32,766 parameters).
-_SETTLE_CHUNK = 500
 # The kinds of rows leased (keys of the LeaseBook).
 _WATCH = "watch"
 _ENTRY = "outbox"
@@ -283,30 +285,65 @@ class SqliteStore:
     def record_completions(
         self, completions: Sequence[tuple[str, Completion]], *, now: float
     ) -> list[int | None]:
-        entry_ids: list[int | None] = []
+        """One transaction for all, set-based: the watches read by one statement per chunk, then
+        their operations; the rules applied per completion in order (a watch completed twice
+        in one batch is met the second time as the first left it: refused); each table's
+        writes by ``executemany``. The outbox entries are numbered here, one lease token for
+        the batch."""
+        entry_ids: list[int | None] = [None] * len(completions)
+        if not completions:
+            return entry_ids
+        held = [self._leases.held(_WATCH, watch_id) for watch_id, _ in completions]
         settled: list[tuple[str, bool]] = []
+        token = rules.lease_token(self.owner)
         with self._write() as conn:
-            for watch_id, completion in completions:
-                held = self._leases.held(_WATCH, watch_id)
-                watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
-                changes = rules.record_completion(watch, held, completion, now=now)
-                entry_id: int | None = None
+            found = select_in(conn, "watches", _WATCH_SELECT, "id", (w for w, _ in completions))
+            watches = rules.BatchRows({row["id"]: row for row in found})
+            ended: list[tuple[int, str, Completion, str, str]] = []
+            for index, (watch_id, completion) in enumerate(completions):
+                watch = watches.get(watch_id)
+                changes = rules.record_completion(watch, held[index], completion, now=now)
                 settled.append((watch_id, watch is None or changes is not None))
-                if watch is not None and changes is not None:
-                    update(conn, "watches", "id", watch_id, changes)
-                    operation, source = watch["operation"], watch["source"]
-                    self._store_final(conn, operation, source, "watch", completion, now)
-                    entry_id = self._enqueue(
-                        conn,
-                        completion.message,
-                        event_id=completion.event_id,
-                        operation=operation,
-                        watch_id=watch_id,
+                if watch is None or changes is None:
+                    continue
+                watches.write(watch_id, changes)
+                ended.append((index, watch_id, completion, watch["operation"], watch["source"]))
+            if ended:
+                names = (name for _, _, _, name, _ in ended)
+                tracked = select_in(conn, "operations", _OPERATION_SELECT, "name", names)
+                operations = rules.BatchRows({row["name"]: row for row in tracked})
+                for _, _, completion, name, source in ended:
+                    final = rules.store_final(
+                        operations.get(name),
+                        name,
+                        source=source,
+                        origin="watch",
+                        completion=completion,
                         now=now,
                     )
-                entry_ids.append(entry_id)
+                    operations.write(name, final)
+                put_many(conn, "watches", "id", watches.puts())
+                put_many(conn, "operations", "name", operations.puts())
+                ids = next_ids(conn, "outbox", len(ended))
+                entries = []
+                numbered = zip(ids, ended, strict=True)
+                for entry_id, (index, watch_id, completion, name, _) in numbered:
+                    entry = rules.new_outbox_entry(
+                        completion.message,
+                        event_id=completion.event_id,
+                        operation=name,
+                        watch_id=watch_id,
+                        now=now,
+                        token=token,
+                    )
+                    entries.append({"id": entry_id, **entry})
+                    entry_ids[index] = entry_id
+                insert_many(conn, "outbox", entries)
         for watch_id, wrote in settled:
             self._leases.settled(_WATCH, watch_id, wrote=wrote)
+        for written in entry_ids:
+            if written is not None:
+                self._leases.took(_ENTRY, written, token)
         return entry_ids
 
     def _store_final(
@@ -447,45 +484,35 @@ class SqliteStore:
             self._leases.took(_ENTRY, row["id"], token)
         return [rules.outbox_entry(row) for row in rows]
 
-    def _settle_watch(self, conn: sqlite3.Connection, watch_id: str | None, now: float) -> None:
-        if watch_id is None:
-            return
-        watch = select_one(conn, "watches", _WATCH_SELECT, "id = ?", (watch_id,))
-        if rules.settle_watch(watch):
-            state = {"state": int(WatchState.COMPLETED), "update_time": now}
-            update(conn, "watches", "id", watch_id, state)
-
     def mark_published(self, entry_id: int, *, now: float) -> None:
         self.mark_published_many([entry_id], now=now)
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
-        # The same rules as one entry at a time, a statement per chunk: read the entries,
-        # drop those still leased to us, complete their PUBLISHING watches.
-        held = {entry_id: self._leases.held(_ENTRY, entry_id) for entry_id in entry_ids}
-        wrote = dict.fromkeys(entry_ids, True)  # an entry already gone counts as settled
+        """One transaction, set-based: the entries read by one statement per chunk, those still
+        leased to us (:func:`~lrobridge.storage.rules.settle_publish`) deleted by one
+        ``executemany``, then their PUBLISHING watches read and completed the same way."""
+        wanted = list(dict.fromkeys(entry_ids))
+        if not wanted:
+            return
+        held = {entry_id: self._leases.held(_ENTRY, entry_id) for entry_id in wanted}
+        wrote = dict.fromkeys(wanted, True)  # an entry already gone counts as settled
         with self._write() as conn:
-            for start in range(0, len(entry_ids), _SETTLE_CHUNK):
-                chunk = tuple(entry_ids[start : start + _SETTLE_CHUNK])
-                entries = select_all(conn, "outbox", _OUTBOX_SELECT, _in("id", chunk), chunk)
-                dropped = []
-                for entry in entries:
-                    wrote[entry["id"]] = rules.settle_publish(entry, held[entry["id"]])
-                    if wrote[entry["id"]]:
-                        dropped.append(entry)
-                if not dropped:
-                    continue
-                ids = tuple(entry["id"] for entry in dropped)
-                conn.execute(f"DELETE FROM outbox WHERE {_in('id', ids)}", ids)
-                watch_ids = tuple(e["watch_id"] for e in dropped if e["watch_id"] is not None)
-                if not watch_ids:
-                    continue
-                watches = select_all(
-                    conn, "watches", _WATCH_SELECT, _in("id", watch_ids), watch_ids
+            dropped: list[dict[str, Any]] = []
+            for entry in select_in(conn, "outbox", _OUTBOX_SELECT, "id", wanted):
+                wrote[entry["id"]] = rules.settle_publish(entry, held[entry["id"]])
+                if wrote[entry["id"]]:
+                    dropped.append(entry)
+            if dropped:
+                conn.executemany("DELETE FROM outbox WHERE id = ?", [(e["id"],) for e in dropped])
+                watch_ids = (e["watch_id"] for e in dropped if e["watch_id"] is not None)
+                watches = select_in(conn, "watches", _WATCH_SELECT, "id", watch_ids)
+                completed = rules.Put({"state": int(WatchState.COMPLETED), "update_time": now})
+                put_many(
+                    conn,
+                    "watches",
+                    "id",
+                    {w["id"]: completed for w in watches if rules.settle_watch(w)},
                 )
-                completing = tuple(w["id"] for w in watches if rules.settle_watch(w))
-                if completing:
-                    state = {"state": int(WatchState.COMPLETED), "update_time": now}
-                    update_where(conn, "watches", _in("id", completing), completing, state)
         for entry_id, settled in wrote.items():
             self._leases.settled(_ENTRY, entry_id, wrote=settled)
 
@@ -759,11 +786,6 @@ class SqliteStore:
 
 
 _RUN_SELECT = ", ".join(rules.CALLBACK_RUN_FIELDS)
-
-
-def _in(column: str, values: Sequence[object]) -> str:
-    """``column IN (?, ?, ...)`` for ``values``."""
-    return f"{column} IN ({', '.join('?' * len(values))})"
 
 
 def _watch_row(row: Sequence[Any]) -> dict[str, Any]:
