@@ -77,9 +77,11 @@ _HTTP_STATUS = {
     Code.UNAUTHENTICATED: 401,
 }
 
-# Codes after which the same request may succeed later.
+# Codes after which the same request may succeed later. CANCELLED is the call's fate, not an
+# answer (a server or proxy shedding calls, a connection going away): asked again, it may succeed.
 RETRYABLE_CODES = frozenset(
     {
+        Code.CANCELLED,
         Code.UNAVAILABLE,
         Code.DEADLINE_EXCEEDED,
         Code.RESOURCE_EXHAUSTED,
@@ -244,7 +246,7 @@ def classify_api_error(exc: BaseException) -> BridgeError:
         if http_code == 429 or http_code >= 500:
             return Unavailable(f"HTTP {http_code}: {message}")
         for rpc_code, status in _HTTP_STATUS.items():
-            if status == http_code and rpc_code in _BY_CODE:
-                return _BY_CODE[rpc_code](str(message))
+            if status == http_code and (rpc_code in _BY_CODE or rpc_code in RETRYABLE_CODES):
+                return error_for_code(rpc_code, str(message))
         return OtherPermanentError(f"HTTP {http_code}: {message}", code=Code.FAILED_PRECONDITION)
     return Unavailable(f"{type(exc).__name__}: {message}")

@@ -259,6 +259,7 @@ def test_grpc_wait_longer_than_the_rpc_deadline_returns_the_state_within_the_dea
         (Code.INTERNAL, TransientError),
         (Code.DEADLINE_EXCEEDED, TransientError),
         (Code.UNIMPLEMENTED, Unimplemented),
+        (Code.CANCELLED, TransientError),  # a call the server shed: asked again, it may succeed
     ],
 )
 def test_injected_failure_maps_into_the_error_tree(
