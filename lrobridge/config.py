@@ -127,7 +127,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "5000",
         "WaitOperation long polls held open at once per source; other due watches use Get. "
         "Each held poll costs the watcher about 30 KiB (measured, grpc.aio); they run on "
-        "long-poll channels of their own, at most 90 per connection.",
+        "long-poll channels of their own, at most 90 per connection. Each is renewed every "
+        "LROBRIDGE_LONG_POLL_TIMEOUT: mind the API's request quota.",
     ),
     "LROBRIDGE_LONG_POLL_TIMEOUT": ("30s", "Longest single WaitOperation call (1s-10m)."),
     "LROBRIDGE_WATCHER_LEASE": (
