@@ -46,8 +46,9 @@ MIN_WATCHES = 2  # a collection with fewer watches is polled per operation
 RETRY_AFTER_ERROR = 30.0
 PAGE_SIZE = 1000
 # What one listed operation costs the watcher, in single polls: one GetOperation costs about as
-# much CPU as handling 50 listed operations (measured on grpc.aio: ~0.3 ms vs ~6 us each).
-OPERATIONS_PER_CALL = 50
+# much CPU as handling 85 listed operations (`python bench/sweep_cost.py` on a quiet 2-core
+# machine: 397 us per Get, 4.6 us per listed operation); a little under it, to stay cheaper.
+OPERATIONS_PER_CALL = 80
 
 
 class SweepStatus(enum.Enum):
