@@ -331,15 +331,17 @@ class OutboxRelay:
         alone: bool,
     ) -> None:
         """Settle ``entry`` once ``future`` (its publish) resolves. A message Pub/Sub refuses
-        for good in a shared request is published again alone, so the refusal is its own."""
+        for good in a shared request is published again in a request of its own, so the refusal
+        is its own."""
 
         def answered(done: Future[str], *, inline: bool) -> None:
             error = done.exception()
             if error is not None and not alone and _permanent(error):
                 tracing.end(span, None)
-                with self._lock:
-                    self._in_flight.pop(entry.id, None)
-                self._publish(entry, settled)
+                # Again in a Publish request of its own, still in flight: publish() would put
+                # it in the client library's shared batches of unordered messages, and one
+                # refusal would fail (and quarantine) every message of such a batch.
+                self._publish_batch([(entry, settled)])
                 return
             _observe_publish(span, started, error)
             self._answered(entry, done, settled, inline=inline)
