@@ -82,7 +82,10 @@ class PubSubPublisher:
     resolves to the message id, or fails with a ``BridgeError`` (the library's exception is its
     ``__cause__``) once the ordering key is already resumed. With ordering on, the library
     retries transient errors without a deadline, so only permanent errors (NOT_FOUND,
-    PERMISSION_DENIED, ...) fail a future.
+    PERMISSION_DENIED, ...) fail a future. ``publish_batch``'s requests retry transient errors
+    with the GAPIC default (up to 10 minutes), then fail their futures as UNAVAILABLE; the
+    caller's own backoff takes over from there (a retried request may publish twice: the
+    messages carry their event id).
     """
 
     def __init__(
