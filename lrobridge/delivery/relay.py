@@ -11,9 +11,10 @@ accepted is lost; republishing keeps its ``event_id``, so subscribers deduplicat
 
 Stuck publishing is never silent and never noisy: a failed publish, or one Pub/Sub has not
 answered by the time its lease ended (the client library retries transient errors, one message
-at a time without a deadline, a shared Publish request for up to 10 minutes), is written to the watch waiting on it (``lastError``: ``publishing: ...``), and the log
-says why once, when publishing starts failing (again at WARNING only when the kind of failure
-changes), then at DEBUG per retry, and at INFO when a publish goes through again. A
+at a time without a deadline, a shared Publish request for up to 10 minutes), is written to
+the watch waiting on it (``lastError``: ``publishing: ...``), and the log says why once, when
+publishing starts failing (again at WARNING only when the kind of failure changes), then at
+DEBUG per retry, and at INFO when a publish goes through again. A
 :class:`~lrobridge.errors.ConfigError` (no project) is retried like a transient failure, never
 quarantined: fixing the configuration and restarting publishes what is waiting.
 
