@@ -31,7 +31,7 @@ import dataclasses
 import json
 import secrets
 import threading
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeGuard, TypeVar, cast
 
 from lrobridge.config import QUARANTINE_MAX_AGE, QUARANTINE_MAX_BYTES
@@ -363,6 +363,54 @@ def record_completion(
         "last_error_message": "",
         "lease_owner": "",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class EndedWatch:
+    """A watch a batch of completions moves to PUBLISHING: its outbox entry is to be written."""
+
+    index: int  # in the batch
+    watch_id: str
+    completion: Completion
+    operation: str
+    source: str
+
+
+def record_completions(
+    watches: BatchRows[str],
+    held: Sequence[object | None],
+    completions: Sequence[tuple[str, Completion]],
+    *,
+    now: float,
+) -> tuple[list[EndedWatch], list[tuple[str, bool]]]:
+    """:func:`record_completion` for a batch, in order, on ``watches`` (the batch's rows, each
+    read as the batch left it): the watches it ended, and per completion whether the lease it
+    was recorded under is settled by writing (``(watch_id, wrote)``)."""
+    ended: list[EndedWatch] = []
+    settled: list[tuple[str, bool]] = []
+    for index, (watch_id, completion) in enumerate(completions):
+        watch = watches.get(watch_id)
+        changes = record_completion(watch, held[index], completion, now=now)
+        settled.append((watch_id, watch is None or changes is not None))
+        if watch is None or changes is None:
+            continue
+        watches.write(watch_id, changes)
+        ended.append(EndedWatch(index, watch_id, completion, watch["operation"], watch["source"]))
+    return ended, settled
+
+
+def store_finals(operations: BatchRows[str], ended: Iterable[EndedWatch], *, now: float) -> None:
+    """:func:`store_final` of each ended watch's operation, on ``operations`` (the batch's)."""
+    for watch in ended:
+        final = store_final(
+            operations.get(watch.operation),
+            watch.operation,
+            source=watch.source,
+            origin="watch",
+            completion=watch.completion,
+            now=now,
+        )
+        operations.write(watch.operation, final)
 
 
 def record_failure(

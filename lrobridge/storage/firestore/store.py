@@ -459,46 +459,28 @@ class FirestoreStore:
         def body(tx: Transaction) -> tuple[list[int | None], list[tuple[str, bool]]]:
             watches = rules.BatchRows(self._read_all(tx, watch_refs))
             entry_ids: list[int | None] = [None] * len(completions)
-            settled: list[tuple[str, bool]] = []
-            ended: list[tuple[int, str, Completion, str, str]] = []
-            for index, (watch_id, completion) in enumerate(completions):
-                watch = watches.get(watch_id)
-                changes = rules.record_completion(watch, held[index], completion, now=now)
-                settled.append((watch_id, watch is None or changes is not None))
-                if watch is None or changes is None:
-                    continue
-                watches.write(watch_id, changes)
-                ended.append((index, watch_id, completion, watch["operation"], watch["source"]))
+            ended, settled = rules.record_completions(watches, held, completions, now=now)
             if not ended:
                 return entry_ids, settled
-            op_refs = {name: self._operation_ref(name) for _, _, _, name, _ in ended}
+            op_refs = {watch.operation: self._operation_ref(watch.operation) for watch in ended}
             operations = rules.BatchRows(self._read_all(tx, op_refs))
-            for _, _, completion, name, source in ended:
-                final = rules.store_final(
-                    operations.get(name),
-                    name,
-                    source=source,
-                    origin="watch",
-                    completion=completion,
-                    now=now,
-                )
-                operations.write(name, final)
+            rules.store_finals(operations, ended, now=now)
             for watch_id, put in watches.puts().items():
                 _put(tx, watch_refs[watch_id], put)
             for name, put in operations.puts().items():
                 _put(tx, op_refs[name], put)
-            for index, watch_id, completion, name, _ in ended:
+            for watch in ended:
                 self._enqueue(
                     tx,
-                    new_ids[index],
-                    completion.message,
-                    event_id=completion.event_id,
-                    operation=name,
-                    watch_id=watch_id,
+                    new_ids[watch.index],
+                    watch.completion.message,
+                    event_id=watch.completion.event_id,
+                    operation=watch.operation,
+                    watch_id=watch.watch_id,
                     now=now,
                     token=token,
                 )
-                entry_ids[index] = new_ids[index]
+                entry_ids[watch.index] = new_ids[watch.index]
             return entry_ids, settled
 
         entry_ids, settled = self.db.transact("record the completions", body)

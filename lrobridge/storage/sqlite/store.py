@@ -294,50 +294,31 @@ class SqliteStore:
         if not completions:
             return entry_ids
         held = [self._leases.held(_WATCH, watch_id) for watch_id, _ in completions]
-        settled: list[tuple[str, bool]] = []
         token = rules.lease_token(self.owner)
         with self._write() as conn:
             found = select_in(conn, "watches", _WATCH_SELECT, "id", (w for w, _ in completions))
             watches = rules.BatchRows({row["id"]: row for row in found})
-            ended: list[tuple[int, str, Completion, str, str]] = []
-            for index, (watch_id, completion) in enumerate(completions):
-                watch = watches.get(watch_id)
-                changes = rules.record_completion(watch, held[index], completion, now=now)
-                settled.append((watch_id, watch is None or changes is not None))
-                if watch is None or changes is None:
-                    continue
-                watches.write(watch_id, changes)
-                ended.append((index, watch_id, completion, watch["operation"], watch["source"]))
+            ended, settled = rules.record_completions(watches, held, completions, now=now)
             if ended:
-                names = (name for _, _, _, name, _ in ended)
+                names = (watch.operation for watch in ended)
                 tracked = select_in(conn, "operations", _OPERATION_SELECT, "name", names)
                 operations = rules.BatchRows({row["name"]: row for row in tracked})
-                for _, _, completion, name, source in ended:
-                    final = rules.store_final(
-                        operations.get(name),
-                        name,
-                        source=source,
-                        origin="watch",
-                        completion=completion,
-                        now=now,
-                    )
-                    operations.write(name, final)
+                rules.store_finals(operations, ended, now=now)
                 put_many(conn, "watches", "id", watches.puts())
                 put_many(conn, "operations", "name", operations.puts())
                 ids = next_ids(conn, "outbox", len(ended))
                 entries = []
-                numbered = zip(ids, ended, strict=True)
-                for entry_id, (index, watch_id, completion, name, _) in numbered:
+                for entry_id, watch in zip(ids, ended, strict=True):
                     entry = rules.new_outbox_entry(
-                        completion.message,
-                        event_id=completion.event_id,
-                        operation=name,
-                        watch_id=watch_id,
+                        watch.completion.message,
+                        event_id=watch.completion.event_id,
+                        operation=watch.operation,
+                        watch_id=watch.watch_id,
                         now=now,
                         token=token,
                     )
                     entries.append({"id": entry_id, **entry})
-                    entry_ids[index] = entry_id
+                    entry_ids[watch.index] = entry_id
                 insert_many(conn, "outbox", entries)
         for watch_id, wrote in settled:
             self._leases.settled(_WATCH, watch_id, wrote=wrote)
