@@ -62,6 +62,22 @@ class Received(Generic[T]):
     headers: dict[str, str]  # the request's headers, lower case, without the credential
 
 
+def credential_error(
+    verifier: TokenVerifier | None, lowered: Mapping[str, str]
+) -> BridgeError | None:
+    """Why the request's credential (the one Cloud Run checked, see
+    :func:`~lrobridge.core.access.platform_checked_credential`; headers in lower case) fails
+    ``verifier`` (its ``code`` is the 401/403 to answer); None when it passes or nothing is
+    checked."""
+    if verifier is None:
+        return None
+    try:
+        verifier.verify(platform_checked_credential(lowered))
+    except BridgeError as exc:
+        return exc
+    return None
+
+
 def receive(
     body: bytes,
     headers: Mapping[str, str],
@@ -76,13 +92,10 @@ def receive(
     when it fails), decode the envelope and, with ``decode``, what it carries; a request that
     can never be processed is kept whole in the quarantine with its reason and acknowledged."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    if verifier is not None:
-        try:
-            verifier.verify(platform_checked_credential(lowered))
-        except BridgeError as exc:
-            log.warning("%s refused: %s", what, exc.message)
-            metrics.push(what, "refused")
-            return PushResponse(exc.code.http_status, exc.to_status_json())
+    if (refusal := credential_error(verifier, lowered)) is not None:
+        log.warning("%s refused: %s", what, refusal.message)
+        metrics.push(what, "refused")
+        return PushResponse(refusal.code.http_status, refusal.to_status_json())
     kept_headers = {
         k: v for k, v in lowered.items() if k not in ("authorization", SERVERLESS_AUTHORIZATION)
     }

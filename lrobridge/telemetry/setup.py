@@ -179,27 +179,23 @@ def _configure_tracing(names: list[str], resource: Resource, env: Mapping[str, s
 
 
 def _otlp_span_exporter(env: Mapping[str, str]) -> Any:
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-    )
-    transport = "grpc" if protocol.strip() == "grpc" else "http"
-    exporter = _load(
-        f"opentelemetry.exporter.otlp.proto.{transport}.trace_exporter",
-        "OTLPSpanExporter",
-        f"the OTLP ({protocol}) span exporter",
-    )
-    return exporter()
+    return _otlp_exporter(env, "traces", "trace_exporter", "OTLPSpanExporter", "span")
 
 
 def _otlp_metric_exporter(env: Mapping[str, str]) -> Any:
-    protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get(
+    return _otlp_exporter(env, "metrics", "metric_exporter", "OTLPMetricExporter", "metric")
+
+
+def _otlp_exporter(env: Mapping[str, str], signal: str, module: str, name: str, what: str) -> Any:
+    """The OTLP exporter of ``signal`` over the protocol the OTEL_* variables ask for."""
+    protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
     transport = "grpc" if protocol.strip() == "grpc" else "http"
     exporter = _load(
-        f"opentelemetry.exporter.otlp.proto.{transport}.metric_exporter",
-        "OTLPMetricExporter",
-        f"the OTLP ({protocol}) metric exporter",
+        f"opentelemetry.exporter.otlp.proto.{transport}.{module}",
+        name,
+        f"the OTLP ({protocol}) {what} exporter",
     )
     return exporter()
 

@@ -77,6 +77,7 @@ from lrobridge.errors import (
 from lrobridge.ports import EventLedger, OperationsSource, OperationStore, Publisher
 from lrobridge.proto.v1 import watch_pb2
 from lrobridge.telemetry import metrics, tracing
+from lrobridge.watching.observation import get_observation
 from lrobridge.watching.resource import watch_to_json
 
 log = logging.getLogger(__name__)
@@ -552,14 +553,9 @@ class WatchHandler:
 
     def _poll(self, watch: WatchMessage) -> codec.Snapshot | BridgeError:
         self.stats.polls += 1
-        try:
-            return self._sources(watch.source).get_operation(
-                watch.operation, timeout=self._rpc_timeout
-            )
-        except BridgeError as exc:
-            return exc
-        except Exception as exc:  # an adapter let a library error through
-            return classify_api_error(exc)
+        return get_observation(
+            self._sources, watch.source, watch.operation, timeout=self._rpc_timeout
+        )
 
     def _observe(
         self,

@@ -52,18 +52,17 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from lrobridge.core import codec
-from lrobridge.core.access import SERVERLESS_AUTHORIZATION, platform_checked_credential
+from lrobridge.core.access import SERVERLESS_AUTHORIZATION
 from lrobridge.core.names import validate_resource_id
 from lrobridge.core.poll import PollDecision, Step, decide
 from lrobridge.core.records import OutboxEntry, WatchRecord, WatchState
 from lrobridge.delivery import relay
-from lrobridge.delivery.push import PushResponse, TokenVerifier
+from lrobridge.delivery.push import PushResponse, TokenVerifier, credential_error
 from lrobridge.errors import (
     BridgeError,
     Code,
     FailedPrecondition,
     InvalidArgument,
-    classify_api_error,
 )
 from lrobridge.ports import (
     EventLedger,
@@ -73,6 +72,7 @@ from lrobridge.ports import (
     TaskQueue,
     WatchStore,
 )
+from lrobridge.watching.observation import get_observation
 
 log = logging.getLogger(__name__)
 
@@ -300,13 +300,9 @@ class TaskWatchHandler:
 
     def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         lowered = {k.lower(): v for k, v in headers.items()}
-        if self._verifier is not None:
-            try:
-                # The audience is configuration, never the URL the request names; the token
-                # is the one Cloud Run checked (X-Serverless-Authorization when sent).
-                self._verifier.verify(platform_checked_credential(lowered))
-            except BridgeError as exc:
-                return PushResponse(exc.code.http_status, exc.to_status_json())
+        # The audience is configuration, never the URL the request names.
+        if (refusal := credential_error(self._verifier, lowered)) is not None:
+            return PushResponse(refusal.code.http_status, refusal.to_status_json())
         lowered.pop("authorization", None)
         lowered.pop(SERVERLESS_AUTHORIZATION, None)
         try:
@@ -341,21 +337,16 @@ class TaskWatchHandler:
         if self.keep_lateness:
             self.stats.lateness.append((task.watch_id, started - task.due))
         record = self._store.get_operation(watch.operation)
-        deleted = record is not None and record.outcome == "deleted"
+        deleted = record is not None and record.outcome == codec.DELETED
         observed = None if deleted else self._poll(watch)
         decision = decide(watch, observed, now=self._clock(), deleted=deleted)
         return self._apply(watch, decision)
 
     def _poll(self, watch: WatchRecord) -> codec.Snapshot | BridgeError:
         self.stats.polls += 1
-        try:
-            return self._sources(watch.source).get_operation(
-                watch.operation, timeout=self._rpc_timeout
-            )
-        except BridgeError as exc:
-            return exc
-        except Exception as exc:  # an adapter let a library error through
-            return classify_api_error(exc)
+        return get_observation(
+            self._sources, watch.source, watch.operation, timeout=self._rpc_timeout
+        )
 
     def _apply(self, watch: WatchRecord, decision: PollDecision) -> PushResponse:
         """Execute one poll decision against the store, then Cloud Tasks or Pub/Sub."""

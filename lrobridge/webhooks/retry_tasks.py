@@ -23,9 +23,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from lrobridge.core.access import platform_checked_credential
 from lrobridge.core.names import validate_resource_id
-from lrobridge.delivery.push import PushResponse, TokenVerifier
+from lrobridge.delivery.push import PushResponse, TokenVerifier, credential_error
 from lrobridge.errors import BridgeError, Code, InvalidArgument
 from lrobridge.ports import TaskQueue
 from lrobridge.webhooks.model import DeliveryState, WebhookStore
@@ -114,12 +113,8 @@ class RetryTaskHandler:
 
     def handle(self, body: bytes, headers: Mapping[str, str]) -> PushResponse:
         lowered = {k.lower(): v for k, v in headers.items()}
-        if self._verifier is not None:
-            try:
-                # The token Cloud Run checked (X-Serverless-Authorization when sent).
-                self._verifier.verify(platform_checked_credential(lowered))
-            except BridgeError as exc:
-                return PushResponse(exc.code.http_status, exc.to_status_json())
+        if (refusal := credential_error(self._verifier, lowered)) is not None:
+            return PushResponse(refusal.code.http_status, refusal.to_status_json())
         try:
             delivery_id, attempt = decode_retry_task(body)
         except InvalidArgument as exc:
