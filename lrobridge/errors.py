@@ -16,7 +16,10 @@ guessing from exception types::
     │   └── PermissionDenied          PERMISSION_DENIED (HTTP 403)
     └── TransientError                retry with backoff, nack
         ├── Unavailable               UNAVAILABLE  (source down, HTTP 429/5xx, Pub/Sub down)
-        └── DeadlineExceeded          DEADLINE_EXCEEDED
+        ├── DeadlineExceeded          DEADLINE_EXCEEDED
+        └── PartialCommit             a batched write failed after committing its first items:
+                                      ``committed`` says what they wrote, ``error`` why the
+                                      rest did not; write the rest again
 
 Errors raised by google-api-core (``google.api_core.exceptions.GoogleAPICallError``) are
 classified into this tree by :func:`classify_api_error`, which is the only place that knows
@@ -190,6 +193,26 @@ class DeadlineExceeded(TransientError):
     """A call took longer than its deadline; retrying may help: HTTP 504."""
 
     code = Code.DEADLINE_EXCEEDED
+
+
+class PartialCommit(TransientError):
+    """A write committed in several transactions (a Firestore batch, chunk by chunk) that failed
+    after the first of them committed: what did commit stays, the rest was not written.
+
+    ``committed`` holds the results of the first ``len(committed)`` items, in input order, as
+    the call would have returned them (for ``record_completions``: the outbox entry id, None
+    where the rules refused it); ``error`` is the failure of the rest, which carries its code.
+    Transient as a whole, since writing the rest again is how it recovers; when ``error`` is
+    permanent, the caller writes the rest one at a time to find the item that cannot be."""
+
+    def __init__(self, committed: list[Any], error: BridgeError) -> None:
+        super().__init__(
+            f"{len(committed)} item(s) committed, then: {error.message}",
+            details=error.details,
+            code=error.code,
+        )
+        self.committed = committed
+        self.error = error
 
 
 class OtherPermanentError(PermanentError):

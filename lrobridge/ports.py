@@ -187,7 +187,9 @@ class WatchStore(Protocol):
         entry and the outcome it would get alone, in order (a watch twice in one batch: the
         second is refused), in one transaction for all (SQLite) or per chunk (Firestore: 150
         completions per commit); the entry ids in input order, None where nothing was
-        written."""
+        written. A chunk failing after earlier ones committed raises
+        :class:`~lrobridge.errors.PartialCommit` with their entry ids (publish those now,
+        record the rest again)."""
         ...
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
@@ -229,7 +231,8 @@ class Outbox(Protocol):
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
         """:meth:`mark_published` for each of ``entry_ids`` (repeats and unknown ids are
         harmless), in one transaction for all (SQLite) or per chunk (Firestore: 200 entries
-        per commit); the relay settles what Pub/Sub acknowledged in bulk."""
+        per commit, a later chunk failing raises :class:`~lrobridge.errors.PartialCommit` with
+        the ids settled); the relay settles what Pub/Sub acknowledged in bulk."""
         ...
 
     def retry_publish(

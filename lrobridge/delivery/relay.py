@@ -33,7 +33,7 @@ from concurrent.futures import Future, wait
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import Completion, OutboxEntry, PendingMessage
-from lrobridge.errors import ConfigError, InvalidArgument
+from lrobridge.errors import ConfigError, InvalidArgument, PartialCommit
 from lrobridge.ports import BatchPublisher, Outbox, Publisher
 from lrobridge.telemetry import metrics, tracing
 
@@ -398,6 +398,9 @@ class OutboxRelay:
         try:
             self._outbox.mark_published_many([entry.id for entry, _ in batch], now=self._clock())
             done = len(batch)
+        except PartialCommit as partial:  # the rest stays leased: a later drain republishes it
+            done = len(partial.committed)
+            log.warning("settled %d of %d published outbox entries: %s", done, len(batch), partial)
         except Exception:  # the store is closing; the lease makes a later drain retry them
             log.exception("could not settle %d published outbox entries", len(batch))
         finally:

@@ -21,7 +21,10 @@ watch becomes COMPLETED only when Pub/Sub acknowledged it. A watcher killed at a
 therefore loses no watch (its leases end, or :meth:`~lrobridge.storage.WatchStore.recover` takes
 them back at once on SQLite) and no completion (republished with the same ``event_id``); what
 it loses is at most the poll counts since the last write. Stopping gives every held watch back
-with its real next poll, so a successor resumes at once.
+with its real next poll, so a successor resumes at once. Completions are committed in groups
+(``record_completions``); when a chunked store (Firestore) commits part of a group and then
+fails (:class:`~lrobridge.errors.PartialCommit`), the committed part is announced and published
+at once and only the rest waits for the next flush.
 
 Per source at most ``long_poll_slots`` WaitOperation long polls are held at once; other due
 watches use GetOperation. A held long poll does not count against the concurrency: once a poll
@@ -60,6 +63,7 @@ from lrobridge.errors import (
     Code,
     InvalidArgument,
     OtherTransientError,
+    PartialCommit,
     TransientError,
     Unavailable,
     Unimplemented,
@@ -852,6 +856,9 @@ class Watcher:
         batch, self._completions = self._completions[:FLUSH_BATCH], self._completions[FLUSH_BATCH:]
         try:
             await self._db(self._complete_many, batch)
+        except PartialCommit as partial:  # the committed ones are announced and published
+            self._completions[:0] = batch[len(partial.committed) :]  # the rest: the next flush
+            raise
         except BridgeError:
             self._completions[:0] = batch  # committed with the next flush
             raise
@@ -875,13 +882,33 @@ class Watcher:
             done.append((watch, outcome, message))
         try:
             entry_ids = self._store.record_completions([(w.id, c) for w, _, c in done], now=now)
+        except PartialCommit as partial:  # a chunked store committed the first ones only
+            self._announce_all(done, partial.committed)
+            if not isinstance(partial.error, InvalidArgument):
+                raise  # the rest is committed with the next flush
+            rest = done[len(partial.committed) :]
+            log.warning("a completion cannot be stored; recording %d one at a time", len(rest))
+            for watch, outcome, completion in rest:
+                self._complete_one(watch, outcome, completion, now)
+            return
         except InvalidArgument:  # one of them can never be stored: find it, one at a time
             for watch, outcome, completion in done:
                 self._complete_one(watch, outcome, completion, now)
             return
+        self._announce_all(done, entry_ids)
+
+    def _announce_all(
+        self,
+        done: Sequence[tuple[WatchRecord, codec.Outcome, Completion]],
+        entry_ids: Sequence[int | None],
+    ) -> None:
+        """Announce and publish the committed completions: ``entry_ids`` holds the results of
+        the first ``len(entry_ids)`` of ``done``."""
         entries = [
             entry
-            for (watch, outcome, completion), entry_id in zip(done, entry_ids, strict=True)
+            for (watch, outcome, completion), entry_id in zip(
+                done[: len(entry_ids)], entry_ids, strict=True
+            )
             if (entry := self._announce(watch, outcome, completion, entry_id)) is not None
         ]
         self._publish(*entries)

@@ -54,8 +54,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
@@ -80,7 +80,7 @@ from lrobridge.core.records import (
     WatchRecord,
     WatchState,
 )
-from lrobridge.errors import AlreadyExists, NotFound, Unavailable
+from lrobridge.errors import AlreadyExists, BridgeError, NotFound, PartialCommit, Unavailable
 from lrobridge.storage import rules
 from lrobridge.storage.firestore.client import (
     DEFAULT_PREFIX,
@@ -127,6 +127,8 @@ _PUBLISHING = int(WatchState.PUBLISHING)
 _WATCH = "watch"
 _ENTRY = "outbox"
 _RUN = "callback_run"
+_Item = TypeVar("_Item")
+_R = TypeVar("_R")
 
 if TYPE_CHECKING:
     Doc = DocumentSnapshot[Any]
@@ -423,20 +425,13 @@ class FirestoreStore:
         """One transaction per chunk (:meth:`_record_completions`): at most
         :data:`COMPLETIONS_PER_COMMIT` completions (each writes three documents; a commit
         holds at most 500 writes) and about :data:`COMMIT_BYTES` of operation data (each
-        completion's is written twice: its operation and its outbox entry)."""
-        entry_ids: list[int | None] = []
-        chunk: list[tuple[str, Completion]] = []
-        size = 0
-        for item in completions:
-            cost = 2 * len(item[1].message.data) + 2048
-            if chunk and (len(chunk) == COMPLETIONS_PER_COMMIT or size + cost > COMMIT_BYTES):
-                entry_ids += self._record_completions(chunk, now=now)
-                chunk, size = [], 0
-            chunk.append(item)
-            size += cost
-        if chunk:
-            entry_ids += self._record_completions(chunk, now=now)
-        return entry_ids
+        completion's is written twice: its operation and its outbox entry). A chunk that fails
+        after others committed raises :class:`~lrobridge.errors.PartialCommit` with their entry
+        ids (:func:`_in_chunks`)."""
+        return _in_chunks(
+            _completion_chunks(completions),
+            lambda chunk: self._record_completions(chunk, now=now),
+        )
 
     def record_completion(self, watch_id: str, completion: Completion, *, now: float) -> int | None:
         return self._record_completions([(watch_id, completion)], now=now)[0]
@@ -609,12 +604,16 @@ class FirestoreStore:
 
     def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
         """One transaction per :data:`SETTLES_PER_COMMIT` entries (each deletes its entry and
-        completes its watch: two writes; a commit holds at most 500)."""
+        completes its watch: two writes; a commit holds at most 500); a chunk that fails after
+        others committed raises :class:`~lrobridge.errors.PartialCommit` with the ids they
+        settled."""
         wanted = list(dict.fromkeys(entry_ids))
-        for start in range(0, len(wanted), SETTLES_PER_COMMIT):
-            self._mark_published(wanted[start : start + SETTLES_PER_COMMIT], now=now)
+        _in_chunks(
+            (wanted[i : i + SETTLES_PER_COMMIT] for i in range(0, len(wanted), SETTLES_PER_COMMIT)),
+            lambda chunk: self._mark_published(chunk, now=now),
+        )
 
-    def _mark_published(self, entry_ids: Sequence[int], *, now: float) -> None:
+    def _mark_published(self, entry_ids: Sequence[int], *, now: float) -> list[int]:
         """In one transaction: the entries read at once, those still leased to us
         (:func:`~lrobridge.storage.rules.settle_publish`) deleted, their PUBLISHING watches
         (read at once too) completed."""
@@ -646,6 +645,7 @@ class FirestoreStore:
         wrote = self.db.transact("settle the published messages", body)
         for entry_id, settled in wrote.items():
             self._leases.settled(_ENTRY, entry_id, wrote=settled)
+        return list(entry_ids)
 
     def retry_publish(
         self, entry_id: int, *, next_attempt: float, error_message: str, now: float
@@ -1112,3 +1112,40 @@ def _put(tx: Transaction, ref: DocumentReference, put: rules.Put | None) -> None
         tx.set(ref, put.fields)
     else:
         tx.update(ref, put.fields)
+
+
+def _in_chunks(
+    chunks: Iterable[Sequence[_Item]], write: Callable[[Sequence[_Item]], list[_R]]
+) -> list[_R]:
+    """``write`` (one transaction) applied to each chunk in turn, the results joined in input
+    order. A chunk that fails after earlier ones committed raises
+    :class:`~lrobridge.errors.PartialCommit` carrying their results, so the caller acts on
+    what is written at once and writes only the rest again; a failure of the first chunk is
+    raised as it is (nothing was written)."""
+    results: list[_R] = []
+    for index, chunk in enumerate(chunks):
+        try:
+            results += write(chunk)
+        except BridgeError as exc:
+            if index == 0:
+                raise
+            raise PartialCommit(results, exc) from exc
+    return results
+
+
+def _completion_chunks(
+    completions: Sequence[tuple[str, Completion]],
+) -> Iterator[list[tuple[str, Completion]]]:
+    """``completions`` cut into commits of at most :data:`COMPLETIONS_PER_COMMIT` and about
+    :data:`COMMIT_BYTES` of operation data (each written twice: operation and outbox entry)."""
+    chunk: list[tuple[str, Completion]] = []
+    size = 0
+    for item in completions:
+        cost = 2 * len(item[1].message.data) + 2048
+        if chunk and (len(chunk) == COMPLETIONS_PER_COMMIT or size + cost > COMMIT_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += cost
+    if chunk:
+        yield chunk
