@@ -24,12 +24,13 @@ _STREAM_STREAM = ("Write", "Listen")
 
 class FaultyProxy:
     """Forwards raw bytes of every method to ``target``; :meth:`fail` makes the next calls of
-    one method (matched by its last path segment) end with ``code`` before reaching it."""
+    one method (matched by its last path segment, after letting ``after`` through) end with
+    ``code`` before reaching it."""
 
     def __init__(self, target: str) -> None:
         self._channel = grpc.insecure_channel(target)
         self._lock = threading.Lock()
-        self._faults: dict[str, tuple[int, grpc.StatusCode]] = {}
+        self._faults: dict[str, tuple[int, int, grpc.StatusCode]] = {}
         self.calls: collections.Counter[str] = collections.Counter()
         self.failed: collections.Counter[str] = collections.Counter()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -45,17 +46,21 @@ class FaultyProxy:
         self._server.stop(grace=None)
         self._channel.close()
 
-    def fail(self, method: str, *, times: int, code: grpc.StatusCode) -> None:
+    def fail(self, method: str, *, times: int, code: grpc.StatusCode, after: int = 0) -> None:
+        """Fail the ``times`` calls of ``method`` that follow the next ``after`` ones."""
         with self._lock:
-            self._faults[method] = (times, code)
+            self._faults[method] = (after, times, code)
 
     def _fault(self, method: str) -> grpc.StatusCode | None:
         with self._lock:
             self.calls[method] += 1
-            times, code = self._faults.get(method, (0, grpc.StatusCode.OK))
+            after, times, code = self._faults.get(method, (0, 0, grpc.StatusCode.OK))
+            if after > 0:
+                self._faults[method] = (after - 1, times, code)
+                return None
             if times <= 0:
                 return None
-            self._faults[method] = (times - 1, code)
+            self._faults[method] = (0, times - 1, code)
             self.failed[method] += 1
             return code
 

@@ -17,7 +17,7 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import OutboxEntry, WatchState
 from lrobridge.delivery import relay
 from lrobridge.delivery.relay import OutboxRelay
-from lrobridge.errors import InvalidArgument, Unavailable
+from lrobridge.errors import InvalidArgument, PartialCommit, Unavailable
 from lrobridge.ports import BatchPublisher
 from lrobridge.storage.sqlite.store import SqliteStore
 
@@ -180,3 +180,70 @@ def test_an_outage_during_a_batch_reschedules_every_entry_and_a_drain_sends_them
     assert relay_.drain(settle=30) == 10
     assert store.outbox_size() == 0
     assert [len(batch) for batch in publisher.batches] == [10, 10]
+
+
+class SettlesPartWay(SqliteStore):
+    """A store whose first batched settle, like Firestore's chunked one, settles the first half
+    of the entries and then fails the rest (:class:`~lrobridge.errors.PartialCommit`)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.settle_calls: list[list[int]] = []
+
+    def mark_published_many(self, entry_ids: Sequence[int], *, now: float) -> None:
+        self.settle_calls.append(list(entry_ids))
+        if len(self.settle_calls) > 1:
+            return super().mark_published_many(entry_ids, now=now)
+        half = list(entry_ids)[: len(entry_ids) // 2]
+        super().mark_published_many(half, now=now)
+        raise PartialCommit(half, Unavailable("chunk 2: deadline exceeded"))
+
+
+class AnsweredLater(Batches):
+    """A BatchPublisher whose requests are answered (all accepted) when :meth:`answer` is
+    called, after the relay has handed every message over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Future[str]] = []
+
+    def publish_batch(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[Future[str]]:
+        self.batches.append([(data, dict(attributes)) for data, attributes in messages])
+        futures: list[Future[str]] = [Future() for _ in messages]
+        self.waiting += futures
+        return futures
+
+    def answer(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for i, future in enumerate(waiting):
+            future.set_result(f"m{i}")
+
+
+def test_a_settle_that_commits_part_way_counts_what_it_settled_and_a_drain_sends_the_rest() -> None:
+    store = SettlesPartWay()
+    try:
+        publisher = AnsweredLater()
+        clock = [NOW]
+        relay_ = OutboxRelay(store, publisher, clock=lambda: clock[0])
+        entries = committed(store, 10)
+        relay_.publish_many(entries)
+        publisher.answer()
+        assert relay_.flush(timeout=30)
+        [first] = store.settle_calls
+        assert len(first) == 10  # the acknowledgements were settled together
+        assert relay_.published == 5 and store.outbox_size() == 5
+        # The rest stays leased to the relay and is published again once its lease ends, with
+        # its own event id; the settled half is never sent again.
+        clock[0] = NOW + 3600
+        assert relay_.drain() == 5
+        publisher.answer()
+        assert relay_.flush(timeout=30)
+        assert store.outbox_size() == 0 and relay_.published == 10
+        sent = [attributes["event_id"] for batch in publisher.batches for _, attributes in batch]
+        assert sorted(sent) == sorted(
+            [e.event_id for e in entries] + [e.event_id for e in entries[5:]]
+        )
+    finally:
+        store.close()

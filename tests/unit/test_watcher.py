@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import pathlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
 import pytest
@@ -13,10 +15,19 @@ from google.rpc import status_pb2
 from lrobridge.config import Settings
 from lrobridge.core import codec
 from lrobridge.core.backoff import Backoff
-from lrobridge.core.records import WatchRecord, WatchState
-from lrobridge.errors import NotFound, PermissionDenied, Unavailable, Unimplemented
+from lrobridge.core.records import Completion, WatchRecord, WatchState
+from lrobridge.errors import (
+    BridgeError,
+    InvalidArgument,
+    NotFound,
+    PartialCommit,
+    PermissionDenied,
+    Unavailable,
+    Unimplemented,
+)
 from lrobridge.storage.sqlite.store import SqliteStore
 from lrobridge.watching.poller import Watcher
+from tests.support.stack import wait_until
 
 NAME = "projects/p/operations/op1"
 
@@ -290,8 +301,6 @@ def test_a_new_watcher_republishes_what_the_previous_one_never_got_acknowledged(
 def test_a_completion_pubsub_can_never_take_is_quarantined_and_fails_the_watch(
     store: SqliteStore,
 ) -> None:
-    from lrobridge.errors import InvalidArgument
-
     class TooLarge(RecordingPublisher):
         def publish(
             self, data: bytes, attributes: dict[str, str], ordering_key: str
@@ -327,3 +336,104 @@ def test_a_failing_source_past_the_deadline_ends_the_watch_as_expired_instead_of
     assert attributes["outcome"] == "expired"
     assert operations_pb2.Operation.FromString(data) == pending().operation  # the last seen
     assert store.claim_due_polls(now=clock.now + 1e6, limit=10, lease=1.0) == []
+
+
+class DoneSource(ScriptedSource):
+    """Every operation is done."""
+
+    def get_operation(self, name: str, *, timeout: float) -> codec.Snapshot:
+        return codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=True))
+
+
+class FailsPartWay(SqliteStore):
+    """A store that, like Firestore's chunked commits, commits the first ``committed`` of a
+    group of completions and then fails the rest with ``error``: it refuses groups (an outage)
+    until one holds all ``expected``, then does that once; each group's watch ids, and what was
+    announced when it came, are noted."""
+
+    def __init__(
+        self, path: str, *, expected: int, committed: int, error: BridgeError, announced: list[str]
+    ) -> None:
+        super().__init__(path)
+        self.expected, self.committed, self.error = expected, committed, error
+        self.announced = announced
+        self.groups: list[tuple[list[str], int]] = []
+        self.finished = threading.Event()
+
+    def record_completions(
+        self, completions: Sequence[tuple[str, Completion]], *, now: float
+    ) -> list[int | None]:
+        if len(completions) == 1 and self.groups:  # one at a time (record_completion)
+            return super().record_completions(completions, now=now)
+        if not self.groups and len(completions) < self.expected:
+            raise Unavailable("not every completion is in the group yet")
+        self.groups.append(([watch_id for watch_id, _ in completions], len(self.announced)))
+        if len(self.groups) == 1:
+            done = super().record_completions(completions[: self.committed], now=now)
+            raise PartialCommit(done, self.error)
+        entry_ids = super().record_completions(completions, now=now)
+        self.finished.set()
+        return entry_ids
+
+
+def _run_until(watcher: Watcher, done: Callable[[], bool]) -> None:
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    try:
+        wait_until(done, timeout=30.0, what="the completions recorded")
+    finally:
+        watcher.stop()
+        runner.join(timeout=30.0)
+    assert not runner.is_alive()
+
+
+@pytest.mark.parametrize(
+    "error", [Unavailable("chunk 2: deadline exceeded"), InvalidArgument("chunk 2: too large")]
+)
+def test_completions_a_store_committed_before_failing_are_published_at_once_and_once(
+    tmp_path: pathlib.Path, error: BridgeError
+) -> None:
+    """The committed part of a group is announced (waiters, stats) and published at once, not
+    left to a drain (the clock stands still: their leased entries never come due); only the
+    rest is recorded again: in the next group after a transient failure, one at a time after a
+    permanent one (to find the one that cannot be stored)."""
+    clock, publisher, announced = Clock(), RecordingPublisher(), []
+    names = [f"projects/p/operations/op{i}" for i in range(10)]
+    store = FailsPartWay(
+        str(tmp_path / "store.db"), expected=10, committed=4, error=error, announced=announced
+    )
+    try:
+        for name in names:
+            store.create_watch(
+                source=DoneSource.url,
+                operation=name,
+                expire_time=None,
+                backoff=Backoff(),
+                progress=False,
+                now=clock.now,
+            )
+        watcher = Watcher(
+            store=store,
+            sources=lambda url: DoneSource(),
+            publisher=publisher,
+            settings=dataclasses.replace(Settings(), long_poll_slots=0),
+            clock=clock,
+            on_completion=announced.append,
+        )
+        _run_until(watcher, lambda: len(announced) == 10 or store.finished.is_set())
+        group = store.groups[0][0]
+        assert len(group) == 10
+        if isinstance(error, InvalidArgument):
+            assert len(store.groups) == 1  # the rest went one at a time
+        else:
+            [(rest, announced_before)] = store.groups[1:]
+            assert rest == group[4:] and announced_before == 4  # told before the retry
+        assert sorted(announced) == sorted(names) and watcher.stats.completions == 10
+        event_ids = [attributes["event_id"] for _, attributes, _ in publisher.published]
+        assert sorted(event_ids) == sorted(
+            codec.event_id(DoneSource.url, name, "succeeded") for name in names
+        )
+        assert store.outbox_size() == 0
+        assert store.count_by_state()[WatchState.COMPLETED] == 10
+    finally:
+        store.close()
