@@ -20,9 +20,11 @@ Transactions: every read-modify-write that spans documents (registering a watch,
 poll or a completion, settling an outbox entry, producer updates, deletes) is one Firestore
 transaction; a batch of completions or of settles is one transaction per chunk
 (:data:`COMPLETIONS_PER_COMMIT`, :data:`SETTLES_PER_COMMIT`: a commit holds 500 writes), its
-documents read at once (``get_all``). Lease claims (due polls, due publishes, callback runs)
-are conditional writes instead (see :mod:`lrobridge.storage.firestore.client`): several
-instances claim the same due documents concurrently and each document is handed to one of them.
+documents read at once (``get_all``); a chunk failing after earlier ones committed raises
+:class:`~lrobridge.errors.PartialCommit` with what they wrote, so the caller acts on it now.
+Lease claims (due polls, due publishes, callback runs) are conditional writes instead (see
+:mod:`lrobridge.storage.firestore.client`): several instances claim the same due documents
+concurrently and each document is handed to one of them.
 
 Leases simply expire: Firestore is shared by many machines, so whether the process holding a
 lease is alive cannot be checked; :meth:`FirestoreStore.recover` takes nothing back (returns 0)
