@@ -71,6 +71,7 @@ from lrobridge.errors import (
 )
 from lrobridge.ports import (
     AsyncOperationsSource,
+    OpensAhead,
     OperationsSource,
     OperationStore,
     Outbox,
@@ -160,6 +161,7 @@ class Watcher:
         self._wake_event: asyncio.Event | None = None
         # The relay settles Pub/Sub's acknowledgements in the store in groups of its own.
         self.relay = relay.OutboxRelay(store, publisher, clock=clock)
+        self._publisher = publisher
         self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._no_wait_sources: set[str] = set()
         self._long_polls: dict[str, int] = {}
@@ -224,6 +226,9 @@ class Watcher:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        if isinstance(self._publisher, OpensAhead):  # while the first polls are under way
+            opened = self._publish_thread.submit(self._publisher.open)
+            opened.add_done_callback(_log_failure("open the publisher"))
         recovered = await self._db(self._store.recover, now=self._clock())
         if recovered:
             log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
@@ -491,6 +496,7 @@ class Watcher:
         """List every page of one parent collection; each watched operation found done is a
         poll observation (the one decision); the plan learns from what was listed."""
         request = plan.request(self._groups.get(key, {}))
+        started = self._clock()
         listed: set[str] = set()
         found_done = pages = count = 0
         try:
@@ -535,7 +541,7 @@ class Watcher:
                 pages=pages,
                 operations=count,
                 polls_per_second=self._poll_rate(group),
-                now=self._clock(),
+                started=started,
             )
             self.stats.sweeps += 1
             for name in plan.uncovered - missed_before:  # polled on their own from now on
