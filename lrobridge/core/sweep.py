@@ -15,9 +15,11 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   that covers none of them is a wrong request name. A filtered listing cannot show what it
   misses; a covered watch that its own safety-net poll finds done shows it, and after
   ``MAX_MISSES`` of those the filter is dropped.
-* **the interval**: halved (down to ``MIN_INTERVAL``) after a sweep that found completions,
-  x1.5 (up to ``MAX_INTERVAL``, 5 s) after one that found none, and never shorter than the single
-  polls it replaces would cost: a sweep of N pages listing M operations runs at most as often
+* **the interval**, from the start of one sweep to the start of the next (a sweep that takes
+  longer is followed at once by the next, so a page is read again one sweep later, not one
+  sweep plus one interval): halved (down to ``MIN_INTERVAL``) after a sweep that found
+  completions, x1.5 (up to ``MAX_INTERVAL``, 5 s) after one that found none, and never shorter
+  than the single polls it replaces would cost: a sweep of N pages listing M operations runs at most as often
   as the covered watches' own polls would make max(N, M / OPERATIONS_PER_CALL) calls
   (``interval >= max(pages, listed / OPERATIONS_PER_CALL) / polls_per_second``), so neither
   its calls nor the CPU of reading long listings exceed what it saves.
@@ -131,12 +133,15 @@ class SweepPlan:
         found_done: int,
         pages: int,
         polls_per_second: float,
-        now: float,
+        started: float,
         operations: int = 0,
     ) -> None:
-        """A sweep listed ``listed`` (every page: ``pages`` calls, ``operations`` operations,
-        ``found_done`` of them watched and done); ``watched``: the names watched meanwhile;
-        ``polls_per_second``: what the watched ones would poll on their own."""
+        """A sweep that ``started`` at that moment listed ``listed`` (every page: ``pages``
+        calls, ``operations`` operations, ``found_done`` of them watched and done); ``watched``:
+        the names watched meanwhile; ``polls_per_second``: what the watched ones would poll on
+        their own. The interval runs from start to start: a sweep longer than it is followed at
+        once by the next, so each page is read again one interval (or one sweep) later."""
+        now = started
         self.sweeps += 1
         self.healthy = True
         if request.verifies and watched:

@@ -487,6 +487,7 @@ class Watcher:
         """List every page of one parent collection; each watched operation found done is a
         poll observation (the one decision); the plan learns from what was listed."""
         request = plan.request(self._groups.get(key, {}))
+        started = self._clock()
         listed: set[str] = set()
         found_done = pages = count = 0
         try:
@@ -531,7 +532,7 @@ class Watcher:
                 pages=pages,
                 operations=count,
                 polls_per_second=self._poll_rate(group),
-                now=self._clock(),
+                started=started,
             )
             self.stats.sweeps += 1
             for name in plan.uncovered - missed_before:  # polled on their own from now on

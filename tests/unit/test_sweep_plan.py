@@ -27,7 +27,7 @@ def listed(
     found_done: int = 0,
     pages: int = 1,
     rate: float = 100.0,
-    now: float = 0.0,
+    started: float = 0.0,
 ) -> sweep.SweepRequest:
     request = plan.request(watched)
     plan.listed(
@@ -37,7 +37,7 @@ def listed(
         found_done=found_done,
         pages=pages,
         polls_per_second=rate,
-        now=now,
+        started=started,
     )
     return request
 
@@ -148,7 +148,7 @@ def test_a_long_listing_is_swept_no_more_often_than_its_reading_costs_in_single_
         pages=2,
         operations=100_000,
         polls_per_second=100.0,
-        now=0.0,
+        started=0.0,
     )
     assert plan.next_sweep >= 100_000 / sweep.OPERATIONS_PER_CALL / 100.0
 
@@ -157,5 +157,15 @@ def test_a_sweep_never_runs_more_often_than_the_single_polls_it_replaces_would_c
     # 50 pages for watches that would poll 10 times a second on their own: one sweep every
     # 5 seconds at most, however many completions it finds.
     plan = SweepPlan.for_parent(PARENT, grpc=False)
-    listed(plan, {A}, {A}, found_done=5, pages=50, rate=10.0, now=100.0)
+    listed(plan, {A}, {A}, found_done=5, pages=50, rate=10.0, started=100.0)
     assert plan.next_sweep - 100.0 >= 5.0
+
+
+def test_the_interval_runs_from_the_start_of_one_sweep_to_the_start_of_the_next() -> None:
+    # A sweep that found completions and took longer than its interval: the next one is due
+    # when it ends, so a page is read again one sweep later, not one sweep plus one interval.
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    listed(plan, {A, B}, {A, B}, found_done=1, started=100.0)
+    assert plan.interval == sweep.MIN_INTERVAL
+    assert plan.next_sweep == 100.0 + sweep.MIN_INTERVAL
+    assert plan.due(100.0 + 1.4)  # the sweep ended 1.4 s after it started: due at once
