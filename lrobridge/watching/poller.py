@@ -67,6 +67,7 @@ from lrobridge.errors import (
 )
 from lrobridge.ports import (
     AsyncOperationsSource,
+    OpensAhead,
     OperationsSource,
     OperationStore,
     Outbox,
@@ -156,6 +157,7 @@ class Watcher:
         self._wake_event: asyncio.Event | None = None
         # The relay settles Pub/Sub's acknowledgements in the store in groups of its own.
         self.relay = relay.OutboxRelay(store, publisher, clock=clock)
+        self._publisher = publisher
         self._progress = relay.ProgressThrottle(settings.progress_interval)
         self._no_wait_sources: set[str] = set()
         self._long_polls: dict[str, int] = {}
@@ -220,6 +222,9 @@ class Watcher:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        if isinstance(self._publisher, OpensAhead):  # while the first polls are under way
+            opened = self._publish_thread.submit(self._publisher.open)
+            opened.add_done_callback(_log_failure("open the publisher"))
         recovered = await self._db(self._store.recover, now=self._clock())
         if recovered:
             log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)

@@ -755,6 +755,10 @@ class _LazyPublisher:
             return publisher.publish_batch(messages)
         return [_one_by_one(publisher, data, attributes) for data, attributes in messages]
 
+    def open(self) -> None:
+        """Create the real publisher now (:class:`~lrobridge.ports.OpensAhead`)."""
+        self._factory()
+
     def close(self) -> None:
         """The runtime closes the real publisher."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -327,3 +328,27 @@ def test_a_failing_source_past_the_deadline_ends_the_watch_as_expired_instead_of
     assert attributes["outcome"] == "expired"
     assert operations_pb2.Operation.FromString(data) == pending().operation  # the last seen
     assert store.claim_due_polls(now=clock.now + 1e6, limit=10, lease=1.0) == []
+
+
+def test_a_running_watcher_opens_its_publisher_at_start_before_anything_completes(
+    store: SqliteStore,
+) -> None:
+    # The Pub/Sub client's imports and set-up would otherwise delay the first completion.
+    class OpeningPublisher(RecordingPublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opened = threading.Event()
+
+        def open(self) -> None:
+            self.opened.set()
+
+    publisher = OpeningPublisher()
+    watcher = make(store, ScriptedSource(), publisher, Clock())
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        assert publisher.opened.wait(10)
+    finally:
+        watcher.stop()
+        thread.join(10)
+    assert not thread.is_alive() and publisher.published == []
