@@ -136,6 +136,9 @@ class AsyncGrpcSource:
         self._wait_channels: list[_WaitChannel] = []
         self._idle_grace = idle_grace
         self._clock = clock
+        # When the earliest idle long-poll channel may be due for closing (None: none idle), and
+        # the loop's timer for it.
+        self._next_idle_due: float | None = None
         self._reap_timer: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -166,7 +169,7 @@ class AsyncGrpcSource:
             best = _WaitChannel(self._channel_factory(WAIT_CHANNEL_OPTIONS))
             self._wait_channels.append(best)
         best.held += 1
-        self._close_idle_channels()
+        self._close_idle_if_due()
         return best
 
     def _release_wait_channel(self, entry: _WaitChannel) -> None:
@@ -174,7 +177,16 @@ class AsyncGrpcSource:
         entry.held -= 1
         if entry.held == 0:
             entry.idle_since = self._clock()
-        if not self._closed:
+        if self._closed:
+            return
+        if entry.held == 0 and self._next_idle_due is None:
+            self._close_idle_channels()  # the first idle channel: set its timer
+        else:
+            self._close_idle_if_due()
+
+    def _close_idle_if_due(self) -> None:
+        """Close the idle long-poll channels if one may be due (no scan of the pool otherwise)."""
+        if self._next_idle_due is not None and self._clock() >= self._next_idle_due:
             self._close_idle_channels()
 
     def _close_idle_channels(self) -> None:
@@ -194,7 +206,11 @@ class AsyncGrpcSource:
             keep.append(entry)
             next_due = due if next_due is None else min(next_due, due)
         self._wait_channels = keep
-        if next_due is not None and self._reap_timer is None:
+        self._next_idle_due = next_due
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_timer = None
+        if next_due is not None:
             loop = asyncio.get_running_loop()
             self._reap_timer = loop.call_later(next_due - now, self._on_reap_timer)
 
