@@ -324,6 +324,13 @@ def test_a_count_hovering_around_a_channel_boundary_reuses_the_spare_channel(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("grace", [-1.0, float("nan")])
+def test_an_idle_grace_below_zero_is_refused_with_what_was_wrong(grace: float) -> None:
+    factory = insecure_aio_channel_factory("127.0.0.1:1")
+    with pytest.raises(ValueError, match="idle_grace must be at least 0 seconds"):
+        AsyncGrpcSource("grpc://127.0.0.1:1", factory, idle_grace=grace)
+
+
 class _Publisher:
     """Accepts every message at once, keeping the operations published."""
 
