@@ -17,6 +17,7 @@ from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import WatchRecord, WatchState
 from lrobridge.errors import NotFound, PermissionDenied, Unavailable, Unimplemented
 from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.watching import poller
 from lrobridge.watching.poller import Watcher
 
 NAME = "projects/p/operations/op1"
@@ -31,6 +32,7 @@ class ScriptedSource:
         self.results = list(results)
         self.wait_unimplemented = wait_unimplemented
         self.calls: list[str] = []
+        self.waits: list[float] = []
 
     def _next(self) -> codec.Snapshot:
         result = self.results.pop(0)
@@ -45,6 +47,7 @@ class ScriptedSource:
 
     def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
         self.calls.append("wait")
+        self.waits.append(wait)
         if self.wait_unimplemented:
             raise Unimplemented("no wait")
         return self._next()
@@ -352,3 +355,4 @@ def test_a_running_watcher_opens_its_publisher_at_start_before_anything_complete
         watcher.stop()
         thread.join(10)
     assert not thread.is_alive() and publisher.published == []
+
