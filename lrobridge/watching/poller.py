@@ -38,6 +38,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -93,6 +94,10 @@ STORE_RETRY_SECONDS = 1.0  # pause after the store failed transiently
 # plain poll (the server implements Wait as Get), so it cannot turn into a busy loop.
 SHORT_WAIT_SHARE = 0.5
 MIN_HELD_SECONDS = 0.5
+# Each long poll asks for a wait drawn from (1 - LONG_POLL_SPREAD, 1] x LROBRIDGE_LONG_POLL_TIMEOUT:
+# waits started together (a claim, a restart) would otherwise all come back, and be asked again,
+# at the same moment, and a completion then queues behind thousands of them.
+LONG_POLL_SPREAD = 0.2
 # Claims take watches due within CLAIM_AHEAD seconds, at most CLAIM_BATCH per transaction.
 CLAIM_AHEAD = 2.0
 CLAIM_BATCH = 2000
@@ -703,7 +708,7 @@ class Watcher:
         if self._wake_event is not None and self._heap:
             self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
-            wait = settings.long_poll_timeout
+            wait = settings.long_poll_timeout * (1.0 - LONG_POLL_SPREAD * random.random())
             if watch.expire_time is not None:
                 wait = min(wait, max(0.0, watch.expire_time - self._clock()))
             started = time.monotonic()
