@@ -41,6 +41,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,6 +80,7 @@ from lrobridge.ports import (
     WatchStore,
 )
 from lrobridge.telemetry import metrics, tracing
+from lrobridge.watching.store_thread import StoreThread
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):
@@ -96,6 +98,10 @@ STORE_RETRY_SECONDS = 1.0  # pause after the store failed transiently
 # plain poll (the server implements Wait as Get), so it cannot turn into a busy loop.
 SHORT_WAIT_SHARE = 0.5
 MIN_HELD_SECONDS = 0.5
+# Each long poll asks for a wait drawn from (1 - LONG_POLL_SPREAD, 1] x LROBRIDGE_LONG_POLL_TIMEOUT:
+# waits started together (a claim, a restart) would otherwise all come back, and be asked again,
+# at the same moment, and a completion then queues behind thousands of them.
+LONG_POLL_SPREAD = 0.2
 # Claims take watches due within CLAIM_AHEAD seconds, at most CLAIM_BATCH per transaction.
 CLAIM_AHEAD = 2.0
 CLAIM_BATCH = 2000
@@ -150,7 +156,7 @@ class Watcher:
         self._settings = settings
         self._clock = clock
         self._on_completion = on_completion
-        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrobridge-store")
+        self._store_thread = StoreThread()
         # Handing a message to the Pub/Sub client costs CPU of its own: not on the store thread.
         self._publish_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="lrobridge-publish"
@@ -159,6 +165,7 @@ class Watcher:
         self._woken = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
+        self._completions_queued: asyncio.Event | None = None  # wakes the committer
         # The relay settles Pub/Sub's acknowledgements in the store in groups of its own.
         self.relay = relay.OutboxRelay(store, publisher, clock=clock)
         self._publisher = publisher
@@ -229,6 +236,8 @@ class Watcher:
         if isinstance(self._publisher, OpensAhead):  # while the first polls are under way
             opened = self._publish_thread.submit(self._publisher.open)
             opened.add_done_callback(_log_failure("open the publisher"))
+        queued = self._completions_queued = asyncio.Event()
+        committer = asyncio.create_task(self._commit_completions(queued))
         recovered = await self._db(self._store.recover, now=self._clock())
         if recovered:
             log.info("took back %d poll(s) and publish(es) of a watcher that died", recovered)
@@ -254,8 +263,6 @@ class Watcher:
                     if mono >= next_recover:
                         await self._db(self._store.recover, now=self._clock())
                         next_recover = mono + RECOVER_INTERVAL
-                    if self._completions:
-                        await self._flush_completions()
                     self._start_due()
                     self._start_sweeps()
                     if len(self._updates) >= FLUSH_BATCH or (self._updates and mono >= next_flush):
@@ -278,7 +285,9 @@ class Watcher:
                     failures = 0
                 await self._pause(pause)
         finally:
-            await self._shutdown()
+            self._completions_queued = None  # the committer ends once nothing is left
+            queued.set()
+            await self._shutdown(committer)
 
     async def _pause(self, seconds: float) -> None:
         assert self._wake_event is not None
@@ -287,11 +296,14 @@ class Watcher:
                 await asyncio.wait_for(self._wake_event.wait(), timeout=seconds)
         self._wake_event.clear()
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, committer: asyncio.Task[None]) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The committer ends once it has committed what the polls queued (not cancelled: a
+        # cancelled store call that has not started would drop its batch).
+        await committer
         try:
             while self._completions:
                 await self._flush_completions()
@@ -316,8 +328,7 @@ class Watcher:
 
     async def _db(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
         """``call`` on the store thread (the store is synchronous)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._store_thread, lambda: call(*args, **kwargs))
+        return await asyncio.wrap_future(self._store_thread.submit(lambda: call(*args, **kwargs)))
 
     def _until_due(self) -> float:
         if not self._heap or self._in_flight >= self._settings.watcher_concurrency:
@@ -701,7 +712,7 @@ class Watcher:
         if self._wake_event is not None and self._heap:
             self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
-            wait = settings.long_poll_timeout
+            wait = settings.long_poll_timeout * (1.0 - LONG_POLL_SPREAD * random.random())
             if watch.expire_time is not None:
                 wait = min(wait, max(0.0, watch.expire_time - self._clock()))
             started = time.monotonic()
@@ -749,14 +760,14 @@ class Watcher:
                     watch.source,
                     decision.error.message,
                 )
-            # Committed with the next group of completions (one transaction), then published.
-            # The trace of the poll that saw it travels with the batched commit.
+            # Committed at once by the committer, with the completions queued meanwhile (one
+            # transaction), then published. The poll's trace travels with the batched commit.
             trace = tracing.current_traceparent()
             self._completions.append((watch, decision.snapshot, decision.outcome, trace))
-            if held is None or len(self._completions) >= FLUSH_BATCH:
+            if held is None or self._completions_queued is None:
                 await self._flush_completions()
-            elif self._wake_event is not None:
-                self._wake_event.set()
+            else:
+                self._completions_queued.set()
         elif decision.step is Step.FAIL:
             assert decision.error is not None
             exc = decision.error
@@ -858,10 +869,44 @@ class Watcher:
             return codec.Snapshot(operation=codec.empty_operation(watch.operation))
         return record.snapshot()
 
+    async def _commit_completions(self, queued: asyncio.Event) -> None:
+        """The committer: commits completions as they are queued, each transaction holding
+        what was queued while the last one ran, in the store thread's urgent lane (a completion
+        goes before queued group commits, claims and drains); ends once the watcher stops and
+        nothing is left."""
+        failures = 0
+        while self._completions_queued is not None or self._completions:
+            if not self._completions:
+                await queued.wait()
+                queued.clear()
+                continue
+            try:
+                await self._flush_completions()
+            except TransientError as exc:  # a shared store (Firestore) can be out a while
+                log.warning("could not record completions, retrying in 1s: %s", exc.message)
+            except Exception:  # kept in memory (a BridgeError) or polled again: nothing is lost
+                failures += 1
+                log.exception("recording completions failed unexpectedly; retrying in 1s")
+                if failures > MAX_LOOP_FAILURES:
+                    log.error("recording completions failed %d times in a row: stopping", failures)
+                    self.stop()
+                    if self._completions_queued is None:
+                        return  # stopping already: what is left is polled again
+            else:
+                failures = 0
+                continue
+            if self._completions_queued is None:
+                return  # stopping: _shutdown tries once more, what is left is polled again
+            await asyncio.sleep(STORE_RETRY_SECONDS)
+
     async def _flush_completions(self) -> None:
         batch, self._completions = self._completions[:FLUSH_BATCH], self._completions[FLUSH_BATCH:]
+        if not batch:
+            return
         try:
-            await self._db(self._complete_many, batch)
+            await asyncio.wrap_future(
+                self._store_thread.submit(lambda: self._complete_many(batch), urgent=True)
+            )
         except PartialCommit as partial:  # the committed ones are announced and published
             self._completions[:0] = batch[len(partial.committed) :]  # the rest: the next flush
             raise

@@ -26,6 +26,7 @@ from lrobridge.errors import (
     Unimplemented,
 )
 from lrobridge.storage.sqlite.store import SqliteStore
+from lrobridge.watching import poller
 from lrobridge.watching.poller import Watcher
 from tests.support.stack import wait_until
 
@@ -41,6 +42,7 @@ class ScriptedSource:
         self.results = list(results)
         self.wait_unimplemented = wait_unimplemented
         self.calls: list[str] = []
+        self.waits: list[float] = []
 
     def _next(self) -> codec.Snapshot:
         result = self.results.pop(0)
@@ -55,6 +57,7 @@ class ScriptedSource:
 
     def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
         self.calls.append("wait")
+        self.waits.append(wait)
         if self.wait_unimplemented:
             raise Unimplemented("no wait")
         return self._next()
@@ -360,6 +363,28 @@ def test_a_running_watcher_opens_its_publisher_at_start_before_anything_complete
         watcher.stop()
         thread.join(10)
     assert not thread.is_alive() and publisher.published == []
+
+
+def test_long_polls_ask_for_waits_spread_below_the_long_poll_timeout(store: SqliteStore) -> None:
+    # Waits started together must not all come back, and be asked again, at one moment.
+    clock, publisher = Clock(), RecordingPublisher()
+    source = ScriptedSource(*[done() for _ in range(20)], wait_unimplemented=False)
+    watcher = make(store, source, publisher, clock, long_poll_timeout=30.0)
+    for i in range(20):
+        store.create_watch(
+            source=ScriptedSource.url,
+            operation=f"{NAME}-{i}",
+            expire_time=None,
+            backoff=Backoff(),
+            progress=False,
+            now=clock.now,
+        )
+    for record in store.claim_due_polls(now=clock.now, limit=20, lease=60.0):
+        watcher.poll(record)
+    spread = 1 - poller.LONG_POLL_SPREAD
+    assert len(source.waits) == 20
+    assert all(30.0 * spread <= wait <= 30.0 for wait in source.waits)
+    assert len(set(source.waits)) > 1
 
 
 class DoneSource(ScriptedSource):
