@@ -31,6 +31,7 @@ from lrobridge.errors import BridgeError, ConfigError, InvalidArgument
 from lrobridge.logs import configure_logging
 
 log = logging.getLogger("lrobridge")
+GC_TICK_SECONDS = 2.0  # how often the watcher command's main thread paces the collector
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
             "Cloud Tasks delivers its task (docs/deploy.md)"
         )
     from lrobridge.cli.preflight import check_publishing
+    from lrobridge.watching.gc_pacing import GcPacing
 
     check_publishing(bridge.settings, "lrobridge watcher")
     watcher = bridge.create_watcher()
@@ -92,12 +94,21 @@ def cmd_watcher(args: argparse.Namespace) -> int:
         log.info("Operations and WatchService over gRPC on port %d", port)
     thread = threading.Thread(target=watcher.run, name="lrobridge-watcher", daemon=True)
     thread.start()
-    stop.wait()
-    log.info("stopping watcher")
+    pacing = GcPacing()  # this process is the watcher's: its collector policy is ours to set
+    while not stop.wait(GC_TICK_SECONDS):
+        if not thread.is_alive():
+            break
+        pacing.tick()
+    died = not thread.is_alive()
+    if died:
+        log.error("the watcher stopped on its own (see the errors above): exiting")
+    else:
+        log.info("stopping watcher")
     watcher.stop()
     thread.join(timeout=60)
+    pacing.close()
     bridge.close()
-    return 0
+    return 1 if died else 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
