@@ -38,7 +38,11 @@ from tests.support.stack import wait_until
 pytestmark = pytest.mark.integration
 
 PARENT = "projects/p/locations/l"
-STREAM_CAP = 10  # the server's concurrent streams per connection (a Google front end: ~100)
+STREAM_CAP = 10  # waits the pool puts on one channel (DEFAULT_WAITS_PER_CHANNEL: 90)
+# The server's concurrent streams per connection (a Google front end: ~100): a little over the
+# pool's waits per channel, as in production, so a stream the server has not closed yet when a
+# wait ends on the client is not refused (RST_STREAM REFUSED_STREAM) for the next one.
+SERVER_STREAM_CAP = STREAM_CAP + 2
 HELD = 3 * STREAM_CAP
 
 
@@ -49,7 +53,7 @@ def backend() -> FakeOperations:
 
 @pytest.fixture
 def url(backend: FakeOperations) -> Iterator[str]:
-    with aio_grpc_operations_server(backend, max_concurrent_streams=STREAM_CAP) as url:
+    with aio_grpc_operations_server(backend, max_concurrent_streams=SERVER_STREAM_CAP) as url:
         yield url
 
 
