@@ -14,8 +14,10 @@ writes to the store only what changed, grouped: new states, new errors, watches 
 costs no write at all; the poll count and backoff step are persisted with the next write (at
 the latest the renewal, at half the lease).
 
-The store is synchronous (sqlite3, Firestore): every call goes to ONE dedicated store thread,
-never blocking the loop. Completions keep their own transaction: the completion is committed
+The store is synchronous (sqlite3, Firestore): every call goes to ONE dedicated store thread
+(:mod:`lrobridge.watching.store_thread`), never blocking the loop. Completions keep their own
+transactions, committed by a committer task as they come (``COMMIT_LINGER`` lets those found
+together share one) in the store thread's urgent lane: the completion is committed
 with its outbox message (:mod:`lrobridge.delivery.relay`) before it is handed to Pub/Sub, and the
 watch becomes COMPLETED only when Pub/Sub acknowledged it. A watcher killed at any moment
 therefore loses no watch (its leases end, or :meth:`~lrobridge.storage.WatchStore.recover` takes
@@ -29,7 +31,9 @@ at once and only the rest waits for the next flush.
 Per source at most ``long_poll_slots`` WaitOperation long polls are held at once; other due
 watches use GetOperation. A held long poll does not count against the concurrency: once a poll
 takes hold of a slot the loop is woken to start the next due one. A source answering
-UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Watches with ``progress`` on
+UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Waits are spread over the last
+``LONG_POLL_SPREAD`` of the long-poll timeout, so those started together end apart. Watches
+with ``progress`` on
 also publish throttled ``progress`` events.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -69,3 +70,19 @@ def test_a_cancelled_call_that_has_not_started_is_skipped() -> None:
     after.result(10)
     thread.shutdown()
     assert ran == ["after"]
+
+
+def test_the_thread_starts_with_the_first_call_and_ends_when_idle() -> None:
+    def store_threads() -> int:
+        return sum(t.name == "lrobridge-store-idle" for t in threading.enumerate())
+
+    thread = StoreThread("lrobridge-store-idle", idle_exit=0.05)
+    assert store_threads() == 0  # a watcher that is never used starts no thread
+    assert thread.submit(lambda: 1).result(10) == 1
+    deadline = time.monotonic() + 10
+    while store_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store_threads() == 0
+    assert thread.submit(lambda: 2, urgent=True).result(10) == 2  # started again
+    thread.shutdown()
+    assert store_threads() == 0
