@@ -33,8 +33,7 @@ watches use GetOperation. A held long poll does not count against the concurrenc
 takes hold of a slot the loop is woken to start the next due one. A source answering
 UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Waits are spread over the last
 ``LONG_POLL_SPREAD`` of the long-poll timeout, so those started together end apart. Watches
-with ``progress`` on
-also publish throttled ``progress`` events.
+with ``progress`` on also publish throttled ``progress`` events.
 """
 
 from __future__ import annotations
