@@ -728,8 +728,9 @@ class Watcher:
                     watch.operation, wait=wait, timeout=wait + settings.rpc_timeout
                 )
             except Unimplemented:
-                self._no_wait_sources.add(url)
-                log.info("%s has no WaitOperation: polling it with GetOperation", url)
+                if url not in self._no_wait_sources:  # once, not once per wait in flight
+                    self._no_wait_sources.add(url)
+                    log.info("%s has no WaitOperation: polling it with GetOperation", url)
                 return await source.get_operation(watch.operation, timeout=settings.rpc_timeout), (
                     False
                 )
