@@ -40,6 +40,11 @@ operation that completed while its WaitOperation was held) and the lag p50/p99 i
 those ("held lag"): the all-watch lag mixes in the watches that had no long-poll slot and were
 polled with Get. Every side stops by itself: once every completion was seen, or ``--window`` +
 LEAD + ``--grace`` seconds after it started. Nothing here asserts a time.
+
+The emulator (a JVM) is warmed up with 3,000 one-message Publish requests before the first
+side, so its start-up does not land on that side's first completions. ``--dump DIR`` writes,
+per side, every completion's (seconds after the side started, lag, answered by a held long
+poll) to ``DIR/KIND.json``, to see which part of a run a tail comes from.
 """
 
 from __future__ import annotations
@@ -286,20 +291,27 @@ def _register(store_path: pathlib.Path, url: str, ops: int, prefix: str) -> None
     store.close()
 
 
+def _subscribed(name: str) -> tuple[str, _Completions]:
+    """Topic ``name`` and a pull subscription of the same name, recording what arrives."""
+    from lrobridge.adapters.pubsub import PubSubAdmin
+
+    topic = f"projects/{PROJECT}/topics/{name}"
+    subscription = f"projects/{PROJECT}/subscriptions/{name}"
+    with PubSubAdmin() as admin:
+        admin.ensure_topic(topic)
+        admin.ensure_pull_subscription(subscription, topic, enable_message_ordering=False)
+    return topic, _Completions(subscription)
+
+
 def warm_emulator(messages: int = 3000) -> float:
     """Publish and pull ``messages`` through the emulator (a JVM) first, one per Publish
     request as a watcher sends prompt completions, so its compiling and sizing does not land
     on the first side measured (a Pub/Sub that has been up for a while does not do that);
     the seconds it took."""
-    from lrobridge.adapters.pubsub import PubSubAdmin, PubSubPublisher
+    from lrobridge.adapters.pubsub import PubSubPublisher
 
     began = time.time()
-    topic = f"projects/{PROJECT}/topics/warm-up"
-    subscription = f"projects/{PROJECT}/subscriptions/warm-up"
-    with PubSubAdmin() as admin:
-        admin.ensure_topic(topic)
-        admin.ensure_pull_subscription(subscription, topic, enable_message_ordering=False)
-    pulled = _Completions(subscription)
+    topic, pulled = _subscribed("warm-up")
     publisher = PubSubPublisher(topic)
     try:
         futures = [
@@ -317,8 +329,6 @@ def warm_emulator(messages: int = 3000) -> float:
 
 
 def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> dict[str, float]:
-    from lrobridge.adapters.pubsub import PubSubAdmin
-
     ops, window = args.ops, args.window
     workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"lrobridge-capacity-{kind}-"))
     store_path = workdir / "watches.db"
@@ -327,12 +337,7 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
     registering = time.time()
     _register(store_path, server.url, ops, kind)
     print(f"  {kind}: registered in {time.time() - registering:.0f}s", flush=True)
-    topic = f"projects/{PROJECT}/topics/lro-{kind}"
-    subscription = f"projects/{PROJECT}/subscriptions/lro-{kind}"
-    with PubSubAdmin() as admin:
-        admin.ensure_topic(topic)
-        admin.ensure_pull_subscription(subscription, topic, enable_message_ordering=False)
-    completions = _Completions(subscription)
+    _, completions = _subscribed(f"lro-{kind}")
     env = {
         **os.environ,
         "PUBSUB_EMULATOR_HOST": emulator_host,
