@@ -5,11 +5,13 @@ CPython's cyclic collector traverses every tracked object of the generations it 
 watcher's heap is mostly long-lived records that refcounting alone frees (no cycles), yet each
 full collection walks all of them: about 80 ms per 100,000 held watches on a quiet machine,
 more under load, several times a minute, and every poll, long-poll answer and publish waits
-while it runs. :class:`GcPacing` moves what has lived a while out of the collector's sight
+while it runs. :class:`GcPacing` moves every object alive at a tick out of the collector's sight
 (``gc.freeze()`` every ``freeze_every`` seconds, after collecting the young generations so their
-garbage is not frozen), so collections walk only what is newer. Frozen objects are still freed
-by refcounting; the cycles among them that become garbage are collected by a full collection
-every ``full_every`` seconds (``gc.unfreeze()`` first), one pause where there were hundreds.
+garbage is not frozen), so collections walk only what was created since. Frozen objects are
+still freed by refcounting; the cycles among them that become garbage later (an in-flight
+call's, an exception's traceback) wait for the full collection every ``full_every`` seconds
+(``gc.unfreeze()`` first): one pause where there were hundreds, and memory held up to 15 minutes
+longer.
 
 Not applied to an embedded watcher (a Bridge in someone else's process): the collector is the
 process's, so only the watcher command sets its policy.

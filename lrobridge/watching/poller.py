@@ -866,7 +866,9 @@ class Watcher:
             self.stats.progress_events += 1
             self._publish(OutboxEntry(entry_id, event_id, watch.operation, None, message, 0))
 
-        future = self._store_thread.submit(send)
+        # Urgent, as completions are: both lanes keep their own order, and a progress event
+        # must be published before its operation's completion (relay.ordering_key).
+        future = self._store_thread.submit(send, urgent=True)
         future.add_done_callback(_log_failure("publish a progress event"))
 
     # -- completion and publishing (on the store thread) -----------------------------------

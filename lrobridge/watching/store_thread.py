@@ -47,8 +47,13 @@ class StoreThread:
             lane = self._urgent if urgent else self._normal
             lane.append((call, future))  # type: ignore[arg-type]
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread can be started: the call is not queued either
+                    lane.pop()
+                    raise
+                self._thread = thread
             self._ready.notify()
         return future
 
