@@ -333,9 +333,13 @@ class Watcher:
         self._opened.clear()
         self._loop = self._wake_event = None
 
-    async def _db(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """``call`` on the store thread (the store is synchronous)."""
-        return await asyncio.wrap_future(self._store_thread.submit(lambda: call(*args, **kwargs)))
+    async def _db(
+        self, call: Callable[..., T], *args: object, urgent: bool = False, **kwargs: object
+    ) -> T:
+        """``call`` on the store thread (the store is synchronous); ``urgent``: in its urgent
+        lane, ahead of the calls queued in the other."""
+        job = self._store_thread.submit(lambda: call(*args, **kwargs), urgent=urgent)
+        return await asyncio.wrap_future(job)
 
     def _until_due(self) -> float:
         if not self._heap or self._in_flight >= self._settings.watcher_concurrency:
@@ -916,9 +920,7 @@ class Watcher:
         if not batch:
             return
         try:
-            await asyncio.wrap_future(
-                self._store_thread.submit(lambda: self._complete_many(batch), urgent=True)
-            )
+            await self._db(self._complete_many, batch, urgent=True)
         except PartialCommit as partial:  # the committed ones are announced and published
             self._completions[:0] = batch[len(partial.committed) :]  # the rest: the next flush
             raise

@@ -135,10 +135,12 @@ def make(
     )
 
 
-def add_watch(store: SqliteStore, clock: Clock, *, expire_in: float | None = None) -> WatchRecord:
+def add_watch(
+    store: SqliteStore, clock: Clock, *, expire_in: float | None = None, operation: str = NAME
+) -> WatchRecord:
     record, _ = store.create_watch(
         source=ScriptedSource.url,
-        operation=NAME,
+        operation=operation,
         expire_time=clock.now + expire_in if expire_in is not None else None,
         backoff=Backoff(),
         progress=False,
@@ -371,16 +373,9 @@ def test_long_polls_ask_for_waits_spread_below_the_long_poll_timeout(store: Sqli
     source = ScriptedSource(*[done() for _ in range(20)], wait_unimplemented=False)
     watcher = make(store, source, publisher, clock, long_poll_timeout=30.0)
     for i in range(20):
-        store.create_watch(
-            source=ScriptedSource.url,
-            operation=f"{NAME}-{i}",
-            expire_time=None,
-            backoff=Backoff(),
-            progress=False,
-            now=clock.now,
-        )
-    for record in store.claim_due_polls(now=clock.now, limit=20, lease=60.0):
-        watcher.poll(record)
+        add_watch(store, clock, operation=f"{NAME}-{i}")
+    for _ in range(2):  # poll_due claims 10 at a time
+        poll_due(watcher, store, clock)
     spread = 1 - poller.LONG_POLL_SPREAD
     assert len(source.waits) == 20
     assert all(30.0 * spread <= wait <= 30.0 for wait in source.waits)
