@@ -145,6 +145,8 @@ class FakeOperations:
         # returned because the operation completed while the call was held (in that order).
         self.waits_held = 0
         self.completed_while_held: list[str] = []
+        # When (``clock``) the server answered each of those: its own share of their lag.
+        self.held_answered_at: dict[str, float] = {}
         self._listeners: list[Callable[[str], None]] = []
 
     # -- set up ------------------------------------------------------------------------------
@@ -651,6 +653,7 @@ class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc
                 self._events.pop(request.name, None)
         if op.done:
             backend.completed_while_held.append(request.name)
+            backend.held_answered_at[request.name] = backend.now()
         return to_proto(op)
 
 
