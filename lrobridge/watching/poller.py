@@ -15,7 +15,8 @@ costs no write at all; the poll count and backoff step are persisted with the ne
 the latest the renewal, at half the lease).
 
 The store is synchronous (sqlite3, Firestore): every call goes to ONE dedicated store thread
-(:mod:`lrobridge.watching.store_thread`), never blocking the loop. Completions keep their own
+(:mod:`lrobridge.watching.lane_thread`), never blocking the loop; messages are handed to
+Pub/Sub on a publish thread of the same kind. Completions keep their own
 transactions, committed by a committer task as they come (``COMMIT_LINGER`` lets those found
 together share one) in the store thread's urgent lane: the completion is committed
 with its outbox message (:mod:`lrobridge.delivery.relay`) before it is handed to Pub/Sub, and the
@@ -48,7 +49,6 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from lrobridge.config import Settings
@@ -83,7 +83,7 @@ from lrobridge.ports import (
     WatchStore,
 )
 from lrobridge.telemetry import metrics, tracing
-from lrobridge.watching.store_thread import StoreThread
+from lrobridge.watching.lane_thread import LaneThread
 
 
 class _Store(WatchStore, Outbox, OperationStore, Protocol):
@@ -163,11 +163,10 @@ class Watcher:
         self._settings = settings
         self._clock = clock
         self._on_completion = on_completion
-        self._store_thread = StoreThread()
+        self._store_thread = LaneThread("lrobridge-store")
         # Handing a message to the Pub/Sub client costs CPU of its own: not on the store thread.
-        self._publish_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="lrobridge-publish"
-        )
+        # (A lane thread ends when idle: a watcher used only for step() leaves no thread behind.)
+        self._publish_thread = LaneThread("lrobridge-publish")
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1021,7 +1020,7 @@ class Watcher:
         if not entries:
             return
         try:
-            future = self._publish_thread.submit(self.relay.publish_many, entries)
+            future = self._publish_thread.submit(lambda: self.relay.publish_many(entries))
         except RuntimeError:  # shut down: the entry stays leased and a drain republishes it
             return
         future.add_done_callback(_log_failure("hand a message to Pub/Sub"))

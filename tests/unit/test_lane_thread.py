@@ -1,4 +1,4 @@
-"""The watcher's store thread: one caller at a time, urgent calls first."""
+"""The watcher's lane threads (store, publish): one call at a time, urgent calls first."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from lrobridge.watching.store_thread import StoreThread
+from lrobridge.watching.lane_thread import LaneThread
 
 
 def test_an_urgent_call_runs_before_the_calls_queued_ahead_of_it() -> None:
-    thread = StoreThread()
+    thread = LaneThread("lrobridge-test")
     started, release = threading.Event(), threading.Event()
     order: list[str] = []
 
@@ -33,7 +33,7 @@ def test_an_urgent_call_runs_before_the_calls_queued_ahead_of_it() -> None:
 
 
 def test_a_calls_result_and_error_reach_its_future() -> None:
-    thread = StoreThread()
+    thread = LaneThread("lrobridge-test")
 
     def fails() -> None:
         raise ValueError("the store said no")
@@ -46,7 +46,7 @@ def test_a_calls_result_and_error_reach_its_future() -> None:
 
 
 def test_shutdown_runs_what_was_submitted_then_refuses_more() -> None:
-    thread = StoreThread()
+    thread = LaneThread("lrobridge-test")
     release = threading.Event()
     done: list[int] = []
     thread.submit(lambda: release.wait(10))
@@ -59,7 +59,7 @@ def test_shutdown_runs_what_was_submitted_then_refuses_more() -> None:
 
 
 def test_a_cancelled_call_that_has_not_started_is_skipped() -> None:
-    thread = StoreThread()
+    thread = LaneThread("lrobridge-test")
     release = threading.Event()
     ran: list[str] = []
     thread.submit(lambda: release.wait(10))
@@ -76,7 +76,7 @@ def test_the_thread_starts_with_the_first_call_and_ends_when_idle() -> None:
     def store_threads() -> int:
         return sum(t.name == "lrobridge-store-idle" for t in threading.enumerate())
 
-    thread = StoreThread("lrobridge-store-idle", idle_exit=0.05)
+    thread = LaneThread("lrobridge-store-idle", idle_exit=0.05)
     assert store_threads() == 0  # a watcher that is never used starts no thread
     assert thread.submit(lambda: 1).result(10) == 1
     deadline = time.monotonic() + 10

@@ -1,12 +1,12 @@
-"""The watcher's store thread: the one thread that makes every call to the synchronous store
-(sqlite3, Firestore), with a lane for urgent calls.
+"""A worker thread with an urgent lane: the watcher's store thread and its publish thread.
 
-One thread, so the store sees one caller at a time and the watcher's loop never blocks on it.
-Two lanes, so a completion's commit (urgent: its publish waits on it) runs next, not behind
-the group commits of pending watches, claims and drains already queued (each can take tens of
-milliseconds at 100,000 watches). Calls in one lane run in the order they were submitted.
-The thread starts with the first call and ends after ``IDLE_EXIT`` seconds without one (a
-watcher used only for :meth:`~lrobridge.watching.poller.Watcher.step` is never shut down).
+One thread per role, so the synchronous store (sqlite3, Firestore) sees one caller at a time,
+the Pub/Sub client's CPU is spent off the store thread, and neither blocks the watcher's loop.
+Two lanes, so a completion's commit (urgent: its publish waits on it) runs next, not behind the
+group commits of pending watches, claims and drains already queued (each can take tens of
+milliseconds at 100,000 watches). Calls in one lane run in the order they were submitted. The
+thread starts with the first call and ends after ``IDLE_EXIT`` seconds without one (a watcher
+used only for :meth:`~lrobridge.watching.poller.Watcher.step` is never shut down).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ _Job = tuple[Callable[[], object], concurrent.futures.Future[object]]
 IDLE_EXIT = 5.0
 
 
-class StoreThread:
+class LaneThread:
     """A single worker thread with an urgent lane (module docstring); ``shutdown`` runs what
     was submitted, then ends the thread."""
 
-    def __init__(self, name: str = "lrobridge-store", *, idle_exit: float = IDLE_EXIT) -> None:
+    def __init__(self, name: str, *, idle_exit: float = IDLE_EXIT) -> None:
         self._name = name
         self._idle_exit = idle_exit
         self._urgent: collections.deque[_Job] = collections.deque()
@@ -43,7 +43,7 @@ class StoreThread:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._ready:
             if self._closed:
-                raise RuntimeError("the store thread is shut down")
+                raise RuntimeError(f"the {self._name} thread is shut down")
             lane = self._urgent if urgent else self._normal
             lane.append((call, future))  # type: ignore[arg-type]
             if self._thread is None:
