@@ -33,7 +33,9 @@ Per source at most ``long_poll_slots`` WaitOperation long polls are held at once
 watches use GetOperation. A held long poll does not count against the concurrency: once a poll
 takes hold of a slot the loop is woken to start the next due one. A source answering
 UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Waits are spread over the last
-``LONG_POLL_SPREAD`` of the long-poll timeout, so those started together end apart. Watches
+``LONG_POLL_SPREAD`` of the long-poll timeout (a watch's first one in this process over the
+last ``FIRST_LONG_POLL_SPREAD``), so those started together (a claim, a restart) end apart and
+do not come back, and ask again, in one wave. Watches
 with ``progress`` on also publish throttled ``progress`` events.
 """
 
@@ -105,6 +107,10 @@ MIN_HELD_SECONDS = 0.5
 # waits started together (a claim, a restart) would otherwise all come back, and be asked again,
 # at the same moment, and a completion then queues behind thousands of them.
 LONG_POLL_SPREAD = 0.2
+# A watch's first long poll in this process: waits started by one claim would otherwise come
+# back within a fifth of the timeout of each other, thousands a second (measured at 5,000 held
+# waits: a wave of returns and new waits that held completions queued behind for up to 0.6 s).
+FIRST_LONG_POLL_SPREAD = 0.5
 # Claims take watches due within CLAIM_AHEAD seconds, at most CLAIM_BATCH per transaction.
 CLAIM_AHEAD = 2.0
 CLAIM_BATCH = 2000
@@ -136,6 +142,7 @@ class _Held:
     group: tuple[str, str] = ("", "")  # (source, parent collection)
     last_single: float = 0.0  # when it was last polled on its own
     safety_poll: bool = False  # the poll under way is a covered watch's safety net
+    long_polled: bool = False  # it has had a long poll in this process
 
 
 class Watcher:
@@ -627,7 +634,7 @@ class Watcher:
         try:
             # The root span of a completion's trace (lrobridge.telemetry.tracing).
             with tracing.span("lrobridge.poll", attributes=_span_attributes(watch)):
-                observed, was_held = await self._observe(watch)
+                observed, was_held = await self._observe(watch, held)
                 decision = decide(watch, observed, now=self._clock(), held=was_held)
                 await self._execute(watch, decision, held)
         except asyncio.CancelledError:
@@ -680,13 +687,15 @@ class Watcher:
             decision = decide(watch, observed, now=self._clock(), held=was_held)
             await self._execute(watch, decision, None)
 
-    async def _observe(self, watch: WatchRecord) -> tuple[codec.Snapshot | BridgeError, bool]:
+    async def _observe(
+        self, watch: WatchRecord, held: _Held | None = None
+    ) -> tuple[codec.Snapshot | BridgeError, bool]:
         """What one poll of ``watch`` saw (or the error it met), and whether a long poll was
         held for most of its wait."""
         observed: codec.Snapshot | BridgeError
         try:
             source = self._source(watch.source)
-            observed, was_held = await self._fetch(source, watch)
+            observed, was_held = await self._fetch(source, watch, held)
             self.stats.polls += 1
         except BridgeError as exc:
             observed, was_held = exc, False
@@ -710,7 +719,7 @@ class Watcher:
         return source
 
     async def _fetch(
-        self, source: AsyncOperationsSource, watch: WatchRecord
+        self, source: AsyncOperationsSource, watch: WatchRecord, held: _Held | None
     ) -> tuple[codec.Snapshot, bool]:
         settings = self._settings
         url = source.url
@@ -722,7 +731,11 @@ class Watcher:
         if self._wake_event is not None and self._heap:
             self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
-            wait = settings.long_poll_timeout * (1.0 - LONG_POLL_SPREAD * random.random())
+            spread = LONG_POLL_SPREAD
+            if held is not None and not held.long_polled:
+                held.long_polled = True
+                spread = FIRST_LONG_POLL_SPREAD
+            wait = settings.long_poll_timeout * (1.0 - spread * random.random())
             if watch.expire_time is not None:
                 wait = min(wait, max(0.0, watch.expire_time - self._clock()))
             started = time.monotonic()
@@ -738,10 +751,12 @@ class Watcher:
                     False
                 )
             elapsed = time.monotonic() - started
-            held = not snapshot.done and elapsed >= max(wait * SHORT_WAIT_SHARE, MIN_HELD_SECONDS)
-            if held:
+            was_held = not snapshot.done and elapsed >= max(
+                wait * SHORT_WAIT_SHARE, MIN_HELD_SECONDS
+            )
+            if was_held:
                 self.stats.long_polls_held += 1
-            return snapshot, held
+            return snapshot, was_held
         finally:
             self._long_polls[url] -= 1
             self._in_flight += 1

@@ -481,3 +481,35 @@ def test_completions_a_store_committed_before_failing_are_published_at_once_and_
         assert store.count_by_state()[WatchState.COMPLETED] == 10
     finally:
         store.close()
+
+
+class WaitingDoneSource(DoneSource):
+    """Every operation is done; each WaitOperation's requested wait is noted."""
+
+    def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
+        self.waits.append(wait)
+        return self.get_operation(name, timeout=timeout)
+
+
+def test_a_watchs_first_long_poll_in_a_running_watcher_waits_a_wider_spread_of_the_timeout(
+    store: SqliteStore,
+) -> None:
+    """Waits started by one claim must not come back within a fifth of the timeout of each
+    other: the first of each watch is drawn from the last FIRST_LONG_POLL_SPREAD of it."""
+    clock, publisher, announced = Clock(), RecordingPublisher(), []
+    source = WaitingDoneSource(wait_unimplemented=False)
+    for i in range(40):
+        add_watch(store, clock, operation=f"{NAME}-{i}")
+    watcher = Watcher(
+        store=store,
+        sources=lambda url: source,
+        publisher=publisher,
+        settings=dataclasses.replace(Settings(), long_poll_timeout=30.0),
+        clock=clock,
+        on_completion=announced.append,
+    )
+    _run_until(watcher, lambda: len(announced) == 40)
+    assert len(source.waits) == 40
+    assert all(30.0 * (1 - poller.FIRST_LONG_POLL_SPREAD) <= w <= 30.0 for w in source.waits)
+    # Some below the later waits' spread (40 draws: all above it has odds of about 1e-16).
+    assert min(source.waits) < 30.0 * (1 - poller.LONG_POLL_SPREAD)
