@@ -39,9 +39,10 @@ also prints how many completions were answered by a held long poll (the server r
 operation that completed while its WaitOperation was held) and the lag p50/p99 in ms of just
 those ("held lag"): the all-watch lag mixes in the watches that had no long-poll slot and were
 polled with Get. A held lag is split in two: the server's share (completed to answered, as the
-server saw it; the server shares this machine's cores with the watcher) and the bridge's
-(answered to in Pub/Sub). Every side stops by itself: once every completion was seen, or ``--window`` +
-LEAD + ``--grace`` seconds after it started. Nothing here asserts a time.
+server saw it just before its answer was serialised; the server shares this machine's cores
+with the watcher) and the bridge's (answered to in Pub/Sub, the answer's trip included). Every
+side stops by itself: once every completion was seen, or ``--window`` + LEAD + ``--grace``
+seconds after it started. Nothing here asserts a time.
 
 The emulator (a JVM) is warmed up with 3,000 one-message Publish requests before the first
 side, so its start-up does not land on that side's first completions. ``--dump DIR`` writes,
@@ -392,7 +393,10 @@ def measure_bridge(kind: str, args: argparse.Namespace, emulator_host: str) -> d
         path = pathlib.Path(args.dump) / f"{kind}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(sorted(samples)))
-        print(f"  {kind}: (completed s after start, lag s, held) per completion in {path}")
+        print(
+            f"  {kind}: (completed s after start, lag s, held, server's share s) per "
+            f"completion in {path}"
+        )
     if kind == "wait":
         published = completions.published
         answered = [(n, t) for n, t in held.items() if n in published]

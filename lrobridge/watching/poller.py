@@ -33,10 +33,10 @@ Per source at most ``long_poll_slots`` WaitOperation long polls are held at once
 watches use GetOperation. A held long poll does not count against the concurrency: once a poll
 takes hold of a slot the loop is woken to start the next due one. A source answering
 UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Waits are spread over the last
-``LONG_POLL_SPREAD`` of the long-poll timeout (a watch's first one in this process over the
-last ``FIRST_LONG_POLL_SPREAD``), so those started together (a claim, a restart) end apart and
-do not come back, and ask again, in one wave. Watches
-with ``progress`` on also publish throttled ``progress`` events.
+``LONG_POLL_SPREAD`` of the long-poll timeout (a watch's first one in the loop, :meth:`run`,
+over the last ``FIRST_LONG_POLL_SPREAD``; :meth:`step` and :meth:`poll` keep the fifth), so
+those started together (a claim, a restart) end apart and do not come back, and ask again, in
+one wave. Watches with ``progress`` on also publish throttled ``progress`` events.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ MIN_HELD_SECONDS = 0.5
 # waits started together (a claim, a restart) would otherwise all come back, and be asked again,
 # at the same moment, and a completion then queues behind thousands of them.
 LONG_POLL_SPREAD = 0.2
-# A watch's first long poll in this process: waits started by one claim would otherwise come
-# back within a fifth of the timeout of each other, thousands a second (measured at 5,000 held
-# waits: a wave of returns and new waits that held completions queued behind for up to 0.6 s).
+# A watch's first long poll in the loop: waits started by one claim would otherwise come back
+# within a fifth of the timeout of each other (5,000 over 6 s: ~830 a second, measured with a
+# wave of returns and new waits that held completions queued behind for up to 0.6 s).
 FIRST_LONG_POLL_SPREAD = 0.5
 # Claims take watches due within CLAIM_AHEAD seconds, at most CLAIM_BATCH per transaction.
 CLAIM_AHEAD = 2.0
@@ -142,7 +142,7 @@ class _Held:
     group: tuple[str, str] = ("", "")  # (source, parent collection)
     last_single: float = 0.0  # when it was last polled on its own
     safety_poll: bool = False  # the poll under way is a covered watch's safety net
-    long_polled: bool = False  # it has had a long poll in this process
+    long_polled: bool = False  # a long poll of the loop's was answered in this process
 
 
 class Watcher:
@@ -731,10 +731,8 @@ class Watcher:
         if self._wake_event is not None and self._heap:
             self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
-            spread = LONG_POLL_SPREAD
-            if held is not None and not held.long_polled:
-                held.long_polled = True
-                spread = FIRST_LONG_POLL_SPREAD
+            first = held is not None and not held.long_polled
+            spread = FIRST_LONG_POLL_SPREAD if first else LONG_POLL_SPREAD
             wait = settings.long_poll_timeout * (1.0 - spread * random.random())
             if watch.expire_time is not None:
                 wait = min(wait, max(0.0, watch.expire_time - self._clock()))
@@ -743,6 +741,8 @@ class Watcher:
                 snapshot = await source.wait_operation(
                     watch.operation, wait=wait, timeout=wait + settings.rpc_timeout
                 )
+                if held is not None:  # a failed wait (the source down at a restart) is no first
+                    held.long_polled = True
             except Unimplemented:
                 if url not in self._no_wait_sources:  # once, not once per wait in flight
                     self._no_wait_sources.add(url)

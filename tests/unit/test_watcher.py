@@ -513,3 +513,47 @@ def test_a_watchs_first_long_poll_in_a_running_watcher_waits_a_wider_spread_of_t
     assert all(30.0 * (1 - poller.FIRST_LONG_POLL_SPREAD) <= w <= 30.0 for w in source.waits)
     # Some below the later waits' spread (40 draws: all above it has odds of about 1e-16).
     assert min(source.waits) < 30.0 * (1 - poller.LONG_POLL_SPREAD)
+
+
+class HoldsOnceSource(DoneSource):
+    """Each operation's first WaitOperation is held for its whole wait and answers pending; the
+    next answers done. Every requested wait is noted per operation."""
+
+    def __init__(self) -> None:
+        super().__init__(wait_unimplemented=False)
+        self.waits_of: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
+        with self._lock:
+            waits = self.waits_of.setdefault(name, [])
+            waits.append(wait)
+            first = len(waits) == 1
+        if first:
+            threading.Event().wait(wait)
+            return codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=False))
+        return self.get_operation(name, timeout=timeout)
+
+
+def test_after_its_first_long_poll_a_watch_waits_the_usual_last_fifth_of_the_timeout(
+    store: SqliteStore,
+) -> None:
+    clock, publisher, announced = Clock(), RecordingPublisher(), []
+    source = HoldsOnceSource()
+    for i in range(20):
+        add_watch(store, clock, operation=f"{NAME}-{i}")
+    watcher = Watcher(
+        store=store,
+        sources=lambda url: source,
+        publisher=publisher,
+        settings=dataclasses.replace(Settings(), long_poll_timeout=1.0),
+        clock=clock,
+        on_completion=announced.append,
+    )
+    _run_until(watcher, lambda: len(announced) == 20)
+    assert len(source.waits_of) == 20
+    firsts = [waits[0] for waits in source.waits_of.values()]
+    seconds = [waits[1] for waits in source.waits_of.values()]
+    assert all(len(waits) == 2 for waits in source.waits_of.values())  # held, then done
+    assert all(1 - poller.LONG_POLL_SPREAD <= wait <= 1.0 for wait in seconds)
+    assert min(firsts) < 1 - poller.LONG_POLL_SPREAD  # 20 draws: all above has odds of ~1e-8
