@@ -103,6 +103,12 @@ class Receiver:
                     receiver.received.append(got)
                     receiver._lock.notify_all()
                 status, headers, answer = receiver.respond(got)
+                # Noted before it is sent: a test that saw the sender get its answer must find
+                # it here, not race this thread for it.
+                entry = (got, status)
+                with receiver._lock:
+                    receiver.answered.append(entry)
+                    receiver._lock.notify_all()
                 try:
                     self.send_response(status)
                     for name, value in headers.items():
@@ -113,10 +119,8 @@ class Receiver:
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
-                    return  # the sender gave up: it never saw this answer
-                with receiver._lock:
-                    receiver.answered.append((got, status))
-                    receiver._lock.notify_all()
+                    with receiver._lock:  # the sender gave up: it never saw this answer
+                        receiver.answered.remove(entry)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
