@@ -483,44 +483,13 @@ def test_completions_a_store_committed_before_failing_are_published_at_once_and_
         store.close()
 
 
-class WaitingDoneSource(DoneSource):
-    """Every operation is done; each WaitOperation's requested wait is noted."""
+class LongPollSource(DoneSource):
+    """Every operation is done; with ``hold_first``, each one's first WaitOperation is held for
+    its whole wait and answers pending instead. Every requested wait is noted per operation."""
 
-    def wait_operation(self, name: str, *, wait: float, timeout: float) -> codec.Snapshot:
-        self.waits.append(wait)
-        return self.get_operation(name, timeout=timeout)
-
-
-def test_a_watchs_first_long_poll_in_a_running_watcher_waits_a_wider_spread_of_the_timeout(
-    store: SqliteStore,
-) -> None:
-    """Waits started by one claim must not come back within a fifth of the timeout of each
-    other: the first of each watch is drawn from the last FIRST_LONG_POLL_SPREAD of it."""
-    clock, publisher, announced = Clock(), RecordingPublisher(), []
-    source = WaitingDoneSource(wait_unimplemented=False)
-    for i in range(40):
-        add_watch(store, clock, operation=f"{NAME}-{i}")
-    watcher = Watcher(
-        store=store,
-        sources=lambda url: source,
-        publisher=publisher,
-        settings=dataclasses.replace(Settings(), long_poll_timeout=30.0),
-        clock=clock,
-        on_completion=announced.append,
-    )
-    _run_until(watcher, lambda: len(announced) == 40)
-    assert len(source.waits) == 40
-    assert all(30.0 * (1 - poller.FIRST_LONG_POLL_SPREAD) <= w <= 30.0 for w in source.waits)
-    # Some below the later waits' spread (40 draws: all above it has odds of about 1e-16).
-    assert min(source.waits) < 30.0 * (1 - poller.LONG_POLL_SPREAD)
-
-
-class HoldsOnceSource(DoneSource):
-    """Each operation's first WaitOperation is held for its whole wait and answers pending; the
-    next answers done. Every requested wait is noted per operation."""
-
-    def __init__(self) -> None:
+    def __init__(self, *, hold_first: bool) -> None:
         super().__init__(wait_unimplemented=False)
+        self.hold_first = hold_first
         self.waits_of: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
@@ -529,31 +498,50 @@ class HoldsOnceSource(DoneSource):
             waits = self.waits_of.setdefault(name, [])
             waits.append(wait)
             first = len(waits) == 1
-        if first:
+        if first and self.hold_first:
             threading.Event().wait(wait)
             return codec.snapshot_from_proto(operations_pb2.Operation(name=name, done=False))
         return self.get_operation(name, timeout=timeout)
 
 
-def test_after_its_first_long_poll_a_watch_waits_the_usual_last_fifth_of_the_timeout(
-    store: SqliteStore,
-) -> None:
-    clock, publisher, announced = Clock(), RecordingPublisher(), []
-    source = HoldsOnceSource()
-    for i in range(20):
+def _run_long_polls(
+    store: SqliteStore, source: LongPollSource, *, watches: int, timeout: float
+) -> list[list[float]]:
+    """Run a watcher over ``watches`` watches on ``source`` until each was published; the waits
+    each one's long polls asked for."""
+    clock, announced = Clock(), []
+    for i in range(watches):
         add_watch(store, clock, operation=f"{NAME}-{i}")
     watcher = Watcher(
         store=store,
         sources=lambda url: source,
-        publisher=publisher,
-        settings=dataclasses.replace(Settings(), long_poll_timeout=1.0),
+        publisher=RecordingPublisher(),
+        settings=dataclasses.replace(Settings(), long_poll_timeout=timeout),
         clock=clock,
         on_completion=announced.append,
     )
-    _run_until(watcher, lambda: len(announced) == 20)
-    assert len(source.waits_of) == 20
-    firsts = [waits[0] for waits in source.waits_of.values()]
-    seconds = [waits[1] for waits in source.waits_of.values()]
-    assert all(len(waits) == 2 for waits in source.waits_of.values())  # held, then done
-    assert all(1 - poller.LONG_POLL_SPREAD <= wait <= 1.0 for wait in seconds)
-    assert min(firsts) < 1 - poller.LONG_POLL_SPREAD  # 20 draws: all above has odds of ~1e-8
+    _run_until(watcher, lambda: len(announced) == watches)
+    assert len(source.waits_of) == watches
+    return list(source.waits_of.values())
+
+
+def test_a_watchs_first_long_poll_in_a_running_watcher_waits_a_wider_spread_of_the_timeout(
+    store: SqliteStore,
+) -> None:
+    """Waits started by one claim must not come back within a fifth of the timeout of each
+    other: the first of each watch is drawn from the last FIRST_LONG_POLL_SPREAD of it."""
+    waits = _run_long_polls(store, LongPollSource(hold_first=False), watches=40, timeout=30.0)
+    firsts = [wait for [wait] in waits]  # done at the first
+    assert all(30.0 * (1 - poller.FIRST_LONG_POLL_SPREAD) <= w <= 30.0 for w in firsts)
+    # Some below the later waits' spread (40 draws: all above it has odds of about 1e-16).
+    assert min(firsts) < 30.0 * (1 - poller.LONG_POLL_SPREAD)
+
+
+def test_after_its_first_long_poll_a_watch_waits_the_usual_last_fifth_of_the_timeout(
+    store: SqliteStore,
+) -> None:
+    waits = _run_long_polls(store, LongPollSource(hold_first=True), watches=20, timeout=1.0)
+    assert all(len(of_one) == 2 for of_one in waits)  # held, then done
+    assert all(1 - poller.LONG_POLL_SPREAD <= second <= 1.0 for _, second in waits)
+    # 20 draws from the wider spread: all above the fifth has odds of about 1e-8.
+    assert min(first for first, _ in waits) < 1 - poller.LONG_POLL_SPREAD
