@@ -741,7 +741,7 @@ class Watcher:
                 snapshot = await source.wait_operation(
                     watch.operation, wait=wait, timeout=wait + settings.rpc_timeout
                 )
-                if held is not None:  # a failed wait (the source down at a restart) is no first
+                if held is not None:  # not before: a failed first wait keeps the wider spread
                     held.long_polled = True
             except Unimplemented:
                 if url not in self._no_wait_sources:  # once, not once per wait in flight

@@ -142,10 +142,9 @@ class FakeOperations:
         self.max_page_size: int | None = None  # pages never hold more (a "paged" listing)
         self.unlisted: set[str] = set()  # names a listing omits (partial listing, vanished)
         # The asyncio server's held waits: how many are held now, and the names whose wait
-        # returned because the operation completed while the call was held (in that order).
+        # returned because the operation completed while the call was held, each with when
+        # (``clock``) the server answered it (its own share of their lag), in that order.
         self.waits_held = 0
-        self.completed_while_held: list[str] = []
-        # When (``clock``) the server answered each of those: its own share of their lag.
         self.held_answered_at: dict[str, float] = {}
         self._listeners: list[Callable[[str], None]] = []
 
@@ -295,6 +294,10 @@ class FakeOperations:
 
     def now(self) -> float:
         return self._clock()
+
+    @property
+    def completed_while_held(self) -> list[str]:
+        return list(self.held_answered_at)
 
     def cancel(self, name: str) -> None:
         with self._cond:
@@ -652,7 +655,6 @@ class _AioServicer(operations_grpc_pb2.OperationsServicer):  # type: ignore[misc
             if not events:
                 self._events.pop(request.name, None)
         if op.done:
-            backend.completed_while_held.append(request.name)
             backend.held_answered_at[request.name] = backend.now()
         return to_proto(op)
 
