@@ -120,8 +120,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     ),
     "LROBRIDGE_WATCHER_CONCURRENCY": (
         "64",
-        "Polls the watcher runs at once besides its held long polls (and Get/List calls at once "
-        "per source).",
+        "Polls the watcher runs at once per source besides its held long polls (a source that "
+        "hangs holds up no other); also each source's Get/List calls at once.",
     ),
     "LROBRIDGE_LONG_POLL_SLOTS": (
         "5000",

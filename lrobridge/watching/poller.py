@@ -29,8 +29,10 @@ with its real next poll, so a successor resumes at once. Completions are committ
 fails (:class:`~lrobridge.errors.PartialCommit`), the committed part is announced and published
 at once and only the rest waits for the next flush.
 
-Per source at most ``long_poll_slots`` WaitOperation long polls are held at once; other due
-watches use GetOperation. A held long poll does not count against the concurrency: once a poll
+Per source at most ``watcher_concurrency`` polls are in flight (a due watch whose source is full
+waits, parked in due order, for one of them to end: a hung source holds up no other) and at most
+``long_poll_slots`` WaitOperation long polls are held at once; other due watches use
+GetOperation. A held long poll does not count against the concurrency: once a poll
 takes hold of a slot the loop is woken to start the next due one. A source answering
 UNIMPLEMENTED to WaitOperation gets GetOperation from then on. Waits are spread over the last
 ``LONG_POLL_SPREAD`` of the long-poll timeout (a watch's first one in the loop, :meth:`run`,
@@ -42,6 +44,7 @@ one wave. Watches with ``progress`` on also publish throttled ``progress`` event
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import heapq
@@ -192,7 +195,10 @@ class Watcher:
         self._tiebreak = itertools.count()
         self._updates: dict[str, PendingUpdate] = {}
         self._completions: list[tuple[WatchRecord, codec.Snapshot | None, codec.Outcome, str]] = []
-        self._in_flight = 0  # polls started and not holding a long-poll slot
+        # Per source: polls started and not holding a long-poll slot, and the due watches
+        # waiting for one of its slots (in due order), so a hung source holds up no other.
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._parked: dict[str, collections.deque[tuple[str, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # ListOperations sweeps: per (source, parent) what is learned, and the held watches.
         self._plans: dict[tuple[str, str], sweep.SweepPlan] = {}
@@ -220,7 +226,7 @@ class Watcher:
     def run(self) -> None:
         """Run until :meth:`stop`; then give back every held watch and close the sources."""
         log.info(
-            "watcher started: concurrency %d, long-poll slots per source %d, lease %.0fs",
+            "watcher started: concurrency %d and long-poll slots %d per source, lease %.0fs",
             self._settings.watcher_concurrency,
             self._settings.long_poll_slots,
             self._lease,
@@ -326,6 +332,7 @@ class Watcher:
         for held in self._held.values():  # hand them on: a successor polls them on time
             self._queue(held, release=True, next_poll=max(now, held.record.next_poll))
         self._held.clear()
+        self._parked.clear()
         try:
             while self._updates:
                 await self._flush()
@@ -348,7 +355,9 @@ class Watcher:
         return await asyncio.wrap_future(job)
 
     def _until_due(self) -> float:
-        if not self._heap or self._in_flight >= self._settings.watcher_concurrency:
+        """Until the next watch comes due (parked ones start when their source has room: the
+        poll that ends wakes the loop)."""
+        if not self._heap:
             return IDLE_RECHECK
         return max(0.0, self._heap[0][0] - self._clock())
 
@@ -417,20 +426,38 @@ class Watcher:
         )
 
     def _start_due(self) -> None:
+        """Start the due polls, at most ``watcher_concurrency`` in flight per source: those
+        parked for a slot of their source first, then the heap's in due order; a due watch
+        whose source is full is parked until one of its polls ends."""
         now = self._clock()
         cap = self._settings.watcher_concurrency
-        while self._heap and self._in_flight < cap and self._heap[0][0] <= now:
+        for url, parked in list(self._parked.items()):
+            while parked and self._in_flight[url] < cap:
+                self._start(*parked.popleft(), now)
+            if not parked:
+                del self._parked[url]
+        while self._heap and self._heap[0][0] <= now:
             _, _, watch_id, version = heapq.heappop(self._heap)
             held = self._held.get(watch_id)
             if held is None or held.version != version or held.polling:
                 continue
-            if self._defer(held, now):
+            url = held.record.source
+            if self._in_flight[url] >= cap:
+                self._parked.setdefault(url, collections.deque()).append((watch_id, version))
                 continue
-            held.polling = True
-            self._in_flight += 1
-            task = asyncio.create_task(self._poll_task(held))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(watch_id, version, now)
+
+    def _start(self, watch_id: str, version: int, now: float) -> None:
+        held = self._held.get(watch_id)
+        if held is None or held.version != version or held.polling:
+            return  # rescheduled, polled or gone since it came due
+        if self._defer(held, now):
+            return
+        held.polling = True
+        self._in_flight[held.record.source] += 1
+        task = asyncio.create_task(self._poll_task(held))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _defer(self, held: _Held, now: float) -> bool:
         """Push a covered watch's single poll back to its safety net; whether it was."""
@@ -650,8 +677,8 @@ class Watcher:
                 log.exception("could not record the failed poll of %s", watch.name)
         finally:
             held.polling = False
-            self._in_flight -= 1
-            if self._wake_event is not None and self._heap:
+            self._in_flight[watch.source] -= 1
+            if self._wake_event is not None and (self._heap or self._parked):
                 self._wake_event.set()
 
     async def _step(self) -> int:
@@ -727,8 +754,8 @@ class Watcher:
         if slots == 0 or url in self._no_wait_sources or self._long_polls.get(url, 0) >= slots:
             return await source.get_operation(watch.operation, timeout=settings.rpc_timeout), False
         self._long_polls[url] = self._long_polls.get(url, 0) + 1
-        self._in_flight -= 1  # a held long poll does not count against the concurrency
-        if self._wake_event is not None and self._heap:
+        self._in_flight[watch.source] -= 1  # a held long poll does not count against it
+        if self._wake_event is not None and (self._heap or self._parked):
             self._wake_event.set()  # room for the next due poll now, not at the next recheck
         try:
             first = held is not None and not held.long_polled
@@ -759,7 +786,7 @@ class Watcher:
             return snapshot, was_held
         finally:
             self._long_polls[url] -= 1
-            self._in_flight += 1
+            self._in_flight[watch.source] += 1
 
     async def _execute(
         self, watch: WatchRecord, decision: PollDecision, held: _Held | None

@@ -1,6 +1,7 @@
 """The watcher's asyncio engine against real gRPC and REST Operations servers on port 0:
-ListOperations sweeps and each of their fallbacks, long polls held on the loop, and group
-commits (an unchanged pending observation writes nothing)."""
+ListOperations sweeps and each of their fallbacks, long polls held on the loop, group commits
+(an unchanged pending observation writes nothing), and each source's own share of the
+concurrency (a hung source holds up no other)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from lrobridge.core.records import WatchState
 from lrobridge.errors import Code
 from lrobridge.storage.sqlite.store import SqliteStore
 from lrobridge.watching.poller import Watcher
-from tests.support.operations_servers import FakeOperations
+from tests.support.operations_servers import (
+    FakeOperations,
+    grpc_operations_server,
+    rest_operations_server,
+)
 from tests.support.stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -271,3 +276,47 @@ def test_long_polls_are_held_on_the_loop_and_answer_at_completion(
     engine.wait_published(ops, timeout=10)
     assert_each_published_once(engine, ops)
     assert backend.calls("WaitOperation") >= len(ops)
+
+
+def test_a_source_that_never_answers_holds_up_no_poll_of_another_source(
+    url: str, backend: FakeOperations, tmp_path: pathlib.Path
+) -> None:
+    """LROBRIDGE_WATCHER_CONCURRENCY is each source's own: the polls stuck on a hung source
+    (until their 60 s deadline) leave every other source its whole share."""
+    hung = FakeOperations()
+    hung.stall()
+    serve = grpc_operations_server if url.startswith("grpc") else rest_operations_server
+    store = SqliteStore(str(tmp_path / "isolation.db"))
+    publisher = CountingPublisher()
+    # Get polls, which count against the concurrency (a held long poll does not).
+    settings = dataclasses.replace(
+        Settings(), watcher_concurrency=4, long_poll_slots=0, rpc_timeout=60.0
+    )
+    watcher = Watcher(
+        store=store,
+        sources=open_source,
+        publisher=publisher,
+        settings=settings,
+        async_sources=open_async_source,
+    )
+    healthy = [f"projects/p/locations/l{i}/operations/healthy" for i in range(3)]  # not swept
+    for name in healthy:
+        backend.add(name, done_after=0.0)
+    with serve(hung) as hung_url:
+        stuck = Engine(watcher, store, publisher, hung_url)
+        for i in range(20):  # due first; each its own collection, so none is swept
+            stuck.watch(f"projects/p/locations/l{i}/operations/stuck", Backoff(initial_delay=0.01))
+        for name in healthy:
+            Engine(watcher, store, publisher, url).watch(name, Backoff(initial_delay=1.0))
+        thread = threading.Thread(target=watcher.run, name="engine-under-test")
+        thread.start()
+        try:
+            Engine(watcher, store, publisher, url).wait_published(healthy, timeout=30)
+            assert hung.stalled_calls == settings.watcher_concurrency  # its share, unanswered
+        finally:
+            watcher.stop()
+            hung.unstall()
+            thread.join(timeout=30)
+            store.close()
+        assert not thread.is_alive()
+    assert set(publisher.operations) == set(healthy)

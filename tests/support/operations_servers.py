@@ -147,6 +147,10 @@ class FakeOperations:
         self.waits_held = 0
         self.held_answered_at: dict[str, float] = {}
         self._listeners: list[Callable[[str], None]] = []
+        # A hung server (stall): each Get, Wait and List call blocks, unanswered, until unstall.
+        self._answering = threading.Event()
+        self._answering.set()
+        self.stalled_calls = 0
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -249,7 +253,22 @@ class FakeOperations:
 
     # -- the Operations methods --------------------------------------------------------------
 
+    def stall(self) -> None:
+        """Hang: Get, Wait and List calls from now on block, unanswered, until :meth:`unstall`
+        (servers with a thread per call only, not the asyncio one)."""
+        self._answering.clear()
+
+    def unstall(self) -> None:
+        self._answering.set()
+
+    def _gate(self) -> None:
+        if not self._answering.is_set():
+            with self._cond:
+                self.stalled_calls += 1
+            self._answering.wait()
+
     def get(self, name: str) -> _Op:
+        self._gate()
         with self._cond:
             self._enter("GetOperation")
             op = self._find(name)
@@ -260,6 +279,7 @@ class FakeOperations:
         self, name: str, timeout: float, *, give_up: Callable[[], bool] = lambda: False
     ) -> _Op:
         """Block until ``name`` is done, ``timeout`` passed or ``give_up()``; the latest state."""
+        self._gate()
         with self._cond:
             self._enter("WaitOperation")
             if self.wait_unimplemented:
@@ -328,6 +348,7 @@ class FakeOperations:
         empty) in creation order; ``filter`` is empty, ``done = true`` or ``done = false``
         (AIP-160). Pages are found by bisection, a ``done = true`` page from the done ones
         only, so a listing over 100,000 operations costs about its page."""
+        self._gate()
         with self._cond:
             self._enter("ListOperations")
             if self.list_unimplemented:
