@@ -6,6 +6,7 @@ concurrency (a hung source holds up no other)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import pathlib
 import threading
@@ -86,11 +87,11 @@ def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(fixture))
 
 
-@pytest.fixture
-def engine(url: str, tmp_path: pathlib.Path) -> Iterator[Engine]:
+@contextlib.contextmanager
+def running_engine(url: str, tmp_path: pathlib.Path, settings: Settings) -> Iterator[Engine]:
+    """A watcher running on a thread of its own over a SQLite store, watching on ``url``."""
     store = SqliteStore(str(tmp_path / "engine.db"))
     publisher = CountingPublisher()
-    settings = dataclasses.replace(Settings(), long_poll_slots=4, long_poll_timeout=2.0)
     watcher = Watcher(
         store=store,
         sources=open_source,
@@ -107,6 +108,13 @@ def engine(url: str, tmp_path: pathlib.Path) -> Iterator[Engine]:
         thread.join(timeout=30)
         assert not thread.is_alive()
         store.close()
+
+
+@pytest.fixture
+def engine(url: str, tmp_path: pathlib.Path) -> Iterator[Engine]:
+    settings = dataclasses.replace(Settings(), long_poll_slots=4, long_poll_timeout=2.0)
+    with running_engine(url, tmp_path, settings) as running:
+        yield running
 
 
 def names(prefix: str, n: int) -> list[str]:
@@ -286,37 +294,24 @@ def test_a_source_that_never_answers_holds_up_no_poll_of_another_source(
     hung = FakeOperations()
     hung.stall()
     serve = grpc_operations_server if url.startswith("grpc") else rest_operations_server
-    store = SqliteStore(str(tmp_path / "isolation.db"))
-    publisher = CountingPublisher()
     # Get polls, which count against the concurrency (a held long poll does not).
     settings = dataclasses.replace(
         Settings(), watcher_concurrency=4, long_poll_slots=0, rpc_timeout=60.0
-    )
-    watcher = Watcher(
-        store=store,
-        sources=open_source,
-        publisher=publisher,
-        settings=settings,
-        async_sources=open_async_source,
     )
     healthy = [f"projects/p/locations/l{i}/operations/healthy" for i in range(3)]  # not swept
     for name in healthy:
         backend.add(name, done_after=0.0)
     with serve(hung) as hung_url:
-        stuck = Engine(watcher, store, publisher, hung_url)
-        for i in range(20):  # due first; each its own collection, so none is swept
-            stuck.watch(f"projects/p/locations/l{i}/operations/stuck", Backoff(initial_delay=0.01))
-        for name in healthy:
-            Engine(watcher, store, publisher, url).watch(name, Backoff(initial_delay=1.0))
-        thread = threading.Thread(target=watcher.run, name="engine-under-test")
-        thread.start()
         try:
-            Engine(watcher, store, publisher, url).wait_published(healthy, timeout=30)
-            assert hung.stalled_calls == settings.watcher_concurrency  # its share, unanswered
+            with running_engine(url, tmp_path, settings) as engine:
+                stuck = dataclasses.replace(engine, url=hung_url)
+                for i in range(20):  # due first; each its own collection, so none is swept
+                    name = f"projects/p/locations/l{i}/operations/stuck"
+                    stuck.watch(name, Backoff(initial_delay=0.01))
+                for name in healthy:
+                    engine.watch(name, Backoff(initial_delay=1.0))
+                engine.wait_published(healthy, timeout=30)
+                assert hung.stalled_calls == settings.watcher_concurrency  # its share, unanswered
+                assert set(engine.publisher.operations) == set(healthy)
         finally:
-            watcher.stop()
-            hung.unstall()
-            thread.join(timeout=30)
-            store.close()
-        assert not thread.is_alive()
-    assert set(publisher.operations) == set(healthy)
+            hung.unstall()  # the server's stuck handlers end before it stops
