@@ -30,7 +30,8 @@ fails (:class:`~lrobridge.errors.PartialCommit`), the committed part is announce
 at once and only the rest waits for the next flush.
 
 Per source at most ``watcher_concurrency`` polls are in flight (a due watch whose source is full
-waits, parked in due order, for one of them to end: a hung source holds up no other) and at most
+waits, parked in due order, until one of them ends or takes hold of a long-poll slot: a hung
+asyncio source holds up no other; sync sources share the loop's thread pool) and at most
 ``long_poll_slots`` WaitOperation long polls are held at once; other due watches use
 GetOperation. A held long poll does not count against the concurrency: once a poll
 takes hold of a slot the loop is woken to start the next due one. A source answering
@@ -438,8 +439,8 @@ class Watcher:
                 del self._parked[url]
         while self._heap and self._heap[0][0] <= now:
             _, _, watch_id, version = heapq.heappop(self._heap)
-            held = self._held.get(watch_id)
-            if held is None or held.version != version or held.polling:
+            held = self._current(watch_id, version)
+            if held is None:
                 continue
             url = held.record.source
             if self._in_flight[url] >= cap:
@@ -447,11 +448,17 @@ class Watcher:
                 continue
             self._start(watch_id, version, now)
 
-    def _start(self, watch_id: str, version: int, now: float) -> None:
+    def _current(self, watch_id: str, version: int) -> _Held | None:
+        """The held watch a heap or parked entry stands for; None when it was rescheduled,
+        is being polled or is gone since the entry was made."""
         held = self._held.get(watch_id)
         if held is None or held.version != version or held.polling:
-            return  # rescheduled, polled or gone since it came due
-        if self._defer(held, now):
+            return None
+        return held
+
+    def _start(self, watch_id: str, version: int, now: float) -> None:
+        held = self._current(watch_id, version)
+        if held is None or self._defer(held, now):
             return
         held.polling = True
         self._in_flight[held.record.source] += 1

@@ -311,6 +311,7 @@ def test_a_source_that_never_answers_holds_up_no_poll_of_another_source(
                 for name in healthy:
                     engine.watch(name, Backoff(initial_delay=1.0))
                 engine.wait_published(healthy, timeout=30)
+                wait_until(lambda: hung.stalled_calls >= 4, what="the stuck calls at the server")
                 assert hung.stalled_calls == settings.watcher_concurrency  # its share, unanswered
                 assert set(engine.publisher.operations) == set(healthy)
         finally:
