@@ -12,7 +12,8 @@ event loop's thread for
 
 * the baseline: GetOperation of 5,000 of them, 64 in flight (what single polls cost);
 * a sweep: every page (1,000 per page) of ``ListOperations(parent, "done = true")``, each
-  listed operation looked up in the watched names as ``Watcher._sweep`` does;
+  listed operation looked up in the watched names and the snapshot of each watched one read,
+  as ``Watcher._sweep`` does (a filtered sweep; a verifying one also gathers the names);
 
 and prints CPU µs per Get call, per listed operation, and their ratio (listed operations per
 Get call's CPU). Medians of the rounds. The server's CPU is on another thread and not counted.
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from lrobridge.adapters.sources import open_async_source  # noqa: E402
 from lrobridge.core import sweep  # noqa: E402
+from lrobridge.core.codec import ListingPage  # noqa: E402
 from tests.support.operations_servers import (  # noqa: E402
     FakeOperations,
     aio_grpc_operations_server,
@@ -43,9 +45,9 @@ PARENT = "projects/bench/locations/l"
 GETS = 5000
 
 
-async def measure(url: str, names: list[str], rounds: int) -> list[tuple[float, float]]:
+async def measure(url: str, names: list[str], rounds: int, every: int) -> list[tuple[float, float]]:
     source = open_async_source(url)
-    watched = {name: str(i) for i, name in enumerate(names)}
+    watched = {name: str(i) for i, name in enumerate(names) if i % every == 0}
     slots = asyncio.Semaphore(64)
 
     async def get(name: str) -> None:
@@ -68,12 +70,11 @@ async def measure(url: str, names: list[str], rounds: int) -> list[tuple[float, 
                     page_token=token,
                     timeout=30,
                 )
-                seen = set()
-                for snapshot in snapshots:
-                    name = snapshot.operation.name
-                    seen.add(name)
-                    if snapshot.done and name in watched:
-                        listed += 1
+                page = ListingPage.of(snapshots)
+                listed += len(page)
+                for index, _ in sweep.watched_on_page(page.names, watched):
+                    if not page[index].done:
+                        raise SystemExit(f"{page.names[index]} is listed as done but is not")
                 if not token:
                     break
             per_listed = (time.thread_time() - cpu) / max(listed, 1)
@@ -94,13 +95,16 @@ def main() -> None:
     )
     parser.add_argument("--ops", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--watched-every", type=int, default=1, help="1: every listed operation is watched"
+    )
     args = parser.parse_args()
     names = [f"{PARENT}/operations/op-{i:06d}" for i in range(max(args.ops, GETS))]
     backend = FakeOperations(clock=time.time, max_wait=30.0)
     backend.add_many(names, [0.0] * len(names))  # all done: the sweep lists every one
     print(f"sweep_cost: {len(names)} done operations, {args.rounds} round(s)", flush=True)
     with aio_grpc_operations_server(backend) as url:
-        figures = asyncio.run(measure(url, names, args.rounds))
+        figures = asyncio.run(measure(url, names, args.rounds, args.watched_every))
     per_get = statistics.median(f[0] for f in figures)
     per_listed = statistics.median(f[1] for f in figures)
     print(

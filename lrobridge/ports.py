@@ -64,8 +64,9 @@ class OperationsSource(Protocol):
 
     def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]:
-        """One page of ListOperations under ``parent`` and the next page token ('' at the end)."""
+    ) -> tuple[Sequence[Snapshot], str]:
+        """One page of ListOperations under ``parent`` and the next page token ('' at the end).
+        A :class:`~lrobridge.core.codec.ListingPage` builds only the snapshots asked for."""
         ...
 
     def close(self) -> None: ...
@@ -84,7 +85,7 @@ class AsyncOperationsSource(Protocol):
 
     async def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]: ...
+    ) -> tuple[Sequence[Snapshot], str]: ...
 
     async def aclose(self) -> None: ...
 

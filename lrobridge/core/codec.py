@@ -21,8 +21,8 @@ import dataclasses
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any, Final, Literal, cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, json_format
@@ -110,6 +110,60 @@ def _any_type(op: operations_pb2.Operation, raw: Mapping[str, Any] | None, field
 
 def snapshot_from_proto(operation: operations_pb2.Operation) -> Snapshot:
     return Snapshot(operation=operation)
+
+
+Item = TypeVar("Item")
+
+
+class ListingPage(Sequence[Snapshot], Generic[Item]):
+    """One page of a ListOperations answer, read lazily: every operation's name at once
+    (``names``), the :class:`Snapshot` of one built (and, from JSON, checked) only when it is
+    asked for. A sweep reads thousands of listed operations and needs the snapshots of the few
+    it watches: building all of them cost it about five times its whole scan of a page.
+
+    ``page[i]`` raises what ``build`` raises for a malformed item (a REST source: a
+    :class:`~lrobridge.errors.BridgeError`), so one bad operation spoils only itself."""
+
+    __slots__ = ("_build", "_items", "names")
+
+    def __init__(
+        self, names: list[str], items: Sequence[Item], build: Callable[[Item], Snapshot]
+    ) -> None:
+        self.names = names
+        self._items = items
+        self._build = build
+
+    @classmethod
+    def of(cls, snapshots: Sequence[Snapshot]) -> ListingPage[Any]:
+        """``snapshots`` as a page (a source that builds every snapshot itself)."""
+        if isinstance(snapshots, ListingPage):
+            return snapshots
+        return ListingPage([s.name for s in snapshots], snapshots, _same)
+
+    @classmethod
+    def of_protos(cls, operations: Sequence[operations_pb2.Operation]) -> ListingPage[Any]:
+        return ListingPage([op.name for op in operations], operations, snapshot_from_proto)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Snapshot: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Snapshot]: ...
+
+    def __getitem__(self, index: int | slice) -> Snapshot | list[Snapshot]:
+        if isinstance(index, slice):
+            return [self._build(item) for item in self._items[index]]
+        return self._build(self._items[index])
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        return (self._build(item) for item in self._items)
+
+
+def _same(snapshot: Snapshot) -> Snapshot:
+    return snapshot
 
 
 def check_json_text(obj: object, what: str) -> None:

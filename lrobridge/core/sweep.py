@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from lrobridge.errors import BridgeError, Code, TransientError
 
@@ -47,10 +47,21 @@ MAX_MISSES = 3
 MIN_WATCHES = 2  # a collection with fewer watches is polled per operation
 RETRY_AFTER_ERROR = 30.0
 PAGE_SIZE = 1000
-# What one listed operation costs the watcher, in single polls: one GetOperation costs about as
-# much CPU as handling 85 listed operations (`python bench/sweep_cost.py` on a quiet 2-core
-# machine: 397 us per Get, 4.6 us per listed operation); a little under it, to stay cheaper.
+# What one listed operation costs the watcher, in single polls, when every one listed is watched
+# (the dearest case: each snapshot is read): one GetOperation costs about as much CPU as 79
+# listed operations (`python bench/sweep_cost.py` on a quiet 2-core machine: 414 us per Get,
+# 5.2 us per listed operation). A listing of mostly unwatched ones costs less (one in ten
+# watched, `--watched-every 10`: 2.2 us, 195 per Get), so the floor errs on the cheap side.
 OPERATIONS_PER_CALL = 80
+
+
+def watched_on_page(names: Sequence[str], watched: Mapping[str, str]) -> Iterator[tuple[int, str]]:
+    """(index, watch id) of each listed name of a page that is ``watched`` (name -> watch id):
+    the only items whose snapshots a sweep reads."""
+    for index, name in enumerate(names):
+        watch_id = watched.get(name)
+        if watch_id is not None:
+            yield index, watch_id
 
 
 class SweepStatus(enum.Enum):
@@ -101,6 +112,12 @@ class SweepPlan:
 
     def due(self, now: float) -> bool:
         return self.status is not SweepStatus.FAILED and now >= self.next_sweep
+
+    def begin(self, watched: Iterable[str], *, now: float) -> SweepRequest:
+        """The sweep starting ``now`` (see :meth:`request`); the next is due one interval later
+        unless what this one learns (:meth:`listed`, :meth:`failed`) says otherwise."""
+        self.next_sweep = now + self.interval
+        return self.request(watched)
 
     def request(self, watched: Iterable[str] = ()) -> SweepRequest:
         """The next sweep: unfiltered while probing, while a ``watched`` name was never checked

@@ -356,11 +356,17 @@ class Watcher:
         return await asyncio.wrap_future(job)
 
     def _until_due(self) -> float:
-        """Until the next watch comes due (parked ones start when their source has room: the
-        poll that ends wakes the loop)."""
-        if not self._heap:
+        """Until the next watch or sweep comes due (parked watches start when their source has
+        room, and a sweep that overran its interval once it ends: each wakes the loop)."""
+        due = [self._heap[0][0]] if self._heap else []
+        due += (
+            at
+            for key, group in self._groups.items()
+            if (at := self._sweep_due(key, group)) is not None
+        )
+        if not due:
             return IDLE_RECHECK
-        return max(0.0, self._heap[0][0] - self._clock())
+        return max(0.0, min(due) - self._clock())
 
     # -- the schedule ----------------------------------------------------------------------
 
@@ -536,19 +542,28 @@ class Watcher:
 
     # -- ListOperations sweeps ----------------------------------------------------------------
 
+    def _sweep_due(self, key: tuple[str, str], group: dict[str, str]) -> float | None:
+        """When the next sweep of a collection is due (0: never swept yet); None while it is
+        not swept: too few watches, a sweep under way, or List does not work there."""
+        if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
+            return None
+        plan = self._plans.get(key)
+        if plan is None:
+            return 0.0
+        return None if plan.status is sweep.SweepStatus.FAILED else plan.next_sweep
+
     def _start_sweeps(self) -> None:
         if not self._groups:
             return
         now = self._clock()
         for key, group in self._groups.items():
-            if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
+            due = self._sweep_due(key, group)
+            if due is None or due > now:
                 continue
             plan = self._plans.get(key)
             if plan is None:
                 grpc = split_source_url(key[0]).scheme in ("grpc", "grpcs")
                 plan = self._plans[key] = sweep.SweepPlan.for_parent(key[1], grpc=grpc)
-            if not plan.due(now):
-                continue
             self._sweeping.add(key)
             task = asyncio.create_task(self._sweep(key, plan))
             self._tasks.add(task)
@@ -557,15 +572,17 @@ class Watcher:
     async def _sweep(self, key: tuple[str, str], plan: sweep.SweepPlan) -> None:
         """List every page of one parent collection; each watched operation found done is a
         poll observation (the one decision); the plan learns from what was listed."""
-        request = plan.request(self._groups.get(key, {}))
         started = self._clock()
+        request = plan.begin(self._groups.get(key, {}), now=started)
         listed: set[str] = set()
         found_done = pages = count = 0
         try:
             try:
                 source = self._source(key[0])
-            except BridgeError:
-                return  # stopping
+            except BridgeError as exc:
+                if not self._stop.is_set():
+                    self._sweep_failed(key, plan, request, exc)
+                return
             token = ""
             while True:
                 try:
@@ -582,15 +599,23 @@ class Watcher:
                 except Exception as exc:  # an adapter let a library error through
                     self._sweep_failed(key, plan, request, classify_api_error(exc))
                     return
+                page = codec.ListingPage.of(snapshots)
                 pages += 1
-                count += len(snapshots)
+                count += len(page)
                 self.stats.sweep_pages += 1
+                if request.verifies:
+                    listed.update(page.names)
                 group = self._groups.get(key, {})
-                for snapshot in snapshots:
-                    name = snapshot.operation.name
-                    listed.add(name)
-                    if snapshot.done and name in group:
-                        found_done += await self._swept_done(group[name], snapshot)
+                for index, watch_id in sweep.watched_on_page(page.names, group):
+                    try:
+                        snapshot = page[index]
+                    except BridgeError as exc:  # this one item is malformed: polled on its own
+                        log.warning("ListOperations sweep of %r on %s: %s", key[1], key[0], exc)
+                        listed.discard(page.names[index])
+                        plan.uncovered.add(page.names[index])
+                        continue
+                    if snapshot.done:
+                        found_done += await self._swept_done(watch_id, snapshot)
                 if not token or self._stop.is_set():
                     break
             group = self._groups.get(key, {})
@@ -610,6 +635,8 @@ class Watcher:
                 self._poll_on_own(group.get(name, ""), now=True)
         finally:
             self._sweeping.discard(key)
+            if self._wake_event is not None:
+                self._wake_event.set()  # the next sweep may be due already
 
     def _sweep_failed(
         self,
@@ -1102,7 +1129,7 @@ class _ThreadedSource:
 
     async def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[codec.Snapshot], str]:
+    ) -> tuple[Sequence[codec.Snapshot], str]:
         return await _in_thread(
             lambda: self._source.list_operations(
                 parent, filter=filter, page_size=page_size, page_token=page_token, timeout=timeout

@@ -236,6 +236,26 @@ def test_a_listing_of_many_pages_is_followed_to_the_end(
     assert engine.watcher.stats.polls_swept >= 1
 
 
+def test_a_malformed_item_of_a_rest_listing_spoils_only_itself(
+    rest_url: str, backend: FakeOperations, tmp_path: pathlib.Path
+) -> None:
+    ops = names("mixed", 10)
+    bad_watched = ops[0]
+    stranger = f"{PARENT}/operations/not-watched"
+    backend.add(stranger, done_after=0)
+    backend.malformed_in_listing.update({bad_watched, stranger})
+    add_all(backend, ops, first=3.0, spread=3.0)
+    settings = dataclasses.replace(Settings(), long_poll_slots=4, long_poll_timeout=2.0)
+    with running_engine(rest_url, tmp_path, settings) as engine:
+        for name in ops:
+            engine.watch(name, Backoff(initial_delay=0.5, max_delay=2.0))
+        engine.wait_published(ops)
+        assert_each_published_once(engine, ops)
+        # The sweeps went on listing the collection and found most completions; the watched
+        # operation they cannot read was published too: its own GetOperation polls saw it.
+        assert engine.watcher.stats.polls_swept >= len(ops) // 2
+
+
 def test_permission_denied_on_list_stops_the_sweeps_of_that_collection(
     engine: Engine, backend: FakeOperations
 ) -> None:

@@ -141,6 +141,9 @@ class FakeOperations:
         self.filter_refused = False  # INVALID_ARGUMENT for any non-empty filter
         self.max_page_size: int | None = None  # pages never hold more (a "paged" listing)
         self.unlisted: set[str] = set()  # names a listing omits (partial listing, vanished)
+        # REST only: names a listing shows as a malformed Operation ('done' not a boolean),
+        # while GetOperation answers them as they are.
+        self.malformed_in_listing: set[str] = set()
         # The asyncio server's held waits: how many are held now, and the names whose wait
         # returned because the operation completed while the call was held, each with when
         # (``clock``) the server answered it (its own share of their lag), in that order.
@@ -785,7 +788,11 @@ class _Handler(BaseHTTPRequestHandler):
                     int(query.get("pageSize", "0") or 0),
                     query.get("pageToken", ""),
                 )
-                body: dict[str, Any] = {"operations": [to_json(op) for op in ops]}
+                items = [to_json(op) for op in ops]
+                for item in items:
+                    if item["name"] in backend.malformed_in_listing:
+                        item["done"] = "yes"
+                body: dict[str, Any] = {"operations": items}
                 if token:
                     body["nextPageToken"] = token
                 self._json(200, body)

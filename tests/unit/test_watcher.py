@@ -13,7 +13,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.rpc import status_pb2
 
 from lrobridge.config import Settings
-from lrobridge.core import codec
+from lrobridge.core import codec, sweep
 from lrobridge.core.backoff import Backoff
 from lrobridge.core.records import Completion, WatchRecord, WatchState
 from lrobridge.errors import (
@@ -545,3 +545,21 @@ def test_after_its_first_long_poll_a_watch_waits_the_usual_last_fifth_of_the_tim
     assert all(1 - poller.LONG_POLL_SPREAD <= second <= 1.0 for _, second in waits)
     # 20 draws from the wider spread: all above the fifth has odds of about 1e-8.
     assert min(first for first, _ in waits) < 1 - poller.LONG_POLL_SPREAD
+
+
+def test_the_loop_sleeps_only_until_the_next_sweep_of_a_collection_is_due(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    watcher = make(store, ScriptedSource(), RecordingPublisher(), clock)
+    key = ("grpc://scripted:1", "projects/p")
+    watcher._groups[key] = {"projects/p/operations/a": "w1", "projects/p/operations/b": "w2"}
+    assert watcher._until_due() == 0.0  # never swept: due now
+    plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
+    plan.next_sweep = clock.now + 0.2
+    assert watcher._until_due() == pytest.approx(0.2)  # not the idle recheck
+    watcher._sweeping.add(key)  # a sweep under way: its end wakes the loop
+    assert watcher._until_due() == poller.IDLE_RECHECK
+    watcher._sweeping.clear()
+    del watcher._groups[key]["projects/p/operations/b"]  # one watch left: not swept
+    assert watcher._until_due() == poller.IDLE_RECHECK

@@ -53,7 +53,7 @@ from lrobridge.adapters.sources.grpc_source import (
     list_request,
     wait_request,
 )
-from lrobridge.core.codec import Snapshot, snapshot_from_proto
+from lrobridge.core.codec import ListingPage, Snapshot, snapshot_from_proto
 from lrobridge.errors import Unavailable
 
 ChannelOptions = tuple[tuple[str, int | str], ...]
@@ -260,7 +260,7 @@ class AsyncGrpcSource:
 
     async def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]:
+    ) -> tuple[ListingPage[Any], str]:
         request = list_request(parent, filter, page_size, page_token)
         async with self._slots:
             return list_page(await self._call("ListOperations", request, timeout))

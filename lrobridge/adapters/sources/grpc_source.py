@@ -23,7 +23,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import duration_pb2
 
 from lrobridge.adapters.sources.adc import credentials_for
-from lrobridge.core.codec import Snapshot, snapshot_from_proto
+from lrobridge.core.codec import ListingPage, Snapshot, snapshot_from_proto
 from lrobridge.core.names import validate_operation_name
 from lrobridge.errors import (
     BridgeError,
@@ -136,7 +136,7 @@ class GrpcSource:
 
     def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]:
+    ) -> tuple[ListingPage[Any], str]:
         request = list_request(parent, filter, page_size, page_token)
         return list_page(self._call("ListOperations", request, timeout))
 
@@ -180,9 +180,8 @@ def list_request(
     )
 
 
-def list_page(response: Any) -> tuple[list[Snapshot], str]:
-    operations = [snapshot_from_proto(op) for op in response.operations]
-    return operations, str(response.next_page_token)
+def list_page(response: Any) -> tuple[ListingPage[Any], str]:
+    return ListingPage.of_protos(response.operations), str(response.next_page_token)
 
 
 def call_error(method: str, url: str, exc: BaseException) -> BridgeError:

@@ -37,7 +37,7 @@ from lrobridge.adapters.sources.rest_source import (
     page_from,
     wait_unimplemented,
 )
-from lrobridge.core.codec import Snapshot
+from lrobridge.core.codec import ListingPage, Snapshot
 from lrobridge.core.names import validate_operation_name
 from lrobridge.errors import DeadlineExceeded, Unavailable
 
@@ -76,7 +76,7 @@ class AsyncRestSource:
 
     async def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]:
+    ) -> tuple[ListingPage[Any], str]:
         path, params = list_path(parent, filter, page_size, page_token)
         return page_from(await self._request("GET", path, timeout=timeout, params=params))
 

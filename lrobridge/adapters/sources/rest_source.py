@@ -47,7 +47,7 @@ from google.api_core import exceptions as api_exceptions
 from urllib3.util.retry import Retry
 
 from lrobridge.adapters.sources.adc import credentials_for
-from lrobridge.core.codec import Snapshot, snapshot_from_json
+from lrobridge.core.codec import ListingPage, Snapshot, snapshot_from_json
 from lrobridge.core.names import validate_operation_name
 from lrobridge.errors import (
     BridgeError,
@@ -180,7 +180,7 @@ class RestSource:
 
     def list_operations(
         self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[Snapshot], str]:
+    ) -> tuple[ListingPage[Any], str]:
         path, params = list_path(parent, filter, page_size, page_token)
         return page_from(self._request("GET", path, timeout=timeout, params=params))
 
@@ -314,8 +314,9 @@ def operation_from(reply: HttpReply) -> Snapshot:
         raise _bad_body(reply, f"the body is not an Operation: {exc}") from None
 
 
-def page_from(reply: HttpReply) -> tuple[list[Snapshot], str]:
-    """The operations and next page token of a ListOperations answer."""
+def page_from(reply: HttpReply) -> tuple[ListingPage[Any], str]:
+    """The operations and next page token of a ListOperations answer; each operation is
+    checked when its snapshot is asked for, its name at once."""
     body = _json(reply)
     if not isinstance(body, Mapping):
         raise _bad_body(reply, "the ListOperations response is not a JSON object")
@@ -323,13 +324,20 @@ def page_from(reply: HttpReply) -> tuple[list[Snapshot], str]:
     token = body.get("nextPageToken", "")
     if not isinstance(operations, list) or not isinstance(token, str):
         raise _bad_body(reply, "'operations' must be a list and 'nextPageToken' a string")
-    snapshots = []
+    names = []
     for item in operations:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise _bad_body(reply, "an item of 'operations' is not an Operation with a 'name'")
+        names.append(name)
+
+    def snapshot(item: Mapping[str, Any]) -> Snapshot:
         try:
-            snapshots.append(snapshot_from_json(item))
+            return snapshot_from_json(item)
         except InvalidArgument as exc:
             raise _bad_body(reply, f"an item of 'operations' is invalid: {exc}") from None
-    return snapshots, token
+
+    return ListingPage(names, operations, snapshot), token
 
 
 def _json(reply: HttpReply) -> Any:
