@@ -9,20 +9,24 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   ``{parent}/operations``) and the filter (``done = true`` first, unfiltered when refused).
   UNIMPLEMENTED or PERMISSION_DENIED ends sweeping that collection for good; INVALID_ARGUMENT
   drops the filter, then tries the next name, then ends it; transient errors retry later.
-* **which watched names a listing covers**: an unfiltered listing (the first one, and every
-  ``VERIFY_EVERY``-th after) is checked against the watched names; a name it misses (never
-  listed, or vanished since) is *uncovered* and polled per operation from then on. A listing
-  that covers none of them is a wrong request name. A filtered listing cannot show what it
-  misses; a covered watch that its own safety-net poll finds done shows it, and after
-  ``MAX_MISSES`` of those the filter is dropped.
+* **which watched names a listing covers**: an unfiltered listing is checked against the
+  watched names; a name it misses (never listed, or vanished since) is *uncovered* and polled
+  per operation from then on. The first sweep (the probe) is unfiltered; after it an *audit*,
+  an unfiltered listing run beside the filtered sweeps (a long one never holds them up), checks
+  the names every ``VERIFY_EVERY``-th sweep and at once when new watched names were never
+  checked (until then they poll on their own). A listing that covers none of the watched names
+  is a wrong request name. A filtered listing cannot show what it misses; a covered watch that
+  its own safety-net poll finds done shows it, and after ``MAX_MISSES`` of those the filter is
+  dropped (the sweeps then list everything and check the names themselves). A failed audit
+  changes nothing: the names it would have checked stay as they were.
 * **the interval**, from the start of one sweep to the start of the next (a sweep that takes
   longer is followed at once by the next, so a page is read again one sweep later, not one
   sweep plus one interval): halved (down to ``MIN_INTERVAL``) after a sweep that found
   completions, x1.5 (up to ``MAX_INTERVAL``, 5 s) after one that found none, and never shorter
   than the single polls it replaces would cost: a sweep of N pages listing M operations runs
   at most as often as the covered watches' own polls would make max(N, M / OPERATIONS_PER_CALL)
-  calls (``interval >= max(pages, listed / OPERATIONS_PER_CALL) / polls_per_second``), so neither
-  its calls nor the CPU of reading long listings exceed what it saves.
+  calls, plus a VERIFY_EVERY-th of the last audit's (``interval >= cost / polls_per_second``),
+  so neither its calls nor the CPU of reading long listings exceed what it saves.
 
 Covered watches keep a slow single poll (``SAFETY_NET`` seconds apart) in case the listing
 misses something it cannot show (see above), and poll on their own again while sweeps fail
@@ -74,10 +78,13 @@ class SweepStatus(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class SweepRequest:
-    """One sweep to run: every page of ListOperations(name, filter)."""
+    """One listing to run: every page of ListOperations(name, filter). An ``audit`` is the full
+    listing that checks which watched names are listed, run beside the sweeps (see
+    :meth:`SweepPlan.audit`)."""
 
     name: str
     filter: str
+    audit: bool = False
 
     @property
     def verifies(self) -> bool:
@@ -96,6 +103,8 @@ class SweepPlan:
     interval: float = START_INTERVAL
     next_sweep: float = 0.0
     sweeps: int = 0
+    since_audit: int = 0  # sweeps since the last audit began
+    audit_cost: float = 0.0  # what the last audit cost, in single polls
     misses: int = 0
     verified: set[str] = dataclasses.field(default_factory=set)  # seen in a full listing
     uncovered: set[str] = dataclasses.field(default_factory=set)  # missed by one
@@ -113,21 +122,33 @@ class SweepPlan:
     def due(self, now: float) -> bool:
         return self.status is not SweepStatus.FAILED and now >= self.next_sweep
 
-    def begin(self, watched: Iterable[str], *, now: float) -> SweepRequest:
+    def begin(self, *, now: float) -> SweepRequest:
         """The sweep starting ``now`` (see :meth:`request`); the next is due one interval later
         unless what this one learns (:meth:`listed`, :meth:`failed`) says otherwise."""
         self.next_sweep = now + self.interval
-        return self.request(watched)
+        self.since_audit += 1
+        return self.request()
 
-    def request(self, watched: Iterable[str] = ()) -> SweepRequest:
-        """The next sweep: unfiltered while probing, while a ``watched`` name was never checked
-        against a full listing, and every VERIFY_EVERY-th sweep; filtered otherwise."""
-        verify = (
-            self.status is SweepStatus.PROBING
-            or self.sweeps % VERIFY_EVERY == 0
-            or any(n not in self.verified and n not in self.uncovered for n in watched)
-        )
-        return SweepRequest(self.names[self.name_index], "" if verify else self.filter)
+    def request(self) -> SweepRequest:
+        """The next sweep: unfiltered while probing or when the filter is refused (it then
+        checks the watched names itself), filtered otherwise."""
+        filtered = self.status is not SweepStatus.PROBING and self.filter
+        return SweepRequest(self.names[self.name_index], self.filter if filtered else "")
+
+    def audit(self, watched: Iterable[str] = ()) -> SweepRequest | None:
+        """The full listing to run beside the filtered sweeps, if one is due: every
+        VERIFY_EVERY-th sweep, and at once when a ``watched`` name was never checked against a
+        full listing; it begins now. Run beside them, so that reading a long listing never
+        holds up the sweeps that find completions. None while the sweeps check the names
+        themselves (probing, or listing unfiltered)."""
+        if self.status is not SweepStatus.WORKING or not self.filter:
+            return None
+        if self.since_audit < VERIFY_EVERY and all(
+            n in self.verified or n in self.uncovered for n in watched
+        ):
+            return None
+        self.since_audit = 0
+        return SweepRequest(self.names[self.name_index], "", audit=True)
 
     def covers(self, name: str) -> bool:
         """Whether a working sweep covers ``name``: a full listing showed it and none missed it
@@ -159,7 +180,6 @@ class SweepPlan:
         their own. The interval runs from start to start: a sweep longer than it is followed at
         once by the next, so each page is read again one interval (or one sweep) later."""
         now = started
-        self.sweeps += 1
         self.healthy = True
         if request.verifies and watched:
             missing = watched - listed
@@ -170,12 +190,17 @@ class SweepPlan:
             self.uncovered = (self.uncovered | missing) - seen
             self.verified = (self.verified | seen) - missing
             self.status = SweepStatus.WORKING
+        cost = max(pages, operations / OPERATIONS_PER_CALL)
+        if request.audit:  # checks names only: the sweeps keep their own interval
+            self.audit_cost = cost
+            return
+        self.sweeps += 1
         if found_done:
             self.interval = max(MIN_INTERVAL, self.interval / 2)
         else:
             self.interval = min(MAX_INTERVAL, self.interval * 1.5)
-        if polls_per_second > 0:
-            cost = max(pages, operations / OPERATIONS_PER_CALL)
+        if polls_per_second > 0:  # an audit's share counted in: one every VERIFY_EVERY sweeps
+            cost += self.audit_cost / VERIFY_EVERY
             self.interval = max(self.interval, cost / polls_per_second)
         self.next_sweep = now + self.interval
 

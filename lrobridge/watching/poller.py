@@ -54,8 +54,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 from lrobridge.config import Settings
 from lrobridge.core import codec, sweep
@@ -203,6 +203,7 @@ class Watcher:
         self._tasks: set[asyncio.Task[None]] = set()
         # ListOperations sweeps: per (source, parent) what is learned, and the held watches.
         self._plans: dict[tuple[str, str], sweep.SweepPlan] = {}
+        self._auditing: set[tuple[str, str]] = set()  # collections with an audit under way
         self._groups: dict[tuple[str, str], dict[str, str]] = {}  # operation name -> watch id
         self._sweeping: set[tuple[str, str]] = set()
         # A poll in flight (a long poll, say) ends well before the lease does.
@@ -565,15 +566,23 @@ class Watcher:
                 grpc = split_source_url(key[0]).scheme in ("grpc", "grpcs")
                 plan = self._plans[key] = sweep.SweepPlan.for_parent(key[1], grpc=grpc)
             self._sweeping.add(key)
-            task = asyncio.create_task(self._sweep(key, plan))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._sweep(key, plan, plan.begin(now=now)))
+            if key not in self._auditing and (audit := plan.audit(group)) is not None:
+                self._auditing.add(key)
+                self._spawn(self._sweep(key, plan, audit))
 
-    async def _sweep(self, key: tuple[str, str], plan: sweep.SweepPlan) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(
+        self, key: tuple[str, str], plan: sweep.SweepPlan, request: sweep.SweepRequest
+    ) -> None:
         """List every page of one parent collection; each watched operation found done is a
-        poll observation (the one decision); the plan learns from what was listed."""
+        poll observation (the one decision); the plan learns from what was listed. A sweep or,
+        beside it, an audit (``request.audit``)."""
         started = self._clock()
-        request = plan.begin(self._groups.get(key, {}), now=started)
         listed: set[str] = set()
         found_done = pages = count = 0
         try:
@@ -634,9 +643,12 @@ class Watcher:
             for name in plan.uncovered - missed_before:  # polled on their own from now on
                 self._poll_on_own(group.get(name, ""), now=True)
         finally:
-            self._sweeping.discard(key)
-            if self._wake_event is not None:
-                self._wake_event.set()  # the next sweep may be due already
+            if request.audit:
+                self._auditing.discard(key)
+            else:
+                self._sweeping.discard(key)
+                if self._wake_event is not None:
+                    self._wake_event.set()  # the next sweep may be due already
 
     def _sweep_failed(
         self,
@@ -645,6 +657,9 @@ class Watcher:
         request: sweep.SweepRequest,
         error: BridgeError,
     ) -> None:
+        if request.audit:  # the names it would have checked stay as they were
+            log.warning("ListOperations audit of %r on %s failed: %s", key[1], key[0], error)
+            return
         plan.failed(request, error, now=self._clock())
         if isinstance(error, TransientError):
             log.warning("ListOperations sweep of %r on %s failed: %s", key[1], key[0], error)

@@ -236,6 +236,33 @@ def test_a_listing_of_many_pages_is_followed_to_the_end(
     assert engine.watcher.stats.polls_swept >= 1
 
 
+def test_a_full_listing_that_never_ends_holds_up_no_sweep_finding_completions(
+    url: str, backend: FakeOperations, tmp_path: pathlib.Path
+) -> None:
+    # No long polls, and a deadline beyond the test: only a sweep can see the completions.
+    settings = dataclasses.replace(Settings(), long_poll_slots=0, rpc_timeout=600.0)
+    ops = names("audited", 4)
+    late = names("late", 1)[0]
+    with running_engine(url, tmp_path, settings) as engine:
+        for name in ops:
+            backend.add(name)  # pending until completed below
+            engine.watch(name)
+        wait_until(lambda: engine.watcher.stats.sweeps >= 2, what="the probe and a sweep")
+        backend.hold_full_listings()
+        try:
+            backend.add(late)
+            engine.watch(late)  # a name never checked: a full listing (an audit) is due
+            wait_until(lambda: backend.held_full_listings >= 1, what="the audit's listing held")
+            for name in ops:
+                backend.complete(name)
+            engine.wait_published(ops)  # the filtered sweeps went on beside the held audit
+        finally:
+            backend.release_full_listings()
+        backend.complete(late)
+        engine.wait_published([*ops, late])
+        assert_each_published_once(engine, [*ops, late])
+
+
 def test_a_malformed_item_of_a_rest_listing_spoils_only_itself(
     rest_url: str, backend: FakeOperations, tmp_path: pathlib.Path
 ) -> None:

@@ -154,6 +154,9 @@ class FakeOperations:
         self._answering = threading.Event()
         self._answering.set()
         self.stalled_calls = 0
+        self._listing_fully = threading.Event()  # cleared: unfiltered List calls block
+        self._listing_fully.set()
+        self.held_full_listings = 0
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -264,11 +267,24 @@ class FakeOperations:
     def unstall(self) -> None:
         self._answering.set()
 
-    def _gate(self) -> None:
+    def hold_full_listings(self) -> None:
+        """Unfiltered ListOperations calls from now on block, unanswered, until
+        :meth:`release_full_listings`; filtered ones are answered as usual (servers with a
+        thread per call only)."""
+        self._listing_fully.clear()
+
+    def release_full_listings(self) -> None:
+        self._listing_fully.set()
+
+    def _gate(self, *, full_listing: bool = False) -> None:
         if not self._answering.is_set():
             with self._cond:
                 self.stalled_calls += 1
             self._answering.wait()
+        if full_listing and not self._listing_fully.is_set():
+            with self._cond:
+                self.held_full_listings += 1
+            self._listing_fully.wait()
 
     def get(self, name: str) -> _Op:
         self._gate()
@@ -351,7 +367,7 @@ class FakeOperations:
         empty) in creation order; ``filter`` is empty, ``done = true`` or ``done = false``
         (AIP-160). Pages are found by bisection, a ``done = true`` page from the done ones
         only, so a listing over 100,000 operations costs about its page."""
-        self._gate()
+        self._gate(full_listing=not filter.strip())
         with self._cond:
             self._enter("ListOperations")
             if self.list_unimplemented:

@@ -28,8 +28,11 @@ def listed(
     pages: int = 1,
     rate: float = 100.0,
     started: float = 0.0,
+    operations: int = 0,
+    request: sweep.SweepRequest | None = None,
 ) -> sweep.SweepRequest:
-    request = plan.request(watched)
+    """A listing that showed ``names``: the next sweep, or ``request`` (an audit, say)."""
+    request = request or plan.begin(now=started)
     plan.listed(
         request,
         listed=names,
@@ -38,6 +41,7 @@ def listed(
         pages=pages,
         polls_per_second=rate,
         started=started,
+        operations=operations,
     )
     return request
 
@@ -47,16 +51,17 @@ def test_the_first_sweep_is_unfiltered_and_the_next_ones_ask_for_done_operations
     first = listed(plan, {A, B}, {A, B})
     assert first.filter == "" and first.name == PARENT
     assert plan.status is SweepStatus.WORKING and plan.covers(A) and plan.covers(B)
-    assert plan.request({A, B}).filter == sweep.DONE_FILTER
+    assert plan.request().filter == sweep.DONE_FILTER
 
 
 def test_a_refused_filter_is_dropped_for_good() -> None:
     plan = SweepPlan.for_parent(PARENT, grpc=False)
     listed(plan, {A}, {A})
-    request = plan.request({A})
+    request = plan.begin(now=4.0)
     plan.failed(request, InvalidArgument("filter not supported"), now=5.0)
     assert plan.status is SweepStatus.WORKING and plan.next_sweep == 5.0
-    assert all(plan.request({A}).filter == "" for _ in range(3))
+    assert all(plan.begin(now=5.0).filter == "" for _ in range(3))
+    assert plan.audit({A, B}) is None  # unfiltered sweeps check the names themselves
 
 
 @pytest.mark.parametrize("error", [Unimplemented("no List"), PermissionDenied("no list perm")])
@@ -69,7 +74,7 @@ def test_unimplemented_or_permission_denied_ends_sweeping_the_collection(error: 
 def test_a_transient_error_uncovers_the_watches_until_the_next_listing() -> None:
     plan = SweepPlan.for_parent(PARENT, grpc=False)
     listed(plan, {A}, {A})
-    plan.failed(plan.request({A}), Unavailable("down"), now=10.0)
+    plan.failed(plan.begin(now=9.0), Unavailable("down"), now=10.0)
     assert plan.status is SweepStatus.WORKING and not plan.covers(A)  # polled on their own
     assert plan.next_sweep == 10.0 + sweep.RETRY_AFTER_ERROR
     listed(plan, set(), {A})  # a filtered sweep works again: nothing was forgotten
@@ -100,18 +105,47 @@ def test_names_a_full_listing_misses_are_uncovered_and_polled_on_their_own() -> 
 def test_a_name_that_vanishes_from_a_later_full_listing_is_uncovered() -> None:
     plan = SweepPlan.for_parent(PARENT, grpc=False)
     listed(plan, {A, B}, {A, B})
-    while plan.request({A, B}).filter:  # filtered sweeps cannot show a vanished name
+    while (audit := plan.audit({A, B})) is None:  # filtered sweeps cannot show a vanished name
         listed(plan, set(), {A, B})
         assert plan.covers(A)
-    listed(plan, {B}, {A, B})  # the next full listing misses A
+    assert plan.since_audit == 0 and audit.filter == ""
+    listed(plan, {B}, {A, B}, request=audit)  # the audit's full listing misses A
     assert not plan.covers(A) and plan.covers(B)
 
 
-def test_a_new_watched_name_makes_the_next_sweep_a_full_listing() -> None:
+def test_an_audit_is_due_every_few_sweeps_and_never_while_probing() -> None:
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    assert plan.audit({A}) is None  # the probe is a full listing itself
+    listed(plan, {A}, {A})
+    audits = []
+    for _ in range(3 * sweep.VERIFY_EVERY):
+        listed(plan, set(), {A})
+        audits.append(plan.audit({A}) is not None)
+    assert audits.count(True) == 3 and audits[sweep.VERIFY_EVERY - 2]
+
+
+def test_an_audit_keeps_the_sweeps_interval_and_counts_in_their_cost() -> None:
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    listed(plan, {A, B}, {A, B}, found_done=1, started=100.0)
+    interval, next_sweep = plan.interval, plan.next_sweep
+    audit = plan.audit({A, B, C})  # C is new: checked at once
+    assert audit is not None and audit.audit
+    listed(plan, {A, B, C}, {A, B, C}, request=audit, pages=100, operations=100_000, rate=10.0)
+    assert (plan.interval, plan.next_sweep) == (interval, next_sweep)
+    assert plan.covers(C)
+    # The next sweep reads one page, but a VERIFY_EVERY-th of the audit counts in its cost.
+    listed(plan, set(), {A, B, C}, found_done=1, rate=10.0, started=200.0)
+    audit_share = 100_000 / sweep.OPERATIONS_PER_CALL / sweep.VERIFY_EVERY
+    assert plan.interval >= audit_share / 10.0
+
+
+def test_a_new_watched_name_makes_an_audit_due_beside_the_filtered_sweeps() -> None:
     plan = SweepPlan.for_parent(PARENT, grpc=False)
     listed(plan, {A}, {A})
-    assert plan.request({A}).filter == sweep.DONE_FILTER
-    assert plan.request({A, B}).filter == ""
+    assert plan.audit({A}) is None
+    audit = plan.audit({A, B})
+    assert audit is not None and audit.filter == ""
+    assert plan.request().filter == sweep.DONE_FILTER
     assert not plan.covers(B)
 
 
@@ -139,7 +173,7 @@ def test_a_long_listing_is_swept_no_more_often_than_its_reading_costs_in_single_
     # 2 pages of 100,000 operations read for watches polling 100 times a second: reading them
     # costs as much as 2,000 polls, so one sweep every 20 seconds at most.
     plan = SweepPlan.for_parent(PARENT, grpc=False)
-    request = plan.request({A})
+    request = plan.begin(now=0.0)
     plan.listed(
         request,
         listed={A},
