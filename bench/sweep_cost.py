@@ -13,7 +13,7 @@ event loop's thread for
 * the baseline: GetOperation of 5,000 of them, 64 in flight (what single polls cost);
 * a sweep: every page (1,000 per page) of ``ListOperations(parent, "done = true")``, each
   listed operation looked up in the watched names and the snapshot of each watched one read,
-  as ``Watcher._sweep`` does (a filtered sweep; a verifying one also gathers the names);
+  as a filtered ``Watcher._sweep`` does (``--watched-every N``: one in N is watched);
 
 and prints CPU µs per Get call, per listed operation, and their ratio (listed operations per
 Get call's CPU). Medians of the rounds. The server's CPU is on another thread and not counted.

@@ -211,8 +211,8 @@ def snapshot_from_json(obj: object) -> Snapshot:
         target = any_pb2.Any()
         try:
             json_format.ParseDict(dict(value), target)
-        except (json_format.ParseError, TypeError, KeyError):
-            lossless = False  # unknown type: the raw JSON carries it
+        except (json_format.ParseError, TypeError, KeyError, AttributeError, ValueError):
+            lossless = False  # unknown type or odd JSON: the raw JSON carries it
             target = any_pb2.Any(type_url=value["@type"])
         getattr(op, field).CopyFrom(target)
     return Snapshot(operation=op, raw_json=dict(obj), lossless_proto=lossless)

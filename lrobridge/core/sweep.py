@@ -46,7 +46,7 @@ MIN_INTERVAL = 1.0
 MAX_INTERVAL = 5.0  # the cost floor (below) spaces sweeps of small or slow groups further
 START_INTERVAL = 1.0
 SAFETY_NET = 300.0  # seconds between the single polls of a covered watch
-VERIFY_EVERY = 4  # every n-th sweep is unfiltered, to see which watched names are listed
+VERIFY_EVERY = 4  # an audit (a full listing, beside the sweeps) every n-th sweep
 MAX_MISSES = 3
 MIN_WATCHES = 2  # a collection with fewer watches is polled per operation
 RETRY_AFTER_ERROR = 30.0
@@ -85,6 +85,7 @@ class SweepRequest:
     name: str
     filter: str
     audit: bool = False
+    spread: int = 1  # an audit's cost is shared by the sweeps begun since the one before
 
     @property
     def verifies(self) -> bool:
@@ -119,8 +120,13 @@ class SweepPlan:
 
     # -- what to do ------------------------------------------------------------------------
 
+    def due_at(self) -> float | None:
+        """When the next sweep is due; None once List does not work here."""
+        return None if self.status is SweepStatus.FAILED else self.next_sweep
+
     def due(self, now: float) -> bool:
-        return self.status is not SweepStatus.FAILED and now >= self.next_sweep
+        due = self.due_at()
+        return due is not None and now >= due
 
     def begin(self, *, now: float) -> SweepRequest:
         """The sweep starting ``now`` (see :meth:`request`); the next is due one interval later
@@ -147,8 +153,8 @@ class SweepPlan:
             n in self.verified or n in self.uncovered for n in watched
         ):
             return None
-        self.since_audit = 0
-        return SweepRequest(self.names[self.name_index], "", audit=True)
+        spread, self.since_audit = max(1, self.since_audit), 0
+        return SweepRequest(self.names[self.name_index], "", audit=True, spread=spread)
 
     def covers(self, name: str) -> bool:
         """Whether a working sweep covers ``name``: a full listing showed it and none missed it
@@ -180,29 +186,37 @@ class SweepPlan:
         their own. The interval runs from start to start: a sweep longer than it is followed at
         once by the next, so each page is read again one interval (or one sweep) later."""
         now = started
+        cost = max(pages, operations / OPERATIONS_PER_CALL)
+        if request.audit:
+            # Checks names only, and only if the sweeps still list as it did (a sweep beside it
+            # may have failed, dropped the filter or moved to the other request name).
+            current = self.status is SweepStatus.WORKING and self.filter
+            if current and request.name == self.names[self.name_index]:
+                self._check_names(listed, watched)
+                self.audit_cost = cost / request.spread  # each sweep's share
+            return
         self.healthy = True
         if request.verifies and watched:
-            missing = watched - listed
-            if missing == watched and self.status is SweepStatus.PROBING:
+            if not listed & watched and self.status is SweepStatus.PROBING:
                 self._next_name(now, f"listing {request.name!r} shows none of the watched names")
                 return
-            seen = listed & watched
-            self.uncovered = (self.uncovered | missing) - seen
-            self.verified = (self.verified | seen) - missing
+            self._check_names(listed, watched)
             self.status = SweepStatus.WORKING
-        cost = max(pages, operations / OPERATIONS_PER_CALL)
-        if request.audit:  # checks names only: the sweeps keep their own interval
-            self.audit_cost = cost
-            return
         self.sweeps += 1
         if found_done:
             self.interval = max(MIN_INTERVAL, self.interval / 2)
         else:
             self.interval = min(MAX_INTERVAL, self.interval * 1.5)
-        if polls_per_second > 0:  # an audit's share counted in: one every VERIFY_EVERY sweeps
-            cost += self.audit_cost / VERIFY_EVERY
-            self.interval = max(self.interval, cost / polls_per_second)
+        if polls_per_second > 0:  # the audits' share counted in
+            self.interval = max(self.interval, (cost + self.audit_cost) / polls_per_second)
         self.next_sweep = now + self.interval
+
+    def _check_names(self, listed: set[str], watched: set[str]) -> None:
+        """A full listing showed ``listed``: which ``watched`` names it covers."""
+        missing = watched - listed
+        seen = listed & watched
+        self.uncovered = (self.uncovered | missing) - seen
+        self.verified = (self.verified | seen) - missing
 
     def failed(self, request: SweepRequest, error: BridgeError, *, now: float) -> None:
         """A page of the sweep failed with ``error``."""
@@ -220,6 +234,11 @@ class SweepPlan:
             self._next_name(now, f"ListOperations({request.name!r}) answered {error.code.name}")
         else:
             self._fail(f"ListOperations answered {error.code.name}: {error.message}")
+
+    def unreadable(self, name: str) -> None:
+        """A listing showed ``name`` as an item that cannot be read: polled on its own."""
+        self.uncovered.add(name)
+        self.verified.discard(name)
 
     def missed(self, name: str) -> None:
         """A covered watch's own poll found it done: the filtered listing missed it."""

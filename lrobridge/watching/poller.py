@@ -549,9 +549,7 @@ class Watcher:
         if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
             return None
         plan = self._plans.get(key)
-        if plan is None:
-            return 0.0
-        return None if plan.status is sweep.SweepStatus.FAILED else plan.next_sweep
+        return 0.0 if plan is None else plan.due_at()
 
     def _start_sweeps(self) -> None:
         if not self._groups:
@@ -618,10 +616,9 @@ class Watcher:
                 for index, watch_id in sweep.watched_on_page(page.names, group):
                     try:
                         snapshot = page[index]
-                    except BridgeError as exc:  # this one item is malformed: polled on its own
-                        log.warning("ListOperations sweep of %r on %s: %s", key[1], key[0], exc)
+                    except Exception as exc:  # this one item is malformed: polled on its own
+                        self._unreadable(key, plan, page.names[index], watch_id, exc)
                         listed.discard(page.names[index])
-                        plan.uncovered.add(page.names[index])
                         continue
                     if snapshot.done:
                         found_done += await self._swept_done(watch_id, snapshot)
@@ -643,12 +640,25 @@ class Watcher:
             for name in plan.uncovered - missed_before:  # polled on their own from now on
                 self._poll_on_own(group.get(name, ""), now=True)
         finally:
-            if request.audit:
-                self._auditing.discard(key)
-            else:
-                self._sweeping.discard(key)
-                if self._wake_event is not None:
-                    self._wake_event.set()  # the next sweep may be due already
+            (self._auditing if request.audit else self._sweeping).discard(key)
+            if self._wake_event is not None:
+                self._wake_event.set()  # the next sweep, or an uncovered watch's poll, is due
+
+    def _unreadable(
+        self,
+        key: tuple[str, str],
+        plan: sweep.SweepPlan,
+        name: str,
+        watch_id: str,
+        error: Exception,
+    ) -> None:
+        if name in plan.uncovered:  # polled on its own already: said once, not every sweep
+            return
+        log.warning(
+            "ListOperations of %r on %s: polling %s on its own: %s", key[1], key[0], name, error
+        )
+        plan.unreadable(name)
+        self._poll_on_own(watch_id, now=True)
 
     def _sweep_failed(
         self,
@@ -1177,7 +1187,7 @@ class WatcherStats:
         self.transient_errors = 0
         self.failed = 0
         self.progress_events = 0
-        self.sweeps = 0  # ListOperations sweeps that listed every page
+        self.sweeps = 0  # ListOperations sweeps and audits that listed every page
         self.sweep_pages = 0
         self.polls_swept = 0  # completions a sweep found
         self.flushes = 0  # group commits

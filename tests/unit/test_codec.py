@@ -197,3 +197,10 @@ def test_succeeded_attributes_carry_no_error_code() -> None:
         snapshot, outcome="succeeded", source="s", event_id="e", payload_format="binary", time=T
     )
     assert "error_code" not in attrs and "response_type" not in attrs
+
+
+def test_json_an_any_cannot_parse_is_kept_as_sent_whatever_breaks_inside_it() -> None:
+    odd = {"@type": "type.googleapis.com/google.protobuf.Any", "value": {"@type": 3}}
+    snapshot = codec.snapshot_from_json({"name": "operations/x", "done": False, "metadata": odd})
+    assert not snapshot.lossless_proto
+    assert snapshot.raw_json is not None and snapshot.raw_json["metadata"] == odd

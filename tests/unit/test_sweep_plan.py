@@ -203,3 +203,27 @@ def test_the_interval_runs_from_the_start_of_one_sweep_to_the_start_of_the_next(
     assert plan.interval == sweep.MIN_INTERVAL
     assert plan.next_sweep == 100.0 + sweep.MIN_INTERVAL
     assert plan.due(100.0 + 1.4)  # the sweep ended 1.4 s after it started: due at once
+
+
+def test_an_audit_that_ends_after_the_sweeps_stopped_working_changes_nothing() -> None:
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    listed(plan, {A, B}, {A, B})
+    sweep_request = plan.begin(now=1.0)
+    audit = plan.audit({A, B, C})
+    assert audit is not None
+    plan.failed(sweep_request, PermissionDenied("no list"), now=1.5)
+    listed(plan, {A, B, C}, {A, B, C}, request=audit)
+    assert plan.status is SweepStatus.FAILED and not plan.covers(C)
+
+
+def test_an_audits_cost_is_shared_only_by_the_sweeps_since_the_one_before() -> None:
+    # New names at every sweep: an audit each time, its whole cost counted in each interval.
+    plan = SweepPlan.for_parent(PARENT, grpc=False)
+    listed(plan, {A}, {A})
+    for i in range(3):
+        listed(plan, set(), {A}, rate=10.0, started=10.0 * i)
+        audit = plan.audit({A, f"{PARENT}/operations/new-{i}"})
+        assert audit is not None and audit.spread == (2 if i == 0 else 1)  # the probe: 1
+        listed(plan, {A}, {A}, request=audit, pages=100, operations=100_000, rate=10.0)
+    listed(plan, set(), {A}, rate=10.0, started=100.0)
+    assert plan.interval >= 100_000 / sweep.OPERATIONS_PER_CALL / 10.0

@@ -563,3 +563,35 @@ def test_the_loop_sleeps_only_until_the_next_sweep_of_a_collection_is_due(
     watcher._sweeping.clear()
     del watcher._groups[key]["projects/p/operations/b"]  # one watch left: not swept
     assert watcher._until_due() == poller.IDLE_RECHECK
+
+
+def test_a_covered_watch_whose_listed_item_cannot_be_read_is_polled_on_its_own_at_once(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    watcher = make(store, ScriptedSource(), RecordingPublisher(), clock)
+    names = ["projects/p/operations/a", "projects/p/operations/b"]
+    for name in names:
+        add_watch(store, clock, operation=name)
+    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
+        watcher._hold(record, lease_end=clock.now + 60.0)
+    key = (ScriptedSource.url, "projects/p")
+    plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
+    plan.listed(
+        plan.begin(now=clock.now),
+        listed=set(names),
+        watched=set(names),
+        found_done=0,
+        pages=1,
+        polls_per_second=1.0,
+        started=clock.now,
+    )
+    watcher._heap.clear()  # both covered: their own polls wait at the safety net
+    for watch_id in watcher._groups[key].values():
+        watcher._defer(watcher._held[watch_id], clock.now)
+    clock.now += 10.0
+    watch_id = watcher._groups[key][names[1]]
+    watcher._unreadable(key, plan, names[1], watch_id, ValueError("'done' must be a boolean"))
+    assert not plan.covers(names[1]) and plan.covers(names[0])
+    due_now = [entry[2] for entry in watcher._heap if entry[0] <= clock.now]
+    assert due_now == [watch_id]

@@ -334,8 +334,10 @@ def page_from(reply: HttpReply) -> tuple[ListingPage[Any], str]:
     def snapshot(item: Mapping[str, Any]) -> Snapshot:
         try:
             return snapshot_from_json(item)
-        except InvalidArgument as exc:
-            raise _bad_body(reply, f"an item of 'operations' is invalid: {exc}") from None
+        except InvalidArgument as exc:  # the item is the error's subject: no body excerpt
+            raise FailedPrecondition(
+                f"{reply.method} {reply.url}: an item of 'operations' is invalid: {exc.message}"
+            ) from None
 
     return ListingPage(names, operations, snapshot), token
 
