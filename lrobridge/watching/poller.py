@@ -206,6 +206,7 @@ class Watcher:
         self._auditing: set[tuple[str, str]] = set()  # collections with an audit under way
         self._groups: dict[tuple[str, str], dict[str, str]] = {}  # operation name -> watch id
         self._sweeping: set[tuple[str, str]] = set()
+        self._sweepable: set[tuple[str, str]] = set()  # groups of MIN_WATCHES or more
         # A poll in flight (a long poll, say) ends well before the lease does.
         self._margin = settings.rpc_timeout + settings.long_poll_timeout + 30.0
         self._lease = max(settings.watcher_lease, 3 * self._margin)
@@ -360,11 +361,7 @@ class Watcher:
         """Until the next watch or sweep comes due (parked watches start when their source has
         room, and a sweep that overran its interval once it ends: each wakes the loop)."""
         due = [self._heap[0][0]] if self._heap else []
-        due += (
-            at
-            for key, group in self._groups.items()
-            if (at := self._sweep_due(key, group)) is not None
-        )
+        due += (at for key in self._sweepable if (at := self._sweep_due(key)) is not None)
         if not due:
             return IDLE_RECHECK
         return max(0.0, min(due) - self._clock())
@@ -391,7 +388,10 @@ class Watcher:
             group = (record.source, codec.operation_parent(record.operation))
             held = _Held(record, lease_end, version=0, group=group, last_single=self._clock())
             self._held[record.id] = held
-            self._groups.setdefault(group, {})[record.operation] = record.id
+            members = self._groups.setdefault(group, {})
+            members[record.operation] = record.id
+            if len(members) >= sweep.MIN_WATCHES:
+                self._sweepable.add(group)
         else:  # claimed again: made due by a cancel (poll_soon) while held
             held.record, held.lease_end = record, lease_end
             held.version += 1
@@ -404,6 +404,8 @@ class Watcher:
         group = self._groups.get(held.group)
         if group is not None:
             group.pop(held.record.operation, None)
+            if len(group) < sweep.MIN_WATCHES:
+                self._sweepable.discard(held.group)
             if not group:
                 del self._groups[held.group]
             elif len(group) < sweep.MIN_WATCHES:
@@ -543,22 +545,21 @@ class Watcher:
 
     # -- ListOperations sweeps ----------------------------------------------------------------
 
-    def _sweep_due(self, key: tuple[str, str], group: dict[str, str]) -> float | None:
-        """When the next sweep of a collection is due (0: never swept yet); None while it is
-        not swept: too few watches, a sweep under way, or List does not work there."""
-        if len(group) < sweep.MIN_WATCHES or key in self._sweeping:
+    def _sweep_due(self, key: tuple[str, str]) -> float | None:
+        """When the next sweep of a sweepable collection is due (0: never swept yet); None
+        while a sweep is under way or List does not work there."""
+        if key in self._sweeping:
             return None
         plan = self._plans.get(key)
         return 0.0 if plan is None else plan.due_at()
 
     def _start_sweeps(self) -> None:
-        if not self._groups:
-            return
         now = self._clock()
-        for key, group in self._groups.items():
-            due = self._sweep_due(key, group)
+        for key in self._sweepable:
+            due = self._sweep_due(key)
             if due is None or due > now:
                 continue
+            group = self._groups[key]
             plan = self._plans.get(key)
             if plan is None:
                 grpc = split_source_url(key[0]).scheme in ("grpc", "grpcs")

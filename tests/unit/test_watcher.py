@@ -552,8 +552,12 @@ def test_the_loop_sleeps_only_until_the_next_sweep_of_a_collection_is_due(
 ) -> None:
     clock = Clock()
     watcher = make(store, ScriptedSource(), RecordingPublisher(), clock)
-    key = ("grpc://scripted:1", "projects/p")
-    watcher._groups[key] = {"projects/p/operations/a": "w1", "projects/p/operations/b": "w2"}
+    for name in ("projects/p/operations/a", "projects/p/operations/b"):
+        add_watch(store, clock, operation=name)
+    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
+        watcher._hold(record, lease_end=clock.now + 60.0)
+    watcher._heap.clear()  # no single poll due: only the sweeps count
+    key = (ScriptedSource.url, "projects/p")
     assert watcher._until_due() == 0.0  # never swept: due now
     plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
     plan.next_sweep = clock.now + 0.2
@@ -561,7 +565,8 @@ def test_the_loop_sleeps_only_until_the_next_sweep_of_a_collection_is_due(
     watcher._sweeping.add(key)  # a sweep under way: its end wakes the loop
     assert watcher._until_due() == poller.IDLE_RECHECK
     watcher._sweeping.clear()
-    del watcher._groups[key]["projects/p/operations/b"]  # one watch left: not swept
+    watcher._forget(watcher._groups[key]["projects/p/operations/b"])  # one left: not swept
+    watcher._heap.clear()
     assert watcher._until_due() == poller.IDLE_RECHECK
 
 
