@@ -235,7 +235,7 @@ def _status_from_json(name: str, error: object) -> status_pb2.Status:
         parsed = any_pb2.Any()
         try:
             json_format.ParseDict(detail, parsed)
-        except (json_format.ParseError, TypeError, KeyError, AttributeError):
+        except (json_format.ParseError, TypeError, KeyError, AttributeError, ValueError):
             continue
         status.details.append(parsed)
     return status

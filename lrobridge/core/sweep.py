@@ -25,7 +25,8 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
   completions, x1.5 (up to ``MAX_INTERVAL``, 5 s) after one that found none, and never shorter
   than the single polls it replaces would cost: a sweep of N pages listing M operations runs
   at most as often as the covered watches' own polls would make max(N, M / OPERATIONS_PER_CALL)
-  calls, plus a VERIFY_EVERY-th of the last audit's (``interval >= cost / polls_per_second``),
+  calls, plus the last audit's shared by the sweeps begun since the one before
+  (``interval >= cost / polls_per_second``),
   so neither its calls nor the CPU of reading long listings exceed what it saves.
 
 Covered watches keep a slow single poll (``SAFETY_NET`` seconds apart) in case the listing

@@ -216,6 +216,24 @@ def test_an_audit_that_ends_after_the_sweeps_stopped_working_changes_nothing() -
     assert plan.status is SweepStatus.FAILED and not plan.covers(C)
 
 
+@pytest.mark.parametrize(
+    "error", [Unavailable("down"), InvalidArgument("no filter"), NotFound("no collection")]
+)
+def test_an_audit_that_ends_after_the_sweeps_changed_how_they_list_covers_nothing_new(
+    error: Exception,
+) -> None:
+    # Went unhealthy, dropped the filter, or moved to the other request name meanwhile.
+    plan = SweepPlan.for_parent(PARENT, grpc=True)
+    listed(plan, {A, B}, {A, B})
+    sweep_request = plan.begin(now=1.0)
+    audit = plan.audit({A, B, C})
+    assert audit is not None
+    plan.failed(sweep_request, error, now=1.5)  # type: ignore[arg-type]
+    healthy = plan.healthy
+    listed(plan, {A, B, C}, {A, B, C}, request=audit)
+    assert plan.healthy is healthy and not plan.covers(C)  # nothing revived or newly covered
+
+
 def test_an_audits_cost_is_shared_only_by_the_sweeps_since_the_one_before() -> None:
     # New names at every sweep: an audit each time, its whole cost counted in each interval.
     plan = SweepPlan.for_parent(PARENT, grpc=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 import threading
@@ -596,7 +597,38 @@ def test_a_covered_watch_whose_listed_item_cannot_be_read_is_polled_on_its_own_a
         watcher._defer(watcher._held[watch_id], clock.now)
     clock.now += 10.0
     watch_id = watcher._groups[key][names[1]]
-    watcher._unreadable(key, plan, names[1], watch_id, ValueError("'done' must be a boolean"))
+    for _ in range(2):  # listed so at two sweeps: polled at once the first time only
+        watcher._unreadable(key, plan, names[1], watch_id, ValueError("'done' is not a boolean"))
     assert not plan.covers(names[1]) and plan.covers(names[0])
     due_now = [entry[2] for entry in watcher._heap if entry[0] <= clock.now]
     assert due_now == [watch_id]
+
+
+def test_a_listed_item_whose_snapshot_raises_any_error_spoils_only_itself(
+    store: SqliteStore,
+) -> None:
+    names = ["projects/p/operations/a", "projects/p/operations/b"]
+    operations = [operations_pb2.Operation(name=name, done=True) for name in names]
+
+    def build(op: operations_pb2.Operation) -> codec.Snapshot:
+        if op.name == names[0]:
+            raise ValueError("not an Operation this process can read")
+        return codec.snapshot_from_proto(op)
+
+    class ListingSource(ScriptedSource):
+        def list_operations(
+            self, parent: str, *, filter: str, page_size: int, page_token: str, timeout: float
+        ) -> tuple[list[codec.Snapshot], str]:
+            return codec.ListingPage(list(names), operations, build), ""  # type: ignore[return-value]
+
+    clock = Clock()
+    watcher = make(store, ListingSource(), RecordingPublisher(), clock)
+    for name in names:
+        add_watch(store, clock, operation=name)
+    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
+        watcher._hold(record, lease_end=clock.now + 60.0)
+    key = (ScriptedSource.url, "projects/p")
+    plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
+    asyncio.run(watcher._sweep(key, plan, plan.begin(now=clock.now)))
+    assert watcher.stats.polls_swept == 1  # the readable one was told
+    assert names[0] in plan.uncovered and not plan.covers(names[0])
