@@ -12,7 +12,7 @@ one paged ListOperations can replace their single polls. :class:`SweepPlan` hold
 * **which watched names a listing covers**: an unfiltered listing is checked against the
   watched names; a name it misses (never listed, or vanished since) is *uncovered* and polled
   per operation from then on. The first sweep (the probe) is unfiltered; after it an *audit*,
-  an unfiltered listing run beside the filtered sweeps (a long one never holds them up), checks
+  an unfiltered listing run beside the filtered sweeps (so a long one does not hold them up), checks
   the names every ``VERIFY_EVERY``-th sweep and at once when new watched names were never
   checked (until then they poll on their own). A listing that covers none of the watched names
   is a wrong request name. A filtered listing cannot show what it misses; a covered watch that

@@ -136,8 +136,8 @@ def test_a_second_dev_stack_gets_its_own_subscription_and_the_first_keeps_receiv
         assert second.stop() == 0
         backend.add("projects/p/operations/after-second-left", done_after=0.3)
         _watch(first, "projects/p/operations/after-second-left", grpc_url, env, tmp_path)
-        wait_until(
-            first.completions.exists,
+        wait_until(  # a whole line: the callback creates the file before it writes to it
+            lambda: first.completions.exists() and first.completions.read_text().endswith("\n"),
             timeout=60,
             what="the first stack's callback after the second stack exited",
         )

@@ -150,6 +150,18 @@ def add_watch(
     return record
 
 
+def hold_one_collection(
+    watcher: Watcher, store: SqliteStore, clock: Clock, names: Sequence[str]
+) -> tuple[str, str]:
+    """Watches on ``names`` (one parent), held by ``watcher`` as its loop would claim them;
+    their collection's key."""
+    for name in names:
+        add_watch(store, clock, operation=name)
+    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
+        watcher._hold(record, lease_end=clock.now + 60.0)
+    return (ScriptedSource.url, codec.operation_parent(names[0]))
+
+
 def poll_due(watcher: Watcher, store: SqliteStore, clock: Clock) -> None:
     for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
         watcher.poll(record)
@@ -553,12 +565,10 @@ def test_the_loop_sleeps_only_until_the_next_sweep_of_a_collection_is_due(
 ) -> None:
     clock = Clock()
     watcher = make(store, ScriptedSource(), RecordingPublisher(), clock)
-    for name in ("projects/p/operations/a", "projects/p/operations/b"):
-        add_watch(store, clock, operation=name)
-    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
-        watcher._hold(record, lease_end=clock.now + 60.0)
+    key = hold_one_collection(
+        watcher, store, clock, ["projects/p/operations/a", "projects/p/operations/b"]
+    )
     watcher._heap.clear()  # no single poll due: only the sweeps count
-    key = (ScriptedSource.url, "projects/p")
     assert watcher._until_due() == 0.0  # never swept: due now
     plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
     plan.next_sweep = clock.now + 0.2
@@ -577,11 +587,7 @@ def test_a_covered_watch_whose_listed_item_cannot_be_read_is_polled_on_its_own_a
     clock = Clock()
     watcher = make(store, ScriptedSource(), RecordingPublisher(), clock)
     names = ["projects/p/operations/a", "projects/p/operations/b"]
-    for name in names:
-        add_watch(store, clock, operation=name)
-    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
-        watcher._hold(record, lease_end=clock.now + 60.0)
-    key = (ScriptedSource.url, "projects/p")
+    key = hold_one_collection(watcher, store, clock, names)
     plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
     plan.listed(
         plan.begin(now=clock.now),
@@ -623,11 +629,7 @@ def test_a_listed_item_whose_snapshot_raises_any_error_spoils_only_itself(
 
     clock = Clock()
     watcher = make(store, ListingSource(), RecordingPublisher(), clock)
-    for name in names:
-        add_watch(store, clock, operation=name)
-    for record in store.claim_due_polls(now=clock.now, limit=10, lease=60.0):
-        watcher._hold(record, lease_end=clock.now + 60.0)
-    key = (ScriptedSource.url, "projects/p")
+    key = hold_one_collection(watcher, store, clock, names)
     plan = watcher._plans[key] = sweep.SweepPlan.for_parent("projects/p", grpc=True)
     asyncio.run(watcher._sweep(key, plan, plan.begin(now=clock.now)))
     assert watcher.stats.polls_swept == 1  # the readable one was told
