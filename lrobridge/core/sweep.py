@@ -104,7 +104,6 @@ class SweepPlan:
     status: SweepStatus = SweepStatus.PROBING
     interval: float = START_INTERVAL
     next_sweep: float = 0.0
-    sweeps: int = 0
     since_audit: int = 0  # sweeps since the last audit began
     audit_cost: float = 0.0  # what the last audit cost, in single polls
     misses: int = 0
@@ -124,10 +123,6 @@ class SweepPlan:
     def due_at(self) -> float | None:
         """When the next sweep is due; None once List does not work here."""
         return None if self.status is SweepStatus.FAILED else self.next_sweep
-
-    def due(self, now: float) -> bool:
-        due = self.due_at()
-        return due is not None and now >= due
 
     def begin(self, *, now: float) -> SweepRequest:
         """The sweep starting ``now`` (see :meth:`request`); the next is due one interval later
@@ -203,7 +198,6 @@ class SweepPlan:
                 return
             self._check_names(listed, watched)
             self.status = SweepStatus.WORKING
-        self.sweeps += 1
         if found_done:
             self.interval = max(MIN_INTERVAL, self.interval / 2)
         else:
